@@ -1,0 +1,336 @@
+"""Sampling with capture, and teacher-forced capture.
+
+``sample_prompt`` prefills a prompt once, shares its KV cache across the N samples, and records for
+every answer token the hidden states of the chosen layers and its log-probability *during* sampling
+(no second forward pass). The state of answer token t is the one computed when t is fed back as
+input, exactly where a teacher-forced pass over prompt + answer would put it; the last token needs
+one extra decoder step, run without the LM head.
+
+``teacher_force`` computes the same features for given answers (references, preference pairs, RL
+completions), evaluating the LM head only on the positions that predict answer tokens.
+
+Hidden-state index 0 is the embedding output and index ``n_layers`` the last block's output after
+the final norm (the Hugging Face convention SWIFT uses).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from hsrm.errors import HsrmError
+from hsrm.models import LoadedModel
+from hsrm.tasks.base import Prompt
+
+
+def parse_layers(spec: str | Sequence[int], n_layers: int) -> tuple[int, ...]:
+    """``all`` (0..n_layers, embedding output included), ``last``, ``mid``, ``every:K`` (0, K, 2K, ...
+    and the last), or a comma list like ``0,8,16``; negative indices count from the end."""
+    total = n_layers + 1
+    if not isinstance(spec, str):
+        idx = [int(i) for i in spec]
+    else:
+        s = spec.strip().lower()
+        if s == "all":
+            idx = list(range(total))
+        elif s == "last":
+            idx = [n_layers]
+        elif s == "mid":
+            idx = [n_layers // 2]
+        elif s.startswith("every:"):
+            k = int(s.split(":", 1)[1])
+            if k < 1:
+                raise HsrmError(f"layers: every:K needs K >= 1, got {spec!r}")
+            idx = list(range(0, total, k))
+            if idx[-1] != n_layers:
+                idx.append(n_layers)
+        else:
+            try:
+                idx = [int(x) for x in s.split(",") if x.strip()]
+            except ValueError:
+                raise HsrmError(
+                    f"layers: cannot parse {spec!r}; use all, last, mid, every:K or 0,4,8"
+                ) from None
+    out = []
+    for i in idx:
+        j = i + total if i < 0 else i
+        if not 0 <= j < total:
+            raise HsrmError(f"layers: index {i} out of range for a model with {n_layers} layers (0..{n_layers})")
+        if j not in out:
+            out.append(j)
+    if not out:
+        raise HsrmError(f"layers: {spec!r} selects no layer")
+    return tuple(out)
+
+
+@dataclass
+class SampleConfig:
+    """How answers are sampled. Defaults: the settings that make SmolLM2-135M answer the synthetic task."""
+
+    n: int = 16  # samples per prompt
+    temperature: float = 0.8
+    top_p: float = 1.0
+    max_new_tokens: int = 6
+    seed: int = 0
+    layers: str = "all"  # which hidden states to capture; see parse_layers
+
+    def validate(self) -> None:
+        if self.n < 1:
+            raise HsrmError(f"n must be >= 1, got {self.n}")
+        if self.temperature < 0:
+            raise HsrmError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise HsrmError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise HsrmError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+@dataclass
+class Answer:
+    """One answer with its captured signals. ``hidden`` is (tokens, layers, d)."""
+
+    token_ids: list[int]
+    text: str
+    hidden: torch.Tensor | None  # (T, L, d), float32 on CPU; None when capture is off
+    logprobs: torch.Tensor  # (T,) log p(token) under the untempered model
+    entropy: torch.Tensor  # (T,) entropy of the untempered next-token distribution
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class PromptResult:
+    prompt: Prompt
+    answers: list[Answer]
+    prompt_hidden: torch.Tensor | None  # (L, d): states of the prompt's last token
+
+
+def prompt_text(tokenizer, prompt: Prompt) -> str:
+    """The chat-formatted prompt, assistant turn opened and prefilled."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(
+            list(prompt.messages), tokenize=False, add_generation_prompt=True
+        )
+    else:  # base models: plain "Q: ... A:" few-shot
+        parts = []
+        for m in prompt.messages:
+            parts.append(("Q: " if m["role"] == "user" else "A: ") + m["content"])
+        text = "\n".join(parts) + "\nA: "
+    return text + prompt.prefill
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _prompt_generator(seed: int, prompt_id: str, device: torch.device) -> torch.Generator:
+    # Seeded per prompt, not per run position, so a resumed run draws the same samples.
+    h = int.from_bytes(hashlib.sha256(f"{seed}:{prompt_id}".encode()).digest()[:8], "little")
+    g = torch.Generator(device=device)
+    g.manual_seed(h & ((1 << 63) - 1))
+    return g
+
+
+def _lm_parts(model):
+    decoder = model.get_decoder()
+    head = model.get_output_embeddings()
+    cfg = getattr(model.config, "text_config", None) or model.config
+    softcap = getattr(cfg, "final_logit_softcapping", None)
+    return decoder, head, softcap
+
+
+def _logits(head, softcap, h: torch.Tensor) -> torch.Tensor:
+    logits = head(h).float()
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_p: float, g: torch.Generator) -> torch.Tensor:
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sp, si = probs.sort(dim=-1, descending=True)
+        keep = sp.cumsum(-1) - sp < top_p
+        sp = sp * keep
+        probs = torch.zeros_like(probs).scatter_(-1, si, sp)
+    return torch.multinomial(probs, 1, generator=g).squeeze(-1)
+
+
+def _stack_layers(hs: Sequence[torch.Tensor], layers: tuple[int, ...], pos: int | slice) -> torch.Tensor:
+    # hs: (n_layers+1) x (B, S, d) -> (B, L, d) at position pos
+    return torch.stack([hs[i][:, pos] for i in layers], dim=1)
+
+
+@torch.inference_mode()
+def sample_prompt(
+    lm: LoadedModel,
+    prompt: Prompt,
+    cfg: SampleConfig,
+    layers: tuple[int, ...] | None = None,
+    capture: bool = True,
+) -> PromptResult:
+    """Draw ``cfg.n`` answers to one prompt, capturing per-token states of ``layers``.
+
+    Answer tokens are the generated tokens before the terminating EOS (which is not included).
+    """
+    model, tok = lm.model, lm.tokenizer
+    layers = layers if layers is not None else parse_layers(cfg.layers, lm.fingerprint.n_layers)
+    device = lm.device
+    decoder, head, softcap = _lm_parts(model)
+    eos = set(_eos_ids(lm))
+    g = _prompt_generator(cfg.seed, prompt.id, device)
+
+    ids = torch.tensor([_encode(tok, prompt_text(tok, prompt))], device=device)
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    out = decoder(input_ids=ids, past_key_values=cache, use_cache=True, output_hidden_states=capture)
+    prompt_hidden = _stack_layers(out.hidden_states, layers, -1)[0].float().cpu() if capture else None
+    logits = _logits(head, softcap, out.last_hidden_state[:, -1]).expand(cfg.n, -1)
+    cache.batch_repeat_interleave(cfg.n)
+    pos = ids.shape[1]
+
+    n = cfg.n
+    tokens: list[torch.Tensor] = []
+    lps: list[torch.Tensor] = []
+    ents: list[torch.Tensor] = []
+    states: list[torch.Tensor] = []
+    alive = torch.ones(n, dtype=torch.bool, device=device)
+    lengths = torch.zeros(n, dtype=torch.long, device=device)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else next(iter(eos))
+    eos_t = torch.tensor(sorted(eos), device=device)
+    for step in range(cfg.max_new_tokens):
+        logp = torch.log_softmax(logits, dim=-1)
+        nxt = _sample(logits, cfg.temperature, cfg.top_p, g)
+        nxt = torch.where(alive, nxt, torch.full_like(nxt, pad))
+        tokens.append(nxt)
+        lps.append(logp.gather(-1, nxt[:, None]).squeeze(-1))
+        ents.append(-(logp.exp() * logp).sum(-1))
+        # The terminating EOS is not an answer token: its log-prob is kept apart, and its state
+        # is never needed, so a row that stops costs no extra step.
+        ended = alive & torch.isin(nxt, eos_t)
+        lengths += (alive & ~ended).long()
+        alive = alive & ~ended
+        last = step == cfg.max_new_tokens - 1
+        if not bool(alive.any()) or (last and not capture):
+            break
+        out = decoder(
+            input_ids=nxt[:, None],
+            past_key_values=cache,
+            use_cache=True,
+            output_hidden_states=capture,
+            position_ids=torch.full((n, 1), pos, device=device),
+        )
+        pos += 1
+        if capture:
+            states.append(_stack_layers(out.hidden_states, layers, -1).to("cpu", torch.float32))
+        if last:
+            break
+        logits = _logits(head, softcap, out.last_hidden_state[:, -1])
+
+    tok_mat = torch.stack(tokens, 1).cpu()  # (n, steps)
+    lp_mat, ent_mat = torch.stack(lps, 1).cpu(), torch.stack(ents, 1).cpu()
+    st = torch.stack(states, 1) if capture and states else None  # (n, steps, L, d)
+    answers = []
+    for i in range(n):
+        t = int(lengths[i])
+        tid = tok_mat[i, :t].tolist()
+        stopped = t < tok_mat.shape[1] and int(tok_mat[i, t]) in eos
+        hidden = None
+        if capture:
+            hidden = st[i, :t].clone() if st is not None else torch.zeros(0, len(layers), lm.fingerprint.hidden_size)
+        answers.append(
+            Answer(
+                token_ids=tid,
+                text=tok.decode(tid, skip_special_tokens=True),
+                hidden=hidden,
+                logprobs=lp_mat[i, :t].clone(),
+                entropy=ent_mat[i, :t].clone(),
+                extra={"eos_logprob": float(lp_mat[i, t]) if stopped else None},
+            )
+        )
+    return PromptResult(prompt=prompt, answers=answers, prompt_hidden=prompt_hidden)
+
+
+def _eos_ids(lm: LoadedModel) -> list[int]:
+    ids = set()
+    tok = lm.tokenizer
+    if tok.eos_token_id is not None:
+        ids.add(int(tok.eos_token_id))
+    gen_eos = getattr(getattr(lm.model, "generation_config", None), "eos_token_id", None)
+    if isinstance(gen_eos, int):
+        ids.add(gen_eos)
+    elif isinstance(gen_eos, list | tuple):
+        ids.update(int(x) for x in gen_eos)
+    for special in ("<|im_end|>", "<end_of_turn>", "<|eot_id|>"):
+        tid = tok.convert_tokens_to_ids(special) if special in tok.get_vocab() else None
+        if tid is not None:
+            ids.add(int(tid))
+    if not ids:
+        raise HsrmError("the tokenizer has no end-of-sequence token")
+    return sorted(ids)
+
+
+@torch.inference_mode()
+def teacher_force(
+    lm: LoadedModel,
+    prompt: Prompt | str,
+    answers: Sequence[str | Sequence[int]],
+    layers: tuple[int, ...] | str = "all",
+    batch_size: int = 16,
+) -> list[Answer]:
+    """Features of given answers to one prompt, from one forward pass over prompt + answer.
+
+    ``answers`` are strings (tokenised after the prompt text) or token-id lists. The LM head runs
+    only on the positions that predict answer tokens (``logits_to_keep`` in spirit).
+    """
+    model, tok = lm.model, lm.tokenizer
+    if isinstance(layers, str):
+        layers = parse_layers(layers, lm.fingerprint.n_layers)
+    decoder, head, softcap = _lm_parts(model)
+    device = lm.device
+    ptext = prompt if isinstance(prompt, str) else prompt_text(tok, prompt)
+    p_ids = _encode(tok, ptext)
+    eos = set(_eos_ids(lm))
+    seqs = []
+    for a in answers:
+        a_ids = _encode(tok, a) if isinstance(a, str) else list(a)
+        if not a_ids:
+            raise HsrmError("teacher_force: an answer has no tokens (empty answer)")
+        seqs.append(a_ids)
+    out_answers: list[Answer] = []
+    P = len(p_ids)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    for b0 in range(0, len(seqs), batch_size):
+        chunk = seqs[b0 : b0 + batch_size]
+        T = max(len(s) for s in chunk)
+        ids = torch.full((len(chunk), P + T), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, s in enumerate(chunk):
+            ids[i, : P + len(s)] = torch.tensor(p_ids + s)
+            mask[i, : P + len(s)] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        out = decoder(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
+        # Positions P-1 .. P+T-2 predict the answer tokens.
+        logits = _logits(head, softcap, out.last_hidden_state[:, P - 1 : P + T - 1])
+        logp = torch.log_softmax(logits, -1)
+        hs = torch.stack([out.hidden_states[i][:, P : P + T] for i in layers], dim=2)  # (B, T, L, d)
+        for i, s in enumerate(chunk):
+            t = len(s)
+            tgt = torch.tensor(s, device=device)
+            lp = logp[i, :t].gather(-1, tgt[:, None]).squeeze(-1)
+            ent = -(logp[i, :t].exp() * logp[i, :t]).sum(-1)
+            out_answers.append(
+                Answer(
+                    token_ids=s,
+                    text=tok.decode([x for x in s if x not in eos], skip_special_tokens=True),
+                    hidden=hs[i, :t].float().cpu(),
+                    logprobs=lp.float().cpu(),
+                    entropy=ent.float().cpu(),
+                )
+            )
+    return out_answers

@@ -1,0 +1,7 @@
+"""Reward heads, one module per method, registered by name (``make_head("elhsr")``)."""
+
+from hsrm.heads.base import REGISTRY, Head, get_head_class, make_head, register
+from hsrm.heads.elhsr import ELHSRHead
+from hsrm.heads.probe import ProbeHead
+
+__all__ = ["REGISTRY", "ELHSRHead", "Head", "ProbeHead", "get_head_class", "make_head", "register"]

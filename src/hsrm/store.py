@@ -1,0 +1,270 @@
+"""The sample store: sharded safetensors on disk, memory-mapped on read, resumable on write.
+
+Why safetensors rather than Arrow: the payload is dense numeric blocks (tokens x layers x d) read in
+slices; safetensors maps them with zero copies, never unpickles, is what every HF checkpoint
+already uses, and supports fp16, bf16, int8 and fp8 natively. The per-sample index (ids, texts,
+labels) is small and lives beside each shard as JSON.
+
+Layout of ``RUN/``::
+
+    meta.json                 format version, model fingerprint, layers, task, sampling config
+    shard-00000.safetensors   hidden (tokens, L, d), logprobs (tokens,), entropy (tokens,),
+                              token_ids (tokens,), prompt_hidden (prompts, L, d) [+ scales]
+    shard-00000.json          one record per sample: prompt id, sample id, text, extracted answer,
+                              label, token offset and count (written last: a shard counts once
+                              its JSON exists)
+
+Shard k always holds prompts [k*S, (k+1)*S), and every prompt draws from its own seed, so a run
+killed at any point and started again redoes at most one shard and ends byte-identical.
+
+Storage dtypes (bytes per token per layer): float16 2d, int8 d+2, fp8 d+2 (per-token-per-layer
+absmax scale in fp16). ``pool="mean"`` stores one pooled vector per answer instead of per token.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save
+
+from hsrm.capture import PromptResult
+from hsrm.errors import HsrmError
+from hsrm.features import TokenFeatures
+from hsrm.io import atomic_write_bytes, atomic_write_json
+from hsrm.models import ModelFingerprint
+from hsrm.tasks.base import Task
+
+log = logging.getLogger(__name__)
+FORMAT_VERSION = 1
+DTYPES = ("float16", "bfloat16", "int8", "fp8")
+POOLS = ("none", "mean", "last")
+# Fields of meta.json that must match for a run to resume into an existing store.
+_RESUME_KEYS = ("format_version", "fingerprint", "layers", "task", "sampling", "dtype", "pool", "shard_prompts")
+
+
+def _encode_hidden(h: torch.Tensor, dtype: str) -> dict[str, torch.Tensor]:
+    """h: (N, L, d) float32 -> tensors to write."""
+    if dtype == "float16":
+        return {"hidden": h.to(torch.float16)}
+    if dtype == "bfloat16":
+        return {"hidden": h.to(torch.bfloat16)}
+    amax = h.abs().amax(-1, keepdim=True).clamp_min(1e-8)  # (N, L, 1)
+    if dtype == "int8":
+        scale = amax / 127.0
+        q = torch.round(h / scale).clamp(-127, 127).to(torch.int8)
+    elif dtype == "fp8":
+        scale = amax / 448.0  # e4m3 max
+        q = (h / scale).to(torch.float8_e4m3fn)
+    else:
+        raise HsrmError(f"unknown storage dtype {dtype!r}; use one of {DTYPES}")
+    return {"hidden": q, "hidden_scale": scale.squeeze(-1).to(torch.float16)}
+
+
+def _decode_hidden(q: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    if scale is None:
+        return q.float()
+    return q.float() * scale.float().unsqueeze(-1)
+
+
+class StoreWriter:
+    """Writes shards of prompt results; refuses to mix runs with different settings."""
+
+    def __init__(self, path: str | Path, meta: dict[str, Any]):
+        self.path = Path(path)
+        self.meta = {"format_version": FORMAT_VERSION, **meta}
+        if self.meta.get("dtype", "float16") not in DTYPES:
+            raise HsrmError(f"unknown storage dtype {self.meta['dtype']!r}; use one of {DTYPES}")
+        if self.meta.get("pool", "none") not in POOLS:
+            raise HsrmError(f"unknown pooling {self.meta['pool']!r}; use one of {POOLS}")
+        self.meta.setdefault("dtype", "float16")
+        self.meta.setdefault("pool", "none")
+        mp = self.path / "meta.json"
+        if mp.exists():
+            old = json.loads(mp.read_text())
+            for k in _RESUME_KEYS:
+                if json.dumps(old.get(k), sort_keys=True) != json.dumps(self.meta.get(k), sort_keys=True):
+                    raise HsrmError(
+                        f"{mp}: existing run has {k}={old.get(k)!r}, this run asks for "
+                        f"{k}={self.meta.get(k)!r}; use another --out or the same settings to resume"
+                    )
+            self.meta = {**old, **{k: self.meta[k] for k in _RESUME_KEYS}}
+        else:
+            self.path.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(mp, {**self.meta, "complete": False})
+
+    def shard_done(self, k: int, prompt_ids: Sequence[str]) -> bool:
+        j = self.path / f"shard-{k:05d}.json"
+        if not j.exists() or not (self.path / f"shard-{k:05d}.safetensors").exists():
+            return False
+        recs = json.loads(j.read_text())["prompts"]
+        return list(recs) == list(prompt_ids)
+
+    def write_shard(self, k: int, results: Sequence[PromptResult], task: Task) -> None:
+        dtype, pool = self.meta["dtype"], self.meta["pool"]
+        hidden, lps, ents, tids, records, prompt_hidden = [], [], [], [], [], []
+        offset = 0
+        for r in results:
+            if r.prompt_hidden is not None:
+                prompt_hidden.append(r.prompt_hidden)
+            for s, a in enumerate(r.answers):
+                extracted = task.extract(a.text, r.prompt)
+                label = bool(task.check(extracted, r.prompt))
+                h = a.hidden
+                if h is None:
+                    raise HsrmError("write_shard needs captured hidden states")
+                if pool == "mean":
+                    h = h.mean(0, keepdim=True) if len(h) else h.new_zeros(1, *h.shape[1:])
+                elif pool == "last":
+                    h = h[-1:] if len(h) else h.new_zeros(1, *h.shape[1:])
+                n_tok = int(a.logprobs.shape[0])
+                records.append(
+                    {
+                        "prompt_id": r.prompt.id,
+                        "sample": s,
+                        "family": r.prompt.family,
+                        "qtype": r.prompt.meta.get("qtype", r.prompt.family),
+                        "reference": r.prompt.answer,
+                        "text": a.text,
+                        "extracted": extracted,
+                        "label": label,
+                        "n_tokens": n_tok,
+                        "offset": offset,
+                        "rows": int(h.shape[0]),
+                        "mean_logprob": float(a.logprobs.mean()) if n_tok else 0.0,
+                        "mean_entropy": float(a.entropy.mean()) if n_tok else 0.0,
+                        "eos_logprob": a.extra.get("eos_logprob"),
+                        "tok_offset": sum(int(t.shape[0]) for t in lps),
+                    }
+                )
+                offset += int(h.shape[0])
+                hidden.append(h)
+                lps.append(a.logprobs.float())
+                ents.append(a.entropy.float())
+                tids.append(torch.tensor(a.token_ids, dtype=torch.int32))
+        L = len(self.meta["layers"])
+        d = self.meta["fingerprint"]["hidden_size"]
+        H = torch.cat(hidden) if hidden else torch.zeros(0, L, d)
+        tensors = _encode_hidden(H, dtype)
+        tensors["logprobs"] = torch.cat(lps) if lps else torch.zeros(0)
+        tensors["entropy"] = torch.cat(ents) if ents else torch.zeros(0)
+        tensors["token_ids"] = torch.cat(tids) if tids else torch.zeros(0, dtype=torch.int32)
+        if prompt_hidden:
+            tensors["prompt_hidden"] = torch.stack(prompt_hidden).to(torch.float16)
+        atomic_write_bytes(self.path / f"shard-{k:05d}.safetensors", save(tensors))
+        atomic_write_json(
+            self.path / f"shard-{k:05d}.json",
+            {"prompts": [r.prompt.id for r in results], "records": records},
+        )
+
+    def finish(self, extra: dict[str, Any] | None = None) -> None:
+        meta = {**self.meta, **(extra or {}), "complete": True}
+        atomic_write_json(self.path / "meta.json", meta)
+
+
+class Store:
+    """Read side: records in memory, tensors memory-mapped and sliced per answer."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        mp = self.path / "meta.json"
+        if not mp.exists():
+            raise HsrmError(f"{self.path}: not a sample store (no meta.json); run `hsrm sample` first")
+        self.meta = json.loads(mp.read_text())
+        if self.meta.get("format_version") != FORMAT_VERSION:
+            raise HsrmError(
+                f"{mp}: format_version {self.meta.get('format_version')} is not supported "
+                f"(this hsrm reads {FORMAT_VERSION})"
+            )
+        self.fingerprint = ModelFingerprint.from_dict(self.meta["fingerprint"])
+        self.layers: tuple[int, ...] = tuple(self.meta["layers"])
+        self.records: list[dict[str, Any]] = []
+        self._shards: list[Path] = []
+        self._prompt_rows: dict[str, tuple[int, int]] = {}
+        for j in sorted(self.path.glob("shard-*.json")):
+            st = j.with_suffix(".safetensors")
+            if not st.exists():
+                continue
+            k = len(self._shards)
+            self._shards.append(st)
+            data = json.loads(j.read_text())
+            for pi, pid in enumerate(data["prompts"]):
+                self._prompt_rows[pid] = (k, pi)
+            for r in data["records"]:
+                self.records.append({**r, "shard": k})
+        self._handles: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.meta.get("complete"))
+
+    def _h(self, k: int):
+        if k not in self._handles:
+            self._handles[k] = safe_open(str(self._shards[k]), framework="pt")
+        return self._handles[k]
+
+    def _has(self, k: int, name: str) -> bool:
+        return name in self._h(k).keys()
+
+    def hidden(self, i: int) -> torch.Tensor:
+        """(rows, L, d) float32 for record i (rows = tokens, or 1 when pooled)."""
+        r = self.records[i]
+        h = self._h(r["shard"])
+        a, b = r["offset"], r["offset"] + r["rows"]
+        q = h.get_slice("hidden")[a:b]
+        scale = h.get_slice("hidden_scale")[a:b] if self._has(r["shard"], "hidden_scale") else None
+        return _decode_hidden(q, scale)
+
+    def logprobs(self, i: int) -> torch.Tensor:
+        r = self.records[i]
+        a = r["tok_offset"]
+        return self._h(r["shard"]).get_slice("logprobs")[a : a + r["n_tokens"]]
+
+    def entropy(self, i: int) -> torch.Tensor:
+        r = self.records[i]
+        a = r["tok_offset"]
+        return self._h(r["shard"]).get_slice("entropy")[a : a + r["n_tokens"]]
+
+    def token_ids(self, i: int) -> list[int]:
+        r = self.records[i]
+        a = r["tok_offset"]
+        return self._h(r["shard"]).get_slice("token_ids")[a : a + r["n_tokens"]].tolist()
+
+    def prompt_hidden(self, prompt_id: str) -> torch.Tensor:
+        k, pi = self._prompt_rows[prompt_id]
+        if not self._has(k, "prompt_hidden"):
+            raise HsrmError(f"{self._shards[k]}: no prompt_hidden tensor")
+        return self._h(k).get_slice("prompt_hidden")[pi : pi + 1][0].float()
+
+    def features(self, idx: Sequence[int] | None = None, layers: Sequence[int] | None = None) -> TokenFeatures:
+        """Lazy features of records ``idx`` (default all), optionally a layer subset."""
+        f = TokenFeatures(self.hidden, len(self.records), self.layers, self.fingerprint, self.logprobs)
+        if idx is not None:
+            f = f.subset(idx)
+        if layers is not None:
+            f = f.select_layers(layers)
+        return f
+
+    # Column helpers (numpy arrays over records)
+    def column(self, key: str) -> np.ndarray:
+        return np.array([r[key] for r in self.records])
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.column("label").astype(np.int64)
+
+    @property
+    def prompt_ids(self) -> np.ndarray:
+        return self.column("prompt_id")
+
+    def bytes_on_disk(self) -> int:
+        return sum(p.stat().st_size for p in self.path.glob("shard-*"))

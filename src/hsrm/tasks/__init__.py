@@ -1,0 +1,51 @@
+"""Data sets with answer checkers. ``get_task("synthetic")``, ``get_task("gsm8k:PATH")``, ..."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hsrm.errors import HsrmError
+from hsrm.tasks.base import Prompt, Task, first_number, last_number, normalize_text
+from hsrm.tasks.files import BBHTask, GSM8KTask, JsonlTask
+from hsrm.tasks.synthetic import FAMILIES, SyntheticTask
+
+TASKS: dict[str, type[Task]] = {
+    "synthetic": SyntheticTask,
+    "gsm8k": GSM8KTask,
+    "bbh": BBHTask,
+    "jsonl": JsonlTask,
+}
+
+
+def get_task(spec: str, **kwargs: Any) -> Task:
+    """Build a task from ``NAME`` or ``NAME:PATH`` (e.g. ``gsm8k:../shared/data/gsm8k/test.jsonl``)."""
+    name, _, path = spec.partition(":")
+    if name not in TASKS:
+        raise HsrmError(f"unknown task {name!r}; known: {', '.join(TASKS)} (file tasks take NAME:PATH)")
+    cls = TASKS[name]
+    if name == "synthetic":
+        if path:
+            kwargs.setdefault("families", path)
+        return cls(**kwargs)
+    if not path:
+        raise HsrmError(f"task {name!r} needs a path: {name}:PATH")
+    kwargs.pop("n", None)
+    kwargs.pop("families", None)
+    kwargs.pop("seed", None)
+    return cls(path, **kwargs)
+
+
+__all__ = [
+    "FAMILIES",
+    "TASKS",
+    "BBHTask",
+    "GSM8KTask",
+    "JsonlTask",
+    "Prompt",
+    "SyntheticTask",
+    "Task",
+    "first_number",
+    "get_task",
+    "last_number",
+    "normalize_text",
+]

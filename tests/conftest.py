@@ -1,0 +1,37 @@
+import numpy as np
+import pytest
+import torch
+
+from hsrm.features import TokenFeatures
+from hsrm.models import ModelFingerprint
+
+torch.set_num_threads(2)
+
+FP = ModelFingerprint(name="synthetic", revision="r0", n_layers=4, hidden_size=16, vocab_size=64)
+
+
+def make_features(n_prompts=40, per_prompt=6, layers=(0, 1, 2, 3, 4), d=16, seed=0, signal=2.0):
+    """Synthetic answers whose correctness is written along one direction of layer 2."""
+    g = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    fp = ModelFingerprint(name="synthetic", revision="r0", n_layers=4, hidden_size=d, vocab_size=64)
+    xs, ys, groups, lps = [], [], [], []
+    direction = torch.randn(d, generator=g)
+    direction /= direction.norm()
+    for p in range(n_prompts):
+        for _ in range(per_prompt):
+            y = int(rng.random() < 0.5)
+            T = int(rng.integers(2, 7))
+            x = torch.randn(T, len(layers), d, generator=g)
+            if 2 in layers:
+                x[:, layers.index(2)] += (signal if y else -signal) * direction
+            xs.append(x)
+            ys.append(y)
+            groups.append(f"p{p}")
+            lps.append(torch.randn(T, generator=g) - 1.0)
+    return TokenFeatures.from_tensors(xs, layers, fp, lps), np.array(ys), np.array(groups)
+
+
+@pytest.fixture
+def synth():
+    return make_features()
