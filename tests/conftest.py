@@ -35,3 +35,18 @@ def make_features(n_prompts=40, per_prompt=6, layers=(0, 1, 2, 3, 4), d=16, seed
 @pytest.fixture
 def synth():
     return make_features()
+
+
+@pytest.fixture(scope="session")
+def embedded_lm():
+    """The embedded SmolLM2-135M-Instruct (converted once from its GGUF file, then cached)."""
+    from hsrm.models import load_model
+
+    return load_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_lm():
+    from hsrm.models import tiny_model
+
+    return tiny_model(seed=0)

@@ -76,6 +76,7 @@ class SampleConfig:
     max_new_tokens: int = 6
     seed: int = 0
     layers: str = "all"  # which hidden states to capture; see parse_layers
+    top_logprobs: int = 0  # also keep the k most likely tokens' log-probs per step (API-style)
 
     def validate(self) -> None:
         if self.n < 1:
@@ -198,6 +199,7 @@ def sample_prompt(
     tokens: list[torch.Tensor] = []
     lps: list[torch.Tensor] = []
     ents: list[torch.Tensor] = []
+    tops: list[tuple[torch.Tensor, torch.Tensor]] = []
     states: list[torch.Tensor] = []
     alive = torch.ones(n, dtype=torch.bool, device=device)
     lengths = torch.zeros(n, dtype=torch.long, device=device)
@@ -210,6 +212,9 @@ def sample_prompt(
         tokens.append(nxt)
         lps.append(logp.gather(-1, nxt[:, None]).squeeze(-1))
         ents.append(-(logp.exp() * logp).sum(-1))
+        if cfg.top_logprobs:
+            tv, ti = logp.topk(cfg.top_logprobs, dim=-1)
+            tops.append((tv.cpu(), ti.cpu()))
         # The terminating EOS is not an answer token: its log-prob is kept apart, and its state
         # is never needed, so a row that stops costs no extra step.
         ended = alive & torch.isin(nxt, eos_t)
@@ -250,7 +255,18 @@ def sample_prompt(
                 hidden=hidden,
                 logprobs=lp_mat[i, :t].clone(),
                 entropy=ent_mat[i, :t].clone(),
-                extra={"eos_logprob": float(lp_mat[i, t]) if stopped else None},
+                extra={
+                    "eos_logprob": float(lp_mat[i, t]) if stopped else None,
+                    # (T, k) log-probs and token ids of the k most likely tokens at each step
+                    **(
+                        {
+                            "top_logprobs": torch.stack([v[i] for v, _ in tops[:t]]) if t else torch.zeros(0, cfg.top_logprobs),
+                            "top_ids": torch.stack([x[i] for _, x in tops[:t]]) if t else torch.zeros(0, cfg.top_logprobs, dtype=torch.long),
+                        }
+                        if cfg.top_logprobs
+                        else {}
+                    ),
+                },
             )
         )
     return PromptResult(prompt=prompt, answers=answers, prompt_hidden=prompt_hidden)

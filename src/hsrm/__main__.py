@@ -1,0 +1,5 @@
+import sys
+
+from hsrm.cli import main
+
+sys.exit(main())

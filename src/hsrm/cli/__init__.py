@@ -1,0 +1,78 @@
+"""The ``hsrm`` command. Thin: every subcommand calls the public function the README shows.
+
+Each module in this package that defines ``register(sub, groups)`` adds its subcommands; ``groups``
+holds the shared command groups (``sae``, ``prefs``, ``detect``) so that several modules can add
+leaves to one group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import pkgutil
+import sys
+
+from hsrm.errors import HsrmError
+
+GROUPS = {
+    "sae": "sparse autoencoders on the model's activations",
+    "prefs": "preference reward models and preference-pair building",
+    "detect": "hallucination detection",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from hsrm import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="hsrm",
+        description="Hidden-state reward models: score an LLM's answers from its own internal signals.",
+    )
+    parser.add_argument("--version", action="version", version=f"hsrm {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    groups = {}
+    for name, help_ in GROUPS.items():
+        gp = sub.add_parser(name, help=help_, description=help_)
+        groups[name] = gp.add_subparsers(dest=f"{name}_command", metavar="COMMAND")
+        gp.set_defaults(_group_parser=gp)
+    import hsrm.cli as pkg
+
+    for mod in sorted(m.name for m in pkgutil.iter_modules(pkg.__path__)):
+        module = importlib.import_module(f"hsrm.cli.{mod}")
+        if hasattr(module, "register"):
+            module.register(sub, groups)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(show_path=False, show_time=False, markup=False)],
+    )
+    for noisy in ("httpx", "urllib3", "filelock", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    func = getattr(args, "func", None)
+    if func is None:
+        gp = getattr(args, "_group_parser", None)
+        (gp or parser).print_help()
+        return 2
+    try:
+        return int(func(args) or 0)
+    except HsrmError as e:
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""Metrics: best-of-N, unbiased pass@k, AUROC, within-prompt AUROC, pairwise accuracy, bootstrap CIs.
+
+Conventions: ``scores``, ``labels`` (1 = correct) and ``groups`` (prompt ids) are aligned arrays over
+samples. Best-of-k is the expected correctness of the top-scored answer in a uniformly random size-k
+subset of a prompt's samples, computed exactly (ties broken uniformly at random); SWIFT's protocol,
+the first k samples, is ``protocol="first"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from math import comb
+
+import numpy as np
+
+from hsrm.errors import HsrmError
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """AUROC with ties counted half; NaN when only one class is present."""
+    s, y = np.asarray(scores, float), np.asarray(labels).astype(bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s))
+    sorted_s = s[order]
+    # average ranks for ties
+    i = 0
+    while i < len(s):
+        j = i
+        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _by_group(groups: np.ndarray) -> dict[object, np.ndarray]:
+    groups = np.asarray(groups)
+    uniq, inv = np.unique(groups, return_inverse=True)
+    return {u: np.flatnonzero(inv == i) for i, u in enumerate(uniq)}
+
+
+def within_prompt_auroc(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float:
+    """Mean AUROC over prompts that have both right and wrong samples (what best-of-N needs)."""
+    vals = within_prompt_auroc_per_group(scores, labels, groups)
+    v = [x for x in vals.values() if not np.isnan(x)]
+    return float(np.mean(v)) if v else float("nan")
+
+
+def within_prompt_auroc_per_group(scores, labels, groups) -> dict[object, float]:
+    s, y = np.asarray(scores, float), np.asarray(labels)
+    return {g: auroc(s[i], y[i]) for g, i in _by_group(groups).items()}
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k (Chen et al., 2021): 1 - C(n-c, k) / C(n, k)."""
+    if k > n:
+        raise HsrmError(f"pass@k: k={k} > n={n}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - comb(n - c, k) / comb(n, k)
+
+
+def bon_prompt(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Expected correctness of the best-scored answer among a random k-subset of one prompt's
+    samples, exactly: P(max of subset falls in tie-group s) x mean label of that group."""
+    s, y = np.asarray(scores, float), np.asarray(labels, float)
+    n = len(s)
+    if k > n:
+        raise HsrmError(f"best-of-k: k={k} > n={n} samples")
+    total = comb(n, k)
+    vals = np.unique(s)
+    out = 0.0
+    for v in vals:
+        le, lt = int((s <= v).sum()), int((s < v).sum())
+        p = (comb(le, k) - comb(lt, k)) / total
+        if p:
+            out += p * float(y[s == v].mean())
+    return out
+
+
+def bon_first_k(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """SWIFT's protocol: the best-scored of the first k samples (ties: mean label)."""
+    s, y = np.asarray(scores, float)[:k], np.asarray(labels, float)[:k]
+    return float(y[s == s.max()].mean())
+
+
+def majority_prompt(answers: Sequence[object], labels: np.ndarray, k: int, rng: np.random.Generator, n_sub: int = 200) -> float:
+    """Majority vote over extracted answers within random k-subsets (None = no answer, never wins
+    unless all are None); ties between answers broken uniformly. Monte Carlo over ``n_sub`` subsets."""
+    n = len(answers)
+    y = np.asarray(labels, float)
+    subsets = [np.arange(n)] if k == n else [rng.choice(n, size=k, replace=False) for _ in range(n_sub)]
+    acc = 0.0
+    for sub in subsets:
+        counts: dict[object, list[int]] = {}
+        for i in sub:
+            if answers[i] is not None:
+                counts.setdefault(answers[i], []).append(int(i))
+        if not counts:
+            acc += float(y[sub].mean())
+            continue
+        best = max(len(v) for v in counts.values())
+        winners = [v for v in counts.values() if len(v) == best]
+        acc += float(np.mean([y[v[0]] for v in winners]))
+    return acc / len(subsets)
+
+
+def ks_for(n: int) -> list[int]:
+    """1, 2, 4, ..., n (n included)."""
+    ks, k = [], 1
+    while k < n:
+        ks.append(k)
+        k *= 2
+    ks.append(n)
+    return ks
+
+
+def per_prompt_bon(
+    scores: np.ndarray, labels: np.ndarray, groups: np.ndarray, k: int, protocol: str = "random"
+) -> dict[object, float]:
+    s, y = np.asarray(scores, float), np.asarray(labels)
+    f = bon_prompt if protocol == "random" else bon_first_k
+    return {g: f(s[i], y[i], k) for g, i in _by_group(groups).items()}
+
+
+def bootstrap_ci(
+    per_group: dict[object, float] | np.ndarray,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile CI of the mean over prompts, resampling prompts."""
+    v = np.asarray(list(per_group.values()) if isinstance(per_group, dict) else per_group, float)
+    v = v[~np.isnan(v)]
+    if len(v) == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(1)
+    return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
+
+
+def bootstrap_metric_ci(
+    metric: Callable[[np.ndarray], float],
+    groups: np.ndarray,
+    n_boot: int = 500,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """CI of ``metric(sample_indices)`` resampling whole groups (prompts / questions) with replacement."""
+    by = list(_by_group(groups).values())
+    rng = np.random.default_rng(seed)
+    vals = []
+    for _ in range(n_boot):
+        pick = rng.integers(0, len(by), size=len(by))
+        idx = np.concatenate([by[i] for i in pick])
+        v = metric(idx)
+        if not np.isnan(v):
+            vals.append(v)
+    if not vals:
+        return (float("nan"), float("nan"))
+    return float(np.quantile(vals, alpha / 2)), float(np.quantile(vals, 1 - alpha / 2))
+
+
+def pairwise_accuracy(chosen_scores: np.ndarray, rejected_scores: np.ndarray) -> float:
+    """Share of pairs where chosen outscores rejected (ties count half)."""
+    c, r = np.asarray(chosen_scores, float), np.asarray(rejected_scores, float)
+    if len(c) != len(r) or len(c) == 0:
+        raise HsrmError("pairwise_accuracy: need equal, non-empty chosen and rejected arrays")
+    return float(((c > r) + 0.5 * (c == r)).mean())
+
+
+def gap_closed(bon: float, mean_acc: float, pass_k: float) -> float:
+    """(BoN@k - mean accuracy) / (pass@k - mean accuracy); NaN when pass@k = mean accuracy."""
+    den = pass_k - mean_acc
+    return float((bon - mean_acc) / den) if den > 1e-12 else float("nan")
