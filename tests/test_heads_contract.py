@@ -14,6 +14,9 @@ from tests.conftest import make_features
 # Small, fast settings per head; the defaults are the papers'.
 FAST = {
     "elhsr": {"lr": 1e-2, "max_epochs": 10},
+    "elhsr_logits": {"lr": 1e-2, "max_epochs": 10},
+    "elhsr_toplogprobs": {"lr": 1e-2, "max_epochs": 10},
+    "harp": {"layer": 2, "projection": "full", "lr": 1e-2, "epochs": 20, "hidden": 64},
 }
 
 

@@ -142,6 +142,14 @@ def _lm_parts(model):
     return decoder, head, softcap
 
 
+def _cache_kw(decoder, cache) -> dict:
+    # transformers >= 5.2x names the argument `cache`; older releases `past_key_values`.
+    import inspect
+
+    params = inspect.signature(decoder.forward).parameters
+    return {"cache": cache} if "cache" in params else {"past_key_values": cache}
+
+
 def _logits(head, softcap, h: torch.Tensor) -> torch.Tensor:
     logits = head(h).float()
     if softcap:
@@ -189,7 +197,8 @@ def sample_prompt(
     from transformers import DynamicCache
 
     cache = DynamicCache(config=model.config)
-    out = decoder(input_ids=ids, past_key_values=cache, use_cache=True, output_hidden_states=capture)
+    ckw = _cache_kw(decoder, cache)
+    out = decoder(input_ids=ids, use_cache=True, output_hidden_states=capture, **ckw)
     prompt_hidden = _stack_layers(out.hidden_states, layers, -1)[0].float().cpu() if capture else None
     logits = _logits(head, softcap, out.last_hidden_state[:, -1]).expand(cfg.n, -1)
     cache.batch_repeat_interleave(cfg.n)
@@ -225,8 +234,8 @@ def sample_prompt(
             break
         out = decoder(
             input_ids=nxt[:, None],
-            past_key_values=cache,
             use_cache=True,
+            **ckw,
             output_hidden_states=capture,
             position_ids=torch.full((n, 1), pos, device=device),
         )

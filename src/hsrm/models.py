@@ -184,10 +184,15 @@ def load_model(
     """Load a causal LM and its tokenizer, in eval mode, with its fingerprint.
 
     ``name_or_path``: an embedded name (``smollm2-135m-instruct``), a hub id, a local folder,
-    or a ``.gguf`` file. GGUF models are de-quantised once and cached under ``$HSRM_CACHE``.
+    a ``.gguf`` file, or ``tiny:SEED`` (a random 2-layer Llama, for tests). GGUF models are de-quantised once and cached under ``$HSRM_CACHE``.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if name_or_path.startswith("tiny:"):  # a random tiny Llama for tests and dry runs
+        try:
+            return tiny_model(seed=int(name_or_path.split(":", 1)[1]))
+        except ValueError:
+            raise HsrmError(f"model {name_or_path!r}: expected tiny:SEED with an integer seed") from None
     folder, gguf, revision = resolve(name_or_path, gguf_file)
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     kw: dict[str, Any] = {"dtype": torch_dtype}

@@ -130,6 +130,7 @@ class StoreWriter:
                         "sample": s,
                         "family": r.prompt.family,
                         "qtype": r.prompt.meta.get("qtype", r.prompt.family),
+                        "question": r.prompt.question,
                         "reference": r.prompt.answer,
                         "text": a.text,
                         "extracted": extracted,

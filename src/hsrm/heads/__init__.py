@@ -2,6 +2,8 @@
 
 from hsrm.heads.base import REGISTRY, Head, get_head_class, make_head, register
 from hsrm.heads.elhsr import ELHSRHead
+from hsrm.heads.harp import HARPHead
+from hsrm.heads.logits import LogitsELHSRHead, TopLogprobsELHSRHead
 from hsrm.heads.probe import ProbeHead
 
-__all__ = ["REGISTRY", "ELHSRHead", "Head", "ProbeHead", "get_head_class", "make_head", "register"]
+__all__ = ["REGISTRY", "ELHSRHead", "HARPHead", "Head", "LogitsELHSRHead", "TopLogprobsELHSRHead", "ProbeHead", "get_head_class", "make_head", "register"]

@@ -1,0 +1,119 @@
+"""The best-of-N report: any scorers' per-sample scores -> BoN@k, pass@k, AUROC, within-prompt AUROC,
+gap closed, bootstrap CIs over prompts, and the same per task family.
+
+``majority`` is special: its best-of-k is a vote *within* each k-subset (Monte Carlo), so it needs the
+extracted answers; ``random`` is the mean accuracy; ``oracle`` is unbiased pass@k.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from hsrm import metrics as M
+
+MAJORITY = "majority"
+
+
+def vote_counts(extracted: Sequence[object], groups: np.ndarray) -> np.ndarray:
+    """Per sample: how many samples of its prompt gave the same extracted answer (0 for none)."""
+    out = np.zeros(len(extracted))
+    for _, idx in M._by_group(groups).items():
+        counts: dict[object, int] = {}
+        for i in idx:
+            if extracted[i] is not None:
+                counts[extracted[i]] = counts.get(extracted[i], 0) + 1
+        for i in idx:
+            out[i] = counts.get(extracted[i], 0) if extracted[i] is not None else 0
+    return out
+
+
+def _summary(
+    scores: dict[str, np.ndarray],
+    labels: np.ndarray,
+    groups: np.ndarray,
+    extracted: Sequence[object],
+    ks: list[int],
+    n_boot: int,
+    seed: int,
+) -> dict[str, Any]:
+    by = M._by_group(groups)
+    y = np.asarray(labels, float)
+    per_prompt_acc = {g: float(y[i].mean()) for g, i in by.items()}
+    n_per = {len(i) for i in by.values()}
+    n = min(n_per)
+    ks = [k for k in ks if k <= n]
+    out: dict[str, Any] = {
+        "n_prompts": len(by),
+        "n_samples": int(len(y)),
+        "mean_accuracy": float(np.mean(list(per_prompt_acc.values()))),
+        "mean_accuracy_ci": list(M.bootstrap_ci(per_prompt_acc, n_boot, seed=seed)),
+        "pass_at_k": {},
+        "bon": {},
+        "bon_ci": {},
+        "auroc": {},
+        "auroc_ci": {},
+        "within_prompt_auroc": {},
+        "within_prompt_auroc_ci": {},
+        "gap_closed": {},
+    }
+    pk = {}
+    for k in ks:
+        vals = {g: M.pass_at_k(len(i), int(y[i].sum()), k) for g, i in by.items()}
+        pk[k] = float(np.mean(list(vals.values())))
+        out["pass_at_k"][str(k)] = pk[k]
+    rng = np.random.default_rng(seed)
+    for name, s in scores.items():
+        s = np.asarray(s, float)
+        out["bon"][name], out["bon_ci"][name], out["gap_closed"][name] = {}, {}, {}
+        for k in ks:
+            if name == MAJORITY:
+                per = {g: M.majority_prompt([extracted[j] for j in i], y[i], k, rng) for g, i in by.items()}
+            else:
+                per = {g: M.bon_prompt(s[i], y[i], k) for g, i in by.items()}
+            v = float(np.mean(list(per.values())))
+            out["bon"][name][str(k)] = v
+            out["bon_ci"][name][str(k)] = list(M.bootstrap_ci(per, n_boot, seed=seed))
+            out["gap_closed"][name][str(k)] = M.gap_closed(v, out["mean_accuracy"], pk[k])
+        out["auroc"][name] = M.auroc(s, y)
+        out["auroc_ci"][name] = list(
+            M.bootstrap_metric_ci(lambda idx, s=s: M.auroc(s[idx], y[idx]), groups, n_boot=min(n_boot, 300), seed=seed)
+        )
+        wp = M.within_prompt_auroc_per_group(s, y, groups)
+        out["within_prompt_auroc"][name] = M.within_prompt_auroc(s, y, groups)
+        out["within_prompt_auroc_ci"][name] = list(M.bootstrap_ci(wp, n_boot, seed=seed))
+    out["n_mixed_prompts"] = int(sum(0 < y[i].mean() < 1 for i in by.values()))
+    return out
+
+
+def bon_report(
+    scores: dict[str, np.ndarray],
+    labels: np.ndarray,
+    groups: np.ndarray,
+    extracted: Sequence[object] | None = None,
+    families: np.ndarray | None = None,
+    ks: list[int] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Best-of-N report over test samples. ``scores``: scorer name -> (n,) scores (higher = better);
+    include ``"majority"`` (any array; votes come from ``extracted``) and ``"random"`` if wanted."""
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    extracted = list(extracted) if extracted is not None else [None] * len(labels)
+    if MAJORITY in scores:
+        scores = {**scores, MAJORITY: vote_counts(extracted, groups)}
+    n = min(len(i) for i in M._by_group(groups).values())
+    ks = ks or M.ks_for(n)
+    rep = _summary(scores, labels, groups, extracted, ks, n_boot, seed)
+    if families is not None:
+        fam = np.asarray(families)
+        rep["per_family"] = {}
+        for f in sorted(set(fam.tolist())):
+            m = fam == f
+            sub = {k: np.asarray(v)[m] for k, v in scores.items()}
+            rep["per_family"][f] = _summary(
+                sub, labels[m], groups[m], [e for e, keep in zip(extracted, m) if keep], ks, n_boot, seed
+            )
+    return rep
