@@ -169,7 +169,11 @@ def write_api_log(
                         "logprob": float(a.logprobs[t]),
                         "bytes": None,
                         "top_logprobs": [
-                            {"token": tokenizer.decode([int(x)]), "logprob": float(v), "bytes": None}
+                            {
+                                "token": tokenizer.decode([int(x)]),
+                                "logprob": float(v),
+                                "bytes": None,
+                            }
                             for v, x in zip(tv[t].tolist(), ti[t].tolist())
                         ],
                     }

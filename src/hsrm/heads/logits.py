@@ -51,9 +51,13 @@ def logit_features(
     fp = X.fingerprint
     layer = fp.n_layers if layer is None else layer
     if layer not in X.layers:
-        raise HsrmError(f"logit features need layer {layer} (the last hidden state); the features hold {list(X.layers)}")
+        raise HsrmError(
+            f"logit features need layer {layer} (the last hidden state); the features hold {list(X.layers)}"
+        )
     if unembedding.ndim != 2 or unembedding.shape[1] != X.hidden_size:
-        raise HsrmError(f"unembedding has shape {tuple(unembedding.shape)}; expected (vocab, {X.hidden_size})")
+        raise HsrmError(
+            f"unembedding has shape {tuple(unembedding.shape)}; expected (vocab, {X.hidden_size})"
+        )
     if transform not in ("log_softmax", "none"):
         raise HsrmError(f"logit features: unknown transform {transform!r}; use log_softmax or none")
     W = unembedding.float()
@@ -88,7 +92,9 @@ def topk_token_features(chosen: torch.Tensor, top: torch.Tensor) -> torch.Tensor
 def topk_fingerprint(name: str, revision: str, k: int) -> ModelFingerprint:
     """The fingerprint top-k features carry: the model's name and revision (API: ``model`` and
     ``system_fingerprint``) and the feature width; no layers, no vocabulary."""
-    return ModelFingerprint(name=name, revision=revision, n_layers=0, hidden_size=2 * k + 3, vocab_size=0)
+    return ModelFingerprint(
+        name=name, revision=revision, n_layers=0, hidden_size=2 * k + 3, vocab_size=0
+    )
 
 
 def toplogprob_features(
@@ -107,14 +113,18 @@ def toplogprob_features(
         elif "top_logprobs" in getattr(s, "extra", {}):  # capture.Answer
             pairs.append((s.logprobs, s.extra["top_logprobs"]))
         else:
-            raise HsrmError(f"sample {j} carries no top-k log-probs; sample with SampleConfig(top_logprobs=k)")
+            raise HsrmError(
+                f"sample {j} carries no top-k log-probs; sample with SampleConfig(top_logprobs=k)"
+            )
     have = [t.shape[1] for lp, t in pairs if t.shape[0] > 0]
     if not have:
         raise HsrmError("top-k features: every sample is empty")
     kk = min(have) if k is None else k
     if min(have) < kk:
         bad = next(j for j, (_, t) in enumerate(pairs) if t.shape[0] and t.shape[1] < kk)
-        raise HsrmError(f"top-k features: sample {bad} has {pairs[bad][1].shape[1]} top log-probs; need k={kk}")
+        raise HsrmError(
+            f"top-k features: sample {bad} has {pairs[bad][1].shape[1]} top log-probs; need k={kk}"
+        )
     if fingerprint is None:
         s0 = samples[0]
         if not hasattr(s0, "system_fingerprint"):
@@ -210,7 +220,9 @@ class _StandardizedELHSR(ELHSRHead):
         tensors = dict(tensors)
         if self.standardize:
             if "std.mean" not in tensors:
-                raise HsrmError(f"{self.architecture}: saved head lacks its standardisation statistics")
+                raise HsrmError(
+                    f"{self.architecture}: saved head lacks its standardisation statistics"
+                )
             self.mean_, self.scale_ = tensors.pop("std.mean"), tensors.pop("std.scale")
         super()._set_state(tensors, extra)
 
@@ -238,7 +250,19 @@ class LogitsELHSRHead(_StandardizedELHSR):
         seed: int = 0,
         memory_gb: float = 1.0,
     ):
-        super().__init__(layers, gate, standardize, lr, weight_decay, batch_size, max_epochs, patience, val_frac, seed, memory_gb)
+        super().__init__(
+            layers,
+            gate,
+            standardize,
+            lr,
+            weight_decay,
+            batch_size,
+            max_epochs,
+            patience,
+            val_frac,
+            seed,
+            memory_gb,
+        )
 
 
 @register("elhsr_toplogprobs")
