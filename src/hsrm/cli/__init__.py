@@ -67,8 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(func(args) or 0)
     except HsrmError as e:
         from rich.console import Console
+        from rich.text import Text
 
-        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False)
+        # Text, not markup: messages quote user input such as "[0, 1]" verbatim.
+        Console(stderr=True, soft_wrap=True).print(Text.assemble(("error: ", "bold red"), str(e)))
         return 2
     except KeyboardInterrupt:
         return 130

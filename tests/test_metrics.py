@@ -1,0 +1,84 @@
+"""Metrics against brute force and scikit-learn."""
+
+import itertools
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from hsrm import metrics as M
+from hsrm.evaluate import bon_report
+
+
+def _brute_bon(s, y, k, rng):
+    vals = []
+    for sub in itertools.combinations(range(len(s)), k):
+        sub = np.array(sub)
+        best = s[sub].max()
+        vals.append(y[sub][s[sub] == best].mean())
+    return float(np.mean(vals))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_bon_exact_matches_enumeration(seed):
+    rng = np.random.default_rng(seed)
+    s = rng.integers(0, 4, size=8).astype(float)  # many ties
+    y = rng.integers(0, 2, size=8)
+    for k in (1, 2, 3, 8):
+        assert M.bon_prompt(s, y, k) == pytest.approx(_brute_bon(s, y, k, rng))
+
+
+def test_pass_at_k():
+    assert M.pass_at_k(16, 0, 4) == 0.0
+    assert M.pass_at_k(16, 16, 1) == 1.0
+    assert M.pass_at_k(4, 1, 2) == pytest.approx(0.5)
+    # bon of a perfect scorer is pass@k
+    y = np.array([1, 0, 0, 1, 0, 0, 0, 0])
+    assert M.bon_prompt(y.astype(float), y, 3) == pytest.approx(M.pass_at_k(8, 2, 3))
+
+
+def test_auroc_matches_sklearn():
+    rng = np.random.default_rng(0)
+    s, y = rng.normal(size=200).round(1), rng.integers(0, 2, 200)
+    assert M.auroc(s, y) == pytest.approx(roc_auc_score(y, s))
+    assert np.isnan(M.auroc(s, np.ones(200)))
+
+
+def test_within_prompt_auroc_ignores_between_prompt_shift():
+    # a score that only tracks prompt difficulty has global AUROC > 0.5 but within-prompt 0.5
+    y = np.array([1, 1, 1, 0, 1, 0, 0, 0])
+    g = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    s = np.array([1, 1, 1, 1, 0, 0, 0, 0], float)
+    assert M.auroc(s, y) > 0.7
+    assert M.within_prompt_auroc(s, y, g) == pytest.approx(0.5)
+
+
+def test_majority_vote():
+    rng = np.random.default_rng(0)
+    ans = ["7", "7", "7", "5", None]
+    y = np.array([1, 1, 1, 0, 0])
+    assert M.majority_prompt(ans, y, 5, rng) == 1.0
+    assert 0.5 < M.majority_prompt(ans, y, 3, rng) <= 1.0
+
+
+def test_bootstrap_ci_contains_mean():
+    v = np.random.default_rng(1).random(100)
+    lo, hi = M.bootstrap_ci(v)
+    assert lo < v.mean() < hi
+
+
+def test_bon_report_keys_and_controls():
+    rng = np.random.default_rng(0)
+    g = np.repeat(np.arange(20), 8)
+    y = rng.integers(0, 2, len(g))
+    ext = [str(v) for v in rng.integers(0, 3, len(g))]
+    rep = bon_report(
+        {"oracle_like": y + rng.normal(0, 0.01, len(g)), "random": np.zeros(len(g)), "majority": np.zeros(len(g))},
+        y, g, extracted=ext, families=np.where(g < 10, "a", "b"), n_boot=100,
+    )
+    for key in ("mean_accuracy", "pass_at_k", "bon", "bon_ci", "auroc", "within_prompt_auroc", "gap_closed", "per_family"):
+        assert key in rep
+    assert rep["bon"]["oracle_like"]["8"] == pytest.approx(rep["pass_at_k"]["8"])
+    assert rep["bon"]["random"]["8"] == pytest.approx(rep["mean_accuracy"])
+    assert rep["gap_closed"]["oracle_like"]["8"] == pytest.approx(1.0)
+    assert set(rep["per_family"]) == {"a", "b"}
