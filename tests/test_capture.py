@@ -19,7 +19,11 @@ def _check_equal(lm, prompt, layers, n=6, max_new=6):
     answers = [a for a in res.answers if a.token_ids]
     assert answers, "every sample was empty"
     for a, b in zip(answers, tf):
-        assert a.hidden.shape == b.hidden.shape == (len(a.token_ids), len(layers), lm.fingerprint.hidden_size)
+        assert (
+            a.hidden.shape
+            == b.hidden.shape
+            == (len(a.token_ids), len(layers), lm.fingerprint.hidden_size)
+        )
         assert _rel(a.hidden, b.hidden) < 1e-3
         assert _rel(a.logprobs, b.logprobs) < 1e-3
     return res
@@ -55,7 +59,10 @@ def test_seeded_per_prompt(tiny_lm):
 def test_capture_off_gives_same_tokens(tiny_lm):
     p = get_task("synthetic", n=2).prompts()[0]
     cfg = SampleConfig(n=4, max_new_tokens=5, seed=1)
-    on, off = sample_prompt(tiny_lm, p, cfg, capture=True), sample_prompt(tiny_lm, p, cfg, capture=False)
+    on, off = (
+        sample_prompt(tiny_lm, p, cfg, capture=True),
+        sample_prompt(tiny_lm, p, cfg, capture=False),
+    )
     assert [a.token_ids for a in on.answers] == [a.token_ids for a in off.answers]
     assert off.answers[0].hidden is None
     torch.testing.assert_close(on.answers[0].logprobs, off.answers[0].logprobs)
@@ -63,7 +70,9 @@ def test_capture_off_gives_same_tokens(tiny_lm):
 
 def test_greedy_and_top_logprobs(tiny_lm):
     p = get_task("synthetic", n=2).prompts()[0]
-    r = sample_prompt(tiny_lm, p, SampleConfig(n=3, temperature=0, max_new_tokens=4, top_logprobs=5))
+    r = sample_prompt(
+        tiny_lm, p, SampleConfig(n=3, temperature=0, max_new_tokens=4, top_logprobs=5)
+    )
     assert len({tuple(a.token_ids) for a in r.answers}) == 1  # greedy: identical
     a = r.answers[0]
     assert a.extra["top_logprobs"].shape == (len(a.token_ids), 5)

@@ -73,10 +73,27 @@ def test_bon_report_keys_and_controls():
     y = rng.integers(0, 2, len(g))
     ext = [str(v) for v in rng.integers(0, 3, len(g))]
     rep = bon_report(
-        {"oracle_like": y + rng.normal(0, 0.01, len(g)), "random": np.zeros(len(g)), "majority": np.zeros(len(g))},
-        y, g, extracted=ext, families=np.where(g < 10, "a", "b"), n_boot=100,
+        {
+            "oracle_like": y + rng.normal(0, 0.01, len(g)),
+            "random": np.zeros(len(g)),
+            "majority": np.zeros(len(g)),
+        },
+        y,
+        g,
+        extracted=ext,
+        families=np.where(g < 10, "a", "b"),
+        n_boot=100,
     )
-    for key in ("mean_accuracy", "pass_at_k", "bon", "bon_ci", "auroc", "within_prompt_auroc", "gap_closed", "per_family"):
+    for key in (
+        "mean_accuracy",
+        "pass_at_k",
+        "bon",
+        "bon_ci",
+        "auroc",
+        "within_prompt_auroc",
+        "gap_closed",
+        "per_family",
+    ):
         assert key in rep
     assert rep["bon"]["oracle_like"]["8"] == pytest.approx(rep["pass_at_k"]["8"])
     assert rep["bon"]["random"]["8"] == pytest.approx(rep["mean_accuracy"])

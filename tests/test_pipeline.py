@@ -10,6 +10,7 @@ import pytest
 from hsrm.cli import main
 from hsrm.pipeline import DemoConfig, demo, prompt_folds
 
+
 @pytest.fixture(autouse=True)
 def _mixed_labels(monkeypatch):
     """A random tiny model is never right; label by answer text so both classes occur (plumbing only,
@@ -19,7 +20,18 @@ def _mixed_labels(monkeypatch):
     monkeypatch.setattr(SyntheticTask, "check", lambda self, ext, p: ext is None)
 
 
-TINY = ["--model", "tiny:0", "--n-prompts", "12", "--n", "4", "--max-new-tokens", "3", "--layers", "every:1"]
+TINY = [
+    "--model",
+    "tiny:0",
+    "--n-prompts",
+    "12",
+    "--n",
+    "4",
+    "--max-new-tokens",
+    "3",
+    "--layers",
+    "every:1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -31,13 +43,57 @@ def run(tmp_path_factory):
 
 def test_sample_train_evaluate(run, capsys):
     d = run
-    assert main(["train", str(d / "run"), "--head", "elhsr", "--out", str(d / "head"), "--layers", "all",
-                 "--params", '{"max_epochs": 2}']) == 0
-    assert main(["train", str(d / "run"), "--head", "probe", "--out", str(d / "probe"), "--layers", "all"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(d / "run"),
+                "--head",
+                "elhsr",
+                "--out",
+                str(d / "head"),
+                "--layers",
+                "all",
+                "--params",
+                '{"max_epochs": 2}',
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "train",
+                str(d / "run"),
+                "--head",
+                "probe",
+                "--out",
+                str(d / "probe"),
+                "--layers",
+                "all",
+            ]
+        )
+        == 0
+    )
     training = json.loads((d / "head" / "training.json").read_text())
     assert training["train_prompts"]
-    assert main(["evaluate", str(d / "run"), "--head", str(d / "head"), "--head", str(d / "probe"),
-                 "--out", str(d / "eval"), "--n-boot", "50"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(d / "run"),
+                "--head",
+                str(d / "head"),
+                "--head",
+                str(d / "probe"),
+                "--out",
+                str(d / "eval"),
+                "--n-boot",
+                "50",
+            ]
+        )
+        == 0
+    )
     rep = json.loads((d / "eval" / "results.json").read_text())
     for scorer in ("elhsr", "probe", "majority", "mean_logprob", "random"):
         assert scorer in rep["bon"]
@@ -49,11 +105,37 @@ def test_sample_train_evaluate(run, capsys):
 
 def test_head_from_other_model_is_refused(run, capsys):
     d = run
-    assert main(["sample", "--out", str(d / "other"), "--model", "tiny:1", "--n-prompts", "4", "--n", "2",
-                 "--max-new-tokens", "2", "--layers", "every:1"]) == 0
-    assert main(["train", str(d / "run"), "--head", "probe", "--out", str(d / "p2"), "--layers", "all"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--out",
+                str(d / "other"),
+                "--model",
+                "tiny:1",
+                "--n-prompts",
+                "4",
+                "--n",
+                "2",
+                "--max-new-tokens",
+                "2",
+                "--layers",
+                "every:1",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            ["train", str(d / "run"), "--head", "probe", "--out", str(d / "p2"), "--layers", "all"]
+        )
+        == 0
+    )
     capsys.readouterr()
-    assert main(["evaluate", str(d / "other"), "--head", str(d / "p2"), "--out", str(d / "bad_eval")]) == 2
+    assert (
+        main(["evaluate", str(d / "other"), "--head", str(d / "p2"), "--out", str(d / "bad_eval")])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "tiny-llama-0" in err and "tiny-llama-1" in err
     assert not (d / "bad_eval").exists()
@@ -61,12 +143,19 @@ def test_head_from_other_model_is_refused(run, capsys):
 
 def test_bad_inputs_exit_2(tmp_path, capsys):
     bad = Path(__file__).parent / "fixtures" / "tasks" / "bad.jsonl"
-    assert main(["sample", "--out", str(tmp_path / "x"), "--model", "tiny:0", "--task", f"jsonl:{bad}"]) == 2
+    assert (
+        main(
+            ["sample", "--out", str(tmp_path / "x"), "--model", "tiny:0", "--task", f"jsonl:{bad}"]
+        )
+        == 2
+    )
     assert "bad.jsonl:2" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
     assert main(["sample", "--out", str(tmp_path / "y"), "--model", "no-such-model"]) == 2
     assert "unknown model" in capsys.readouterr().err
-    assert main(["sample", "--out", str(tmp_path / "z"), "--model", "tiny:0", "--task", "nope"]) == 2
+    assert (
+        main(["sample", "--out", str(tmp_path / "z"), "--model", "tiny:0", "--task", "nope"]) == 2
+    )
     assert "unknown task" in capsys.readouterr().err
     assert main(["train", str(tmp_path / "nothing"), "--out", str(tmp_path / "h")]) == 2
     assert "not a sample store" in capsys.readouterr().err
@@ -79,7 +168,9 @@ def test_config_file_and_flags(tmp_path, run):
     assert main(["train", str(run / "run"), "--config", str(cfg), "--out", str(out)]) == 0
     assert json.loads((out / "config.json").read_text())["architecture"] == "probe"
     cfg.write_text("train:\n  bogus: 1\n")
-    assert main(["train", str(run / "run"), "--config", str(cfg), "--out", str(tmp_path / "h2")]) == 2
+    assert (
+        main(["train", str(run / "run"), "--config", str(cfg), "--out", str(tmp_path / "h2")]) == 2
+    )
 
 
 def test_folds_are_by_prompt():
@@ -91,12 +182,42 @@ def test_folds_are_by_prompt():
 
 
 def test_demo_tiny(tmp_path):
-    rep = demo(DemoConfig(out=str(tmp_path / "demo"), model="tiny:0", n_prompts=12, n=4, folds=2,
-                          head_layers="all", n_boot=50))
+    rep = demo(
+        DemoConfig(
+            out=str(tmp_path / "demo"),
+            model="tiny:0",
+            n_prompts=12,
+            n=4,
+            folds=2,
+            head_layers="all",
+            n_boot=50,
+        )
+    )
     saved = json.loads((tmp_path / "demo" / "results.json").read_text())
-    for key in ("mean_accuracy", "pass_at_k", "bon", "bon_ci", "auroc", "within_prompt_auroc", "gap_closed",
-                "per_family", "model", "task", "seed", "N", "sizes"):
+    for key in (
+        "mean_accuracy",
+        "pass_at_k",
+        "bon",
+        "bon_ci",
+        "auroc",
+        "within_prompt_auroc",
+        "gap_closed",
+        "per_family",
+        "model",
+        "task",
+        "seed",
+        "N",
+        "sizes",
+    ):
         assert key in saved, key
-    for scorer in ("elhsr", "probe", "majority", "mean_logprob", "random", "text_only", "answer_prior"):
+    for scorer in (
+        "elhsr",
+        "probe",
+        "majority",
+        "mean_logprob",
+        "random",
+        "text_only",
+        "answer_prior",
+    ):
         assert scorer in saved["bon"], scorer
     assert rep["sizes"]["prompts"] == 12 and len(rep["splits"]) == 2

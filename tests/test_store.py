@@ -22,8 +22,15 @@ def _write(tmp, lm, dtype="float16", pool="none", n_prompts=4):
     task = get_task("synthetic", n=n_prompts)
     layers = parse_layers("all", lm.fingerprint.n_layers)
     cfg = SampleConfig(n=3, max_new_tokens=4)
-    meta = {"fingerprint": lm.fingerprint.to_dict(), "layers": list(layers), "task": task.describe(),
-            "sampling": {"n": 3}, "dtype": dtype, "pool": pool, "shard_prompts": 2}
+    meta = {
+        "fingerprint": lm.fingerprint.to_dict(),
+        "layers": list(layers),
+        "task": task.describe(),
+        "sampling": {"n": 3},
+        "dtype": dtype,
+        "pool": pool,
+        "shard_prompts": 2,
+    }
     w = StoreWriter(tmp, meta)
     ps = task.prompts()
     results = [sample_prompt(lm, p, cfg, layers) for p in ps]
@@ -33,7 +40,9 @@ def _write(tmp, lm, dtype="float16", pool="none", n_prompts=4):
     return results
 
 
-@pytest.mark.parametrize("dtype,tol", [("float16", 2e-3), ("bfloat16", 1e-2), ("int8", 2e-2), ("fp8", 8e-2)])
+@pytest.mark.parametrize(
+    "dtype,tol", [("float16", 2e-3), ("bfloat16", 1e-2), ("int8", 2e-2), ("fp8", 8e-2)]
+)
 def test_roundtrip(tmp_path, tiny_lm, dtype, tol):
     results = _write(tmp_path, tiny_lm, dtype)
     st = Store(tmp_path)
@@ -71,8 +80,15 @@ def test_pooled(tmp_path, tiny_lm):
 
 def test_refuses_mixed_settings(tmp_path, tiny_lm):
     _write(tmp_path, tiny_lm)
-    meta = {"fingerprint": tiny_lm.fingerprint.to_dict(), "layers": [0], "task": {}, "sampling": {},
-            "dtype": "float16", "pool": "none", "shard_prompts": 2}
+    meta = {
+        "fingerprint": tiny_lm.fingerprint.to_dict(),
+        "layers": [0],
+        "task": {},
+        "sampling": {},
+        "dtype": "float16",
+        "pool": "none",
+        "shard_prompts": 2,
+    }
     with pytest.raises(HsrmError, match="layers"):
         StoreWriter(tmp_path, meta)
 
@@ -83,18 +99,39 @@ def test_not_a_store(tmp_path):
 
 
 def _digest(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("shard-*"))}
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("shard-*"))
+    }
 
 
 def test_resume_after_real_kill(tmp_path):
-    args = ["--model", "tiny:0", "--n-prompts", "40", "--n", "4", "--max-new-tokens", "4",
-            "--shard-prompts", "2", "--layers", "all", "--threads", "1"]
+    args = [
+        "--model",
+        "tiny:0",
+        "--n-prompts",
+        "40",
+        "--n",
+        "4",
+        "--max-new-tokens",
+        "4",
+        "--shard-prompts",
+        "2",
+        "--layers",
+        "all",
+        "--threads",
+        "1",
+    ]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "-m", "hsrm", "sample"]
     ref = tmp_path / "ref"
     subprocess.run(cmd + ["--out", str(ref)] + args, check=True, capture_output=True, env=env)
     out = tmp_path / "killed"
-    proc = subprocess.Popen(cmd + ["--out", str(out)] + args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen(
+        cmd + ["--out", str(out)] + args,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and len(list(out.glob("shard-*.json"))) < 3:
         time.sleep(0.02)
@@ -105,7 +142,9 @@ def test_resume_after_real_kill(tmp_path):
     subprocess.run(cmd + ["--out", str(out)] + args, check=True, capture_output=True, env=env)
     assert _digest(out) == _digest(ref)
     st, st_ref = Store(out), Store(ref)
-    assert [(r["prompt_id"], r["sample"]) for r in st.records] == [(r["prompt_id"], r["sample"]) for r in st_ref.records]
+    assert [(r["prompt_id"], r["sample"]) for r in st.records] == [
+        (r["prompt_id"], r["sample"]) for r in st_ref.records
+    ]
     assert len({(r["prompt_id"], r["sample"]) for r in st.records}) == 40 * 4
     assert not list(out.glob(".*tmp"))
     assert np.array_equal(st.labels, st_ref.labels)

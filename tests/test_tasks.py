@@ -66,7 +66,9 @@ def test_bad_inputs_name_file_and_line(tmp_path):
     with pytest.raises(HsrmError, match="needs a path"):
         get_task("gsm8k")
     f = tmp_path / "dup.jsonl"
-    f.write_text('{"id": "a", "prompt": "x", "answer": "1"}\n{"id": "a", "prompt": "y", "answer": "2"}\n')
+    f.write_text(
+        '{"id": "a", "prompt": "x", "answer": "1"}\n{"id": "a", "prompt": "y", "answer": "2"}\n'
+    )
     with pytest.raises(HsrmError, match=r"dup\.jsonl:2: duplicate id 'a'"):
         get_task(f"jsonl:{f}").prompts()
     g = tmp_path / "missing.jsonl"

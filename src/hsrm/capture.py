@@ -58,7 +58,9 @@ def parse_layers(spec: str | Sequence[int], n_layers: int) -> tuple[int, ...]:
     for i in idx:
         j = i + total if i < 0 else i
         if not 0 <= j < total:
-            raise HsrmError(f"layers: index {i} out of range for a model with {n_layers} layers (0..{n_layers})")
+            raise HsrmError(
+                f"layers: index {i} out of range for a model with {n_layers} layers (0..{n_layers})"
+            )
         if j not in out:
             out.append(j)
     if not out:
@@ -157,7 +159,9 @@ def _logits(head, softcap, h: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-def _sample(logits: torch.Tensor, temperature: float, top_p: float, g: torch.Generator) -> torch.Tensor:
+def _sample(
+    logits: torch.Tensor, temperature: float, top_p: float, g: torch.Generator
+) -> torch.Tensor:
     if temperature == 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits / temperature, dim=-1)
@@ -169,7 +173,9 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float, g: torch.Gen
     return torch.multinomial(probs, 1, generator=g).squeeze(-1)
 
 
-def _stack_layers(hs: Sequence[torch.Tensor], layers: tuple[int, ...], pos: int | slice) -> torch.Tensor:
+def _stack_layers(
+    hs: Sequence[torch.Tensor], layers: tuple[int, ...], pos: int | slice
+) -> torch.Tensor:
     # hs: (n_layers+1) x (B, S, d) -> (B, L, d) at position pos
     return torch.stack([hs[i][:, pos] for i in layers], dim=1)
 
@@ -199,7 +205,9 @@ def sample_prompt(
     cache = DynamicCache(config=model.config)
     ckw = _cache_kw(decoder, cache)
     out = decoder(input_ids=ids, use_cache=True, output_hidden_states=capture, **ckw)
-    prompt_hidden = _stack_layers(out.hidden_states, layers, -1)[0].float().cpu() if capture else None
+    prompt_hidden = (
+        _stack_layers(out.hidden_states, layers, -1)[0].float().cpu() if capture else None
+    )
     logits = _logits(head, softcap, out.last_hidden_state[:, -1]).expand(cfg.n, -1)
     cache.batch_repeat_interleave(cfg.n)
     pos = ids.shape[1]
@@ -256,7 +264,11 @@ def sample_prompt(
         stopped = t < tok_mat.shape[1] and int(tok_mat[i, t]) in eos
         hidden = None
         if capture:
-            hidden = st[i, :t].clone() if st is not None else torch.zeros(0, len(layers), lm.fingerprint.hidden_size)
+            hidden = (
+                st[i, :t].clone()
+                if st is not None
+                else torch.zeros(0, len(layers), lm.fingerprint.hidden_size)
+            )
         answers.append(
             Answer(
                 token_ids=tid,
@@ -269,8 +281,12 @@ def sample_prompt(
                     # (T, k) log-probs and token ids of the k most likely tokens at each step
                     **(
                         {
-                            "top_logprobs": torch.stack([v[i] for v, _ in tops[:t]]) if t else torch.zeros(0, cfg.top_logprobs),
-                            "top_ids": torch.stack([x[i] for _, x in tops[:t]]) if t else torch.zeros(0, cfg.top_logprobs, dtype=torch.long),
+                            "top_logprobs": torch.stack([v[i] for v, _ in tops[:t]])
+                            if t
+                            else torch.zeros(0, cfg.top_logprobs),
+                            "top_ids": torch.stack([x[i] for _, x in tops[:t]])
+                            if t
+                            else torch.zeros(0, cfg.top_logprobs, dtype=torch.long),
                         }
                         if cfg.top_logprobs
                         else {}
@@ -339,11 +355,15 @@ def teacher_force(
             ids[i, : P + len(s)] = torch.tensor(p_ids + s)
             mask[i, : P + len(s)] = 1
         ids, mask = ids.to(device), mask.to(device)
-        out = decoder(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
+        out = decoder(
+            input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False
+        )
         # Positions P-1 .. P+T-2 predict the answer tokens.
         logits = _logits(head, softcap, out.last_hidden_state[:, P - 1 : P + T - 1])
         logp = torch.log_softmax(logits, -1)
-        hs = torch.stack([out.hidden_states[i][:, P : P + T] for i in layers], dim=2)  # (B, T, L, d)
+        hs = torch.stack(
+            [out.hidden_states[i][:, P : P + T] for i in layers], dim=2
+        )  # (B, T, L, d)
         for i, s in enumerate(chunk):
             t = len(s)
             tgt = torch.tensor(s, device=device)

@@ -54,23 +54,29 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
         if f.name in skip:
             continue
         tp, is_list = _base_type(hints[f.name])
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
         flag = "--" + f.name.replace("_", "-")
         help_ = f.metadata.get("help", "") + f" (default: {default})"
         conv = _parse_bool if tp is bool else tp
         if is_list:
             parser.add_argument(flag, type=conv, nargs="+", default=None, help=help_)
         else:
-            parser.add_argument(flag, type=conv, default=None, help=help_, metavar=tp.__name__.upper())
+            parser.add_argument(
+                flag, type=conv, default=None, help=help_, metavar=tp.__name__.upper()
+            )
 
 
-def from_sources(cls: type[T], file_values: dict[str, Any] | None = None, args: Any = None, **over: Any) -> T:
+def from_sources(
+    cls: type[T], file_values: dict[str, Any] | None = None, args: Any = None, **over: Any
+) -> T:
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     values: dict[str, Any] = {}
     for k, v in (file_values or {}).items():
         key = k.replace("-", "_")
         if key not in names:
-            raise HsrmError(f"config: unknown field {k!r} for {cls.__name__}; known: {sorted(names)}")
+            raise HsrmError(
+                f"config: unknown field {k!r} for {cls.__name__}; known: {sorted(names)}"
+            )
         values[key] = v
     if args is not None:
         for k in names:

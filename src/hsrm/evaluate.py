@@ -70,7 +70,10 @@ def _summary(
         out["bon"][name], out["bon_ci"][name], out["gap_closed"][name] = {}, {}, {}
         for k in ks:
             if name == MAJORITY:
-                per = {g: M.majority_prompt([extracted[j] for j in i], y[i], k, rng) for g, i in by.items()}
+                per = {
+                    g: M.majority_prompt([extracted[j] for j in i], y[i], k, rng)
+                    for g, i in by.items()
+                }
             else:
                 per = {g: M.bon_prompt(s[i], y[i], k) for g, i in by.items()}
             v = float(np.mean(list(per.values())))
@@ -78,8 +81,11 @@ def _summary(
             out["bon_ci"][name][str(k)] = list(M.bootstrap_ci(per, n_boot, seed=seed))
             out["gap_closed"][name][str(k)] = M.gap_closed(v, out["mean_accuracy"], pk[k])
         out["auroc"][name] = M.auroc(s, y)
+        def _auroc_of(idx: np.ndarray, s: np.ndarray = s) -> float:
+            return M.auroc(s[idx], y[idx])
+
         out["auroc_ci"][name] = list(
-            M.bootstrap_metric_ci(lambda idx, s=s: M.auroc(s[idx], y[idx]), groups, n_boot=min(n_boot, 300), seed=seed)
+            M.bootstrap_metric_ci(_auroc_of, groups, n_boot=min(n_boot, 300), seed=seed)
         )
         wp = M.within_prompt_auroc_per_group(s, y, groups)
         out["within_prompt_auroc"][name] = M.within_prompt_auroc(s, y, groups)
@@ -114,6 +120,12 @@ def bon_report(
             m = fam == f
             sub = {k: np.asarray(v)[m] for k, v in scores.items()}
             rep["per_family"][f] = _summary(
-                sub, labels[m], groups[m], [e for e, keep in zip(extracted, m) if keep], ks, n_boot, seed
+                sub,
+                labels[m],
+                groups[m],
+                [e for e, keep in zip(extracted, m) if keep],
+                ks,
+                n_boot,
+                seed,
             )
     return rep

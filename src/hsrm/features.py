@@ -14,6 +14,8 @@ import torch
 from hsrm.errors import HsrmError
 from hsrm.models import ModelFingerprint
 
+Indices = Sequence[int] | np.ndarray  # sample indices
+
 
 class TokenFeatures:
     """Lazy per-answer features: ``feats[i]`` is a float32 tensor (T_i, L, d)."""
@@ -76,7 +78,7 @@ class TokenFeatures:
             raise HsrmError("these features carry no log-probabilities")
         return self._lp(i)
 
-    def subset(self, idx: Sequence[int] | np.ndarray) -> TokenFeatures:
+    def subset(self, idx: Indices) -> TokenFeatures:
         idx = [int(i) for i in idx]
         get, lp = self._get, self._lp
         return TokenFeatures(
@@ -98,7 +100,9 @@ class TokenFeatures:
             return self
         pos = [self.layers.index(lay) for lay in layers]
         get = self._get
-        return TokenFeatures(lambda i: get(i)[:, pos], self._n, tuple(layers), self.fingerprint, self._lp)
+        return TokenFeatures(
+            lambda i: get(i)[:, pos], self._n, tuple(layers), self.fingerprint, self._lp
+        )
 
     def pooled(self, how: str = "mean") -> torch.Tensor:
         """(n, L, d): mean, last or max over each answer's tokens, computed one answer at a time."""
@@ -117,7 +121,7 @@ class TokenFeatures:
                 raise HsrmError(f"unknown pooling {how!r}; use mean, last or max")
         return out
 
-    def padded(self, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def padded(self, idx: Indices | range) -> tuple[torch.Tensor, torch.Tensor]:
         """A padded batch: (B, T, L, d) features and a (B, T) bool mask of real tokens."""
         xs = [self._get(int(i)) for i in idx]
         T = max(1, max(x.shape[0] for x in xs))

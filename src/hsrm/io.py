@@ -33,7 +33,9 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    atomic_write_text(
+        path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"
+    )
 
 
 def _json_default(o: Any) -> Any:
@@ -86,7 +88,9 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise HsrmError(f"{path}:{i}: malformed JSON ({e.msg} at column {e.colno})") from None
+                raise HsrmError(
+                    f"{path}:{i}: malformed JSON ({e.msg} at column {e.colno})"
+                ) from None
             if not isinstance(obj, dict):
                 raise HsrmError(f"{path}:{i}: expected a JSON object, got {type(obj).__name__}")
             obj["_line"] = i

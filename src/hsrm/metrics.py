@@ -87,12 +87,20 @@ def bon_first_k(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
     return float(y[s == s.max()].mean())
 
 
-def majority_prompt(answers: Sequence[object], labels: np.ndarray, k: int, rng: np.random.Generator, n_sub: int = 200) -> float:
+def majority_prompt(
+    answers: Sequence[object],
+    labels: np.ndarray,
+    k: int,
+    rng: np.random.Generator,
+    n_sub: int = 200,
+) -> float:
     """Majority vote over extracted answers within random k-subsets (None = no answer, never wins
     unless all are None); ties between answers broken uniformly. Monte Carlo over ``n_sub`` subsets."""
     n = len(answers)
     y = np.asarray(labels, float)
-    subsets = [np.arange(n)] if k == n else [rng.choice(n, size=k, replace=False) for _ in range(n_sub)]
+    subsets = (
+        [np.arange(n)] if k == n else [rng.choice(n, size=k, replace=False) for _ in range(n_sub)]
+    )
     acc = 0.0
     for sub in subsets:
         counts: dict[object, list[int]] = {}

@@ -47,7 +47,9 @@ class ModelFingerprint:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelFingerprint:
         try:
-            return cls(**{k: d[k] for k in ("name", "revision", "n_layers", "hidden_size", "vocab_size")})
+            return cls(
+                **{k: d[k] for k in ("name", "revision", "n_layers", "hidden_size", "vocab_size")}
+            )
         except KeyError as e:
             raise HsrmError(f"model fingerprint is missing field {e.args[0]!r}: {d}") from None
 
@@ -192,9 +194,13 @@ def load_model(
         try:
             return tiny_model(seed=int(name_or_path.split(":", 1)[1]))
         except ValueError:
-            raise HsrmError(f"model {name_or_path!r}: expected tiny:SEED with an integer seed") from None
+            raise HsrmError(
+                f"model {name_or_path!r}: expected tiny:SEED with an integer seed"
+            ) from None
     folder, gguf, revision = resolve(name_or_path, gguf_file)
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+        dtype
+    ]
     kw: dict[str, Any] = {"dtype": torch_dtype}
     if gguf:
         kw["gguf_file"] = gguf
@@ -205,7 +211,7 @@ def load_model(
         raise HsrmError(f"could not load model {name_or_path!r}: {e}") from e
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device).eval()
+    model = model.to(device).eval()  # type: ignore[arg-type]
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     if revision == "hub":
@@ -226,7 +232,9 @@ def fingerprint_of(model: Any, name: str, revision: str = "unknown") -> ModelFin
     )
 
 
-def tiny_model(seed: int = 0, n_layers: int = 2, hidden: int = 32, vocab: int | None = None) -> LoadedModel:
+def tiny_model(
+    seed: int = 0, n_layers: int = 2, hidden: int = 32, vocab: int | None = None
+) -> LoadedModel:
     """A randomly initialised Llama with a byte-level tokenizer, for tests (no download)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -40,7 +40,9 @@ class SampleRunConfig:
     model: str = field(DEFAULT_MODEL, "embedded name, hub id, local folder or .gguf file")
     task: str = field("synthetic", "synthetic[:FAMILIES] | gsm8k:PATH | bbh:PATH | jsonl:PATH")
     n_prompts: int = field(320, "prompts to sample (synthetic: generated; files: the first N)")
-    families: str = field("arith,compare", "synthetic task families (comma list of arith, compare, count)")
+    families: str = field(
+        "arith,compare", "synthetic task families (comma list of arith, compare, count)"
+    )
     task_seed: int = field(0, "seed of the synthetic task generator")
     n: int = field(16, "samples per prompt")
     temperature: float = field(0.8, "sampling temperature")
@@ -96,9 +98,19 @@ def sample(cfg: SampleRunConfig, lm: Any = None, progress: bool = True) -> Store
     shards = [prompts[i : i + S] for i in range(0, len(prompts), S)]
     todo = [k for k, sh in enumerate(shards) if not writer.shard_done(k, [p.id for p in sh])]
     if len(todo) < len(shards):
-        log.info("resuming %s: %d of %d shards already done", cfg.out, len(shards) - len(todo), len(shards))
+        log.info(
+            "resuming %s: %d of %d shards already done",
+            cfg.out,
+            len(shards) - len(todo),
+            len(shards),
+        )
     t0, n_done = time.perf_counter(), 0
-    bar = tqdm(total=sum(len(shards[k]) for k in todo) * cfg.n, desc="sampling", unit="sample", disable=not progress)
+    bar = tqdm(
+        total=sum(len(shards[k]) for k in todo) * cfg.n,
+        desc="sampling",
+        unit="sample",
+        disable=not progress,
+    )
     for k in todo:
         results = []
         for p in shards[k]:
@@ -112,7 +124,11 @@ def sample(cfg: SampleRunConfig, lm: Any = None, progress: bool = True) -> Store
     store = Store(cfg.out)
     log.info(
         "store %s: %d samples over %d prompts, %.1f MB (%.0f samples/s this run)",
-        cfg.out, len(store), len(prompts), store.bytes_on_disk() / 1e6, n_done / dt if dt > 0 else 0,
+        cfg.out,
+        len(store),
+        len(prompts),
+        store.bytes_on_disk() / 1e6,
+        n_done / dt if dt > 0 else 0,
     )
     return store
 
@@ -182,7 +198,14 @@ def train(cfg: TrainConfig, store: Store | None = None) -> Head:
             "config": asdict(cfg),
         },
     )
-    log.info("trained %s on %d samples (%d prompts) in %.1f s -> %s", cfg.head, len(train_idx), len(set(pids[train_idx])), dt, cfg.out)
+    log.info(
+        "trained %s on %d samples (%d prompts) in %.1f s -> %s",
+        cfg.head,
+        len(train_idx),
+        len(set(pids[train_idx])),
+        dt,
+        cfg.out,
+    )
     return head
 
 
@@ -196,7 +219,9 @@ class EvaluateConfig:
     n_boot: int = field(1000, "bootstrap resamples over prompts")
 
 
-def baseline_scores(store: Store, train_idx: np.ndarray, test_idx: np.ndarray) -> dict[str, np.ndarray]:
+def baseline_scores(
+    store: Store, train_idx: np.ndarray, test_idx: np.ndarray
+) -> dict[str, np.ndarray]:
     """The scorers every report carries: random, majority, mean log-prob, and the two controls."""
     recs = store.records
     y = store.labels
@@ -231,7 +256,9 @@ def evaluate(cfg: EvaluateConfig, store: Store | None = None) -> dict[str, Any]:
         tj = Path(hp) / "training.json"
         if tj.exists():
             seen |= set(json.loads(tj.read_text())["train_prompts"])
-        name = h.architecture if h.architecture not in heads else f"{h.architecture}:{Path(hp).name}"
+        name = (
+            h.architecture if h.architecture not in heads else f"{h.architecture}:{Path(hp).name}"
+        )
         heads[name] = h
     pids = store.prompt_ids
     test_idx = np.flatnonzero([p not in seen for p in pids])
@@ -249,7 +276,9 @@ def evaluate(cfg: EvaluateConfig, store: Store | None = None) -> dict[str, Any]:
     return rep
 
 
-def _report(store: Store, idx: np.ndarray, scores: dict[str, np.ndarray], n_boot: int, seed: int = 0) -> dict[str, Any]:
+def _report(
+    store: Store, idx: np.ndarray, scores: dict[str, np.ndarray], n_boot: int, seed: int = 0
+) -> dict[str, Any]:
     recs = store.records
     return bon_report(
         scores,
@@ -284,6 +313,7 @@ class DemoConfig:
     head_layers: str = field("every:4", "layers ELHSR reads")
     seed: int = field(0, "seed for sampling and splits")
     n_boot: int = field(1000, "bootstrap resamples over prompts")
+    threads: int = field(0, "torch CPU threads (0 = torch's default)")
 
 
 def cross_fit(
@@ -301,10 +331,18 @@ def cross_fit(
     fold = prompt_folds(pids, folds, seed)
     scores: dict[str, np.ndarray] = {}
     info = []
-    steps = tqdm(total=folds * (len(head_specs) + 1), desc="training", unit="fit", disable=not progress)
+    steps = tqdm(
+        total=folds * (len(head_specs) + 1), desc="training", unit="fit", disable=not progress
+    )
     for f in range(folds):
         tr, te = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
-        finfo: dict[str, Any] = {"fold": f, "train_prompts": int(len(set(pids[tr]))), "test_prompts": int(len(set(pids[te]))), "seconds": {}, "n_parameters": {}}
+        finfo: dict[str, Any] = {
+            "fold": f,
+            "train_prompts": int(len(set(pids[tr]))),
+            "test_prompts": int(len(set(pids[te]))),
+            "seconds": {},
+            "n_parameters": {},
+        }
         for name, (arch, params) in head_specs.items():
             t0 = time.perf_counter()
             head = make_head(arch, **params).fit(store.features(tr), store.labels[tr], pids[tr])
@@ -326,8 +364,14 @@ def demo(cfg: DemoConfig, console: Any = None) -> dict[str, Any]:
     out = Path(cfg.out)
     t_start = time.perf_counter()
     scfg = SampleRunConfig(
-        out=str(out / "samples"), model=cfg.model, n_prompts=cfg.n_prompts, families=cfg.families,
-        n=cfg.n, seed=cfg.seed, layers="all",
+        out=str(out / "samples"),
+        model=cfg.model,
+        n_prompts=cfg.n_prompts,
+        families=cfg.families,
+        n=cfg.n,
+        seed=cfg.seed,
+        layers="all",
+        threads=cfg.threads,
     )
     store = sample(scfg)
     t_sample = time.perf_counter() - t_start
@@ -344,8 +388,14 @@ def demo(cfg: DemoConfig, console: Any = None) -> dict[str, Any]:
     N = str(cfg.n)
     for f, finfo in enumerate(folds):
         te = np.flatnonzero(fold == f)
-        r = bon_report({k: v[te] for k, v in scores.items()}, store.labels[te], store.prompt_ids[te],
-                       extracted=[store.records[i]["extracted"] for i in te], ks=[cfg.n], n_boot=200)
+        r = bon_report(
+            {k: v[te] for k, v in scores.items()},
+            store.labels[te],
+            store.prompt_ids[te],
+            extracted=[store.records[i]["extracted"] for i in te],
+            ks=[cfg.n],
+            n_boot=200,
+        )
         finfo["bon_at_n"] = {k: v[N] for k, v in r["bon"].items()}
         finfo["within_prompt_auroc"] = r["within_prompt_auroc"]
     rep.update(
@@ -354,9 +404,14 @@ def demo(cfg: DemoConfig, console: Any = None) -> dict[str, Any]:
             "task": store.meta["task"],
             "seed": cfg.seed,
             "N": cfg.n,
-            "sizes": {"prompts": int(len(set(store.prompt_ids))), "samples": len(store), "folds": cfg.folds,
-                      "store_bytes": store.bytes_on_disk(), "layers_captured": len(store.layers),
-                      "head_layers": list(layers)},
+            "sizes": {
+                "prompts": int(len(set(store.prompt_ids))),
+                "samples": len(store),
+                "folds": cfg.folds,
+                "store_bytes": store.bytes_on_disk(),
+                "layers_captured": len(store.layers),
+                "head_layers": list(layers),
+            },
             "splits": folds,
             "timing": {"sampling_s": t_sample, "total_s": time.perf_counter() - t_start},
         }

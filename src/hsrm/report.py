@@ -14,7 +14,9 @@ def _scorers(rep: dict[str, Any]) -> list[str]:
 
 
 def bon_rows(rep: dict[str, Any], ks: list[str] | None = None) -> tuple[list[str], list[list[str]]]:
-    ks = ks or [k for k in rep["pass_at_k"] if k in ("1", "4", "8", "16") or k == list(rep["pass_at_k"])[-1]]
+    ks = ks or [
+        k for k in rep["pass_at_k"] if k in ("1", "4", "8", "16") or k == list(rep["pass_at_k"])[-1]
+    ]
     ks = list(dict.fromkeys(ks))
     header = ["scorer"] + [f"BoN@{k} [95% CI]" for k in ks] + ["within-prompt AUROC", "AUROC"]
     rows = []
@@ -48,7 +50,11 @@ def bon_markdown(rep: dict[str, Any]) -> str:
         _md_table(*bon_rows(rep)),
     ]
     for fam, sub in rep.get("per_family", {}).items():
-        parts += ["", f"Family `{fam}`: {sub['n_prompts']} prompts, mean accuracy {sub['mean_accuracy']:.3f}", ""]
+        parts += [
+            "",
+            f"Family `{fam}`: {sub['n_prompts']} prompts, mean accuracy {sub['mean_accuracy']:.3f}",
+            "",
+        ]
         parts.append(_md_table(*bon_rows(sub)))
     return "\n".join(parts) + "\n"
 

@@ -36,7 +36,7 @@ from safetensors.torch import save
 
 from hsrm.capture import PromptResult
 from hsrm.errors import HsrmError
-from hsrm.features import TokenFeatures
+from hsrm.features import Indices, TokenFeatures
 from hsrm.io import atomic_write_bytes, atomic_write_json
 from hsrm.models import ModelFingerprint
 from hsrm.tasks.base import Task
@@ -46,7 +46,16 @@ FORMAT_VERSION = 1
 DTYPES = ("float16", "bfloat16", "int8", "fp8")
 POOLS = ("none", "mean", "last")
 # Fields of meta.json that must match for a run to resume into an existing store.
-_RESUME_KEYS = ("format_version", "fingerprint", "layers", "task", "sampling", "dtype", "pool", "shard_prompts")
+_RESUME_KEYS = (
+    "format_version",
+    "fingerprint",
+    "layers",
+    "task",
+    "sampling",
+    "dtype",
+    "pool",
+    "shard_prompts",
+)
 
 
 def _encode_hidden(h: torch.Tensor, dtype: str) -> dict[str, torch.Tensor]:
@@ -89,7 +98,9 @@ class StoreWriter:
         if mp.exists():
             old = json.loads(mp.read_text())
             for k in _RESUME_KEYS:
-                if json.dumps(old.get(k), sort_keys=True) != json.dumps(self.meta.get(k), sort_keys=True):
+                if json.dumps(old.get(k), sort_keys=True) != json.dumps(
+                    self.meta.get(k), sort_keys=True
+                ):
                     raise HsrmError(
                         f"{mp}: existing run has {k}={old.get(k)!r}, this run asks for "
                         f"{k}={self.meta.get(k)!r}; use another --out or the same settings to resume"
@@ -108,8 +119,13 @@ class StoreWriter:
 
     def write_shard(self, k: int, results: Sequence[PromptResult], task: Task) -> None:
         dtype, pool = self.meta["dtype"], self.meta["pool"]
-        hidden, lps, ents, tids, records, prompt_hidden = [], [], [], [], [], []
-        offset = 0
+        hidden: list[torch.Tensor] = []
+        lps: list[torch.Tensor] = []
+        ents: list[torch.Tensor] = []
+        tids: list[torch.Tensor] = []
+        records: list[dict[str, Any]] = []
+        prompt_hidden: list[torch.Tensor] = []
+        offset = tok_offset = 0
         for r in results:
             if r.prompt_hidden is not None:
                 prompt_hidden.append(r.prompt_hidden)
@@ -141,10 +157,11 @@ class StoreWriter:
                         "mean_logprob": float(a.logprobs.mean()) if n_tok else 0.0,
                         "mean_entropy": float(a.entropy.mean()) if n_tok else 0.0,
                         "eos_logprob": a.extra.get("eos_logprob"),
-                        "tok_offset": sum(int(t.shape[0]) for t in lps),
+                        "tok_offset": tok_offset,
                     }
                 )
                 offset += int(h.shape[0])
+                tok_offset += n_tok
                 hidden.append(h)
                 lps.append(a.logprobs.float())
                 ents.append(a.entropy.float())
@@ -176,7 +193,9 @@ class Store:
         self.path = Path(path)
         mp = self.path / "meta.json"
         if not mp.exists():
-            raise HsrmError(f"{self.path}: not a sample store (no meta.json); run `hsrm sample` first")
+            raise HsrmError(
+                f"{self.path}: not a sample store (no meta.json); run `hsrm sample` first"
+            )
         self.meta = json.loads(mp.read_text())
         if self.meta.get("format_version") != FORMAT_VERSION:
             raise HsrmError(
@@ -246,9 +265,13 @@ class Store:
             raise HsrmError(f"{self._shards[k]}: no prompt_hidden tensor")
         return self._h(k).get_slice("prompt_hidden")[pi : pi + 1][0].float()
 
-    def features(self, idx: Sequence[int] | None = None, layers: Sequence[int] | None = None) -> TokenFeatures:
+    def features(
+        self, idx: Indices | None = None, layers: Sequence[int] | None = None
+    ) -> TokenFeatures:
         """Lazy features of records ``idx`` (default all), optionally a layer subset."""
-        f = TokenFeatures(self.hidden, len(self.records), self.layers, self.fingerprint, self.logprobs)
+        f = TokenFeatures(
+            self.hidden, len(self.records), self.layers, self.fingerprint, self.logprobs
+        )
         if idx is not None:
             f = f.subset(idx)
         if layers is not None:

@@ -18,7 +18,12 @@ from hsrm.errors import HsrmError
 class TextOnlyScorer:
     """TF-IDF word n-grams -> logistic regression. ``fit(texts, y) -> self``, ``score(texts)``."""
 
-    def __init__(self, ngram_range: tuple[int, int] = (1, 2), C: float = 1.0, token_pattern: str = r"(?u)\b\w+\b|[-+<>=]"):
+    def __init__(
+        self,
+        ngram_range: tuple[int, int] = (1, 2),
+        C: float = 1.0,
+        token_pattern: str = r"(?u)\b\w+\b|[-+<>=]",
+    ):
         self.ngram_range = ngram_range
         self.C = C
         self.token_pattern = token_pattern
@@ -32,7 +37,12 @@ class TextOnlyScorer:
             raise HsrmError(f"text-only control: {len(texts)} texts but {len(y)} labels")
         if len(np.unique(y)) < 2:
             raise HsrmError("text-only control: labels hold a single class")
-        self.vec_ = TfidfVectorizer(ngram_range=self.ngram_range, token_pattern=self.token_pattern, min_df=1, sublinear_tf=True)
+        self.vec_ = TfidfVectorizer(
+            ngram_range=self.ngram_range,
+            token_pattern=self.token_pattern,
+            min_df=1,
+            sublinear_tf=True,
+        )
         Z = self.vec_.fit_transform(list(texts))
         self.clf_ = LogisticRegression(C=self.C, max_iter=2000).fit(Z, y)
         return self
@@ -58,7 +68,9 @@ class AnswerPriorScorer:
             s = stats.setdefault(a, [0.0, 0.0])
             s[0] += lab
             s[1] += 1
-        self.table_ = {a: (r + self.alpha * self.base_) / (n + self.alpha) for a, (r, n) in stats.items()}
+        self.table_ = {
+            a: (r + self.alpha * self.base_) / (n + self.alpha) for a, (r, n) in stats.items()
+        }
         return self
 
     def score(self, answers: Sequence[object]) -> np.ndarray:

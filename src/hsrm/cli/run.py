@@ -25,9 +25,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     cfg = from_sources(DemoConfig, load_yaml(args.config, "demo"), args)
     con = _console()
-    con.print(f"[bold]hsrm demo[/]: {cfg.n_prompts} prompts x {cfg.n} samples from {cfg.model}, {cfg.folds} prompt splits")
+    con.print(
+        f"[bold]hsrm demo[/]: {cfg.n_prompts} prompts x {cfg.n} samples from {cfg.model}, {cfg.folds} prompt splits"
+    )
     rep = demo(cfg)
-    con.print(rich_table(rep, f"best-of-N on held-out prompts (out-of-fold over {cfg.folds} prompt splits)"))
+    con.print(
+        rich_table(
+            rep, f"best-of-N on held-out prompts (out-of-fold over {cfg.folds} prompt splits)"
+        )
+    )
     for fam, sub in rep.get("per_family", {}).items():
         con.print(rich_table(sub, f"family {fam}: {sub['n_prompts']} prompts"))
     N = str(cfg.n)
@@ -38,7 +44,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         f"Took {rep['timing']['total_s']:.0f} s."
     )
     out = Path(cfg.out)
-    con.print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'bon.png'} (samples in {out / 'samples'})")
+    con.print(
+        f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'bon.png'} (samples in {out / 'samples'})"
+    )
     return 0
 
 
@@ -87,7 +95,9 @@ def register(sub, groups) -> None:
     add_arguments(p, DemoConfig)
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("sample", help="sample N answers per prompt, capturing hidden states into a store")
+    p = sub.add_parser(
+        "sample", help="sample N answers per prompt, capturing hidden states into a store"
+    )
     _common(p)
     add_arguments(p, SampleRunConfig)
     p.set_defaults(func=_cmd_sample)
@@ -96,12 +106,18 @@ def register(sub, groups) -> None:
     p.add_argument("run", nargs="?", default=None, help="sample store (RUN/)")
     _common(p)
     add_arguments(p, TrainConfig, skip=("run", "params"))
-    p.add_argument("--params", default=None, help='extra head hyperparameters as JSON, e.g. \'{"lr": 1e-3}\'')
+    p.add_argument(
+        "--params", default=None, help="extra head hyperparameters as JSON, e.g. '{\"lr\": 1e-3}'"
+    )
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("evaluate", help="best-of-N report of saved heads on a store's held-out prompts")
+    p = sub.add_parser(
+        "evaluate", help="best-of-N report of saved heads on a store's held-out prompts"
+    )
     p.add_argument("run", nargs="?", default=None, help="sample store (RUN/)")
     _common(p)
     add_arguments(p, EvaluateConfig, skip=("run", "heads"))
-    p.add_argument("--head", dest="heads", action="append", default=None, help="saved head folder (repeatable)")
+    p.add_argument(
+        "--head", dest="heads", action="append", default=None, help="saved head folder (repeatable)"
+    )
     p.set_defaults(func=_cmd_evaluate)

@@ -89,7 +89,9 @@ class Head:
         if self.needs_groups and groups is None:
             raise HsrmError(f"{self.architecture} needs groups (prompt or pair ids) to fit")
         if len(np.unique(y)) < 2:
-            raise HsrmError("fit: labels hold a single class; need both correct and incorrect answers")
+            raise HsrmError(
+                "fit: labels hold a single class; need both correct and incorrect answers"
+            )
         self.fingerprint_ = X.fingerprint
         self.layers_ = tuple(X.layers)
         self._fit(X, y.astype(np.float32), None if groups is None else np.asarray(groups))
@@ -130,7 +132,9 @@ class Head:
         path = Path(path)
         tensors, extra = self._state()
         with atomic_dir(path) as tmp:
-            (tmp / "head.safetensors").write_bytes(save({k: v.contiguous() for k, v in tensors.items()}))
+            (tmp / "head.safetensors").write_bytes(
+                save({k: v.contiguous() for k, v in tensors.items()})
+            )
             atomic_write_json(
                 tmp / "config.json",
                 {

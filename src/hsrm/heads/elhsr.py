@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from hsrm.errors import HsrmError
-from hsrm.features import TokenFeatures
+from hsrm.features import Indices, TokenFeatures
 from hsrm.heads.base import Head, register, split_groups
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class _Packed:
             self.data, self.mask = X.padded(range(n))
             self.data = self.data.half()
 
-    def batch(self, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, idx: Indices) -> tuple[torch.Tensor, torch.Tensor]:
         if self.inmem:
             ii = torch.as_tensor(np.asarray(idx), dtype=torch.long)
             m = self.mask[ii]
@@ -105,7 +105,11 @@ class ELHSRHead(Head):
         net = _ELHSRNet(len(X.layers) * X.hidden_size, self.gate, self.final_norm)
         opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         g = groups if groups is not None else np.arange(len(y))
-        tr, va = split_groups(g, self.val_frac, self.seed) if self.val_frac > 0 else (np.ones(len(y), bool), np.zeros(len(y), bool))
+        tr, va = (
+            split_groups(g, self.val_frac, self.seed)
+            if self.val_frac > 0
+            else (np.ones(len(y), bool), np.zeros(len(y), bool))
+        )
         if va.sum() == 0 or len(np.unique(y[va])) < 1:
             tr, va = np.ones(len(y), bool), np.zeros(len(y), bool)
         packed = _Packed(X, self.memory_gb * 1e9)
@@ -145,13 +149,17 @@ class ELHSRHead(Head):
         log.info("elhsr: %d epochs, best val loss %.4f", len(self.history_), best)
 
     @torch.no_grad()
-    def _eval_loss(self, net: nn.Module, packed: _Packed, idx: np.ndarray, yt: torch.Tensor) -> float:
+    def _eval_loss(
+        self, net: nn.Module, packed: _Packed, idx: np.ndarray, yt: torch.Tensor
+    ) -> float:
         net.eval()
         tot = 0.0
         for b in range(0, len(idx), 256):
             ii = idx[b : b + 256]
             xb, mb = packed.batch(ii)
-            tot += float(nn.functional.binary_cross_entropy_with_logits(net(xb, mb), yt[ii], reduction="sum"))
+            tot += float(
+                nn.functional.binary_cross_entropy_with_logits(net(xb, mb), yt[ii], reduction="sum")
+            )
         return tot / len(idx)
 
     @torch.no_grad()
@@ -167,7 +175,9 @@ class ELHSRHead(Head):
     def token_scores(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Per-token (gate weight, reward) of one answer x: (T, L, d) over the head's layers."""
         gr = self.net_.linear(
-            (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) if self.final_norm else x).flatten(1)
+            (
+                x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) if self.final_norm else x
+            ).flatten(1)
         )
         return torch.sigmoid(gr[:, 0]).numpy(), gr[:, 1].numpy()
 

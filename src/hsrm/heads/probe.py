@@ -78,7 +78,10 @@ class ProbeHead(Head):
         return (Z @ self.proj_) @ self.coef_ + self.intercept_
 
     def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        t = {k: torch.as_tensor(np.asarray(getattr(self, k + "_"), dtype=np.float64)) for k in ("mean", "std", "proj", "coef")}
+        t = {
+            k: torch.as_tensor(np.asarray(getattr(self, k + "_"), dtype=np.float64))
+            for k in ("mean", "std", "proj", "coef")
+        }
         return t, {"intercept": self.intercept_}
 
     def _set_state(self, tensors: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:

@@ -21,7 +21,9 @@ def get_task(spec: str, **kwargs: Any) -> Task:
     """Build a task from ``NAME`` or ``NAME:PATH`` (e.g. ``gsm8k:../shared/data/gsm8k/test.jsonl``)."""
     name, _, path = spec.partition(":")
     if name not in TASKS:
-        raise HsrmError(f"unknown task {name!r}; known: {', '.join(TASKS)} (file tasks take NAME:PATH)")
+        raise HsrmError(
+            f"unknown task {name!r}; known: {', '.join(TASKS)} (file tasks take NAME:PATH)"
+        )
     cls = TASKS[name]
     if name == "synthetic":
         if path:
@@ -32,7 +34,7 @@ def get_task(spec: str, **kwargs: Any) -> Task:
     kwargs.pop("n", None)
     kwargs.pop("families", None)
     kwargs.pop("seed", None)
-    return cls(path, **kwargs)
+    return cls(path, **kwargs)  # type: ignore[call-arg]
 
 
 __all__ = [

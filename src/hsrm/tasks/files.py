@@ -108,14 +108,17 @@ class JsonlTask(Task):
         self.path, self.limit, self.prefill = Path(path), limit, prefill
 
     def prompts(self) -> list[Prompt]:
-        out, seen = [], {}
+        out: list[Prompt] = []
+        seen: dict[str, int] = {}
         for r in _limit(read_jsonl(self.path), self.limit):
             for key in ("id", "prompt", "answer"):
                 if key not in r:
                     raise HsrmError(f"{self.path}:{r['_line']}: missing field {key!r}")
             pid = str(r["id"])
             if pid in seen:
-                raise HsrmError(f"{self.path}:{r['_line']}: duplicate id {pid!r} (first on line {seen[pid]})")
+                raise HsrmError(
+                    f"{self.path}:{r['_line']}: duplicate id {pid!r} (first on line {seen[pid]})"
+                )
             seen[pid] = r["_line"]
             out.append(
                 Prompt(

@@ -61,19 +61,30 @@ class SyntheticTask(Task):
         for f in families:
             if f not in FAMILIES:
                 raise HsrmError(f"unknown synthetic family {f!r}; known: {', '.join(FAMILIES)}")
-        self.n, self.families, self.seed, self.lo, self.hi, self.shots = n, families, seed, lo, hi, shots
+        self.n, self.families, self.seed, self.lo, self.hi, self.shots = (
+            n,
+            families,
+            seed,
+            lo,
+            hi,
+            shots,
+        )
 
     def _fewshot(self, family: str) -> list[Message]:
         rng = random.Random(f"fewshot-{family}-{self.seed}")
         turns: list[Message] = []
         for _ in range(self.shots):
             q, a, _ = _make(family, rng, self.lo, self.hi)
-            turns += [{"role": "user", "content": q}, {"role": "assistant", "content": f"The answer is {a}."}]
+            turns += [
+                {"role": "user", "content": q},
+                {"role": "assistant", "content": f"The answer is {a}."},
+            ]
         return turns
 
     def prompts(self) -> list[Prompt]:
         rng = random.Random(f"synthetic-{self.seed}")
-        out, seen = [], set()
+        out: list[Prompt] = []
+        seen: set[str] = set()
         shots = {f: self._fewshot(f) for f in self.families}
         i = 0
         while len(out) < self.n:
