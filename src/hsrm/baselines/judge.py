@@ -2,7 +2,7 @@
 
 The judge reads the question and the answer in the model's chat format and the probability of
 the next token being "Yes" (summed over the single-token spellings "Yes", " Yes", "yes", " yes")
-is the score. ``score_both`` also returns log P(Yes) - log P(No), which ranks by the same answer
+is the score (the first token of each spelling where a word spans several). ``score_both`` also returns log P(Yes) - log P(No), which ranks by the same answer
 to the question but ignores probability mass on other tokens. The LM head runs only on each row's
 last position.
 """
@@ -18,7 +18,9 @@ from hsrm.capture import _lm_parts, _logits
 from hsrm.errors import HsrmError
 from hsrm.models import LoadedModel
 
-TEMPLATE = "Question: {question}\nProposed answer: {answer}\nIs this answer correct? Answer Yes or No."
+TEMPLATE = (
+    "Question: {question}\nProposed answer: {answer}\nIs this answer correct? Answer Yes or No."
+)
 
 
 class LLMJudge:
@@ -31,13 +33,14 @@ class LLMJudge:
         self.yes_ids = self._ids(("Yes", " Yes", "yes", " yes"))
         self.no_ids = self._ids(("No", " No", "no", " no"))
         if not self.yes_ids or not self.no_ids:
-            raise HsrmError("judge: the tokenizer has no single token for Yes / No")
+            raise HsrmError("judge: the tokenizer cannot encode Yes / No")
 
     def _ids(self, words: Sequence[str]) -> list[int]:
+        # The first token of each spelling (the whole word for BPE vocabularies like SmolLM2's).
         out = []
         for w in words:
             ids = self.lm.tokenizer(w, add_special_tokens=False)["input_ids"]
-            if len(ids) == 1 and ids[0] not in out:
+            if ids and ids[0] not in out:
                 out.append(int(ids[0]))
         return out
 
@@ -45,11 +48,15 @@ class LLMJudge:
         tok = self.lm.tokenizer
         msg = self.template.format(question=question, answer=answer)
         if getattr(tok, "chat_template", None):
-            return tok.apply_chat_template([{"role": "user", "content": msg}], tokenize=False, add_generation_prompt=True)
+            return tok.apply_chat_template(
+                [{"role": "user", "content": msg}], tokenize=False, add_generation_prompt=True
+            )
         return msg + "\n"
 
     @torch.inference_mode()
-    def score_both(self, questions: Sequence[str], answers: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    def score_both(
+        self, questions: Sequence[str], answers: Sequence[str]
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(P(Yes), log P(Yes) - log P(No)) per (question, answer)."""
         if len(questions) != len(answers):
             raise HsrmError(f"judge: {len(questions)} questions but {len(answers)} answers")
@@ -61,7 +68,10 @@ class LLMJudge:
         dev = self.lm.device
         yes, no = torch.tensor(self.yes_ids, device=dev), torch.tensor(self.no_ids, device=dev)
         for b in range(0, len(texts), self.batch_size):
-            enc = [tok(t, add_special_tokens=False)["input_ids"] for t in texts[b : b + self.batch_size]]
+            enc = [
+                tok(t, add_special_tokens=False)["input_ids"]
+                for t in texts[b : b + self.batch_size]
+            ]
             T = max(len(e) for e in enc)
             ids = torch.full((len(enc), T), pad, dtype=torch.long)
             mask = torch.zeros_like(ids)

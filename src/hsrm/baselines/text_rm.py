@@ -80,7 +80,9 @@ class TextRewardModel:
         base = self.lm.model.get_decoder()
         missing = model.model.load_state_dict(base.state_dict(), strict=False)
         if missing.missing_keys:
-            raise HsrmError(f"text RM: could not copy base weights; missing {missing.missing_keys[:3]}")
+            raise HsrmError(
+                f"text RM: could not copy base weights; missing {missing.missing_keys[:3]}"
+            )
         torch.nn.init.zeros_(model.score.weight)
         model.to(self.lm.device)
         if self.lora_r <= 0:
@@ -106,9 +108,14 @@ class TextRewardModel:
     def _batches(self, texts: Sequence[str], bs: int):
         tok = self.lm.tokenizer
         for b in range(0, len(texts), bs):
-            enc = [tok(t, add_special_tokens=False)["input_ids"][-self.max_length :] for t in texts[b : b + bs]]
+            enc = [
+                tok(t, add_special_tokens=False)["input_ids"][-self.max_length :]
+                for t in texts[b : b + bs]
+            ]
             if any(len(e) == 0 for e in enc):
-                raise HsrmError(f"text RM: text {b + next(i for i, e in enumerate(enc) if not e)} is empty")
+                raise HsrmError(
+                    f"text RM: text {b + next(i for i, e in enumerate(enc) if not e)} is empty"
+                )
             T = max(len(e) for e in enc)
             ids = torch.full((len(enc), T), self.pad_id_, dtype=torch.long)
             mask = torch.zeros_like(ids)
@@ -129,7 +136,9 @@ class TextRewardModel:
         if len(texts) != len(y):
             raise HsrmError(f"text RM: {len(texts)} texts but {len(y)} labels")
         if len(np.unique(y)) < 2:
-            raise HsrmError("text RM: labels hold a single class; need correct and incorrect answers")
+            raise HsrmError(
+                "text RM: labels hold a single class; need correct and incorrect answers"
+            )
         merged: dict[str, list[float]] = {}
         for t, v in zip(texts, y):
             merged.setdefault(t, []).append(float(v))
@@ -161,7 +170,12 @@ class TextRewardModel:
                 opt.step()
                 tot, n = tot + float(loss.detach()) * len(ids), n + len(ids)
             self.history_.append({"epoch": epoch, "train_loss": tot / max(1, n)})
-            log.info("text RM epoch %d: loss %.4f on %d unique texts", epoch, tot / max(1, n), len(utexts))
+            log.info(
+                "text RM epoch %d: loss %.4f on %d unique texts",
+                epoch,
+                tot / max(1, n),
+                len(utexts),
+            )
         self.model_.eval()
         return self
 
