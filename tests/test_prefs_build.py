@@ -198,9 +198,13 @@ def test_loop_runs_saves_rounds_and_resumes(tmp_path, head):
     # killed after round 2's adapter was saved, before its evaluation: pairs and adapter are reused
     r2 = tmp_path / "run" / "round_2"
     (r2 / "metrics.json").unlink()
-    stamps = [(r2 / f).stat().st_mtime_ns for f in ("pairs.jsonl", "adapter/adapter_model.safetensors")]
+    stamps = [
+        (r2 / f).stat().st_mtime_ns for f in ("pairs.jsonl", "adapter/adapter_model.safetensors")
+    ]
     res = run_loop(cfg, load=load, head=head, task=ParityTask(12))
-    assert [(r2 / f).stat().st_mtime_ns for f in ("pairs.jsonl", "adapter/adapter_model.safetensors")] == stamps
+    assert [
+        (r2 / f).stat().st_mtime_ns for f in ("pairs.jsonl", "adapter/adapter_model.safetensors")
+    ] == stamps
     assert (r2 / "metrics.json").exists() and res["rounds"][2]["train"]["steps"] == 0
 
     # other settings in the same folder are refused
