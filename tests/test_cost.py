@@ -43,8 +43,11 @@ def test_timer_and_timed():
     with Timer() as t:
         sum(range(1000))
     assert t.seconds >= 0 and not math.isnan(t.seconds)
+    assert t.cpu_seconds >= 0 and not math.isnan(t.cpu_seconds)
     out, s = timed(lambda x: x + 1, 1, repeat=3)
     assert out == 2 and s >= 0
+    out, s = timed(lambda: sum(range(10_000)), repeat=2, cpu=True)
+    assert out == sum(range(10_000)) and s >= 0
     with pytest.raises(HsrmError, match="repeat"):
         timed(lambda: 0, repeat=0)
 

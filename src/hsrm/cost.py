@@ -40,26 +40,30 @@ def count_flops(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any,
 
 
 class Timer:
-    """``with Timer() as t: ...`` then ``t.seconds``."""
+    """``with Timer() as t: ...`` then ``t.seconds`` (wall clock) and ``t.cpu_seconds`` (this
+    process's CPU time: with one torch thread, the compute spent, whatever else loads the machine)."""
 
     def __enter__(self) -> Timer:
-        self._t0 = time.perf_counter()
-        self.seconds = float("nan")
+        self._t0, self._c0 = time.perf_counter(), time.process_time()
+        self.seconds = self.cpu_seconds = float("nan")
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.seconds = time.perf_counter() - self._t0
+        self.cpu_seconds = time.process_time() - self._c0
 
 
-def timed(fn: Callable[..., Any], *args: Any, repeat: int = 1, **kwargs: Any) -> tuple[Any, float]:
-    """(the last result, median seconds over ``repeat`` calls)."""
+def timed(
+    fn: Callable[..., Any], *args: Any, repeat: int = 1, cpu: bool = False, **kwargs: Any
+) -> tuple[Any, float]:
+    """(the last result, median seconds over ``repeat`` calls; CPU seconds when ``cpu``)."""
     if repeat < 1:
         raise HsrmError(f"repeat must be >= 1, got {repeat}")
     times, out = [], None
     for _ in range(repeat):
         with Timer() as t:
             out = fn(*args, **kwargs)
-        times.append(t.seconds)
+        times.append(t.cpu_seconds if cpu else t.seconds)
     return out, float(statistics.median(times))
 
 
