@@ -17,6 +17,15 @@ FAST = {
     "elhsr_logits": {"lr": 1e-2, "max_epochs": 10},
     "elhsr_toplogprobs": {"lr": 1e-2, "max_epochs": 10},
     "harp": {"layer": 2, "projection": "full", "lr": 1e-2, "epochs": 20, "hidden": 64},
+    "sparserm": {
+        "k": 16,
+        "hidden": 32,
+        "sae_latents": 64,
+        "sae_k": 8,
+        "sae_steps": 150,
+        "epochs": 60,
+    },
+    "denserm": {"hidden": 32, "epochs": 60},
 }
 
 
@@ -38,7 +47,9 @@ def test_init_stores_params_only(name):
     head = make_head(name, **FAST.get(name, {}))
     learned = [k for k in vars(head) if k.endswith("_")]
     assert learned == [], f"__init__ set learned state {learned}"
-    assert set(head.get_params()) == set(inspect.signature(type(head).__init__).parameters) - {"self"}
+    assert set(head.get_params()) == set(inspect.signature(type(head).__init__).parameters) - {
+        "self"
+    }
 
 
 @pytest.mark.parametrize("name", _names())

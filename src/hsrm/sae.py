@@ -55,7 +55,9 @@ class SAE(nn.Module):
     ):
         super().__init__()
         if architecture not in ARCHITECTURES:
-            raise HsrmError(f"SAE architecture {architecture!r} is not supported; use one of {ARCHITECTURES}")
+            raise HsrmError(
+                f"SAE architecture {architecture!r} is not supported; use one of {ARCHITECTURES}"
+            )
         self.d_in, self.d_sae, self.architecture, self.k = d_in, d_sae, architecture, k
         self.apply_b_dec_to_input = apply_b_dec_to_input
         self.meta = dict(meta or {})
@@ -138,7 +140,9 @@ class SAE(nn.Module):
             act = cfg.get("activation_fn_str", "relu")
             arch = {"relu": "standard", "topk": "topk"}.get(act, act)
         if arch not in ARCHITECTURES:
-            raise HsrmError(f"{cfg_path}: architecture {arch!r} is not supported; hsrm reads {ARCHITECTURES}")
+            raise HsrmError(
+                f"{cfg_path}: architecture {arch!r} is not supported; hsrm reads {ARCHITECTURES}"
+            )
         norm = cfg.get("normalize_activations", "none") or "none"
         if norm != "none":
             raise HsrmError(
@@ -156,7 +160,12 @@ class SAE(nn.Module):
             if len(parts) >= 3 and parts[0] == "blocks" and parts[1].isdigit():
                 meta["hook_layer"] = int(parts[1]) + (1 if parts[2] == "hook_resid_post" else 0)
         sae = cls(
-            int(cfg["d_in"]), int(cfg["d_sae"]), arch, int(k), bool(cfg.get("apply_b_dec_to_input", True)), meta
+            int(cfg["d_in"]),
+            int(cfg["d_sae"]),
+            arch,
+            int(k),
+            bool(cfg.get("apply_b_dec_to_input", True)),
+            meta,
         )
         tensors = load_file(str(w_path))
         need = ["W_enc", "b_enc", "W_dec", "b_dec"] + (["threshold"] if arch == "jumprelu" else [])
@@ -166,7 +175,9 @@ class SAE(nn.Module):
         for n in need:
             want = tuple(getattr(sae, n).shape)
             if tuple(tensors[n].shape) != want:
-                raise HsrmError(f"{w_path}: tensor {n} has shape {tuple(tensors[n].shape)}, cfg says {want}")
+                raise HsrmError(
+                    f"{w_path}: tensor {n} has shape {tuple(tensors[n].shape)}, cfg says {want}"
+                )
         sae.load_state_dict({n: tensors[n].float() for n in need})
         return sae.eval()
 
@@ -200,7 +211,11 @@ def collect_activations(
         for i, e in enumerate(enc):
             ids[i, : len(e)] = torch.tensor(e)
             mask[i, : len(e)] = 1
-        hs = decoder(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), output_hidden_states=True)
+        hs = decoder(
+            input_ids=ids.to(lm.device),
+            attention_mask=mask.to(lm.device),
+            output_hidden_states=True,
+        )
         h = hs.hidden_states[layer].float().cpu()  # (B, T, d)
         keep = mask.bool().clone()
         keep[:, :skip_first] = False
@@ -232,7 +247,9 @@ def train_topk_sae(
     from tqdm.auto import trange
 
     if acts.ndim != 2 or len(acts) < 2:
-        raise HsrmError(f"train_topk_sae: need (N >= 2, d) activations, got shape {tuple(acts.shape)}")
+        raise HsrmError(
+            f"train_topk_sae: need (N >= 2, d) activations, got shape {tuple(acts.shape)}"
+        )
     if not 0 < k <= d_sae:
         raise HsrmError(f"train_topk_sae: need 0 < k <= d_sae, got k={k}, d_sae={d_sae}")
     g = torch.Generator().manual_seed(seed)
@@ -280,7 +297,14 @@ def train_topk_sae(
         with torch.no_grad():
             sae.W_dec /= sae.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
         if step % 100 == 0 or step == steps - 1:
-            hist.append({"step": step, "mse": float(mse), "aux": float(aux), "dead": int(dead.sum())})
+            hist.append(
+                {
+                    "step": step,
+                    "mse": float(mse.detach()),
+                    "aux": float(aux.detach()),
+                    "dead": int(dead.sum()),
+                }
+            )
     # Fold the input scale into the weights: the saved SAE reads raw activations.
     with torch.no_grad():
         sae.b_dec *= scale
@@ -288,9 +312,13 @@ def train_topk_sae(
         sae.W_dec *= scale
     sae.eval()
     stats = sae_stats(sae, acts)
-    stats.update({"steps": steps, "batch_size": batch_size, "lr": lr, "n_tokens": N, "history": hist})
+    stats.update(
+        {"steps": steps, "batch_size": batch_size, "lr": lr, "n_tokens": N, "history": hist}
+    )
     sae.meta.setdefault("hsrm_train", {k_: v for k_, v in stats.items() if k_ != "history"})
-    log.info("SAE: FVE %.3f, dead %.1f%%, L0 %.1f", stats["fve"], 100 * stats["dead_share"], stats["l0"])
+    log.info(
+        "SAE: FVE %.3f, dead %.1f%%, L0 %.1f", stats["fve"], 100 * stats["dead_share"], stats["l0"]
+    )
     return sae, stats
 
 
@@ -344,7 +372,11 @@ def top_activating_tokens(
         for i, e in enumerate(enc):
             ids[i, : len(e)] = torch.tensor(e)
             mask[i, : len(e)] = 1
-        h = decoder(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), output_hidden_states=True)
+        h = decoder(
+            input_ids=ids.to(lm.device),
+            attention_mask=mask.to(lm.device),
+            output_hidden_states=True,
+        )
         f = sae.encode(h.hidden_states[layer].float().cpu())[..., lat]  # (B, T, n_latents)
         f[:, :1] = 0  # attention sink
         f = f * mask[..., None]

@@ -5,5 +5,6 @@ from hsrm.heads.elhsr import ELHSRHead
 from hsrm.heads.harp import HARPHead
 from hsrm.heads.logits import LogitsELHSRHead, TopLogprobsELHSRHead
 from hsrm.heads.probe import ProbeHead
+from hsrm.heads.sparserm import DenseRMHead, SparseRMHead
 
-__all__ = ["REGISTRY", "ELHSRHead", "HARPHead", "Head", "LogitsELHSRHead", "TopLogprobsELHSRHead", "ProbeHead", "get_head_class", "make_head", "register"]
+__all__ = ["REGISTRY", "ELHSRHead", "HARPHead", "Head", "LogitsELHSRHead", "TopLogprobsELHSRHead", "ProbeHead", "SparseRMHead", "DenseRMHead", "get_head_class", "make_head", "register"]

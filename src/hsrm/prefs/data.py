@@ -86,7 +86,9 @@ def read_pairs(path: str | Path, on_error: str = "error") -> tuple[list[PrefPair
         pid = str(row.get("id", f"line{line}"))
         seen.add(pid)
         group = str(row.get("group", row["prompt"]))
-        pairs.append(PrefPair(pid, row["prompt"], row["chosen"], row["rejected"], group, f"{path}:{line}"))
+        pairs.append(
+            PrefPair(pid, row["prompt"], row["chosen"], row["rejected"], group, f"{path}:{line}")
+        )
     report.kept = len(pairs)
     if report.dropped:
         log.warning(
@@ -108,7 +110,15 @@ def write_pairs(path: str | Path, pairs: Sequence[PrefPair]) -> None:
     from hsrm.io import atomic_write_text
 
     lines = [
-        json.dumps({"id": p.id, "prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, "group": p.group})
+        json.dumps(
+            {
+                "id": p.id,
+                "prompt": p.prompt,
+                "chosen": p.chosen,
+                "rejected": p.rejected,
+                "group": p.group,
+            }
+        )
         for p in pairs
     ]
     atomic_write_text(path, "\n".join(lines) + "\n")
@@ -142,7 +152,9 @@ def truthfulqa_pairs(
             continue
         combos = [(c, r) for c in corr for r in inc] if all_combinations else list(zip(corr, inc))
         for j, (c, r) in enumerate(combos):
-            out.append(PrefPair(f"{q.id}-{j}", q.question, c, r, q.id, f"{path}:{q.id[4:].lstrip('0')}"))
+            out.append(
+                PrefPair(f"{q.id}-{j}", q.question, c, r, q.id, f"{path}:{q.id[4:].lstrip('0')}")
+            )
     return out
 
 

@@ -43,7 +43,9 @@ class PairSet:
     prompt_hidden: list[torch.Tensor] | None = None  # each (P_i, L, d)
     prompt_groups: list[str] | None = None
 
-    def token_states(self, layer: int, answers: Sequence[int] | None = None, prompts: bool = True) -> torch.Tensor:
+    def token_states(
+        self, layer: int, answers: Sequence[int] | None = None, prompts: bool = True
+    ) -> torch.Tensor:
         """(N, d) token states at hidden-state index ``layer`` of ``answers`` (default all) and,
         with ``prompts``, of the questions those answers belong to."""
         if layer not in self.feats.layers:
@@ -53,7 +55,9 @@ class PairSet:
         parts = [self.feats[int(i)][:, j] for i in idx]
         if prompts and self.prompt_hidden is not None:
             want = {str(self.answer_groups[int(i)]) for i in idx}
-            parts += [h[:, j].float() for h, g in zip(self.prompt_hidden, self.prompt_groups) if g in want]
+            parts += [
+                h[:, j].float() for h, g in zip(self.prompt_hidden, self.prompt_groups) if g in want
+            ]
         return torch.cat(parts)
 
     def __len__(self) -> int:
@@ -107,7 +111,9 @@ class PairSet:
         }
         if self.prompt_hidden:
             tensors["prompt_hidden"] = torch.cat(self.prompt_hidden).half().contiguous()
-            tensors["prompt_lengths"] = torch.tensor([h.shape[0] for h in self.prompt_hidden], dtype=torch.long)
+            tensors["prompt_lengths"] = torch.tensor(
+                [h.shape[0] for h in self.prompt_hidden], dtype=torch.long
+            )
         atomic_write_bytes(path, save(tensors))
         atomic_write_json(
             path.with_suffix(".json"),
@@ -140,7 +146,9 @@ class PairSet:
         hidden, lp = t["hidden"], t["logprobs"]
         hs = [hidden[offs[i] : offs[i + 1]] for i in range(len(offs) - 1)]
         lps = [lp[offs[i] : offs[i + 1]] for i in range(len(offs) - 1)]
-        feats = TokenFeatures.from_tensors(hs, meta["layers"], ModelFingerprint.from_dict(meta["fingerprint"]), lps)
+        feats = TokenFeatures.from_tensors(
+            hs, meta["layers"], ModelFingerprint.from_dict(meta["fingerprint"]), lps
+        )
         ph = None
         if "prompt_hidden" in t:
             po = np.concatenate([[0], np.cumsum(t["prompt_lengths"].numpy())])
@@ -171,7 +179,11 @@ def _chat_prompt(tokenizer, question: str, system: str | None) -> str:
 
 @torch.inference_mode()
 def teacher_force_shared(
-    lm, ptext: str, answers: Sequence[str], layers: tuple[int, ...], prompt_states: list | None = None
+    lm,
+    ptext: str,
+    answers: Sequence[str],
+    layers: tuple[int, ...],
+    prompt_states: list | None = None,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Like ``hsrm.capture.teacher_force`` (same states and log-probs) but the prompt is run once and
     its KV cache shared by all answers: ~2-3x less compute for short answers to one question.
@@ -192,10 +204,15 @@ def teacher_force_shared(
     cache = DynamicCache(config=model.config)
     ckw = _cache_kw(decoder, cache)
     out = decoder(
-        input_ids=torch.tensor([p_ids], device=dev), use_cache=True, output_hidden_states=prompt_states is not None, **ckw
+        input_ids=torch.tensor([p_ids], device=dev),
+        use_cache=True,
+        output_hidden_states=prompt_states is not None,
+        **ckw,
     )
     if prompt_states is not None:
-        prompt_states.append(torch.stack([out.hidden_states[i][0] for i in layers], 1).float().cpu())
+        prompt_states.append(
+            torch.stack([out.hidden_states[i][0] for i in layers], 1).float().cpu()
+        )
     first = out.last_hidden_state[:, -1]  # (1, d): predicts each answer's first token
     cache.batch_repeat_interleave(B)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -241,7 +258,9 @@ def encode_pairs(
     if cache is not None and Path(cache).exists():
         ps = PairSet.load(cache)
         if not ps.feats.fingerprint.compatible(lm.fingerprint):
-            raise HsrmError(f"{cache}: cached features come from {ps.feats.fingerprint.short()}, not {lm.fingerprint.short()}")
+            raise HsrmError(
+                f"{cache}: cached features come from {ps.feats.fingerprint.short()}, not {lm.fingerprint.short()}"
+            )
         log.info("loaded %d pairs from %s", len(ps), cache)
         return ps
     if not pairs:
@@ -259,7 +278,9 @@ def encode_pairs(
     from hsrm.capture import _encode
 
     # Template tokens before the question (system prompt, role markers): the same for every question.
-    a_ids, b_ids = (_encode(lm.tokenizer, _chat_prompt(lm.tokenizer, q, system)) for q in ("A", "B"))
+    a_ids, b_ids = (
+        _encode(lm.tokenizer, _chat_prompt(lm.tokenizer, q, system)) for q in ("A", "B")
+    )
     skip = next((i for i, (x, y) in enumerate(zip(a_ids, b_ids)) if x != y), 0)
     p_states: list[torch.Tensor] = []
     for prompt, answers in tqdm(by_prompt.items(), desc="teacher-force pairs", leave=False):
@@ -304,8 +325,16 @@ def pairwise_result(
         raise HsrmError(f"pairwise_result: {len(s)} scores for {len(ps.texts)} answers")
     c, r = s[ps.chosen], s[ps.rejected]
     acc = pairwise_accuracy(c, r)
-    lo, hi = bootstrap_metric_ci(lambda idx: pairwise_accuracy(c[idx], r[idx]), ps.pair_groups, n_boot=n_boot, seed=seed)
-    return {"acc": acc, "lo": lo, "hi": hi, "n_pairs": len(c), "n_questions": len(np.unique(ps.pair_groups))}
+    lo, hi = bootstrap_metric_ci(
+        lambda idx: pairwise_accuracy(c[idx], r[idx]), ps.pair_groups, n_boot=n_boot, seed=seed
+    )
+    return {
+        "acc": acc,
+        "lo": lo,
+        "hi": hi,
+        "n_pairs": len(c),
+        "n_questions": len(np.unique(ps.pair_groups)),
+    }
 
 
 def score_answers(head, ps: PairSet) -> np.ndarray:
@@ -351,7 +380,9 @@ def evaluate_arms(
     Refuses a train / test split that shares a question."""
     shared = set(map(str, train.pair_groups)) & set(map(str, test.pair_groups))
     if shared:
-        raise HsrmError(f"train and test share {len(shared)} question(s), e.g. {sorted(shared)[:3]}; split by question")
+        raise HsrmError(
+            f"train and test share {len(shared)} question(s), e.g. {sorted(shared)[:3]}; split by question"
+        )
     import time
 
     out = {}
