@@ -19,6 +19,9 @@ class BuildConfig:
     task: str = field("synthetic", "task: synthetic, gsm8k:PATH, bbh:PATH, jsonl:PATH")
     families: str = field("arith,compare", "synthetic task families")
     n_prompts: int = field(64, "prompts to build pairs on (first N of the task)")
+    task_seed: int = field(
+        1, "synthetic task seed (hsrm sample's default is 0: heads trained there saw other prompts)"
+    )
     seed: int = field(0, "sampling and pair-choice seed")
     k: int = field(8, "answers sampled per prompt")
     temperature: float = field(0.8, "sampling temperature")
@@ -32,6 +35,14 @@ class BuildConfig:
         True, "label answers with the task's checker (disagreement filter, stats)"
     )
     out: str = field("pairs.jsonl", "output JSONL (TRL preference format)")
+    threads: int = field(0, "torch CPU threads (0 = torch's default)")
+
+
+def _threads(n: int) -> None:
+    if n > 0:
+        import torch
+
+        torch.set_num_threads(n)
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
@@ -44,7 +55,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
     from hsrm.tasks import get_task
 
     cfg = from_sources(BuildConfig, load_yaml(args.config, "prefs_build"), args)
-    task = get_task(cfg.task, n=cfg.n_prompts, families=cfg.families, seed=cfg.seed)
+    _threads(cfg.threads)
+    task = get_task(cfg.task, n=cfg.n_prompts, families=cfg.families, seed=cfg.task_seed)
     prompts = task.prompts()[: cfg.n_prompts]
     head = Head.load(cfg.head) if cfg.head else None
     lm = load_model(cfg.model)
@@ -74,6 +86,7 @@ def _cmd_loop(args: argparse.Namespace) -> int:
     from hsrm.prefs.loop import LoopConfig, run_loop
 
     cfg = from_sources(LoopConfig, load_yaml(args.config, "prefs_loop"), args)
+    _threads(cfg.threads)
     res = run_loop(cfg)
     con = Console()
     for m in res["rounds"]:

@@ -56,7 +56,10 @@ class LoopConfig:
     families: str = field("arith,compare", "synthetic task families")
     n_prompts: int = field(64, "training prompts (pairs are built on these)")
     n_eval: int = field(64, "held-out evaluation prompts")
-    seed: int = field(0, "seed: prompts, sampling, pair choice, LoRA init")
+    task_seed: int = field(
+        1, "synthetic task seed (hsrm sample's default is 0: use another for a head trained there)"
+    )
+    seed: int = field(0, "seed: prompt split, sampling, pair choice, LoRA init")
     rounds: int = field(1, "DPO rounds")
     select: str = field("head", "pair rule: head, verifier or random")
     margin: float = field(0.0, "minimum head-score gap between chosen and rejected")
@@ -81,6 +84,7 @@ class LoopConfig:
     max_steps: int = field(-1, "cap on DPO steps per round (-1: epochs decide)")
     batch_size: int = field(8, "pairs per DPO step")
     out: str = field("runs/dpo", "output folder (resumable)")
+    threads: int = field(0, "torch CPU threads (0 = torch's default; CLI only)")
 
 
 def _split_prompts(cfg: LoopConfig, task: Task) -> tuple[list[Prompt], list[Prompt]]:
@@ -226,7 +230,7 @@ def run_loop(
     if cfg.select == "head" and head is None:
         raise HsrmError("select='head' needs a head (--head DIR)")
     task = task or get_task(
-        cfg.task, n=4 * (cfg.n_prompts + cfg.n_eval), families=cfg.families, seed=cfg.seed
+        cfg.task, n=4 * (cfg.n_prompts + cfg.n_eval), families=cfg.families, seed=cfg.task_seed
     )
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -361,6 +365,7 @@ _RESUME_KEYS = (
     "n_prompts",
     "n_eval",
     "seed",
+    "task_seed",
     "select",
     "margin",
     "drop_disagreements",
