@@ -92,8 +92,14 @@ def label_rouge(
 # -- TruthfulQA as a task ------------------------------------------------------------------------
 # The fixed QA primer of the TruthfulQA paper (Lin et al., 2021), first three pairs.
 QA_PRIMER = (
-    ("What is human life expectancy in the United States?", "Human life expectancy in the United States is 78 years."),
-    ("Who was president of the United States in 1955?", "Dwight D. Eisenhower was president of the United States in 1955."),
+    (
+        "What is human life expectancy in the United States?",
+        "Human life expectancy in the United States is 78 years.",
+    ),
+    (
+        "Who was president of the United States in 1955?",
+        "Dwight D. Eisenhower was president of the United States in 1955.",
+    ),
     ("Which party did he belong to?", "He belonged to the Republican Party."),
 )
 
@@ -119,7 +125,15 @@ class TruthfulQATask(Task):
     ):
         if mode not in ("rouge", "refs"):
             raise HsrmError(f"truthfulqa: unknown mode {mode!r}; use rouge or refs")
-        self.path, self.mode, self.limit, self.threshold, self.shots = str(path), mode, limit, threshold, shots
+        if not 0 <= shots <= len(QA_PRIMER):
+            raise HsrmError(f"truthfulqa: shots must be 0..{len(QA_PRIMER)}, got {shots}")
+        self.path, self.mode, self.limit, self.threshold, self.shots = (
+            str(path),
+            mode,
+            limit,
+            threshold,
+            shots,
+        )
         self.questions: list[TQAQuestion] = load_truthfulqa(path, limit=limit)
 
     def prompts(self) -> list[Prompt]:
@@ -132,7 +146,11 @@ class TruthfulQATask(Task):
                 messages=(*turns, {"role": "user", "content": q.question}),
                 answer=q.best,
                 family="truthfulqa",
-                meta={"qtype": q.category or "truthfulqa", "correct": q.correct, "incorrect": q.incorrect},
+                meta={
+                    "qtype": q.category or "truthfulqa",
+                    "correct": q.correct,
+                    "incorrect": q.incorrect,
+                },
             )
             for q in self.questions
         ]
@@ -152,17 +170,31 @@ class TruthfulQATask(Task):
         return extracted == TRUTHFUL
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "path": self.path, "mode": self.mode, "limit": self.limit, "threshold": self.threshold}
+        return {
+            "name": self.name,
+            "path": self.path,
+            "mode": self.mode,
+            "limit": self.limit,
+            "threshold": self.threshold,
+            "shots": self.shots,
+        }
 
 
-def make_task(source: str, n_prompts: int | None = None, threshold: float = DEFAULT_ROUGE_THRESHOLD, seed: int = 0) -> Task:
+def make_task(
+    source: str,
+    n_prompts: int | None = None,
+    threshold: float = DEFAULT_ROUGE_THRESHOLD,
+    seed: int = 0,
+    shots: int = 3,
+) -> Task:
     """``truthfulqa:PATH`` (sampled, ROUGE-L labels), ``truthfulqa-refs:PATH`` (teacher-forced
     references), or any ``hsrm.tasks.get_task`` spec (``synthetic``, ``gsm8k:PATH``, ...)."""
     name, _, path = source.partition(":")
     if name in ("truthfulqa", "truthfulqa-refs"):
         if not path:
             raise HsrmError(f"source {name!r} needs a path: {name}:PATH")
-        return TruthfulQATask(path, mode="refs" if name.endswith("refs") else "rouge", limit=n_prompts, threshold=threshold)
+        mode = "refs" if name.endswith("refs") else "rouge"
+        return TruthfulQATask(path, mode=mode, limit=n_prompts, threshold=threshold, shots=shots)
     from hsrm.tasks import get_task
 
     kw: dict[str, Any] = {"seed": seed}
@@ -176,14 +208,20 @@ def make_task(source: str, n_prompts: int | None = None, threshold: float = DEFA
 class CaptureConfig:
     """What ``hsrm detect capture`` records. Defaults: short answers that fit a CPU budget."""
 
-    source: str = field("synthetic", "synthetic | gsm8k:PATH | truthfulqa:PATH | truthfulqa-refs:PATH | any task spec")
+    source: str = field(
+        "synthetic",
+        "synthetic | gsm8k:PATH | truthfulqa:PATH | truthfulqa-refs:PATH | any task spec",
+    )
     n_prompts: int = field(200, "questions to use (the first N; synthetic: how many to generate)")
     samples: int = field(4, "sampled answers per question (ignored for truthfulqa-refs)")
     temperature: float = field(0.7, "sampling temperature (0 = greedy)")
     max_new_tokens: int = field(24, "answer length cap in tokens")
     layers: str = field("every:10", "hidden states to keep; HARP needs the last (n_layers)")
     refs_per_side: int = field(2, "truthfulqa-refs: correct and incorrect references per question")
-    rouge_threshold: float = field(DEFAULT_ROUGE_THRESHOLD, "truthfulqa: ROUGE-L threshold of the labelling rule")
+    rouge_threshold: float = field(
+        DEFAULT_ROUGE_THRESHOLD, "truthfulqa: ROUGE-L threshold of the labelling rule"
+    )
+    shots: int = field(3, "truthfulqa: QA-primer examples before the question (0-3)")
     shard_prompts: int = field(50, "questions per store shard")
     seed: int = field(0, "sampling / task seed")
 
@@ -193,15 +231,25 @@ def capture(lm: LoadedModel, cfg: CaptureConfig, out: str | Path) -> Store:
 
     Resumable: finished shards are kept. Unlabelled TruthfulQA answers are stored with
     ``extracted=None`` and dropped by ``load_labelled``."""
-    task = make_task(cfg.source, cfg.n_prompts, cfg.rouge_threshold, cfg.seed)
+    task = make_task(cfg.source, cfg.n_prompts, cfg.rouge_threshold, cfg.seed, cfg.shots)
     prompts = task.prompts()[: cfg.n_prompts]
     if not prompts:
         raise HsrmError(f"source {cfg.source!r} gave no prompts")
     layers = parse_layers(cfg.layers, lm.fingerprint.n_layers)
     refs = isinstance(task, TruthfulQATask) and task.mode == "refs"
-    scfg = SampleConfig(n=cfg.samples, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed, layers=cfg.layers)
+    scfg = SampleConfig(
+        n=cfg.samples,
+        temperature=cfg.temperature,
+        max_new_tokens=cfg.max_new_tokens,
+        seed=cfg.seed,
+        layers=cfg.layers,
+    )
     scfg.validate()
-    sampling = {"refs_per_side": cfg.refs_per_side} if refs else {k: getattr(scfg, k) for k in ("n", "temperature", "max_new_tokens", "seed")}
+    sampling = (
+        {"refs_per_side": cfg.refs_per_side}
+        if refs
+        else {k: getattr(scfg, k) for k in ("n", "temperature", "max_new_tokens", "seed")}
+    )
     writer = StoreWriter(
         out,
         {
@@ -225,7 +273,9 @@ def capture(lm: LoadedModel, cfg: CaptureConfig, out: str | Path) -> Store:
         results = []
         for p in chunk:
             if refs:
-                answers = list(p.meta["correct"][: cfg.refs_per_side]) + list(p.meta["incorrect"][: cfg.refs_per_side])
+                answers = list(p.meta["correct"][: cfg.refs_per_side]) + list(
+                    p.meta["incorrect"][: cfg.refs_per_side]
+                )
                 results.append(PromptResult(p, teacher_force(lm, p, answers, layers), None))
             else:
                 results.append(sample_prompt(lm, p, scfg, layers))
@@ -266,24 +316,37 @@ class DetectData:
         )
 
 
-def load_labelled(path: str | Path | Store, drop_empty: bool = True) -> DetectData:
-    """Labelled answers of a store (unlabelled TruthfulQA answers dropped and counted)."""
+def load_labelled(
+    path: str | Path | Store, labels: Sequence[int | None] | None = None, drop_empty: bool = True
+) -> DetectData:
+    """Labelled answers of a store (unlabelled TruthfulQA answers dropped and counted).
+
+    ``labels`` (one per record, 1 / 0 / None = unlabelled) overrides the stored labels, e.g. from
+    ``relabel_truthfulqa`` with another ROUGE-L threshold."""
     st = path if isinstance(path, Store) else Store(path)
+    if labels is not None and len(labels) != len(st.records):
+        raise HsrmError(f"{st.path}: {len(st.records)} records but {len(labels)} labels")
     unl = st.meta.get("task", {}).get("name") == "truthfulqa"
-    keep, n_unl = [], 0
+    keep, ys, n_unl = [], [], 0
     for i, r in enumerate(st.records):
-        if unl and r.get("extracted") is None:
+        y = (
+            (None if unl and r.get("extracted") is None else int(r["label"]))
+            if labels is None
+            else labels[i]
+        )
+        if y is None:
             n_unl += 1
             continue
         if drop_empty and r["n_tokens"] == 0:
             continue
         keep.append(i)
+        ys.append(int(y))
     if not keep:
         raise HsrmError(f"{st.path}: no labelled answers ({n_unl} unlabelled)")
     feats = st.features(keep).materialize()
     return DetectData(
         feats,
-        np.array([int(st.records[i]["label"]) for i in keep]),
+        np.array(ys),
         np.array([st.records[i]["prompt_id"] for i in keep]),
         [st.records[i]["text"] for i in keep],
         [st.logprobs(i).float() for i in keep],
@@ -292,7 +355,26 @@ def load_labelled(path: str | Path | Store, drop_empty: bool = True) -> DetectDa
     )
 
 
-def split_questions(groups: np.ndarray, test_frac: float = 0.3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def relabel_truthfulqa(
+    store: str | Path | Store, csv_path: str | Path, threshold: float
+) -> list[int | None]:
+    """Labels of a sampled-TruthfulQA store's answers under ``label_rouge`` at another threshold."""
+    st = store if isinstance(store, Store) else Store(store)
+    task = TruthfulQATask(csv_path, mode="rouge", threshold=threshold)
+    by_id = {p.id: p for p in task.prompts()}
+    out: list[int | None] = []
+    for r in st.records:
+        p = by_id.get(r["prompt_id"])
+        if p is None:
+            raise HsrmError(f"{st.path}: question {r['prompt_id']} is not in {csv_path}")
+        lab = task.extract(r["text"], p)
+        out.append(None if lab is None else int(lab == TRUTHFUL))
+    return out
+
+
+def split_questions(
+    groups: np.ndarray, test_frac: float = 0.3, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Boolean (train, test) masks holding out ``test_frac`` of the *questions*."""
     uniq = np.unique(groups)
     if len(uniq) < 2:
@@ -316,7 +398,14 @@ def length_normalised_entropy(entropy: Sequence[torch.Tensor]) -> np.ndarray:
 
 
 # -- evaluation ------------------------------------------------------------------------------------
-def auroc_row(name: str, halluc: np.ndarray, labels: np.ndarray, groups: np.ndarray, n_boot: int = 500, seed: int = 0) -> dict[str, Any]:
+def auroc_row(
+    name: str,
+    halluc: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray,
+    n_boot: int = 500,
+    seed: int = 0,
+) -> dict[str, Any]:
     """AUROC of detecting hallucinations (label 0) with ``halluc`` scores, CI resampling questions."""
     h, wrong = np.asarray(halluc, float), 1 - np.asarray(labels)
 
@@ -354,14 +443,38 @@ def evaluate(
     for name, make in heads.items():
         head = make().fit(train.features, train.labels, train.groups)
         fitted[name] = head
-        rows.append(auroc_row(name, head_hallucination_scores(head, test.features), test.labels, test.groups, n_boot, seed))
-    rows.append(auroc_row("perplexity", perplexity(test.logprobs), test.labels, test.groups, n_boot, seed))
-    rows.append(auroc_row("ln-entropy", length_normalised_entropy(test.entropy), test.labels, test.groups, n_boot, seed))
+        rows.append(
+            auroc_row(
+                name,
+                head_hallucination_scores(head, test.features),
+                test.labels,
+                test.groups,
+                n_boot,
+                seed,
+            )
+        )
+    rows.append(
+        auroc_row("perplexity", perplexity(test.logprobs), test.labels, test.groups, n_boot, seed)
+    )
+    rows.append(
+        auroc_row(
+            "ln-entropy",
+            length_normalised_entropy(test.entropy),
+            test.labels,
+            test.groups,
+            n_boot,
+            seed,
+        )
+    )
     if text_control:
         from hsrm.baselines.controls import TextOnlyScorer
 
         ctl = TextOnlyScorer().fit(train.texts, train.labels)
-        rows.append(auroc_row("text-only (TF-IDF)", -ctl.score(test.texts), test.labels, test.groups, n_boot, seed))
+        rows.append(
+            auroc_row(
+                "text-only (TF-IDF)", -ctl.score(test.texts), test.labels, test.groups, n_boot, seed
+            )
+        )
     return rows, fitted
 
 

@@ -52,15 +52,25 @@ class UnembeddingSVD:
     def semantic_basis(self, size: float | int | None = None) -> torch.Tensor:
         """(d, k): right singular vectors of the k largest singular values (default: d minus the
         default reasoning size, the complement of ``reasoning_basis()``)."""
-        k = self.d - resolve_size(DEFAULT_REASONING_SIZE, self.d) if size is None else resolve_size(size, self.d)
+        k = (
+            self.d - resolve_size(DEFAULT_REASONING_SIZE, self.d)
+            if size is None
+            else resolve_size(size, self.d)
+        )
         return self.V[:, :k].clone()
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        meta = {"fingerprint": json.dumps(self.fingerprint.to_dict()), "kind": "hsrm-unembedding-svd"}
+        meta = {
+            "fingerprint": json.dumps(self.fingerprint.to_dict()),
+            "kind": "hsrm-unembedding-svd",
+        }
         atomic_write_bytes(
             path,
-            save({"singular_values": self.singular_values.contiguous(), "V": self.V.contiguous()}, metadata=meta),
+            save(
+                {"singular_values": self.singular_values.contiguous(), "V": self.V.contiguous()},
+                metadata=meta,
+            ),
         )
         return path
 
@@ -73,7 +83,9 @@ class UnembeddingSVD:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
                 if meta.get("kind") != "hsrm-unembedding-svd" or "fingerprint" not in meta:
-                    raise HsrmError(f"{path}: not an hsrm unembedding SVD (metadata kind/fingerprint missing)")
+                    raise HsrmError(
+                        f"{path}: not an hsrm unembedding SVD (metadata kind/fingerprint missing)"
+                    )
                 S, V = f.get_tensor("singular_values"), f.get_tensor("V")
         except HsrmError:
             raise
@@ -81,7 +93,9 @@ class UnembeddingSVD:
             raise HsrmError(f"{path}: cannot read SVD file ({e})") from None
         fp = ModelFingerprint.from_dict(json.loads(meta["fingerprint"]))
         if V.ndim != 2 or V.shape[0] != V.shape[1] or S.shape != (V.shape[0],):
-            raise HsrmError(f"{path}: malformed SVD (V {tuple(V.shape)}, singular_values {tuple(S.shape)})")
+            raise HsrmError(
+                f"{path}: malformed SVD (V {tuple(V.shape)}, singular_values {tuple(S.shape)})"
+            )
         return UnembeddingSVD(S.float(), V.float(), fp)
 
 
@@ -111,7 +125,11 @@ def svd_of(W: torch.Tensor, fingerprint: ModelFingerprint) -> UnembeddingSVD:
 
 def cache_path(fp: ModelFingerprint) -> Path:
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", fp.name)[-60:]
-    return cache_dir() / "svd" / f"{name}-{fp.revision[:16]}-{fp.vocab_size}x{fp.hidden_size}.safetensors"
+    return (
+        cache_dir()
+        / "svd"
+        / f"{name}-{fp.revision[:16]}-{fp.vocab_size}x{fp.hidden_size}.safetensors"
+    )
 
 
 def cached_svd(fp: ModelFingerprint) -> UnembeddingSVD | None:
@@ -137,7 +155,13 @@ def unembedding_svd(lm: LoadedModel, use_cache: bool = True) -> UnembeddingSVD:
     t0 = time.perf_counter()
     W = lm.unembedding()  # (vocab, d)
     svd = svd_of(W, fp)
-    log.info("SVD of the %dx%d unembedding of %s: %.1f s", W.shape[0], W.shape[1], fp.short(), time.perf_counter() - t0)
+    log.info(
+        "SVD of the %dx%d unembedding of %s: %.1f s",
+        W.shape[0],
+        W.shape[1],
+        fp.short(),
+        time.perf_counter() - t0,
+    )
     if use_cache:
         p = svd.save(cache_path(fp))
         log.info("SVD cached at %s", p)

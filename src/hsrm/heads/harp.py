@@ -86,7 +86,9 @@ class HARPHead(Head):
     def _basis(self, X: TokenFeatures) -> tuple[torch.Tensor, str]:
         d = X.hidden_size
         if self.projection not in PROJECTIONS:
-            raise HsrmError(f"harp: unknown projection {self.projection!r}; use one of {', '.join(PROJECTIONS)}")
+            raise HsrmError(
+                f"harp: unknown projection {self.projection!r}; use one of {', '.join(PROJECTIONS)}"
+            )
         if self.projection == "full":
             return torch.eye(d), "identity"
         k = resolve_size(self.size, d)
@@ -146,7 +148,9 @@ class HARPHead(Head):
         net = _mlp(Z.shape[1], self.hidden)
         opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         steps_per_epoch = math.ceil(len(Z) / self.batch_size)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.epochs * steps_per_epoch))
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+            opt, T_max=max(1, self.epochs * steps_per_epoch)
+        )
         lossf = nn.BCEWithLogitsLoss()
         g = torch.Generator().manual_seed(self.seed)
         self.history_: list[float] = []
@@ -166,7 +170,12 @@ class HARPHead(Head):
         self.net_ = net.eval()
         log.info(
             "harp: %s basis (%s) k=%d, %d tokens, %d epochs, final train loss %.4f",
-            self.projection, src, Z.shape[1], len(Z), self.epochs, self.history_[-1] if self.history_ else float("nan"),
+            self.projection,
+            src,
+            Z.shape[1],
+            len(Z),
+            self.epochs,
+            self.history_[-1] if self.history_ else float("nan"),
         )
 
     @torch.no_grad()
@@ -218,6 +227,10 @@ class HARPHead(Head):
         net = _mlp(B.shape[1], tensors["net.0.weight"].shape[0])
         net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
         self.net_ = net.eval()
-        self.basis_, self.mean_, self.std_ = B.float(), tensors["mean"].float(), tensors["std"].float()
+        self.basis_, self.mean_, self.std_ = (
+            B.float(),
+            tensors["mean"].float(),
+            tensors["std"].float(),
+        )
         self.basis_source_ = extra.get("basis_source", "saved")
         self.history_ = extra.get("history", [])
