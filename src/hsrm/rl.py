@@ -48,8 +48,9 @@ def _content(c: Any) -> str:
 class HiddenStateReward:
     """A TRL-compatible reward function scoring completions from a frozen model's hidden states.
 
-    ``lm``: the scoring model (``hsrm.models.LoadedModel``), frozen, on any device; the head must
-    have been fit on features of this model. ``head``: a fitted ``hsrm`` head (or a saved head's
+    ``lm``: the scoring model (``hsrm.models.LoadedModel``) on any device, run under
+    ``inference_mode`` (pass a separate copy, not the policy being trained: the head must score the
+    states it was fit on); the head must have been fit on features of this model. ``head``: a fitted ``hsrm`` head (or a saved head's
     folder). Called as TRL calls reward functions::
 
         reward(prompts=[...], completions=[...], completion_ids=[[...], ...], **dataset_columns)
@@ -100,8 +101,6 @@ class HiddenStateReward:
         self._drop = set(_eos_ids(lm)) | (
             {tok.pad_token_id} if tok.pad_token_id is not None else set()
         )
-        for p in lm.model.parameters():
-            p.requires_grad_(False)
         self.n_calls = 0
 
     def __repr__(self) -> str:
