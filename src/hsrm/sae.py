@@ -388,16 +388,22 @@ def top_activating_tokens(
             top = v.topk(min(n_top, nz))
             for val, pos in zip(top.values.tolist(), top.indices.tolist()):
                 best[j].append((val, b + pos // T, pos % T))
-            best[j] = sorted(best[j], reverse=True)[:n_top]
+            best[j] = sorted(best[j], reverse=True)[: 4 * n_top]
     out: dict[int, list[dict[str, Any]]] = {}
     for j, rows in best.items():
-        out[j] = [
-            {
-                "token": tok.decode([encs[ti][p]]),
-                "context": tok.decode(encs[ti][max(0, p - context) : p]),
-                "activation": round(val, 3),
-                "text_index": ti,
-            }
-            for val, ti, p in rows
-        ]
+        seen, out[j] = set(), []
+        for val, ti, p in rows:
+            key = tuple(encs[ti][max(0, p - context) : p + 1])
+            if key in seen:  # the same prompt shared by several answers
+                continue
+            seen.add(key)
+            out[j].append(
+                {
+                    "token": tok.decode([encs[ti][p]]),
+                    "context": tok.decode(encs[ti][max(0, p - context) : p]),
+                    "activation": round(val, 3),
+                    "text_index": ti,
+                }
+            )
+        out[j] = out[j][:n_top]
     return out

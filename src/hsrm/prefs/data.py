@@ -182,3 +182,26 @@ def split_by_group(
     train = [p for p in pairs if p.group not in test_groups]
     test = [p for p in pairs if p.group in test_groups]
     return train, test
+
+
+def load_pairs(
+    source: str | Path, on_error: str = "error", max_answers: int = 3, seed: int = 0
+) -> list[PrefPair]:
+    """Pairs from a preference JSONL file or, for a ``.csv`` path, the TruthfulQA CSV."""
+    if Path(source).suffix.lower() == ".csv":
+        return truthfulqa_pairs(source, max_answers=max_answers, seed=seed)
+    return read_pairs(source, on_error=on_error)[0]
+
+
+def pair_texts(tokenizer, pairs: Sequence[PrefPair], system: str | None = None) -> list[str]:
+    """Chat-formatted prompt + answer texts of every distinct (prompt, answer) in ``pairs``: the
+    text an SAE for these pairs should be trained on."""
+    from hsrm.prefs.evaluate import _chat_prompt
+
+    seen, out = set(), []
+    for p in pairs:
+        for a in (p.chosen, p.rejected):
+            if (p.prompt, a) not in seen:
+                seen.add((p.prompt, a))
+                out.append(_chat_prompt(tokenizer, p.prompt, system) + a)
+    return out
