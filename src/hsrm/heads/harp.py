@@ -198,13 +198,16 @@ class HARPHead(Head):
         pooled = np.zeros(len(X))
         where = np.full(len(X), -1, dtype=np.int64)
         pos = X.layers.index(self.layers_[0])
-        for i in range(len(X)):
-            x = X[i][:, pos]  # (T, d)
-            if len(x) == 0:
+        for b0 in range(0, len(X), 512):  # one MLP pass over all tokens of 512 answers
+            xs = [X[i][:, pos] for i in range(b0, min(len(X), b0 + 512))]  # each (T_i, d)
+            lens = [len(x) for x in xs]
+            if not sum(lens):
                 continue
-            lg = self.token_logits(x)  # (T,)
-            where[i] = int(lg.argmax())
-            pooled[i] = float(lg.max() if self.pool == "max" else lg.mean())
+            lg = self.token_logits(torch.cat(xs))  # (sum T_i,)
+            for j, seg in enumerate(torch.split(lg, lens)):
+                if len(seg):
+                    where[b0 + j] = int(seg.argmax())
+                    pooled[b0 + j] = float(seg.max() if self.pool == "max" else seg.mean())
         return pooled, where
 
     def _score(self, X: TokenFeatures) -> np.ndarray:
