@@ -111,6 +111,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         )
     head = make_head(cfg.head, **params)
     _threads(cfg.threads)
+    pairs = _pairs(cfg, "train")  # bad input fails before the model loads
     lm = load_model(cfg.model)
     layers = "all"
     if cfg.layer is not None:
@@ -122,7 +123,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         layers = [hl] if hl is not None else "all"
     else:
         layers = "mid"
-    ps = encode_pairs(lm, _pairs(cfg, "train"), layers, cache=cfg.cache)
+    ps = encode_pairs(lm, pairs, layers, cache=cfg.cache)
     fit_head_on_pairs(head, ps)
     head.save(cfg.out)
     Console().print(
@@ -146,9 +147,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             raise HsrmError(f"--{n} is required")
     _threads(cfg.threads)
     head = Head.load(cfg.head)
+    pairs = _pairs(cfg, "test")
     lm = load_model(cfg.model)
     head.check_compatible(lm.fingerprint, head.required_layers())
-    ps = encode_pairs(lm, _pairs(cfg, "test"), list(head.required_layers()), cache=cfg.cache)
+    ps = encode_pairs(lm, pairs, list(head.required_layers()), cache=cfg.cache)
     res = {
         "head": pairwise_result(head.score(ps.feats), ps, n_boot=cfg.n_boot, seed=cfg.seed),
         "log-prob": pairwise_result(ps.mean_logprob(), ps, n_boot=cfg.n_boot, seed=cfg.seed),
