@@ -25,6 +25,7 @@ from hsrm.prefs.evaluate import (
     evaluate_arms,
     head_arm,
     logprob_arm,
+    paired_difference,
     text_only_arm,
 )
 
@@ -166,7 +167,16 @@ def main() -> None:
         "log-prob (length-normalised)": logprob_arm,
         "control: text-only TF-IDF": text_only_arm,
     }
-    res["main"] = evaluate_arms(train, test, arms, n_boot=a.n_boot, seed=a.seed)
+    scores: dict[str, np.ndarray] = {}
+    res["main"] = evaluate_arms(train, test, arms, n_boot=a.n_boot, seed=a.seed, scores=scores)
+    best = "SparseRM (mean pool)"
+    res["paired"] = {
+        f"{best} - {other}": paired_difference(
+            scores[best], scores[other], test, n_boot=a.n_boot, seed=a.seed
+        )
+        for other in arms
+        if other != best
+    }
     save()
 
     # Interpretability: top-activating tokens of the most preferred / dispreferred latents.
@@ -243,6 +253,18 @@ def markdown(res: dict) -> str:
         "|---|---|",
     ]
     lines += [f"| {k} | {fmt(v)} |" for k, v in res["main"].items()]
+    if "paired" in res:
+        lines += [
+            "",
+            "Paired differences (same bootstrap resample of questions for both arms):",
+            "",
+            "| difference | accuracy difference [95 % CI] |",
+            "|---|---|",
+        ]
+        lines += [
+            f"| {k} | {v['diff']:+.3f} [{v['lo']:+.3f}, {v['hi']:+.3f}] |"
+            for k, v in res["paired"].items()
+        ]
     if "layer_sweep" in res:
         lines += ["", "## Layer sweep", "", "| arm | pairwise accuracy [95 % CI] |", "|---|---|"]
         lines += [f"| {k} | {fmt(v)} |" for k, v in res["layer_sweep"].items()]

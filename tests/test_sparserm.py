@@ -135,8 +135,22 @@ def test_pairset_cache_and_evaluation(tiny_lm, tmp_path):
     torch.testing.assert_close(again.feats[3], ps.feats[3], atol=1e-2, rtol=1e-2)  # float16 on disk
     np.testing.assert_allclose(again.mean_logprob(), ps.mean_logprob(), atol=1e-5)
     assert again.token_states(1).shape[0] > sum(ps.feats[i].shape[0] for i in range(len(ps.texts)))
+    # all chosen x rejected combinations per question: each answer once, grouped by question
     X, y, g = ps.head_inputs()
-    assert len(X) == 2 * len(ps) and y.sum() == len(ps) and len(set(g)) == len(ps)
+    assert len(X) == len(ps.texts) and set(g) == set(ps.pair_groups)
+    assert y.sum() == len(set(ps.chosen.tolist()))
+    # an answer both chosen and rejected: one row per pair side, grouped by pair id
+    import dataclasses
+
+    odd = dataclasses.replace(
+        ps,
+        chosen=np.append(ps.chosen, ps.rejected[0]),
+        rejected=np.append(ps.rejected, ps.chosen[0]),
+        pair_ids=[*ps.pair_ids, "swap"],
+        pair_groups=np.append(ps.pair_groups, ps.pair_groups[0]),
+    )
+    X, y, g = odd.head_inputs()
+    assert len(X) == 2 * len(odd) and y.sum() == len(odd) and len(set(g)) == len(odd)
     q = np.unique(ps.pair_groups)
     tr = ps.subset_pairs(np.flatnonzero(np.isin(ps.pair_groups, q[:3])))
     te = ps.subset_pairs(np.flatnonzero(~np.isin(ps.pair_groups, q[:3])))

@@ -86,8 +86,28 @@ class PairSet:
         )
 
     def head_inputs(self) -> tuple[TokenFeatures, np.ndarray, np.ndarray]:
-        """(X, y, groups) for ``Head.fit``: each pair's chosen (y=1) and rejected (y=0) answer,
-        grouped by pair id (an answer used by several pairs appears once per pair)."""
+        """(X, y, groups) for ``Head.fit``.
+
+        When each question's pairs are exactly all (chosen, rejected) combinations of its answers
+        and no answer is both (TruthfulQA pairs), every answer appears once, grouped by question:
+        a head's pairs within a group are then exactly these pairs, and its validation split holds
+        out whole questions. Otherwise each pair's chosen (y=1) and rejected (y=0) answer, grouped
+        by pair id (an answer used by several pairs appears once per pair)."""
+        roles: dict[int, set[int]] = {}
+        for c, r in zip(self.chosen, self.rejected):
+            roles.setdefault(int(c), set()).add(1)
+            roles.setdefault(int(r), set()).add(0)
+        if all(len(v) == 1 for v in roles.values()):
+            by_q: dict[str, set[tuple[int, int]]] = {}
+            for c, r, g in zip(self.chosen, self.rejected, self.pair_groups):
+                by_q.setdefault(str(g), set()).add((int(c), int(r)))
+            full = all(
+                len(s) == len({c for c, _ in s}) * len({r for _, r in s}) for s in by_q.values()
+            )
+            if full:
+                used = np.array(sorted(roles))
+                y = np.array([1 if 1 in roles[int(a)] else 0 for a in used])
+                return self.feats.subset(used), y, self.answer_groups[used].astype(str)
         order = np.stack([self.chosen, self.rejected], 1).reshape(-1)
         y = np.tile([1, 0], len(self.chosen))
         groups = np.repeat(np.asarray(self.pair_ids, dtype=object), 2)
@@ -373,11 +393,35 @@ def text_only_arm(train: PairSet, test: PairSet) -> np.ndarray:
     return TextOnlyScorer().fit(texts, y).score(test.texts)
 
 
+def paired_difference(
+    scores_a: np.ndarray, scores_b: np.ndarray, ps: PairSet, n_boot: int = 1000, seed: int = 0
+) -> dict[str, float]:
+    """Pairwise accuracy of A minus that of B on the same pairs, with a bootstrap CI resampling
+    questions (both arms see the same resample, so the CI is much tighter than two separate ones)."""
+    from hsrm.metrics import bootstrap_metric_ci
+
+    def win(s: np.ndarray) -> np.ndarray:
+        c, r = np.asarray(s, float)[ps.chosen], np.asarray(s, float)[ps.rejected]
+        return (c > r) + 0.5 * (c == r)
+
+    d = win(scores_a) - win(scores_b)  # (n_pairs,)
+    lo, hi = bootstrap_metric_ci(
+        lambda idx: float(d[idx].mean()), ps.pair_groups, n_boot=n_boot, seed=seed
+    )
+    return {"diff": float(d.mean()), "lo": lo, "hi": hi}
+
+
 def evaluate_arms(
-    train: PairSet, test: PairSet, arms: dict[str, Arm], n_boot: int = 1000, seed: int = 0
+    train: PairSet,
+    test: PairSet,
+    arms: dict[str, Arm],
+    n_boot: int = 1000,
+    seed: int = 0,
+    scores: dict[str, np.ndarray] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Fit every arm on ``train`` and measure pairwise accuracy on ``test`` (CI over questions).
-    Refuses a train / test split that shares a question."""
+    Refuses a train / test split that shares a question. ``scores``, if given, receives each arm's
+    test answer scores (for ``paired_difference``)."""
     shared = set(map(str, train.pair_groups)) & set(map(str, test.pair_groups))
     if shared:
         raise HsrmError(
@@ -388,7 +432,10 @@ def evaluate_arms(
     out = {}
     for name, arm in arms.items():
         t0 = time.time()
-        res = pairwise_result(arm(train, test), test, n_boot=n_boot, seed=seed)
+        sc = arm(train, test)
+        if scores is not None:
+            scores[name] = sc
+        res = pairwise_result(sc, test, n_boot=n_boot, seed=seed)
         res["seconds"] = round(time.time() - t0, 2)
         log.info("%-28s acc %.3f [%.3f, %.3f]", name, res["acc"], res["lo"], res["hi"])
         out[name] = res
