@@ -14,6 +14,7 @@ Writes benchmarks/results/harp.{json,md}.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from collections import Counter
@@ -37,6 +38,7 @@ from hsrm.detect import (
 from hsrm.heads import make_head
 from hsrm.io import atomic_write_json, atomic_write_text
 from hsrm.models import load_model
+from hsrm.store import Store
 from hsrm.subspace import cache_path, resolve_size, unembedding_svd
 
 log = logging.getLogger("bench_harp")
@@ -111,7 +113,11 @@ def main() -> int:
         if args.only and name not in args.only:
             continue
         t0 = time.time()
-        stores[name] = capture(lm, cfg, work / name)
+        done = work / name / "meta.json"
+        if done.exists() and json.loads(done.read_text()).get("complete"):
+            stores[name] = Store(work / name)  # cached capture
+        else:
+            stores[name] = capture(lm, cfg, work / name)
         log.info("%s: %d answers (%.0f s)", name, len(stores[name]), time.time() - t0)
     if args.only:
         return 0
