@@ -20,7 +20,7 @@ from hsrm.capture import parse_layers
 from hsrm.evaluate import bon_report
 from hsrm.features import TokenFeatures
 from hsrm.heads import make_head
-from hsrm.pipeline import baseline_scores, prompt_folds
+from hsrm.pipeline import DEMO_ELHSR, baseline_scores, prompt_folds
 from hsrm.store import Store
 
 RESULTS = Path(__file__).parent / "results"
@@ -78,16 +78,23 @@ def main() -> None:
     X = store.features().materialize()
     Xp = with_prompt_token(store).materialize()
     e4 = list(parse_layers("every:4", nL))
+    best = {"layers": e4, **DEMO_ELHSR}
     variants = {
-        "elhsr every 4th layer (default)": (X, "elhsr", {"layers": e4}),
-        "elhsr all layers": (X, "elhsr", {}),
-        "elhsr middle layer only": (X, "elhsr", {"layers": [nL // 2]}),
-        "elhsr last layer only": (X, "elhsr", {"layers": [nL]}),
-        "elhsr no gate (mean)": (X, "elhsr", {"layers": e4, "gate": False}),
-        "elhsr final norm on every layer": (X, "elhsr", {"layers": e4, "final_norm": True}),
-        "elhsr + prompt's last token": (Xp, "elhsr", {"layers": e4}),
-        "elhsr, 50% of training prompts": (X, "elhsr", {"layers": e4}, 0.5),
-        "elhsr, 25% of training prompts": (X, "elhsr", {"layers": e4}, 0.25),
+        "elhsr, SWIFT defaults (every 4th layer)": (X, "elhsr", {"layers": e4}),
+        "elhsr, + early stop on within-prompt AUROC": (
+            X,
+            "elhsr",
+            {"layers": e4, "early_stop": "within_auroc"},
+        ),
+        "elhsr, + standardize, patience 5 (demo default)": (X, "elhsr", best),
+        "demo default, all 31 layers": (X, "elhsr", {**best, "layers": None}),
+        "demo default, middle layer only": (X, "elhsr", {**best, "layers": [nL // 2]}),
+        "demo default, last layer only": (X, "elhsr", {**best, "layers": [nL]}),
+        "demo default, no gate (plain mean)": (X, "elhsr", {**best, "gate": False}),
+        "demo default, final norm on every layer": (X, "elhsr", {**best, "final_norm": True}),
+        "demo default, + prompt's last token": (Xp, "elhsr", best),
+        "demo default, 50% of training prompts": (X, "elhsr", best, 0.5),
+        "demo default, 25% of training prompts": (X, "elhsr", best, 0.25),
         "probe (middle layer, logreg)": (X, "probe", {}),
         "probe (PCA+LDA)": (X, "probe", {"method": "lda"}),
     }

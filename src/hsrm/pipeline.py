@@ -316,6 +316,11 @@ class DemoConfig:
     threads: int = field(0, "torch CPU threads (0 = torch's default)")
 
 
+# The demo's ELHSR settings: SWIFT's, plus two changes measured in benchmarks/results/ablations.md
+# (standardised inputs; early stopping on the validation prompts' within-prompt AUROC).
+DEMO_ELHSR: dict[str, Any] = {"standardize": True, "early_stop": "within_auroc", "patience": 5}
+
+
 def cross_fit(
     store: Store,
     folds: int,
@@ -377,7 +382,7 @@ def demo(cfg: DemoConfig, console: Any = None) -> dict[str, Any]:
     t_sample = time.perf_counter() - t_start
     layers = parse_layers(cfg.head_layers, store.fingerprint.n_layers)
     specs = {
-        "elhsr": ("elhsr", {"layers": list(layers)}),
+        "elhsr": ("elhsr", {"layers": list(layers), **DEMO_ELHSR}),
         "probe": ("probe", {}),
     }
     scores, folds = cross_fit(store, cfg.folds, cfg.seed, specs)

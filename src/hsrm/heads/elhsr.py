@@ -29,13 +29,20 @@ class _ELHSRNet(nn.Module):
         super().__init__()
         self.linear = nn.Linear(in_dim, 2)
         self.gate, self.final_norm = gate, final_norm
+        # Per-feature standardisation (identity unless fit with standardize=True).
+        self.register_buffer("shift", torch.zeros(in_dim))
+        self.register_buffer("scale", torch.ones(in_dim))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        # x: (B, T, L, d), mask: (B, T) -> (B,) score logits
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (..., L, d) -> (..., L*d)
         if self.final_norm:
             # Parameter-free RMS norm on every layer; the norm's fixed gain folds into `linear`.
             x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
-        gr = self.linear(x.flatten(2))  # (B, T, 2)
+        return (x.flatten(-2) - self.shift) / self.scale
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        # x: (B, T, L, d), mask: (B, T) -> (B,) score logits
+        gr = self.linear(self.features(x))  # (B, T, 2)
         g, r = gr[..., 0], gr[..., 1]
         m = mask.float()
         w = torch.sigmoid(g) * m if self.gate else m
@@ -67,7 +74,16 @@ class _Packed:
 @register("elhsr")
 class ELHSRHead(Head):
     """SWIFT's ELHSR head. ``layers``: subset of the captured hidden-state indices (None = all);
-    ``gate=False`` gives a plain mean of per-token rewards; ``final_norm`` RMS-normalises every layer."""
+    ``gate=False`` gives a plain mean of per-token rewards; ``final_norm`` RMS-normalises every layer.
+
+    Two options that are not in SWIFT (off by default; see benchmarks/results/ablations.md for
+    what they change): ``standardize`` z-scores every input feature with training-token statistics,
+    and ``early_stop="within_auroc"`` stops on the validation prompts' within-prompt AUROC (the
+    ranking best-of-N needs) instead of the validation BCE, which mostly measures calibration
+    across prompts of different difficulty.
+    """
+
+    early_stop: str = "loss"  # class-level default for subclasses with their own __init__
 
     def __init__(
         self,
@@ -82,6 +98,8 @@ class ELHSRHead(Head):
         val_frac: float = 0.2,
         seed: int = 0,
         memory_gb: float = 4.0,
+        standardize: bool = False,
+        early_stop: str = "loss",
     ):
         self.layers = list(layers) if layers is not None else None
         self.gate = gate
@@ -94,6 +112,8 @@ class ELHSRHead(Head):
         self.val_frac = val_frac
         self.seed = seed
         self.memory_gb = memory_gb
+        self.standardize = standardize
+        self.early_stop = early_stop
 
     def _select(self, X: TokenFeatures) -> TokenFeatures:
         return X.select_layers(self.layers) if self.layers is not None else X
@@ -112,8 +132,14 @@ class ELHSRHead(Head):
         )
         if va.sum() == 0 or len(np.unique(y[va])) < 1:
             tr, va = np.ones(len(y), bool), np.zeros(len(y), bool)
+        if self.early_stop not in ("loss", "within_auroc"):
+            raise HsrmError(
+                f"elhsr: early_stop must be 'loss' or 'within_auroc', got {self.early_stop!r}"
+            )
         packed = _Packed(X, self.memory_gb * 1e9)
         tr_idx, va_idx = np.flatnonzero(tr), np.flatnonzero(va)
+        if self.standardize:
+            net.shift, net.scale = self._token_stats(packed, tr_idx, net)
         yt = torch.as_tensor(y)
         rng = np.random.default_rng(self.seed)
         lossf = nn.BCEWithLogitsLoss()
@@ -133,8 +159,14 @@ class ELHSRHead(Head):
                 tot += float(loss.detach()) * len(idx)
             rec = {"epoch": epoch, "train_loss": tot / max(1, len(order))}
             if len(va_idx):
-                vl = self._eval_loss(net, packed, va_idx, yt)
+                vl, vs = self._eval_loss(net, packed, va_idx, yt)
                 rec["val_loss"] = vl
+                if self.early_stop == "within_auroc":
+                    from hsrm.metrics import within_prompt_auroc
+
+                    wa = within_prompt_auroc(vs, y[va_idx], g[va_idx])
+                    rec["val_within_auroc"] = wa
+                    vl = -wa if wa == wa else vl
                 if vl < best - 1e-6:
                     best, bad = vl, 0
                     best_state = {k: v.clone() for k, v in net.state_dict().items()}
@@ -148,19 +180,40 @@ class ELHSRHead(Head):
         self.net_ = net.eval()
         log.info("elhsr: %d epochs, best val loss %.4f", len(self.history_), best)
 
+    @staticmethod
+    @torch.no_grad()
+    def _token_stats(
+        packed: _Packed, idx: np.ndarray, net: _ELHSRNet
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std of every input feature over the training answers' tokens."""
+        s = s2 = None
+        n = 0
+        for b in range(0, len(idx), 256):
+            xb, mb = packed.batch(idx[b : b + 256])
+            f = net.features(xb)[mb]  # (tokens, L*d)
+            s = f.sum(0) if s is None else s + f.sum(0)
+            s2 = f.pow(2).sum(0) if s2 is None else s2 + f.pow(2).sum(0)
+            n += f.shape[0]
+        assert s is not None and s2 is not None
+        mean = s / max(n, 1)
+        std = (s2 / max(n, 1) - mean.pow(2)).clamp_min(0).sqrt() + 1e-4
+        return mean, std
+
     @torch.no_grad()
     def _eval_loss(
         self, net: nn.Module, packed: _Packed, idx: np.ndarray, yt: torch.Tensor
-    ) -> float:
+    ) -> tuple[float, np.ndarray]:
         net.eval()
-        tot = 0.0
+        tot, scores = 0.0, []
         for b in range(0, len(idx), 256):
             ii = idx[b : b + 256]
             xb, mb = packed.batch(ii)
+            out = net(xb, mb)
+            scores.append(out.numpy())
             tot += float(
-                nn.functional.binary_cross_entropy_with_logits(net(xb, mb), yt[ii], reduction="sum")
+                nn.functional.binary_cross_entropy_with_logits(out, yt[ii], reduction="sum")
             )
-        return tot / len(idx)
+        return tot / len(idx), np.concatenate(scores)
 
     @torch.no_grad()
     def _score(self, X: TokenFeatures) -> np.ndarray:
@@ -174,11 +227,7 @@ class ELHSRHead(Head):
     @torch.no_grad()
     def token_scores(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Per-token (gate weight, reward) of one answer x: (T, L, d) over the head's layers."""
-        gr = self.net_.linear(
-            (
-                x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) if self.final_norm else x
-            ).flatten(1)
-        )
+        gr = self.net_.linear(self.net_.features(x))
         return torch.sigmoid(gr[:, 0]).numpy(), gr[:, 1].numpy()
 
     def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

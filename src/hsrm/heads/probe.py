@@ -58,7 +58,7 @@ class ProbeHead(Head):
 
             clf = LogisticRegression(C=self.C, max_iter=self.max_iter)
             clf.fit(Z, y)
-            self.proj_ = np.eye(Z.shape[1])
+            self.proj_ = np.zeros((0, 0))  # no projection: coef_ acts on the standardised state
             self.coef_, self.intercept_ = clf.coef_[0], float(clf.intercept_[0])
         else:
             from sklearn.decomposition import PCA
@@ -75,7 +75,9 @@ class ProbeHead(Head):
 
     def _score(self, X: TokenFeatures) -> np.ndarray:
         Z = (self._features(X) - self.mean_) / self.std_
-        return (Z @ self.proj_) @ self.coef_ + self.intercept_
+        if self.proj_.size:
+            Z = Z @ self.proj_
+        return Z @ self.coef_ + self.intercept_
 
     def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         t = {
