@@ -11,6 +11,7 @@ arm trains from the cache. Writes ``benchmarks/results/sparserm.{json,md}``.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from pathlib import Path
@@ -108,7 +109,9 @@ def main() -> None:
     )
     ap.add_argument("--out", default="benchmarks/results/sparserm")
     ap.add_argument(
-        "--quick", action="store_true", help="skip the sweep and data-efficiency sections"
+        "--sections",
+        default="main,latents,sweep,efficiency,ksweep",
+        help="sections to (re)run; the others are kept from an existing JSON",
     )
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -143,6 +146,10 @@ def main() -> None:
     }
     runs = Path(a.cache).parent
     out = Path(a.out)
+    sections = set(a.sections.split(","))
+    if out.with_suffix(".json").exists():
+        old = json.loads(out.with_suffix(".json").read_text())
+        res = {**old, **res}
 
     def save() -> None:
         res["seconds"] = round(time.time() - t0, 1)
@@ -155,6 +162,26 @@ def main() -> None:
     save()
 
     sp = {"sae": str(sae_dir), "layer": L}
+    if "main" in sections:
+        run_main(res, sp, train, test, a, save)
+    if "latents" in sections:
+        run_latents(res, sp, train, lm, sae_dir, L, save)
+    if "sweep" in sections:
+        run_sweep(res, ps, train, test, runs, L, a, save)
+    if "efficiency" in sections:
+        run_efficiency(res, sp, train, test, a, save)
+    if "ksweep" in sections:
+        ks = {}
+        for k in (8, 32, 128):
+            ks[f"SparseRM K={k}"] = head_arm("sparserm", **sp, k=k)
+            ks[f"random directions K={k}"] = head_arm("sparserm", **sp, k=k, features="random")
+        res["k_sweep"] = evaluate_arms(train, test, ks, n_boot=a.n_boot, seed=a.seed)
+        save()
+    atomic_write_text(out.with_suffix(".md"), markdown(res))
+    log.info("done in %.0fs", time.time() - t0)
+
+
+def run_main(res, sp, train, test, a, save) -> None:
     arms = {
         "SparseRM (mean pool)": head_arm("sparserm", **sp, pool="mean"),
         "SparseRM (last token)": head_arm("sparserm", **sp, pool="last"),
@@ -162,8 +189,10 @@ def main() -> None:
         "ablation: random directions": head_arm("sparserm", **sp, features="random"),
         "ablation: Bradley-Terry loss": head_arm("sparserm", **sp, loss="bt"),
         "ablation: BCE loss": head_arm("sparserm", **sp, loss="bce"),
-        "DenseRM (same layer, mean)": head_arm("denserm", layer=L),
-        "ELHSR pairwise (same layer, BCE)": head_arm("elhsr", layers=[L], lr=1e-3, max_epochs=20),
+        "DenseRM (same layer, mean)": head_arm("denserm", layer=sp["layer"]),
+        "ELHSR pairwise (same layer, BCE)": head_arm(
+            "elhsr", layers=[sp["layer"]], lr=1e-3, max_epochs=20
+        ),
         "log-prob (length-normalised)": logprob_arm,
         "control: text-only TF-IDF": text_only_arm,
     }
@@ -179,7 +208,9 @@ def main() -> None:
     }
     save()
 
-    # Interpretability: top-activating tokens of the most preferred / dispreferred latents.
+
+def run_latents(res, sp, train, lm, sae_dir, L, save) -> None:
+    """Interpretability: top-activating tokens of the most preferred / dispreferred latents."""
     from hsrm.heads import make_head
     from hsrm.prefs.evaluate import _chat_prompt, fit_head_on_pairs
     from hsrm.sae import SAE, top_activating_tokens
@@ -197,42 +228,43 @@ def main() -> None:
     res["latents"] = [dict(s, top=tops[s["latent"]]) for s in show]
     save()
 
-    if not a.quick:
-        sweep = {}
-        for lay in ps.feats.layers:
-            if lay == 0:
-                continue
-            sweep[f"DenseRM L{lay}"] = head_arm("denserm", layer=lay)
-        for lay in [int(x) for x in a.sweep_sae_layers.split(",") if x] + [L]:
-            d = runs / f"sae_L{lay}"
-            if lay != L:
-                res.setdefault("sweep_sae", {})[str(lay)] = train_sae(
-                    train, lay, d, a.sae_latents, a.sae_k, a.sae_steps // 2, test
-                )
-            sweep[f"SparseRM L{lay}"] = head_arm("sparserm", sae=str(d), layer=lay)
-        res["layer_sweep"] = evaluate_arms(train, test, sweep, n_boot=a.n_boot, seed=a.seed)
-        save()
-        eff = {}
-        for n in (100, 300, 1000):
-            sub = first_n_pairs(train, n, a.seed)
-            r = evaluate_arms(
-                sub,
-                test,
-                {
-                    "SparseRM": head_arm("sparserm", **sp),
-                    "DenseRM": head_arm("denserm", layer=L),
-                    "ablation: random directions": head_arm("sparserm", **sp, features="random"),
-                    "control: text-only TF-IDF": text_only_arm,
-                },
-                n_boot=a.n_boot,
-                seed=a.seed,
+
+def run_sweep(res, ps, train, test, runs, L, a, save) -> None:
+    sweep = {}
+    for lay in ps.feats.layers:
+        if lay == 0:
+            continue
+        sweep[f"DenseRM L{lay}"] = head_arm("denserm", layer=lay)
+    for lay in [int(x) for x in a.sweep_sae_layers.split(",") if x] + [L]:
+        d = runs / f"sae_L{lay}"
+        if lay != L:
+            res.setdefault("sweep_sae", {})[str(lay)] = train_sae(
+                train, lay, d, a.sae_latents, a.sae_k, a.sae_steps // 2, test
             )
-            eff[str(n)] = {"n_pairs": len(sub), **r}
-        res["data_efficiency"] = eff
-        save()
+        sweep[f"SparseRM L{lay}"] = head_arm("sparserm", sae=str(d), layer=lay)
+    res["layer_sweep"] = evaluate_arms(train, test, sweep, n_boot=a.n_boot, seed=a.seed)
     save()
-    atomic_write_text(out.with_suffix(".md"), markdown(res))
-    log.info("done in %.0fs", time.time() - t0)
+
+
+def run_efficiency(res, sp, train, test, a, save) -> None:
+    eff = {}
+    for n in (100, 300, 1000):
+        sub = first_n_pairs(train, n, a.seed)
+        r = evaluate_arms(
+            sub,
+            test,
+            {
+                "SparseRM": head_arm("sparserm", **sp),
+                "DenseRM": head_arm("denserm", layer=sp["layer"]),
+                "ablation: random directions": head_arm("sparserm", **sp, features="random"),
+                "control: text-only TF-IDF": text_only_arm,
+            },
+            n_boot=a.n_boot,
+            seed=a.seed,
+        )
+        eff[str(n)] = {"n_pairs": len(sub), **r}
+    res["data_efficiency"] = eff
+    save()
 
 
 def markdown(res: dict) -> str:
@@ -267,7 +299,22 @@ def markdown(res: dict) -> str:
         ]
     if "layer_sweep" in res:
         lines += ["", "## Layer sweep", "", "| arm | pairwise accuracy [95 % CI] |", "|---|---|"]
+        if "sweep_sae" in res:
+            lines[-2:-2] = [
+                "SAEs per layer (fraction of variance explained on test questions' tokens, dead share): "
+                + ", ".join(f"L{k}: {v['test_questions']['fve']:.3f}, {100 * v['test_questions']['dead_share']:.1f} %" for k, v in res["sweep_sae"].items()),
+                "",
+            ]
         lines += [f"| {k} | {fmt(v)} |" for k, v in res["layer_sweep"].items()]
+    if "k_sweep" in res:
+        lines += [
+            "",
+            "## SAE directions vs random directions, by K (2K features)",
+            "",
+            "| arm | pairwise accuracy [95 % CI] |",
+            "|---|---|",
+        ]
+        lines += [f"| {k} | {fmt(v)} |" for k, v in res["k_sweep"].items()]
     if "data_efficiency" in res:
         arms = list(next(iter(res["data_efficiency"].values())).keys())
         arms = [x for x in arms if x != "n_pairs"]
