@@ -176,6 +176,19 @@ def main() -> None:
             ks[f"SparseRM K={k}"] = head_arm("sparserm", **sp, k=k)
             ks[f"random directions K={k}"] = head_arm("sparserm", **sp, k=k, features="random")
         res["k_sweep"] = evaluate_arms(train, test, ks, n_boot=a.n_boot, seed=a.seed)
+        # random directions vary with their seed: 5 more draws per K
+        res["k_sweep_random_seeds"] = {
+            str(k): [
+                evaluate_arms(
+                    train,
+                    test,
+                    {"r": head_arm("sparserm", **sp, k=k, features="random", seed=s)},
+                    n_boot=10,
+                )["r"]["acc"]
+                for s in range(1, 6)
+            ]
+            for k in (8, 32, 128)
+        }
         save()
     atomic_write_text(out.with_suffix(".md"), markdown(res))
     log.info("done in %.0fs", time.time() - t0)
@@ -302,7 +315,10 @@ def markdown(res: dict) -> str:
         if "sweep_sae" in res:
             lines[-2:-2] = [
                 "SAEs per layer (fraction of variance explained on test questions' tokens, dead share): "
-                + ", ".join(f"L{k}: {v['test_questions']['fve']:.3f}, {100 * v['test_questions']['dead_share']:.1f} %" for k, v in res["sweep_sae"].items()),
+                + ", ".join(
+                    f"L{k}: {v['test_questions']['fve']:.3f}, {100 * v['test_questions']['dead_share']:.1f} %"
+                    for k, v in res["sweep_sae"].items()
+                ),
                 "",
             ]
         lines += [f"| {k} | {fmt(v)} |" for k, v in res["layer_sweep"].items()]
@@ -315,6 +331,15 @@ def markdown(res: dict) -> str:
             "|---|---|",
         ]
         lines += [f"| {k} | {fmt(v)} |" for k, v in res["k_sweep"].items()]
+        if "k_sweep_random_seeds" in res:
+            lines += [
+                "",
+                "Random directions, 5 more seeds: "
+                + "; ".join(
+                    f"K={k}: mean {np.mean(v):.3f} (min {min(v):.3f}, max {max(v):.3f})"
+                    for k, v in res["k_sweep_random_seeds"].items()
+                ),
+            ]
     if "data_efficiency" in res:
         arms = list(next(iter(res["data_efficiency"].values())).keys())
         arms = [x for x in arms if x != "n_pairs"]
