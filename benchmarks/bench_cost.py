@@ -1,6 +1,7 @@
 """The baselines that cost, side by side with hsrm heads, measured in one run on one machine.
 
-1. Best-of-N on held-out prompts (split by prompt) for: ELHSR on captured states, ELHSR over
+1. Best-of-N on held-out prompts (k-fold cross-fitting by prompt: every prompt is scored by
+   scorers trained on the other folds' prompts) for: ELHSR on captured states, ELHSR over
    full-vocabulary logits, ELHSR over API-style top-20 log-probs (trained and scored from a JSONL
    log in the OpenAI format), a LoRA text reward model from the same base model, the same model as
    a zero-shot judge, fusions (rank / min-max of ELHSR with the text RM and with the majority-vote
@@ -12,7 +13,7 @@
    prompts with one torch thread; CPU seconds of this process are the primary measure (robust to
    other load on a shared machine), wall seconds are kept in the JSON. FLOPs are counted by torch.
 
-    .venv/bin/python benchmarks/bench_cost.py            # ~20 min on 2 CPU cores
+    .venv/bin/python benchmarks/bench_cost.py            # ~35 min on a loaded 2-core machine
     .venv/bin/python benchmarks/bench_cost.py --quick    # smoke test
 
 Writes ``benchmarks/results/cost.json`` and ``cost.md``.
@@ -37,7 +38,7 @@ from hsrm.baselines.fusion import minmax_fusion, rank_fusion, vote_counts
 from hsrm.baselines.judge import LLMJudge
 from hsrm.baselines.text_rm import TextRewardModel, rm_text
 from hsrm.capture import SampleConfig, parse_layers, sample_prompt, teacher_force
-from hsrm.cost import CostRow, Timer, cost_markdown, count_flops
+from hsrm.cost import CostRow, Timer, cost_markdown, count_flops, count_parameters
 from hsrm.evaluate import bon_report
 from hsrm.features import TokenFeatures
 from hsrm.heads import make_head
@@ -54,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument(
-        "--n-prompts", type=int, default=96, help="prompts in all; half train, half test"
+        "--n-prompts", type=int, default=160, help="prompts in all, cross-fitted by prompt"
+    )
+    ap.add_argument(
+        "--folds", type=int, default=2, help="k-fold by prompt: every prompt tested once"
     )
     ap.add_argument("--families", default="arith,compare")
     ap.add_argument("--n", type=int, default=16, help="samples per prompt (N of best-of-N)")
@@ -63,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--timing-prompts", type=int, default=4, help="test prompts the cost table is timed on"
     )
-    ap.add_argument("--repeat", type=int, default=3, help="timing repetitions (medians)")
+    ap.add_argument("--repeat", type=int, default=2, help="timing repetitions (medians)")
     ap.add_argument(
         "--rm-lora-layers", type=int, default=4, help="text RM: LoRA on the top K blocks"
     )
@@ -110,15 +114,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     pid_order = [r.prompt.id for r in results]
     rng = np.random.default_rng(a.seed)
-    test_pids = set(rng.permutation(pid_order)[: len(pid_order) // 2].tolist())
-    te = np.array([g in test_pids for g in groups])
-    tr_idx, te_idx = np.flatnonzero(~te), np.flatnonzero(te)
+    fold_of = {pid: i % a.folds for i, pid in enumerate(rng.permutation(pid_order).tolist())}
+    fold = np.array([fold_of[g] for g in groups])  # by prompt, never by sample
     log.info(
-        "%d samples, accuracy %.3f; %d train / %d test prompts",
+        "%d samples, accuracy %.3f; %d prompts in %d folds",
         len(y),
         y.mean(),
-        len(pid_order) - len(test_pids),
-        len(test_pids),
+        len(pid_order),
+        a.folds,
     )
 
     X = TokenFeatures.from_tensors(
@@ -136,61 +139,101 @@ def main(argv: list[str] | None = None) -> int:
     assert [s.label for s in api] == y.tolist()
     XK = toplogprob_features(api, k=a.top_k)
 
-    # -- 2. train every scorer on the training prompts -----------------------------------------
-    scores: dict[str, np.ndarray] = {}
-    fit_s: dict[str, float] = {}
-    heads = {}
-    for name, feats in (("elhsr", X), ("elhsr_logits", XL), ("elhsr_toplogprobs", XK)):
-        with Timer() as t:
-            h = make_head(name).fit(feats.subset(tr_idx), y[tr_idx], groups[tr_idx])
-        heads[name], fit_s[name] = h, t.seconds
-        scores[name] = h.score(feats.subset(te_idx))
-        log.info("%s: fit %.1f s, %d params", name, t.seconds, h.n_parameters())
-
+    # -- 2. cross-fit every scorer: trained on the other folds' prompts, scored on this fold's ----
     texts = [rm_text(q, ft) for q, ft in zip(questions, full_text)]
-    with Timer() as t:
-        rm = TextRewardModel(lm, lora_layers=a.rm_lora_layers, epochs=a.rm_epochs, seed=a.seed).fit(
-            [texts[i] for i in tr_idx], y[tr_idx]
+    N = len(y)
+    scores: dict[str, np.ndarray] = {
+        k: np.zeros(N)
+        for k in (
+            "elhsr",
+            "elhsr_std_auroc_stop",
+            "elhsr_logits",
+            "elhsr_toplogprobs",
+            "text_rm",
+            "text_only_answer",
         )
-    fit_s["text_rm"] = t.seconds
-    log.info("text RM: fit %.1f s on %d unique texts", t.seconds, len({texts[i] for i in tr_idx}))
-    scores["text_rm"] = rm.score([texts[i] for i in te_idx], dedupe=True)
+    }
+    fit_s: dict[str, list[float]] = {}
+    heads: dict[str, object] = {}
+    rm = None
+    for f in range(a.folds):
+        tr_idx, te_idx = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
+        for name, arch, params, feats in (
+            ("elhsr", "elhsr", {}, X),
+            (
+                "elhsr_std_auroc_stop",
+                "elhsr",
+                {"standardize": True, "early_stop": "within_auroc"},
+                X,
+            ),
+            ("elhsr_logits", "elhsr_logits", {}, XL),
+            ("elhsr_toplogprobs", "elhsr_toplogprobs", {}, XK),
+        ):
+            with Timer() as t:
+                h = make_head(arch, **params).fit(feats.subset(tr_idx), y[tr_idx], groups[tr_idx])
+            fit_s.setdefault(name, []).append(t.seconds)
+            scores[name][te_idx] = h.score(feats.subset(te_idx))
+            if f == 0:
+                heads[name] = h
+            log.info(
+                "fold %d %s: fit %.1f s, %d params", f, name, t.seconds, count_parameters(h.net_)
+            )
+        with Timer() as t:
+            r_f = TextRewardModel(
+                lm, lora_layers=a.rm_lora_layers, epochs=a.rm_epochs, seed=a.seed
+            ).fit([texts[i] for i in tr_idx], y[tr_idx])
+        fit_s.setdefault("text_rm", []).append(t.seconds)
+        log.info(
+            "fold %d text RM: fit %.1f s on %d unique texts",
+            f,
+            t.seconds,
+            len({texts[i] for i in tr_idx}),
+        )
+        scores["text_rm"][te_idx] = r_f.score([texts[i] for i in te_idx], dedupe=True)
+        if f == 0:
+            rm = r_f
+        else:
+            del r_f
+        ans_only = TextOnlyScorer().fit([full_text[i] for i in tr_idx], y[tr_idx])
+        scores["text_only_answer"][te_idx] = ans_only.score([full_text[i] for i in te_idx])
 
     judge = LLMJudge(lm)
-    uniq = list(dict.fromkeys((questions[i], full_text[i]) for i in te_idx))
+    uniq = list(dict.fromkeys(zip(questions, full_text)))
     p_yes, lodds = judge.score_both([q for q, _ in uniq], [x for _, x in uniq])
     jm = {k: (p, o) for k, p, o in zip(uniq, p_yes, lodds)}
-    scores["judge_p_yes"] = np.array([jm[(questions[i], full_text[i])][0] for i in te_idx])
-    scores["judge_yes_no_logodds"] = np.array([jm[(questions[i], full_text[i])][1] for i in te_idx])
+    scores["judge_p_yes"] = np.array([jm[k][0] for k in zip(questions, full_text)])
+    scores["judge_yes_no_logodds"] = np.array([jm[k][1] for k in zip(questions, full_text)])
     log.info("judge scored %d unique answers", len(uniq))
 
-    ans_only = TextOnlyScorer().fit([full_text[i] for i in tr_idx], y[tr_idx])
-    scores["text_only_answer"] = ans_only.score([full_text[i] for i in te_idx])
     scores["mean_logprob"] = np.array(
-        [float(answers[i].logprobs.mean()) if len(answers[i].token_ids) else -99.0 for i in te_idx]
+        [float(x.logprobs.mean()) if len(x.token_ids) else -99.0 for x in answers]
     )
-    scores["random"] = np.random.default_rng(a.seed + 1).random(len(te_idx))
-    scores["majority"] = np.zeros(len(te_idx))
-    g_te = groups[te_idx]
-    votes = vote_counts([extracted[i] for i in te_idx], g_te)
-    scores["fuse_rank(elhsr,text_rm)"] = rank_fusion([scores["elhsr"], scores["text_rm"]], g_te)
-    scores["fuse_minmax(elhsr,text_rm)"] = minmax_fusion([scores["elhsr"], scores["text_rm"]], g_te)
-    scores["fuse_rank(elhsr,votes)"] = rank_fusion([scores["elhsr"], votes], g_te)
-    scores["fuse_minmax(elhsr,votes)"] = minmax_fusion([scores["elhsr"], votes], g_te)
-    scores["fuse_minmax(text_rm,votes)"] = minmax_fusion([scores["text_rm"], votes], g_te)
+    scores["random"] = np.zeros(N)  # all tied: the exact expectation of a random pick
+    scores["majority"] = np.zeros(N)
+    votes = vote_counts(extracted, groups)
+    scores["fuse_rank(elhsr,text_rm)"] = rank_fusion([scores["elhsr"], scores["text_rm"]], groups)
+    scores["fuse_minmax(elhsr,text_rm)"] = minmax_fusion(
+        [scores["elhsr"], scores["text_rm"]], groups
+    )
+    scores["fuse_rank(elhsr_logits,text_rm)"] = rank_fusion(
+        [scores["elhsr_logits"], scores["text_rm"]], groups
+    )
+    scores["fuse_minmax(elhsr_logits,text_rm)"] = minmax_fusion(
+        [scores["elhsr_logits"], scores["text_rm"]], groups
+    )
+    scores["fuse_rank(elhsr,votes)"] = rank_fusion([scores["elhsr"], votes], groups)
+    scores["fuse_minmax(elhsr,votes)"] = minmax_fusion([scores["elhsr"], votes], groups)
+    scores["fuse_minmax(elhsr_logits,votes)"] = minmax_fusion(
+        [scores["elhsr_logits"], votes], groups
+    )
+    scores["fuse_minmax(text_rm,votes)"] = minmax_fusion([scores["text_rm"], votes], groups)
 
     rep = bon_report(
-        scores,
-        y[te_idx],
-        g_te,
-        extracted=[extracted[i] for i in te_idx],
-        families=families[te_idx],
-        n_boot=1000,
-        seed=a.seed,
+        scores, y, groups, extracted=extracted, families=families, n_boot=1000, seed=a.seed
     )
 
     # -- 3. the cost table ------------------------------------------------------------------------
-    timing = [r.prompt for r in results if r.prompt.id in test_pids][: a.timing_prompts]
+    timing = [r.prompt for r in results if fold_of[r.prompt.id] == 0][: a.timing_prompts]
     plain_cfg = SampleConfig(n=a.n, layers=a.layers, seed=a.seed)
     topk_cfg = SampleConfig(n=a.n, layers=a.layers, seed=a.seed, top_logprobs=a.top_k)
     acc: dict[str, list[float]] = {}
@@ -357,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [
         row(
             "elhsr (states captured while sampling)",
-            heads["elhsr"].n_parameters(),
+            count_parameters(heads["elhsr"].net_),
             "score_elhsr",
             ["score_elhsr"],
             "sample_capture",
@@ -365,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         row(
             "elhsr (second teacher-forced pass, SWIFT's code)",
-            heads["elhsr"].n_parameters(),
+            count_parameters(heads["elhsr"].net_),
             "score_elhsr",
             ["teacher_force", "score_elhsr"],
             None,
@@ -373,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         row(
             "elhsr_logits (full-vocab log-probs)",
-            heads["elhsr_logits"].n_parameters(),
+            count_parameters(heads["elhsr_logits"].net_),
             "score_elhsr_logits",
             ["score_elhsr_logits"],
             "sample_capture_last",
@@ -381,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         row(
             "elhsr_toplogprobs (API top-20)",
-            heads["elhsr_toplogprobs"].n_parameters(),
+            count_parameters(heads["elhsr_toplogprobs"].net_),
             "score_elhsr_toplogprobs",
             ["score_elhsr_toplogprobs"],
             "sample_topk",
@@ -427,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
         "n_samples": int(len(y)),
         "accuracy": float(y.mean()),
         "fit_seconds": fit_s,
+        "folds": a.folds,
         "api_log_bytes": api_bytes,
         "teacher_forced_vs_captured_max_abs_diff": tf_diff,
         "bon": rep,
@@ -446,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"`{' '.join(['benchmarks/bench_cost.py'] + (argv if argv is not None else sys.argv[1:]))}` -- one run, "
         f"{platform.processor() or platform.machine()}, {a.threads} torch thread(s), {out['seconds'] / 60:.1f} min.",
-        "Train and test split by prompt. Text RM: LoRA r=8 on q/v of the top "
+        f"{a.folds}-fold cross-fitting by prompt (every prompt scored by scorers that never saw it). Text RM: LoRA r=8 on q/v of the top "
         f"{a.rm_lora_layers} blocks, {a.rm_epochs} epochs. Controls: `text_only_answer` (TF-IDF on the "
         "answer text alone), `majority`, `mean_logprob`, `random`.",
         "",

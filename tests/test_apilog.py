@@ -125,7 +125,7 @@ def test_head_trains_from_api_log_and_refuses_other_model(tmp_path):
     X, y = toplogprob_features(s), np.array([x.label for x in s])
     groups = np.array([x.prompt_id for x in s])
     tr = np.array([int(g[1:]) < 40 for g in groups])
-    head = make_head("elhsr_toplogprobs", lr=1e-2, max_epochs=15).fit(
+    head = make_head("elhsr_toplogprobs", lr=1e-2, max_epochs=8).fit(
         X.subset(np.flatnonzero(tr)), y[tr], groups[tr]
     )
     assert auroc(head.score(X.subset(np.flatnonzero(~tr))), y[~tr]) > 0.8

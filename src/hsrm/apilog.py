@@ -141,17 +141,17 @@ def read_api_log(path: str | Path, k: int | None = None) -> list[ApiSample]:
     return out
 
 
-def write_api_log(
-    path: str | Path,
+def api_log_records(
     results: Sequence[Any],
     tokenizer: Any,
     model_name: str = "hsrm",
     system_fingerprint: str = "",
     labels: Sequence[Sequence[int | None]] | None = None,
-) -> Path:
-    """Write ``hsrm.capture.PromptResult`` objects (sampled with ``top_logprobs=k``) as one response
-    per prompt, one choice per sample. ``labels[p][i]`` labels sample i of prompt p."""
-    lines = []
+) -> list[dict[str, Any]]:
+    """One chat.completion response dict per ``hsrm.capture.PromptResult`` (sampled with
+    ``top_logprobs=k``), one choice per sample; ``labels[p][i]`` labels sample i of prompt p.
+    For writers that append shard by shard (``hsrm sample``)."""
+    out = []
     for p, res in enumerate(results):
         choices = []
         for i, a in enumerate(res.answers):
@@ -190,19 +190,29 @@ def write_api_log(
         meta: dict[str, Any] = {"prompt_id": res.prompt.id, "family": res.prompt.family}
         if labels is not None:
             meta["labels"] = [None if v is None else int(v) for v in labels[p]]
-        lines.append(
-            json.dumps(
-                {
-                    "id": f"hsrm-{res.prompt.id}",
-                    "object": "chat.completion",
-                    "model": model_name,
-                    "system_fingerprint": system_fingerprint,
-                    "choices": choices,
-                    "metadata": meta,
-                },
-                ensure_ascii=False,
-            )
+        out.append(
+            {
+                "id": f"hsrm-{res.prompt.id}",
+                "object": "chat.completion",
+                "model": model_name,
+                "system_fingerprint": system_fingerprint,
+                "choices": choices,
+                "metadata": meta,
+            }
         )
+    return out
+
+
+def write_api_log(
+    path: str | Path,
+    results: Sequence[Any],
+    tokenizer: Any,
+    model_name: str = "hsrm",
+    system_fingerprint: str = "",
+    labels: Sequence[Sequence[int | None]] | None = None,
+) -> Path:
+    """Write ``api_log_records(...)`` as JSONL, atomically."""
+    recs = api_log_records(results, tokenizer, model_name, system_fingerprint, labels)
     path = Path(path)
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
     return path

@@ -24,7 +24,6 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
 from hsrm.errors import HsrmError
@@ -143,9 +142,8 @@ def toplogprob_features(
 
 
 class _StandardizedELHSR(ELHSRHead):
-    """ELHSR over per-feature standardised inputs (mean / std over the training tokens)."""
-
-    final_norm = False  # the per-token RMS norm of ``elhsr`` does not apply to log-probs
+    """ELHSR over per-feature standardised inputs (``elhsr``'s ``standardize``, on by default here:
+    log-prob features differ in scale by orders of magnitude) and no per-token RMS norm."""
 
     def __init__(
         self,
@@ -160,74 +158,27 @@ class _StandardizedELHSR(ELHSRHead):
         val_frac: float = 0.2,
         seed: int = 0,
         memory_gb: float = 4.0,
+        early_stop: str = "loss",
     ):
-        self.layers = list(layers) if layers is not None else None
-        self.gate = gate
-        self.standardize = standardize
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.batch_size = batch_size
-        self.max_epochs = max_epochs
-        self.patience = patience
-        self.val_frac = val_frac
-        self.seed = seed
-        self.memory_gb = memory_gb
-
-    def _stats(self, X: TokenFeatures) -> None:
-        s = s2 = None
-        n = 0
-        for x in X:  # (T, L, d)
-            f = x.flatten(1).double()
-            if f.shape[0] == 0:
-                continue
-            s = f.sum(0) if s is None else s + f.sum(0)
-            s2 = (f * f).sum(0) if s2 is None else s2 + (f * f).sum(0)
-            n += f.shape[0]
-        if n == 0:
-            raise HsrmError(f"{self.architecture}: the training answers have no tokens")
-        mu = s / n
-        sd = (s2 / n - mu * mu).clamp_min(0).sqrt()
-        self.mean_ = mu.float()
-        self.scale_ = torch.where(sd > 1e-6, sd, torch.ones_like(sd)).float()
-
-    def _wrap(self, X: TokenFeatures) -> TokenFeatures:
-        if not self.standardize:
-            return X
-        mu, sc, get = self.mean_, self.scale_, X._get
-
-        def getter(i: int) -> torch.Tensor:
-            x = get(i)
-            return ((x.flatten(1) - mu) / sc).view_as(x)
-
-        return TokenFeatures(getter, len(X), X.layers, X.fingerprint, X._lp)
-
-    def _fit(self, X: TokenFeatures, y: np.ndarray, groups: np.ndarray | None) -> None:
-        X = self._select(X)
-        if self.standardize:
-            self._stats(X)
-        super()._fit(self._wrap(X), y, groups)
-
-    def _score(self, X: TokenFeatures) -> np.ndarray:
-        return super()._score(self._wrap(X.select_layers(self.layers_)))
-
-    def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        tensors, extra = super()._state()
-        if self.standardize:
-            tensors = {**tensors, "std.mean": self.mean_.clone(), "std.scale": self.scale_.clone()}
-        return tensors, extra
-
-    def _set_state(self, tensors: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
-        tensors = dict(tensors)
-        if self.standardize:
-            if "std.mean" not in tensors:
-                raise HsrmError(
-                    f"{self.architecture}: saved head lacks its standardisation statistics"
-                )
-            self.mean_, self.scale_ = tensors.pop("std.mean"), tensors.pop("std.scale")
-        super()._set_state(tensors, extra)
+        super().__init__(
+            layers=layers,
+            gate=gate,
+            final_norm=False,
+            lr=lr,
+            weight_decay=weight_decay,
+            batch_size=batch_size,
+            max_epochs=max_epochs,
+            patience=patience,
+            val_frac=val_frac,
+            seed=seed,
+            memory_gb=memory_gb,
+            standardize=standardize,
+            early_stop=early_stop,
+        )
 
     def n_parameters(self) -> int:
         """Trainable parameters (the standardisation statistics are not trained)."""
+        self._check_fitted()
         return int(sum(p.numel() for p in self.net_.parameters()))
 
 
@@ -249,6 +200,7 @@ class LogitsELHSRHead(_StandardizedELHSR):
         val_frac: float = 0.2,
         seed: int = 0,
         memory_gb: float = 1.0,
+        early_stop: str = "loss",
     ):
         super().__init__(
             layers,
@@ -262,6 +214,7 @@ class LogitsELHSRHead(_StandardizedELHSR):
             val_frac,
             seed,
             memory_gb,
+            early_stop,
         )
 
 
