@@ -25,13 +25,13 @@ import numpy as np
 import torch
 
 from hsrm.baselines.controls import TextOnlyScorer
-from hsrm.capture import SampleConfig, parse_layers, sample_prompt
+from hsrm.capture import SampleConfig, parse_layers, prompt_text, sample_prompt
 from hsrm.features import TokenFeatures
 from hsrm.heads import make_head
 from hsrm.io import atomic_write_json, atomic_write_text
 from hsrm.metrics import bootstrap_ci, within_prompt_auroc
 from hsrm.models import load_model
-from hsrm.prefs.build import PromptSamples, pair_stats, sample_and_score, select_pairs, write_pairs
+from hsrm.prefs.build import PromptSamples, pair_stats, select_pairs, write_pairs
 from hsrm.prefs.loop import LoopConfig, _lora_policy, dpo_train, evaluate_policy
 from hsrm.tasks import get_task
 
@@ -64,13 +64,14 @@ def main() -> None:
     ap.add_argument("--n-eval", type=int, default=64, help="held-out evaluation prompts")
     ap.add_argument("--k", type=int, default=8, help="samples per prompt (pairs and evaluation)")
     ap.add_argument("--epochs", type=float, default=1.0)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=5e-3)
     ap.add_argument("--lora-last-n", type=int, default=8, help="LoRA on the last N blocks only")
     ap.add_argument(
         "--shots", type=int, default=1, help="few-shot examples per prompt (1: short prompts)"
     )
     ap.add_argument("--beta", type=float, default=0.1)
     ap.add_argument("--layers", default="every:6")
+    ap.add_argument("--heads", default="elhsr,probe", help="hsrm heads, one arm each")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "results"))
@@ -105,49 +106,53 @@ def main() -> None:
             texts.append(f"{p.question} => {ans.text}")
     y, groups = np.array(y), np.array(groups)
     X = TokenFeatures.from_tensors(feats, layers, lm.fingerprint)
-    head = make_head("elhsr", seed=a.seed).fit(X, y, groups)
+    heads = {}
+    for name in a.heads.split(","):
+        params = {"seed": a.seed} if name == "elhsr" else {}
+        heads[name] = make_head(name, **params).fit(X, y, groups)
     text_ctl = TextOnlyScorer().fit(texts, y)
     timing["head_s"] = time.time() - t
-    log.info("head fit on %d samples (accuracy %.3f) in %.0f s", len(y), y.mean(), timing["head_s"])
+    log.info(
+        "heads fit on %d samples (accuracy %.3f) in %.0f s", len(y), y.mean(), timing["head_s"]
+    )
 
-    # 2. samples on the DPO prompts, scored by the head, the control and the verifier
+    # 2. samples on the DPO prompts, scored by each head, the control and the verifier
     t = time.time()
-    samples = sample_and_score(lm, dpo_p, scfg, head=head, task=task)
-    ctl_samples = [
-        PromptSamples(
-            s.prompt,
-            s.prompt_text,
-            s.texts,
-            text_ctl.score([f"{s.prompt.question} => {x}" for x in s.texts]),
-            s.labels,
-        )
-        for s in samples
-    ]
+    by_head: dict[str, list[PromptSamples]] = {h: [] for h in heads}
+    ctl_samples, plain = [], []
+    for p in dpo_p:
+        res = sample_prompt(lm, p, scfg, layers=layers)
+        txt = [ans.text for ans in res.answers]
+        lab = np.array([int(task.check(task.extract(x, p), p)) for x in txt])
+        ptxt = prompt_text(lm.tokenizer, p)
+        F = TokenFeatures.from_tensors([ans.hidden for ans in res.answers], layers, lm.fingerprint)
+        for h, head in heads.items():
+            by_head[h].append(PromptSamples(p, ptxt, txt, head.score(F), lab))
+        ctl = text_ctl.score([f"{p.question} => {x}" for x in txt])
+        ctl_samples.append(PromptSamples(p, ptxt, txt, ctl, lab))
+        plain.append(PromptSamples(p, ptxt, txt, None, lab))
     timing["sample_s"] = time.time() - t
-    sc = np.concatenate([s.scores for s in samples])
-    lab = np.concatenate([s.labels for s in samples])
-    grp = np.concatenate([[s.prompt.id] * len(s.texts) for s in samples])
-    ctl = np.concatenate([s.scores for s in ctl_samples])
-    filt = {
-        "sample_accuracy": float(lab.mean()),
-        "head_within_prompt_auroc": within_prompt_auroc(sc, lab, grp),
-        "text_only_within_prompt_auroc": within_prompt_auroc(ctl, lab, grp),
-    }
+    lab = np.concatenate([s.labels for s in plain])
+    grp = np.concatenate([[s.prompt.id] * len(s.texts) for s in plain])
+    filt = {"sample_accuracy": float(lab.mean())}
+    for h, ss in by_head.items():
+        filt[f"{h}_within_prompt_auroc"] = within_prompt_auroc(
+            np.concatenate([s.scores for s in ss]), lab, grp
+        )
+    filt["text_only_within_prompt_auroc"] = within_prompt_auroc(
+        np.concatenate([s.scores for s in ctl_samples]), lab, grp
+    )
     log.info("DPO prompts: %s", filt)
 
     arms = {
-        "hsrm": select_pairs(samples, "head", margin=0.0, drop_disagreements=False, seed=a.seed),
-        "random": select_pairs(samples, "random", seed=a.seed),
-        "verifier": select_pairs(samples, "verifier", seed=a.seed),
-        "text_only": select_pairs(
-            ctl_samples, "head", margin=0.0, drop_disagreements=False, seed=a.seed
-        ),
+        f"hsrm_{h}": select_pairs(ss, "head", margin=0.0, drop_disagreements=False, seed=a.seed)
+        for h, ss in by_head.items()
     }
-    # verifier pairs: random correct vs random wrong (no head information)
-    arms["verifier"] = select_pairs(
-        [PromptSamples(s.prompt, s.prompt_text, s.texts, None, s.labels) for s in samples],
-        "verifier",
-        seed=a.seed,
+    arms["random"] = select_pairs(plain, "random", seed=a.seed)
+    # verifier pairs: a random correct vs a random wrong answer (no head information)
+    arms["verifier"] = select_pairs(plain, "verifier", seed=a.seed)
+    arms["text_only"] = select_pairs(
+        ctl_samples, "head", margin=0.0, drop_disagreements=False, seed=a.seed
     )
 
     # 3. before / after
@@ -250,8 +255,14 @@ def to_markdown(rep) -> str:
         f"{','.join(s['dpo']['target_modules'])} of the last {s['dpo']['lora_last_n']} blocks, {s['dpo']['epochs']} epoch(s), lr {s['dpo']['lr']}, beta {s['dpo']['beta']}. "
         "95% CIs: bootstrap over held-out prompts; delta = paired per-prompt after - before.",
         "",
-        f"Samples on the pair prompts: accuracy {f['sample_accuracy']:.3f}; within-prompt AUROC of the ELHSR head "
-        f"{f['head_within_prompt_auroc']:.3f}, of the text-only control {f['text_only_within_prompt_auroc']:.3f}.",
+        f"Samples on the pair prompts: accuracy {f['sample_accuracy']:.3f}; within-prompt AUROC (how well each "
+        "scorer ranks a prompt's answers; 0.5 = chance): "
+        + ", ".join(
+            f"{k.replace('_within_prompt_auroc', '')} {v:.3f}"
+            for k, v in f.items()
+            if k.endswith("auroc")
+        )
+        + ".",
         "",
         "| arm | pairs | clean / flipped / tied pairs | accuracy after [95% CI] | delta vs base [95% CI] |",
         "|---|---|---|---|---|",

@@ -159,7 +159,7 @@ class HiddenStateReward:
                 self.lm, ptext, [a for _, a in items], self.layers, batch_size=self.batch_size
             )
             feats = TokenFeatures.from_tensors(
-                [a.hidden for a in answers],
+                [a.hidden for a in answers if a.hidden is not None],
                 self.layers,
                 self.lm.fingerprint,
                 [a.logprobs for a in answers],

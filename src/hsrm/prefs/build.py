@@ -64,7 +64,7 @@ def sample_and_score(
     while sampling (``lm`` must be the model the head was fit on); with it (e.g. the frozen base
     model while ``lm`` is a LoRA-tuned policy), the sampled token ids are teacher-forced through it."""
     sample.validate()
-    layers = None
+    layers: tuple[int, ...] = (lm.fingerprint.n_layers,)
     if head is not None:
         layers = tuple(head.required_layers())
         head.check_compatible((scoring_lm or lm).fingerprint, layers)
@@ -77,11 +77,11 @@ def sample_and_score(
         texts = [a.text for a in res.answers]
         scores = None
         if head is not None:
-            if capture:
-                hidden = [a.hidden for a in res.answers]
-            else:
+            answers = res.answers
+            if scoring_lm is not None:
                 nonempty = [a.token_ids or [lm.tokenizer.eos_token_id] for a in res.answers]
-                hidden = [a.hidden for a in teacher_force(scoring_lm, p, nonempty, layers)]
+                answers = teacher_force(scoring_lm, p, nonempty, layers)
+            hidden = [a.hidden for a in answers if a.hidden is not None]
             fp = (scoring_lm or lm).fingerprint
             scores = head.score(TokenFeatures.from_tensors(hidden, layers, fp))
         labels = None
@@ -103,7 +103,7 @@ def select_pairs(
     if select not in SELECTS:
         raise HsrmError(f"select must be one of {SELECTS}, got {select!r}")
     rng = np.random.default_rng(seed)
-    stats = {
+    stats: dict[str, int] = {
         "prompts": len(samples),
         "pairs": 0,
         "no_distinct_answers": 0,
@@ -114,7 +114,7 @@ def select_pairs(
     }
     pairs = []
     for s in samples:
-        texts = s.texts
+        texts, scores, labels = s.texts, s.scores, s.labels
         ok = [i for i, t in enumerate(texts) if t.strip()]
         if len(ok) < len(texts):
             stats["empty_answer"] += 1
@@ -127,28 +127,29 @@ def select_pairs(
             stats["no_distinct_answers"] += 1
             continue
         if select == "head":
-            if s.scores is None:
+            if scores is None:
                 raise HsrmError(f"prompt {s.prompt.id}: select='head' needs head scores")
-            sc = s.scores[uniq]
+            sc = scores[uniq]
             c, r = uniq[int(np.argmax(sc))], uniq[int(np.argmin(sc))]
-            if s.scores[c] - s.scores[r] < margin or c == r:
+            if scores[c] - scores[r] < margin or c == r:
                 stats["below_margin"] += 1
                 continue
-            if drop_disagreements and s.labels is not None and s.labels[c] < s.labels[r]:
+            if drop_disagreements and labels is not None and labels[c] < labels[r]:
                 stats["disagrees_with_verifier"] += 1
                 continue
         elif select == "verifier":
-            if s.labels is None:
+            if labels is None:
                 raise HsrmError(
                     f"prompt {s.prompt.id}: select='verifier' needs a task with a checker"
                 )
-            good = [i for i in uniq if s.labels[i] == 1]
-            bad = [i for i in uniq if s.labels[i] == 0]
+            good = [i for i in uniq if labels[i] == 1]
+            bad = [i for i in uniq if labels[i] == 0]
             if not good or not bad:
                 stats["no_correct_and_incorrect"] += 1
                 continue
-            if s.scores is not None:  # with a head too: its most confident correct vs wrong answers
-                c, r = max(good, key=lambda i: s.scores[i]), min(bad, key=lambda i: s.scores[i])
+            if scores is not None:  # with a head too: its most confident correct vs wrong answers
+                c = max(good, key=lambda i: float(scores[i]))
+                r = min(bad, key=lambda i: float(scores[i]))
             else:
                 c, r = int(rng.choice(good)), int(rng.choice(bad))
         else:
@@ -161,10 +162,10 @@ def select_pairs(
             "group": s.prompt.id,
             "select": select,
         }
-        if s.scores is not None:
-            rec["chosen_score"], rec["rejected_score"] = float(s.scores[c]), float(s.scores[r])
-        if s.labels is not None:
-            rec["chosen_correct"], rec["rejected_correct"] = int(s.labels[c]), int(s.labels[r])
+        if scores is not None:
+            rec["chosen_score"], rec["rejected_score"] = float(scores[c]), float(scores[r])
+        if labels is not None:
+            rec["chosen_correct"], rec["rejected_correct"] = int(labels[c]), int(labels[r])
         pairs.append(rec)
     stats["pairs"] = len(pairs)
     return pairs, stats
@@ -229,10 +230,11 @@ def build_pairs(
     sample = sample or SampleConfig(n=8)
     samples = sample_and_score(lm, prompts, sample, head=head, task=task, scoring_lm=scoring_lm)
     pairs, stats = select_pairs(samples, select, margin, drop_disagreements, seed)
-    stats = {**stats, **{f"pair_{k}": v for k, v in pair_stats(pairs).items()}}
-    if samples and samples[0].labels is not None:
-        stats["sample_accuracy"] = float(np.mean([s.labels.mean() for s in samples]))
+    out_stats: dict[str, Any] = {**stats, **{f"pair_{k}": v for k, v in pair_stats(pairs).items()}}
+    accs = [s.labels.mean() for s in samples if s.labels is not None]
+    if accs:
+        out_stats["sample_accuracy"] = float(np.mean(accs))
     if out is not None:
         write_pairs(out, pairs)
-        log.info("wrote %d pairs to %s (%s)", len(pairs), out, stats)
-    return pairs, stats
+        log.info("wrote %d pairs to %s (%s)", len(pairs), out, out_stats)
+    return pairs, out_stats

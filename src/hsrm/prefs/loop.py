@@ -92,7 +92,9 @@ def _split_prompts(cfg: LoopConfig, task: Task) -> tuple[list[Prompt], list[Prom
     ps = task.prompts()
     rng = np.random.default_rng(cfg.seed)
     order = rng.permutation(len(ps))
-    train, evalp, seen = [], [], set()
+    train: list[Prompt] = []
+    evalp: list[Prompt] = []
+    seen: set[str] = set()
     for i in order:
         p = ps[int(i)]
         if len(train) < cfg.n_prompts:
@@ -131,7 +133,7 @@ def evaluate_policy(
             g = sample_prompt(lm, p, gcfg, layers=last, capture=False).answers[0]
             gre[p.id] = float(task.check(task.extract(g.text, p), p))
     acc = float(np.mean(list(per.values())))
-    lo, hi = bootstrap_ci(per, seed=seed)
+    lo, hi = bootstrap_ci(np.array(list(per.values())), seed=seed)
     out: dict[str, Any] = {
         "accuracy": acc,
         "accuracy_ci": [lo, hi],
@@ -140,7 +142,7 @@ def evaluate_policy(
         "per_prompt": per,
     }
     if greedy:
-        glo, ghi = bootstrap_ci(gre, seed=seed)
+        glo, ghi = bootstrap_ci(np.array(list(gre.values())), seed=seed)
         out.update(
             greedy_accuracy=float(np.mean(list(gre.values()))),
             greedy_ci=[glo, ghi],
@@ -294,11 +296,13 @@ def run_loop(
                 task=task,
                 scoring_lm=None if r == 1 else scorer,
             )
-            pairs, stats = select_pairs(
+            pairs, sel_stats = select_pairs(
                 samples, cfg.select, cfg.margin, cfg.drop_disagreements, seed=cfg.seed + r
             )
-            stats = {**stats, **{f"pair_{k}": v for k, v in pair_stats(pairs).items()}}
-            stats["sample_accuracy"] = float(np.mean([s.labels.mean() for s in samples]))
+            stats = {**sel_stats, **{f"pair_{k}": v for k, v in pair_stats(pairs).items()}}
+            stats["sample_accuracy"] = float(
+                np.mean([s.labels.mean() for s in samples if s.labels is not None])
+            )
             write_pairs(pairs_path, pairs)
         gen_s = time.time() - t0
         if not pairs:
