@@ -26,6 +26,15 @@ from tests.conftest import make_features
 FIX = Path(__file__).parent / "fixtures" / "prefs"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """1 torch thread for this module: on a busy 2-core machine 2 threads are several times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def split_data(tmp_path_factory):
     """Synthetic answers (signal on layer 2), split by prompt, and an SAE on layer 2's tokens."""
@@ -171,12 +180,26 @@ def test_pairset_cache_and_evaluation(tiny_lm, tmp_path):
         evaluate_arms(tr, tr, {"lp": logprob_arm})
     with pytest.raises(HsrmError, match="no pair cache"):
         PairSet.load(tmp_path / "none.safetensors")
+    with pytest.raises(HsrmError, match="holds other pairs"):
+        encode_pairs(tiny_lm, pairs[:3], "all", cache=cache)
 
 
 @pytest.mark.integration
-def test_cli_train_evaluate_inspect_on_embedded_model(embedded_lm, tmp_path, capsys):
+def test_cli_train_evaluate_inspect_on_embedded_model(embedded_lm, tmp_path, capsys, monkeypatch):
+    import hsrm.models
     from hsrm.cli import main
 
+    # load the model once, not per command; 1 thread: on a busy 2-core machine 2 are several times slower
+    monkeypatch.setattr(hsrm.models, "load_model", lambda *a, **k: embedded_lm)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _cli_steps(embedded_lm, tmp_path, capsys, main)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _cli_steps(embedded_lm, tmp_path, capsys, main):
     ptext = _chat_prompt(embedded_lm.tokenizer, "Why do veins appear blue?", None)
     answers = ["Because of how light penetrates skin.", "Deoxygenated blood is blue."]
     core = teacher_force(embedded_lm, ptext, answers, (15,))

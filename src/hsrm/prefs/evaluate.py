@@ -281,6 +281,10 @@ def encode_pairs(
             raise HsrmError(
                 f"{cache}: cached features come from {ps.feats.fingerprint.short()}, not {lm.fingerprint.short()}"
             )
+        if pairs and [p.id for p in pairs] != ps.pair_ids:
+            raise HsrmError(
+                f"{cache} holds other pairs than those given; delete it or pass another cache path"
+            )
         log.info("loaded %d pairs from %s", len(ps), cache)
         return ps
     if not pairs:
