@@ -121,7 +121,9 @@ def main() -> None:
     from hsrm.prefs.data import truthfulqa_pairs
 
     lm = load_model()
-    pairs = truthfulqa_pairs(a.data, max_answers=a.max_answers, seed=a.seed)
+    pairs = truthfulqa_pairs(
+        a.data, max_answers=a.max_answers, seed=0
+    )  # --seed varies the split only
     ps = encode_pairs(lm, pairs, a.layers, cache=a.cache)
     train, test = split(ps, a.test_frac, a.seed)
     log.info(
@@ -156,7 +158,8 @@ def main() -> None:
         atomic_write_json(out.with_suffix(".json"), res)
 
     L = a.sae_layer
-    sae_dir = runs / f"sae_L{L}"
+    tag = "" if a.seed == 0 else f"_seed{a.seed}"  # an SAE sees only its split's train questions
+    sae_dir = runs / f"sae_L{L}{tag}"
     res["sae"] = train_sae(train, L, sae_dir, a.sae_latents, a.sae_k, a.sae_steps, test)
     log.info("SAE L%d: %s", L, res["sae"])
     save()
@@ -249,7 +252,7 @@ def run_sweep(res, ps, train, test, runs, L, a, save) -> None:
             continue
         sweep[f"DenseRM L{lay}"] = head_arm("denserm", layer=lay)
     for lay in [int(x) for x in a.sweep_sae_layers.split(",") if x] + [L]:
-        d = runs / f"sae_L{lay}"
+        d = runs / f"sae_L{lay}" if a.seed == 0 else runs / f"sae_L{lay}_seed{a.seed}"
         if lay != L:
             res.setdefault("sweep_sae", {})[str(lay)] = train_sae(
                 train, lay, d, a.sae_latents, a.sae_k, a.sae_steps // 2, test
