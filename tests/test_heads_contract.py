@@ -16,7 +16,7 @@ FAST = {
     "elhsr": {"lr": 1e-2, "max_epochs": 10},
     "elhsr_logits": {"lr": 1e-2, "max_epochs": 10},
     "elhsr_toplogprobs": {"lr": 1e-2, "max_epochs": 10},
-    "harp": {"layer": 2, "projection": "full", "lr": 1e-2, "epochs": 20, "hidden": 64},
+    "harp": {"layer": 2, "projection": "full", "lr": 1e-2, "epochs": 8, "hidden": 32},
     # SparseRM's SAE path is tested in tests/test_sparserm.py: this fixture's test set carries the
     # signal along another direction (cos 0.28), which only a linear fit on all of z transfers.
     "sparserm": {"features": "dense", "hidden": 0, "epochs": 60, "lr": 1e-2},
