@@ -113,7 +113,15 @@ def main() -> None:
         default="main,latents,sweep,efficiency,ksweep",
         help="sections to (re)run; the others are kept from an existing JSON",
     )
+    ap.add_argument(
+        "--summarize-splits",
+        action="store_true",
+        help="only combine OUT.json and OUT_seed*.json (main sections) into OUT_splits.md",
+    )
     a = ap.parse_args()
+    if a.summarize_splits:
+        summarize_splits(Path(a.out))
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(a.threads)
     t0 = time.time()
@@ -281,6 +289,36 @@ def run_efficiency(res, sp, train, test, a, save) -> None:
         eff[str(n)] = {"n_pairs": len(sub), **r}
     res["data_efficiency"] = eff
     save()
+
+
+def summarize_splits(out: Path) -> None:
+    """Mean and range over split seeds of each main arm and of each paired difference."""
+    files = [out.with_suffix(".json")] + sorted(out.parent.glob(out.name + "_seed*.json"))
+    runs = [json.loads(f.read_text()) for f in files if f.exists()]
+    runs = [r for r in runs if "main" in r]
+    n = len(runs)
+    lines = [
+        f"# SparseRM over {n} train/test splits by question (seeds {', '.join(r['data']['split'].split('seed=')[1] for r in runs)})",
+        "",
+        "Each split trains its own SAE on its train questions. Pairwise accuracy on test questions: mean over "
+        "splits (min, max); paired difference SparseRM - arm: mean over splits, and on how many splits "
+        "its 95 % CI (bootstrap over questions) excludes 0 with SparseRM ahead / behind.",
+        "",
+        "| arm | accuracy, mean (min, max) | SparseRM - arm, mean | CI > 0 | CI < 0 |",
+        "|---|---|---|---|---|",
+    ]
+    best = "SparseRM (mean pool)"
+    for arm in runs[0]["main"]:
+        acc = [r["main"][arm]["acc"] for r in runs]
+        row = f"| {arm} | {np.mean(acc):.3f} ({min(acc):.3f}, {max(acc):.3f}) |"
+        key = f"{best} - {arm}"
+        if arm != best and all(key in r.get("paired", {}) for r in runs):
+            d = [r["paired"][key] for r in runs]
+            row += f" {np.mean([x['diff'] for x in d]):+.3f} | {sum(x['lo'] > 0 for x in d)} | {sum(x['hi'] < 0 for x in d)} |"
+        else:
+            row += " | | |"
+        lines.append(row)
+    atomic_write_text(out.parent / (out.name + "_splits.md"), "\n".join(lines) + "\n")
 
 
 def markdown(res: dict) -> str:
