@@ -113,7 +113,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     from hsrm.heads import Head
 
-    data = _select(load_labelled(args.store), args.split or "test", args.test_frac, args.seed)
+    full = load_labelled(args.store)
+    split = args.split or "test"
+    data = _select(full, split, args.test_frac, args.seed)
     rows = []
     for h in args.head or []:
         head = Head.load(h)
@@ -138,11 +140,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             args.n_boot,
         )
     )
-    _out(
-        markdown_table(
-            rows, f"{args.store} ({args.split or 'test'} split): AUROC of detecting hallucinations"
+    if split == "test" and args.text_control:
+        from hsrm.baselines.controls import TextOnlyScorer
+
+        train = _select(full, "train", args.test_frac, args.seed)
+        ctl = TextOnlyScorer().fit(train.texts, train.labels)
+        rows.append(
+            auroc_row(
+                "text-only (TF-IDF)", -ctl.score(data.texts), data.labels, data.groups, args.n_boot
+            )
         )
-    )
+    _out(markdown_table(rows, f"{args.store} ({split} split): AUROC of detecting hallucinations"))
     if args.json:
         from hsrm.io import atomic_write_json
 
@@ -151,7 +159,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from hsrm.capture import SampleConfig, sample_prompt, teacher_force
+    from hsrm.capture import Answer, SampleConfig, sample_prompt, teacher_force
     from hsrm.detect import QA_PRIMER
     from hsrm.features import TokenFeatures
     from hsrm.heads import Head
@@ -166,11 +174,12 @@ def cmd_score(args: argparse.Namespace) -> int:
     lm = load_model(args.model or head.fingerprint_.name)
     layers = head.required_layers()
     turns = []
-    for q, a in QA_PRIMER[: args.shots]:  # the primer the TruthfulQA captures use
-        turns += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+    for pq, pa in QA_PRIMER[: args.shots]:  # the primer the TruthfulQA captures use
+        turns += [{"role": "user", "content": pq}, {"role": "assistant", "content": pa}]
     prompt = Prompt(
         id="cli", messages=(*turns, {"role": "user", "content": args.question}), answer=""
     )
+    answers: list[Answer]
     if args.answer:
         answers = teacher_force(lm, prompt, args.answer, layers)
     else:
@@ -178,7 +187,8 @@ def cmd_score(args: argparse.Namespace) -> int:
             n=args.samples, temperature=args.temperature, max_new_tokens=args.max_new_tokens
         )
         answers = sample_prompt(lm, prompt, cfg, layers).answers
-    X = TokenFeatures.from_tensors([a.hidden for a in answers], layers, lm.fingerprint)
+    hidden = [a.hidden for a in answers if a.hidden is not None]  # (T_i, 1, d) each
+    X = TokenFeatures.from_tensors(hidden, layers, lm.fingerprint)
     probs, where = head.hallucination(X)
     for a, p, w in zip(answers, probs, where):
         tok = repr(lm.tokenizer.decode([a.token_ids[w]])) if w >= 0 else "-"
@@ -223,6 +233,12 @@ def register(sub, groups) -> None:
     p.add_argument("--head", nargs="*", help="saved head folders")
     p.add_argument("--n-boot", type=int, default=500, help="bootstrap resamples (default: 500)")
     p.add_argument("--json", default=None, help="also write the rows as JSON here")
+    p.add_argument(
+        "--text-control",
+        type=lambda v: v.lower() in ("1", "true", "yes", "on"),
+        default=True,
+        help="with --split test: add the TF-IDF control fit on the train questions' answer texts (default: true)",
+    )
     _split_args(p)
     p.set_defaults(func=cmd_evaluate)
 

@@ -99,13 +99,14 @@ class HARPHead(Head):
         if self.basis_file:
             svd, src = UnembeddingSVD.load(self.basis_file), str(self.basis_file)
         else:
-            svd, src = cached_svd(X.fingerprint), "svd cache"
-            if svd is None:
+            hit, src = cached_svd(X.fingerprint), "svd cache"
+            if hit is None:
                 raise HsrmError(
                     f"harp: projection={self.projection!r} needs the unembedding SVD of {X.fingerprint.short()}: "
                     "pass basis_file=PATH, or compute it once with hsrm.subspace.unembedding_svd(load_model(...)) "
                     "(the CLI does this for you)"
                 )
+            svd = hit
         if not svd.fingerprint.compatible(X.fingerprint):
             raise HsrmError(
                 f"harp: the SVD in {src} belongs to {svd.fingerprint.short()}, "
