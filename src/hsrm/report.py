@@ -60,14 +60,29 @@ def bon_markdown(rep: dict[str, Any]) -> str:
 
 
 def rich_table(rep: dict[str, Any], title: str = "best-of-N on held-out prompts"):
+    """A terminal-width table: BoN@k for a few k, the 95% CI at the largest k, within-prompt AUROC."""
     from rich.table import Table
 
-    header, rows = bon_rows(rep)
-    t = Table(title=title)
-    for h in header:
-        t.add_column(h, justify="left" if h == "scorer" else "right")
-    for r in rows:
-        t.add_row(*r)
+    ks = list(rep["pass_at_k"])
+    show = [k for k in ks if k in ("1", "4", "8")] + [ks[-1]]
+    show = list(dict.fromkeys(show))
+    n = show[-1]
+    t = Table(title=title, title_justify="left")
+    t.add_column("scorer")
+    for k in show:
+        t.add_column(f"BoN@{k}", justify="right")
+    t.add_column(f"95% CI @{n}", justify="right")
+    t.add_column("within-prompt AUROC", justify="right")
+    for name in _scorers(rep):
+        lo, hi = rep["bon_ci"][name][n]
+        w = rep["within_prompt_auroc"][name]
+        t.add_row(
+            name,
+            *[f"{rep['bon'][name][k]:.3f}" for k in show],
+            f"{lo:.3f}-{hi:.3f}",
+            f"{w:.3f}" if w == w else "n/a",
+        )
+    t.add_row("oracle (pass@k)", *[f"{rep['pass_at_k'][k]:.3f}" for k in show], "", "")
     return t
 
 
