@@ -310,7 +310,7 @@ class DemoConfig:
     families: str = field("arith,compare", "shortcut-controlled synthetic families")
     n: int = field(16, "samples per prompt")
     folds: int = field(3, "prompt splits (k-fold by prompt: every prompt is tested exactly once)")
-    head_layers: str = field("every:4", "layers ELHSR reads")
+    head_layers: str = field("all", "layers ELHSR reads (all beat every:4 in benchmarks/results/ablations.md)")
     seed: int = field(0, "seed for sampling and splits")
     n_boot: int = field(1000, "bootstrap resamples over prompts")
     threads: int = field(0, "torch CPU threads (0 = torch's default)")
