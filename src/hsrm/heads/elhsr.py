@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 
 class _ELHSRNet(nn.Module):
+    shift: torch.Tensor
+    scale: torch.Tensor
+
     def __init__(self, in_dim: int, gate: bool, final_norm: bool):
         super().__init__()
         self.linear = nn.Linear(in_dim, 2)
