@@ -17,6 +17,7 @@ All three prompt sets are disjoint by question text. Run: ``python benchmarks/be
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from pathlib import Path
@@ -76,7 +77,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "results"))
     ap.add_argument("--work", default="runs/bench_dpo")
+    ap.add_argument("--tag", default="", help="suffix of the result files (dpo<TAG>.json)")
+    ap.add_argument("--render", help="only rewrite the Markdown table of this results JSON")
     a = ap.parse_args()
+    if a.render:
+        path = Path(a.render)
+        atomic_write_text(path.with_suffix(".md"), to_markdown(json.loads(path.read_text())))
+        return
     if a.quick:
         a.n_head, a.n_dpo, a.n_eval, a.k, a.epochs = 12, 8, 6, 4, 1.0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -84,7 +91,7 @@ def main() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     torch.set_num_threads(a.threads)  # more threads than free cores slows torch down many-fold
     t_start = time.time()
-    work = Path(a.work)
+    work = Path(a.work + a.tag)
     work.mkdir(parents=True, exist_ok=True)
 
     lm = load_model()
@@ -236,7 +243,7 @@ def main() -> None:
         "timing": timing,
     }
     out = Path(a.out)
-    stem = "dpo_quick" if a.quick else "dpo"
+    stem = ("dpo_quick" if a.quick else "dpo") + a.tag
     atomic_write_json(out / f"{stem}.json", rep)
     atomic_write_text(out / f"{stem}.md", to_markdown(rep))
     print(to_markdown(rep))
@@ -269,7 +276,8 @@ def to_markdown(rep) -> str:
         f"| base (no DPO) | - | - | {rep['base']['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] | - |",
     ]
     names = {
-        "hsrm": "(a) hsrm-filtered (ELHSR best vs worst)",
+        "hsrm_elhsr": "(a) hsrm-filtered: ELHSR best vs worst",
+        "hsrm_probe": "(a') hsrm-filtered: probe best vs worst",
         "random": "(b) random pairs",
         "verifier": "(c) verifier pairs (ceiling)",
         "text_only": "(d) control: text-only scorer best vs worst",
@@ -282,6 +290,9 @@ def to_markdown(rep) -> str:
             f"| {r['delta']:+.3f} [{r['delta_ci'][0]:+.3f}, {r['delta_ci'][1]:+.3f}] |"
         )
     lines += [
+        "",
+        "Pairs: clean = chosen correct and rejected wrong (by the task's checker), flipped = the reverse, "
+        "tied = same label. Every arm's pairs come from the same samples.",
         "",
         f"Total time {rep['timing']['total_s'] / 60:.1f} min on {s['threads']} CPU thread(s).",
     ]
