@@ -16,7 +16,8 @@ def make_features(n_prompts=40, per_prompt=6, layers=(0, 1, 2, 3, 4), d=16, seed
     rng = np.random.default_rng(seed)
     fp = ModelFingerprint(name="synthetic", revision="r0", n_layers=4, hidden_size=d, vocab_size=64)
     xs, ys, groups, lps = [], [], [], []
-    direction = torch.randn(d, generator=g)
+    # One fixed direction for every seed, so train and test sets share the signal.
+    direction = torch.randn(d, generator=torch.Generator().manual_seed(1234))
     direction /= direction.norm()
     for p in range(n_prompts):
         for _ in range(per_prompt):
