@@ -35,6 +35,7 @@ from hsrm.models import load_model
 from hsrm.prefs.build import PromptSamples, pair_stats, select_pairs, write_pairs
 from hsrm.prefs.loop import LoopConfig, _lora_policy, dpo_train, evaluate_policy
 from hsrm.tasks import get_task
+from hsrm.tasks.base import first_number
 
 log = logging.getLogger("bench_dpo")
 ROOT = Path(__file__).resolve().parent
@@ -55,6 +56,17 @@ def split(prompts, sizes, seed):
             part.append(p)
         out.append(part)
     return out
+
+
+def larger_share(pairs) -> float:
+    """Share of pairs whose chosen answer is the larger number: 0.5 for a rule with no size bias.
+    The task mixes "larger" / "smaller" and + / - so that a size preference is a shortcut."""
+    v = []
+    for p in pairs:
+        x, y = first_number(p["chosen"]), first_number(p["rejected"])
+        if x is not None and y is not None:
+            v.append(float(x) > float(y))
+    return float(np.mean(v)) if v else float("nan")
 
 
 def main() -> None:
@@ -80,9 +92,17 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="suffix of the result files (dpo<TAG>.json)")
     ap.add_argument("--render", help="only rewrite the Markdown table of this results JSON")
     a = ap.parse_args()
-    if a.render:
+    if a.render:  # e.g. after adding a column: recompute it from the run's saved pairs
         path = Path(a.render)
-        atomic_write_text(path.with_suffix(".md"), to_markdown(json.loads(path.read_text())))
+        rep = json.loads(path.read_text())
+        for name, r in rep["arms"].items():
+            f = Path(a.work + a.tag) / f"pairs_{name}.jsonl"
+            if "chosen_number_larger" not in r and f.exists():
+                r["chosen_number_larger"] = larger_share(
+                    [json.loads(x) for x in f.read_text().splitlines()]
+                )
+        atomic_write_json(path, rep)
+        atomic_write_text(path.with_suffix(".md"), to_markdown(rep))
         return
     if a.quick:
         a.n_head, a.n_dpo, a.n_eval, a.k, a.epochs = 12, 8, 6, 4, 1.0
@@ -189,6 +209,7 @@ def main() -> None:
         results[name] = {
             "pairs": len(pairs),
             "pair_quality": pair_stats(pairs),
+            "chosen_number_larger": larger_share(pairs),
             "select_stats": stats,
             "accuracy": ev["accuracy"],
             "accuracy_ci": ev["accuracy_ci"],
@@ -271,9 +292,9 @@ def to_markdown(rep) -> str:
         )
         + ".",
         "",
-        "| arm | pairs | clean / flipped / tied pairs | accuracy after [95% CI] | delta vs base [95% CI] |",
-        "|---|---|---|---|---|",
-        f"| base (no DPO) | - | - | {rep['base']['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] | - |",
+        "| arm | pairs | clean / flipped / tied pairs | chosen = larger number | accuracy after [95% CI] | delta vs base [95% CI] |",
+        "|---|---|---|---|---|---|",
+        f"| base (no DPO) | - | - | - | {rep['base']['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] | - |",
     ]
     names = {
         "hsrm_elhsr": "(a) hsrm-filtered: ELHSR best vs worst",
@@ -286,13 +307,15 @@ def to_markdown(rep) -> str:
         q = r["pair_quality"]
         qual = f"{q.get('clean', float('nan')):.2f} / {q.get('flipped', float('nan')):.2f} / {q.get('tied', float('nan')):.2f}"
         lines.append(
-            f"| {names.get(k, k)} | {r['pairs']} | {qual} | {r['accuracy']:.3f} [{r['accuracy_ci'][0]:.3f}, {r['accuracy_ci'][1]:.3f}] "
+            f"| {names.get(k, k)} | {r['pairs']} | {qual} | {r.get('chosen_number_larger', float('nan')):.2f} | {r['accuracy']:.3f} [{r['accuracy_ci'][0]:.3f}, {r['accuracy_ci'][1]:.3f}] "
             f"| {r['delta']:+.3f} [{r['delta_ci'][0]:+.3f}, {r['delta_ci'][1]:+.3f}] |"
         )
     lines += [
         "",
         "Pairs: clean = chosen correct and rejected wrong (by the task's checker), flipped = the reverse, "
-        "tied = same label. Every arm's pairs come from the same samples.",
+        "tied = same label. Every arm's pairs come from the same samples. 'chosen = larger number': share of "
+        "pairs whose chosen answer is the larger number (0.5 = no size bias; the task mixes larger/smaller and +/-, "
+        "so a size preference is a shortcut).",
         "",
         f"Total time {rep['timing']['total_s'] / 60:.1f} min on {s['threads']} CPU thread(s).",
     ]
