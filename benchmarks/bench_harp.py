@@ -218,29 +218,30 @@ def main() -> int:
     # One split is noisy: repeat the key comparison over 5 question splits (and 5 random bases).
     seeds = (0, 1) if args.quick else (0, 1, 2, 3, 4)
     rep = {
-        "HARP (reasoning)": "reasoning",
-        "random basis": "random",
-        "no projection": "none",
-        "full state": "full",
+        f"HARP (reasoning, k={k})": ("reasoning", 1e-4),
+        f"ablation: random basis (k={k})": ("random", 1e-4),
+        f"ablation: no projection (k={k} raw coords)": ("none", 1e-4),
+        "full last hidden state": ("full", 1e-4),
+        "HARP, lr 1e-3 (not the paper's 1e-4)": ("reasoning", 1e-3),
+        "random basis, lr 1e-3": ("random", 1e-3),
+        "full last hidden state, lr 1e-3": ("full", 1e-3),
     }
+    rep_names = [n for n in ("synthetic", "tqa-refs") if n in results["tables"]]
     md += [
-        f"**Repeated over {len(seeds)} question splits** (seeds {list(seeds)}; AUROC mean ± sd over splits; the random basis and raw coordinates are redrawn per split)",
+        f"**Repeated over {len(seeds)} question splits** (seeds {list(seeds)}; AUROC mean ± sd over splits; "
+        "the random basis and raw coordinates are redrawn per split)",
         "",
+        "| method | " + " | ".join(rep_names) + " |",
+        "|---" * (len(rep_names) + 1) + "|",
     ]
-    md += [
-        "| data | " + " | ".join(list(rep) + ["perplexity", "ln-entropy", "text-only"]) + " |",
-        "|---" * (len(rep) + 4) + "|",
-    ]
-    for name in ("synthetic", "tqa-refs"):
-        if name not in results["tables"]:
-            continue
+    for name in rep_names:
         D = data[name]
         per: dict[str, list[float]] = {}
         for sd in seeds:
             tr, te = split_questions(D.groups, 0.3, seed=sd)
             train, test = D.subset(np.flatnonzero(tr)), D.subset(np.flatnonzero(te))
-            for label, proj in rep.items():
-                h = harp(proj, 0.05, basis_file, seed=sd)().fit(
+            for label, (proj, lr) in rep.items():
+                h = harp(proj, 0.05, basis_file, seed=sd, lr=lr)().fit(
                     train.features, train.labels, train.groups
                 )
                 per.setdefault(label, []).append(auroc(-h.score(test.features), 1 - test.labels))
@@ -251,15 +252,17 @@ def main() -> int:
                 auroc(length_normalised_entropy(test.entropy), 1 - test.labels)
             )
             ctl = TextOnlyScorer().fit(train.texts, train.labels)
-            per.setdefault("text-only", []).append(auroc(-ctl.score(test.texts), 1 - test.labels))
+            per.setdefault("text-only (TF-IDF)", []).append(
+                auroc(-ctl.score(test.texts), 1 - test.labels)
+            )
         results["repeated"][name] = {
             k: {"mean": float(np.mean(v)), "sd": float(np.std(v)), "values": v}
             for k, v in per.items()
         }
+    for method in results["repeated"][rep_names[0]] if rep_names else []:
+        cells = [results["repeated"][n][method] for n in rep_names]
         md.append(
-            f"| {name} | "
-            + " | ".join(f"{np.mean(v):.3f} ± {np.std(v):.3f}" for v in per.values())
-            + " |"
+            f"| {method} | " + " | ".join(f"{c['mean']:.3f} ± {c['sd']:.3f}" for c in cells) + " |"
         )
     md.append("")
 
