@@ -21,10 +21,15 @@ from hsrm.errors import HsrmError
 
 
 def count_parameters(module: Any, trainable_only: bool = True) -> int:
-    """Parameters of a ``torch.nn.Module`` (only those with ``requires_grad`` by default); objects
-    with an ``n_parameters()`` method (heads, baselines) answer for themselves."""
-    if hasattr(module, "n_parameters") and not isinstance(module, torch.nn.Module):
-        return int(module.n_parameters())
+    """Parameters of a ``torch.nn.Module`` (only those with ``requires_grad`` by default). A fitted
+    head counts the parameters of its network ``net_`` (buffers such as standardisation statistics
+    are not parameters); other objects with ``n_parameters()`` (baselines) answer for themselves."""
+    if not isinstance(module, torch.nn.Module):
+        net = getattr(module, "net_", None)
+        if isinstance(net, torch.nn.Module):
+            return count_parameters(net, trainable_only)
+        if hasattr(module, "n_parameters"):
+            return int(module.n_parameters())
     if not isinstance(module, torch.nn.Module):
         raise HsrmError(f"cannot count parameters of {type(module).__name__}")
     return int(sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only))
