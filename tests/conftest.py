@@ -5,7 +5,8 @@ import torch
 from hsrm.features import TokenFeatures
 from hsrm.models import ModelFingerprint
 
-torch.set_num_threads(2)
+# One thread: the heads and tiny models here are small; extra threads only add overhead.
+torch.set_num_threads(1)
 
 FP = ModelFingerprint(name="synthetic", revision="r0", n_layers=4, hidden_size=16, vocab_size=64)
 

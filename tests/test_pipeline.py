@@ -221,3 +221,29 @@ def test_demo_tiny(tmp_path):
     ):
         assert scorer in saved["bon"], scorer
     assert rep["sizes"]["prompts"] == 12 and len(rep["splits"]) == 2
+
+
+def test_sample_writes_api_log(tmp_path):
+    from hsrm.apilog import read_api_log
+
+    log = tmp_path / "log.jsonl"
+    args = [
+        "sample",
+        "--out",
+        str(tmp_path / "run"),
+        "--model",
+        "tiny:0",
+        "--n-prompts",
+        "3",
+        "--n",
+        "2",
+        "--max-new-tokens",
+        "3",
+        "--api-log",
+        str(log),
+        "--top-logprobs",
+        "4",
+    ]
+    assert main(args) == 0
+    samples = read_api_log(log, 4)
+    assert len(samples) == 6

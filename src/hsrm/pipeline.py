@@ -24,7 +24,7 @@ from hsrm.config import field
 from hsrm.errors import HsrmError
 from hsrm.evaluate import bon_report
 from hsrm.heads.base import Head, make_head
-from hsrm.io import atomic_write_json
+from hsrm.io import atomic_write_json, atomic_write_text
 from hsrm.models import DEFAULT_MODEL, load_model
 from hsrm.store import Store, StoreWriter
 from hsrm.tasks import Task, get_task
@@ -54,6 +54,8 @@ class SampleRunConfig:
     pool: str = field("none", "none (per token) | mean | last (one vector per answer)")
     shard_prompts: int = field(16, "prompts per shard (the unit of resumption)")
     threads: int = field(0, "torch CPU threads (0 = torch's default)")
+    api_log: str = field("", "also write the samples as OpenAI-style chat.completion JSONL here")
+    top_logprobs: int = field(20, "top-k log-probs per token in the API log (k <= 20)")
 
 
 def make_task(cfg: SampleRunConfig) -> Task:
@@ -74,6 +76,7 @@ def sample(cfg: SampleRunConfig, lm: Any = None, progress: bool = True) -> Store
         max_new_tokens=cfg.max_new_tokens,
         seed=cfg.seed,
         layers=cfg.layers,
+        top_logprobs=cfg.top_logprobs if cfg.api_log else 0,
     )
     scfg.validate()
     task = make_task(cfg)
@@ -118,7 +121,13 @@ def sample(cfg: SampleRunConfig, lm: Any = None, progress: bool = True) -> Store
             bar.update(cfg.n)
             n_done += cfg.n
         writer.write_shard(k, results, task)
+        if cfg.api_log:
+            _write_api_shard(Path(cfg.out) / f"apilog-{k:05d}.jsonl", results, task, lm)
     bar.close()
+    if cfg.api_log:
+        parts = sorted(Path(cfg.out).glob("apilog-*.jsonl"))
+        atomic_write_text(cfg.api_log, "".join(p.read_text() for p in parts))
+        log.info("API log of %d prompts -> %s", len(prompts), cfg.api_log)
     dt = time.perf_counter() - t0
     writer.finish({"last_run": {"samples": n_done, "seconds": dt}})
     store = Store(cfg.out)
@@ -131,6 +140,18 @@ def sample(cfg: SampleRunConfig, lm: Any = None, progress: bool = True) -> Store
         n_done / dt if dt > 0 else 0,
     )
     return store
+
+
+def _write_api_shard(path: Path, results: list, task: Task, lm: Any) -> None:
+    from hsrm.apilog import api_log_records
+
+    labels = [
+        [int(task.check(task.extract(a.text, r.prompt), r.prompt)) for a in r.answers]
+        for r in results
+    ]
+    fp = lm.fingerprint
+    recs = api_log_records(results, lm.tokenizer, fp.name, fp.revision, labels)
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in recs))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -310,7 +331,9 @@ class DemoConfig:
     families: str = field("arith,compare", "shortcut-controlled synthetic families")
     n: int = field(16, "samples per prompt")
     folds: int = field(3, "prompt splits (k-fold by prompt: every prompt is tested exactly once)")
-    head_layers: str = field("all", "layers ELHSR reads (all beat every:4 in benchmarks/results/ablations.md)")
+    head_layers: str = field(
+        "all", "layers ELHSR reads (all beat every:4 in benchmarks/results/ablations.md)"
+    )
     seed: int = field(0, "seed for sampling and splits")
     n_boot: int = field(1000, "bootstrap resamples over prompts")
     threads: int = field(0, "torch CPU threads (0 = torch's default)")
