@@ -218,6 +218,7 @@ def main() -> None:
             "train_steps": len(logs),
             "train_loss_first_last": [logs[0]["loss"], logs[-1]["loss"]] if logs else None,
             "train_reward_accuracy_last": logs[-1].get("rewards/accuracies") if logs else None,
+            "train_reward_margin_last": logs[-1].get("rewards/margins") if logs else None,
             "per_prompt": ev["per_prompt"],
             "train_s": t_train,
             "eval_s": time.time() - t - t_train,
