@@ -81,6 +81,7 @@ def _summary(
             out["bon_ci"][name][str(k)] = list(M.bootstrap_ci(per, n_boot, seed=seed))
             out["gap_closed"][name][str(k)] = M.gap_closed(v, out["mean_accuracy"], pk[k])
         out["auroc"][name] = M.auroc(s, y)
+
         def _auroc_of(idx: np.ndarray, s: np.ndarray = s) -> float:
             return M.auroc(s[idx], y[idx])
 

@@ -7,4 +7,17 @@ from hsrm.heads.logits import LogitsELHSRHead, TopLogprobsELHSRHead
 from hsrm.heads.probe import ProbeHead
 from hsrm.heads.sparserm import DenseRMHead, SparseRMHead
 
-__all__ = ["REGISTRY", "ELHSRHead", "HARPHead", "Head", "LogitsELHSRHead", "TopLogprobsELHSRHead", "ProbeHead", "SparseRMHead", "DenseRMHead", "get_head_class", "make_head", "register"]
+__all__ = [
+    "REGISTRY",
+    "ELHSRHead",
+    "HARPHead",
+    "Head",
+    "LogitsELHSRHead",
+    "TopLogprobsELHSRHead",
+    "ProbeHead",
+    "SparseRMHead",
+    "DenseRMHead",
+    "get_head_class",
+    "make_head",
+    "register",
+]
