@@ -99,3 +99,23 @@ def test_bon_report_keys_and_controls():
     assert rep["bon"]["random"]["8"] == pytest.approx(rep["mean_accuracy"])
     assert rep["gap_closed"]["oracle_like"]["8"] == pytest.approx(1.0)
     assert set(rep["per_family"]) == {"a", "b"}
+
+
+def test_first_k_protocol():
+    g = np.repeat([0, 1], 4)
+    y = np.array([0, 1, 1, 1, 1, 0, 0, 0])
+    s = np.array([0.0, 1, 2, 3, 0, 1, 2, 3])
+    rep = bon_report(
+        {"s": s, "majority": s},
+        y,
+        g,
+        extracted=list("abbbaccc"),
+        ks=[1, 2],
+        protocol="first",
+        n_boot=20,
+    )
+    # first-1 = sample 0 of each prompt; first-2 picks the higher of samples 0 and 1
+    assert rep["bon"]["s"]["1"] == pytest.approx(0.5)
+    assert rep["bon"]["s"]["2"] == pytest.approx(0.5)
+    with pytest.raises(Exception, match="protocol"):
+        bon_report({"s": s}, y, g, protocol="bogus")

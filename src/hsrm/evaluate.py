@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from hsrm import metrics as M
+from hsrm.errors import HsrmError
 
 MAJORITY = "majority"
 
@@ -38,6 +39,7 @@ def _summary(
     ks: list[int],
     n_boot: int,
     seed: int,
+    protocol: str = "random",
 ) -> dict[str, Any]:
     by = M._by_group(groups)
     y = np.asarray(labels, float)
@@ -70,12 +72,14 @@ def _summary(
         out["bon"][name], out["bon_ci"][name], out["gap_closed"][name] = {}, {}, {}
         for k in ks:
             if name == MAJORITY:
+                # "first": the vote among the first k samples (one subset of size k)
+                sub = {g: (i[:k] if protocol == "first" else i) for g, i in by.items()}
                 per = {
                     g: M.majority_prompt([extracted[j] for j in i], y[i], k, rng)
-                    for g, i in by.items()
+                    for g, i in sub.items()
                 }
             else:
-                per = {g: M.bon_prompt(s[i], y[i], k) for g, i in by.items()}
+                per = M.per_prompt_bon(s, y, groups, k, protocol)
             v = float(np.mean(list(per.values())))
             out["bon"][name][str(k)] = v
             out["bon_ci"][name][str(k)] = list(M.bootstrap_ci(per, n_boot, seed=seed))
@@ -104,16 +108,21 @@ def bon_report(
     ks: list[int] | None = None,
     n_boot: int = 1000,
     seed: int = 0,
+    protocol: str = "random",
 ) -> dict[str, Any]:
     """Best-of-N report over test samples. ``scores``: scorer name -> (n,) scores (higher = better);
-    include ``"majority"`` (any array; votes come from ``extracted``) and ``"random"`` if wanted."""
+    include ``"majority"`` (any array; votes come from ``extracted``) and ``"random"`` if wanted.
+    ``protocol``: ``random`` (exact mean over random k-subsets) or ``first`` (SWIFT: the first k
+    samples of each prompt, in sample order)."""
+    if protocol not in ("random", "first"):
+        raise HsrmError(f"protocol must be 'random' or 'first', got {protocol!r}")
     labels, groups = np.asarray(labels), np.asarray(groups)
     extracted = list(extracted) if extracted is not None else [None] * len(labels)
     if MAJORITY in scores:
         scores = {**scores, MAJORITY: vote_counts(extracted, groups)}
     n = min(len(i) for i in M._by_group(groups).values())
     ks = ks or M.ks_for(n)
-    rep = _summary(scores, labels, groups, extracted, ks, n_boot, seed)
+    rep = _summary(scores, labels, groups, extracted, ks, n_boot, seed, protocol)
     if families is not None:
         fam = np.asarray(families)
         rep["per_family"] = {}
@@ -128,5 +137,6 @@ def bon_report(
                 ks,
                 n_boot,
                 seed,
+                protocol,
             )
     return rep

@@ -238,6 +238,9 @@ class EvaluateConfig:
     heads: list[str] = field([], "saved head folders to evaluate")
     out: str = field("", "folder for results.json, results.md and bon.png (default: RUN/eval)")
     n_boot: int = field(1000, "bootstrap resamples over prompts")
+    protocol: str = field(
+        "random", "BoN@k over random k-subsets (exact) or 'first' k samples (SWIFT)"
+    )
 
 
 def baseline_scores(
@@ -291,14 +294,19 @@ def evaluate(cfg: EvaluateConfig, store: Store | None = None) -> dict[str, Any]:
         scores.update(baseline_scores(store, train_idx, test_idx))
     else:
         scores.update({"random": np.zeros(len(test_idx)), "majority": np.zeros(len(test_idx))})
-    rep = _report(store, test_idx, scores, cfg.n_boot)
+    rep = _report(store, test_idx, scores, cfg.n_boot, protocol=cfg.protocol)
     out = Path(cfg.out or Path(cfg.run) / "eval")
     _write_outputs(out, rep)
     return rep
 
 
 def _report(
-    store: Store, idx: np.ndarray, scores: dict[str, np.ndarray], n_boot: int, seed: int = 0
+    store: Store,
+    idx: np.ndarray,
+    scores: dict[str, np.ndarray],
+    n_boot: int,
+    seed: int = 0,
+    protocol: str = "random",
 ) -> dict[str, Any]:
     recs = store.records
     return bon_report(
@@ -309,6 +317,7 @@ def _report(
         families=np.array([recs[i]["family"] for i in idx]),
         n_boot=n_boot,
         seed=seed,
+        protocol=protocol,
     )
 
 
