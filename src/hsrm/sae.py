@@ -267,7 +267,7 @@ def train_topk_sae(
     opt = torch.optim.Adam(sae.parameters(), lr=lr, betas=(0.9, 0.999))
     last_fired = torch.zeros(d_sae, dtype=torch.long)  # tokens seen since each latent last fired
     k_aux = max(1, d // 2)
-    hist = []
+    hist: list[dict[str, Any]] = []
     for step in trange(steps, desc="train SAE", leave=False):
         idx = torch.randint(0, N, (batch_size,), generator=g)
         x = acts[idx] / scale  # (B, d)
@@ -292,10 +292,11 @@ def train_topk_sae(
         loss.backward()
         with torch.no_grad():  # remove the gradient component parallel to each unit decoder row
             gW = sae.W_dec.grad
+            assert gW is not None  # set by loss.backward(): W_dec is in every forward pass
             gW -= (gW * sae.W_dec).sum(1, keepdim=True) * sae.W_dec
         opt.step()
         with torch.no_grad():
-            sae.W_dec /= sae.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
+            sae.W_dec.div_(sae.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
         if step % 100 == 0 or step == steps - 1:
             hist.append(
                 {
@@ -307,11 +308,11 @@ def train_topk_sae(
             )
     # Fold the input scale into the weights: the saved SAE reads raw activations.
     with torch.no_grad():
-        sae.b_dec *= scale
-        sae.W_enc /= scale
-        sae.W_dec *= scale
+        sae.b_dec.mul_(scale)
+        sae.W_enc.div_(scale)
+        sae.W_dec.mul_(scale)
     sae.eval()
-    stats = sae_stats(sae, acts)
+    stats: dict[str, Any] = sae_stats(sae, acts)
     stats.update(
         {"steps": steps, "batch_size": batch_size, "lr": lr, "n_tokens": N, "history": hist}
     )

@@ -113,7 +113,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     _threads(cfg.threads)
     pairs = _pairs(cfg, "train")  # bad input fails before the model loads
     lm = load_model(cfg.model)
-    layers = "all"
+    layers: str | list[int] = "all"
     if cfg.layer is not None:
         layers = [cfg.layer]
     elif cfg.sae:

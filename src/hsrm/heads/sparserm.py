@@ -211,6 +211,8 @@ class SparseRMHead(Head):
         V = self._transform(Z)
         self.v_mean_, self.v_std_ = V.mean(0), V.std(0) + 1e-6
         V = (V - self.v_mean_) / self.v_std_
+        if groups is None:  # Head.fit enforces needs_groups; kept for direct _fit callers
+            raise HsrmError(f"{self.architecture} needs groups (prompt or pair ids) to fit")
         self.net_ = self._train(V, y, groups)
 
     def _train(self, V: torch.Tensor, y: np.ndarray, groups: np.ndarray) -> nn.Module:
@@ -284,9 +286,9 @@ class SparseRMHead(Head):
         return self.net_(self._transform(self._pooled(X))).squeeze(-1).numpy()
 
     # -- persistence ----------------------------------------------------------------------------
-    _TENSORS = ("selected", "v_mean", "v_std")
-    _PROJ = ("directions", "freq_diff")
-    _RAW = ("W_enc", "b_enc", "b_dec", "apply_b_dec", "threshold")
+    _TENSORS: tuple[str, ...] = ("selected", "v_mean", "v_std")
+    _PROJ: tuple[str, ...] = ("directions", "freq_diff")
+    _RAW: tuple[str, ...] = ("W_enc", "b_enc", "b_dec", "apply_b_dec", "threshold")
 
     def _names(self) -> tuple[str, ...]:
         names = self._TENSORS

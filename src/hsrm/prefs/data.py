@@ -75,13 +75,16 @@ def read_pairs(path: str | Path, on_error: str = "error") -> tuple[list[PrefPair
     pairs: list[PrefPair] = []
     seen: set[str] = set()
     report = ReadReport()
+    dropped = report.dropped
+    if dropped is None:  # set by ReadReport.__post_init__
+        raise HsrmError("read_pairs: ReadReport.dropped was not initialised")
     for row in rows:
         line = row.pop("_line")
         bad = _problem(row, seen)
         if bad is not None:
             if on_error == "error":
                 raise HsrmError(f"{path}:{line}: {bad[1]}")
-            report.dropped[bad[0]] += 1
+            dropped[bad[0]] += 1
             continue
         pid = str(row.get("id", f"line{line}"))
         seen.add(pid)

@@ -54,6 +54,8 @@ class PairSet:
         idx = range(len(self.texts)) if answers is None else answers
         parts = [self.feats[int(i)][:, j] for i in idx]
         if prompts and self.prompt_hidden is not None:
+            if self.prompt_groups is None:
+                raise HsrmError("PairSet: prompt_hidden is set but prompt_groups is not")
             want = {str(self.answer_groups[int(i)]) for i in idx}
             parts += [
                 h[:, j].float() for h, g in zip(self.prompt_hidden, self.prompt_groups) if g in want
@@ -297,7 +299,11 @@ def encode_pairs(
             if a not in lst:
                 lst.append(a)
     index: dict[tuple[str, str], int] = {}
-    hs, lps, texts, prompts, agroups = [], [], [], [], []
+    hs: list[torch.Tensor] = []
+    lps: list[torch.Tensor] = []
+    texts: list[str] = []
+    prompts: list[str] = []
+    agroups: list[str] = []
     group_of = {p.prompt: p.group for p in pairs}
     from hsrm.capture import _encode
 
