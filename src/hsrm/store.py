@@ -95,6 +95,10 @@ class StoreWriter:
         self.meta.setdefault("dtype", "float16")
         self.meta.setdefault("pool", "none")
         mp = self.path / "meta.json"
+        # A killed writer can leave half-written temporary files (never a half-written shard);
+        # one writer per store, so any that exist now are stale.
+        for stale in self.path.glob(".shard-*.tmp"):
+            stale.unlink(missing_ok=True)
         if mp.exists():
             old = json.loads(mp.read_text())
             for k in _RESUME_KEYS:
