@@ -86,8 +86,6 @@ class ELHSRHead(Head):
     across prompts of different difficulty.
     """
 
-    early_stop: str = "loss"  # class-level default for subclasses with their own __init__
-
     def __init__(
         self,
         layers: Sequence[int] | None = None,

@@ -176,11 +176,6 @@ class _StandardizedELHSR(ELHSRHead):
             early_stop=early_stop,
         )
 
-    def n_parameters(self) -> int:
-        """Trainable parameters (the standardisation statistics are not trained)."""
-        self._check_fitted()
-        return int(sum(p.numel() for p in self.net_.parameters()))
-
 
 @register("elhsr_logits")
 class LogitsELHSRHead(_StandardizedELHSR):
