@@ -13,15 +13,6 @@ from hsrm.metrics import auroc
 from hsrm.tasks.base import Prompt
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small ops: one thread is ~70x faster than two on a loaded 2-core machine (OpenMP spin-waits).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _entry(lp, k=3, top=True):
     e = {"token": "x", "logprob": lp, "bytes": [120]}
     if top:

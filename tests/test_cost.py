@@ -10,15 +10,6 @@ from hsrm.heads import make_head
 from tests.conftest import make_features
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small ops: one thread is ~70x faster than two on a loaded 2-core machine (OpenMP spin-waits).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_count_parameters_trainable_only():
     m = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
     assert count_parameters(m) == 15 + 8

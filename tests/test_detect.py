@@ -31,14 +31,6 @@ from tests.conftest import make_features
 CSV = Path(__file__).parent / "fixtures" / "harp_truthfulqa.csv"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # -- ROUGE-L and the labelling rule ----------------------------------------------------------------
 def test_rouge_l_values():
     assert rouge_l("The cat sat.", "the cat sat") == 1.0  # case and punctuation ignored

@@ -17,15 +17,6 @@ LAYERS = (2, 4)
 FAST = {"hidden": 32, "lr": 1e-2, "epochs": 10, "size": 2, "batch_size": 64}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny MLPs: one thread avoids OpenMP barrier stalls on a loaded machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def svd():
     W = torch.randn(64, D, generator=torch.Generator().manual_seed(0))

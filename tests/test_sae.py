@@ -8,15 +8,6 @@ from hsrm.errors import HsrmError
 from hsrm.sae import SAE, collect_activations, sae_stats, top_activating_tokens, train_topk_sae
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """1 torch thread for this module: on a busy 2-core machine 2 threads are several times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def sparse_data(n=3000, d=16, atoms=32, active=3, seed=0):
     """Activations that are sparse combinations of unit dictionary atoms, plus an offset."""
     g = torch.Generator().manual_seed(seed)

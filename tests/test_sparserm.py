@@ -26,15 +26,6 @@ from tests.conftest import make_features
 FIX = Path(__file__).parent / "fixtures" / "prefs"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """1 torch thread for this module: on a busy 2-core machine 2 threads are several times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def split_data(tmp_path_factory):
     """Synthetic answers (signal on layer 2), split by prompt, and an SAE on layer 2's tokens."""
