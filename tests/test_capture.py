@@ -94,3 +94,22 @@ def test_parse_layers():
 def test_bad_config():
     with pytest.raises(HsrmError, match="top_p"):
         SampleConfig(top_p=0).validate()
+
+
+def test_prenorm_state_is_the_final_norm_input(tiny_lm):
+    from hsrm.capture import prenorm_index
+
+    nL = tiny_lm.fingerprint.n_layers
+    layers = parse_layers("last,prenorm", nL)
+    assert layers == (nL, prenorm_index(nL))
+    prompt = get_task("synthetic", n=2).prompts()[0]
+    res = _check_equal(
+        tiny_lm, prompt, layers
+    )  # sampling == teacher forcing for the pre-norm state too
+    a = next(a for a in res.answers if a.token_ids)
+    norm = tiny_lm.model.get_decoder().norm
+    with torch.no_grad():
+        torch.testing.assert_close(norm(a.hidden[:, 1]), a.hidden[:, 0], rtol=1e-4, atol=1e-5)
+    assert parse_layers("prenorm", nL) == (prenorm_index(nL),)
+    # hooks are removed afterwards
+    assert not norm._forward_pre_hooks

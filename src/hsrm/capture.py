@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -26,10 +27,28 @@ from hsrm.models import LoadedModel
 from hsrm.tasks.base import Prompt
 
 
+def prenorm_index(n_layers: int) -> int:
+    """Index of the pseudo-layer "last block's output *before* the final norm" (HARP's pre-norm
+    option): one past the post-norm last layer, so ``n_layers + 1``."""
+    return n_layers + 1
+
+
 def parse_layers(spec: str | Sequence[int], n_layers: int) -> tuple[int, ...]:
     """``all`` (0..n_layers, embedding output included), ``last``, ``mid``, ``every:K`` (0, K, 2K, ...
-    and the last), or a comma list like ``0,8,16``; negative indices count from the end."""
+    and the last), or a comma list like ``0,8,16``; negative indices count from the end.
+    ``prenorm`` (alone or in a list, e.g. ``last,prenorm``) adds the last block's output before the
+    final norm, at index ``n_layers + 1``."""
     total = n_layers + 1
+    pre = False
+    if isinstance(spec, str) and "prenorm" in spec.lower():
+        parts = [x for x in spec.lower().split(",") if x.strip() and x.strip() != "prenorm"]
+        pre = True
+        if not parts:
+            return (prenorm_index(n_layers),)
+        spec = ",".join(parts) if len(parts) > 1 else parts[0]
+    elif not isinstance(spec, str) and prenorm_index(n_layers) in [int(i) for i in spec]:
+        pre = True
+        spec = [int(i) for i in spec if int(i) != prenorm_index(n_layers)]
     if not isinstance(spec, str):
         idx = [int(i) for i in spec]
     else:
@@ -63,9 +82,39 @@ def parse_layers(spec: str | Sequence[int], n_layers: int) -> tuple[int, ...]:
             )
         if j not in out:
             out.append(j)
+    if pre:
+        out.append(prenorm_index(n_layers))
     if not out:
         raise HsrmError(f"layers: {spec!r} selects no layer")
     return tuple(out)
+
+
+class _PrenormTap:
+    """Records the input of the decoder's final norm (the pre-norm last state) on each forward,
+    when the requested layers include ``prenorm_index``; otherwise does nothing."""
+
+    def __init__(self, decoder, layers: Sequence[int], n_layers: int):
+        self.value: torch.Tensor | None = None
+        self._handle = None
+        if prenorm_index(n_layers) in layers:
+            norm = getattr(decoder, "norm", None)
+            if norm is None:
+                raise HsrmError("layers: 'prenorm' needs a decoder with a final `norm` module")
+            self._handle = norm.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module, args):
+        self.value = args[0]
+
+    def states(self, hidden_states: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
+        """The model's hidden states, with the pre-norm state appended when tapped."""
+        if self._handle is None:
+            return hidden_states
+        assert self.value is not None
+        return (*hidden_states, self.value)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
 
 
 @dataclass
@@ -195,7 +244,7 @@ def sample_prompt(
     model, tok = lm.model, lm.tokenizer
     layers = layers if layers is not None else parse_layers(cfg.layers, lm.fingerprint.n_layers)
     device = lm.device
-    decoder, head, softcap = _lm_parts(model)
+    decoder = model.get_decoder()
     eos = set(_eos_ids(lm))
     g = _prompt_generator(cfg.seed, prompt.id, device)
 
@@ -204,9 +253,34 @@ def sample_prompt(
 
     cache = DynamicCache(config=model.config)
     ckw = _cache_kw(decoder, cache)
+    tap = _PrenormTap(decoder, layers if capture else (), lm.fingerprint.n_layers)
+    try:
+        return _sample_loop(lm, prompt, cfg, layers, capture, ids, cache, ckw, tap, g, eos)
+    finally:
+        tap.close()
+
+
+def _sample_loop(
+    lm: LoadedModel,
+    prompt: Prompt,
+    cfg: SampleConfig,
+    layers: tuple[int, ...],
+    capture: bool,
+    ids: torch.Tensor,
+    cache: Any,
+    ckw: dict,
+    tap: _PrenormTap,
+    g: torch.Generator,
+    eos: set[int],
+) -> PromptResult:
+    model, tok = lm.model, lm.tokenizer
+    device = lm.device
+    decoder, head, softcap = _lm_parts(model)
     out = decoder(input_ids=ids, use_cache=True, output_hidden_states=capture, **ckw)
     prompt_hidden = (
-        _stack_layers(out.hidden_states, layers, -1)[0].float().cpu() if capture else None
+        _stack_layers(tap.states(out.hidden_states), layers, -1)[0].float().cpu()
+        if capture
+        else None
     )
     logits = _logits(head, softcap, out.last_hidden_state[:, -1]).expand(cfg.n, -1)
     cache.batch_repeat_interleave(cfg.n)
@@ -249,7 +323,9 @@ def sample_prompt(
         )
         pos += 1
         if capture:
-            states.append(_stack_layers(out.hidden_states, layers, -1).to("cpu", torch.float32))
+            states.append(
+                _stack_layers(tap.states(out.hidden_states), layers, -1).to("cpu", torch.float32)
+            )
         if last:
             break
         logits = _logits(head, softcap, out.last_hidden_state[:, -1])
@@ -355,15 +431,18 @@ def teacher_force(
             ids[i, : P + len(s)] = torch.tensor(p_ids + s)
             mask[i, : P + len(s)] = 1
         ids, mask = ids.to(device), mask.to(device)
-        out = decoder(
-            input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False
-        )
+        tap = _PrenormTap(decoder, layers, lm.fingerprint.n_layers)
+        try:
+            out = decoder(
+                input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False
+            )
+        finally:
+            tap.close()
+        hidden_states = tap.states(out.hidden_states)
         # Positions P-1 .. P+T-2 predict the answer tokens.
         logits = _logits(head, softcap, out.last_hidden_state[:, P - 1 : P + T - 1])
         logp = torch.log_softmax(logits, -1)
-        hs = torch.stack(
-            [out.hidden_states[i][:, P : P + T] for i in layers], dim=2
-        )  # (B, T, L, d)
+        hs = torch.stack([hidden_states[i][:, P : P + T] for i in layers], dim=2)  # (B, T, L, d)
         for i, s in enumerate(chunk):
             t = len(s)
             tgt = torch.tensor(s, device=device)
