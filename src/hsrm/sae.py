@@ -182,6 +182,24 @@ class SAE(nn.Module):
         return sae.eval()
 
 
+@torch.no_grad()
+def _layer_states(
+    lm: Any, decoder: Any, encs: list[list[int]], layer: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One right-padded forward pass: (B, T, d) float32 states of ``layer`` on CPU and the
+    (B, T) 0/1 mask of real tokens."""
+    T = max(len(e) for e in encs)
+    ids = torch.full((len(encs), T), lm.tokenizer.pad_token_id or 0, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, e in enumerate(encs):
+        ids[i, : len(e)] = torch.tensor(e)
+        mask[i, : len(e)] = 1
+    out = decoder(
+        input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), output_hidden_states=True
+    )
+    return out.hidden_states[layer].float().cpu(), mask
+
+
 # -- activations --------------------------------------------------------------------------------
 @torch.no_grad()
 def collect_activations(
@@ -205,18 +223,7 @@ def collect_activations(
     for b in tqdm(range(0, len(texts), batch_size), desc=f"activations L{layer}", leave=False):
         batch = [texts[i] for i in order[b : b + batch_size]]
         enc = [tok(t, add_special_tokens=False)["input_ids"][:512] for t in batch]
-        T = max(len(e) for e in enc)
-        ids = torch.full((len(enc), T), tok.pad_token_id or 0, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, e in enumerate(enc):
-            ids[i, : len(e)] = torch.tensor(e)
-            mask[i, : len(e)] = 1
-        hs = decoder(
-            input_ids=ids.to(lm.device),
-            attention_mask=mask.to(lm.device),
-            output_hidden_states=True,
-        )
-        h = hs.hidden_states[layer].float().cpu()  # (B, T, d)
+        h, mask = _layer_states(lm, decoder, enc, layer)  # (B, T, d), (B, T)
         keep = mask.bool().clone()
         keep[:, :skip_first] = False
         out.append(h[keep])
@@ -367,18 +374,9 @@ def top_activating_tokens(
     encs = [tok(t, add_special_tokens=False)["input_ids"][:512] for t in texts]
     for b in range(0, len(texts), batch_size):
         enc = encs[b : b + batch_size]
-        T = max(len(e) for e in enc)
-        ids = torch.full((len(enc), T), tok.pad_token_id or 0, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, e in enumerate(enc):
-            ids[i, : len(e)] = torch.tensor(e)
-            mask[i, : len(e)] = 1
-        h = decoder(
-            input_ids=ids.to(lm.device),
-            attention_mask=mask.to(lm.device),
-            output_hidden_states=True,
-        )
-        f = sae.encode(h.hidden_states[layer].float().cpu())[..., lat]  # (B, T, n_latents)
+        h, mask = _layer_states(lm, decoder, enc, layer)
+        T = h.shape[1]
+        f = sae.encode(h)[..., lat]  # (B, T, n_latents)
         f[:, :1] = 0  # attention sink
         f = f * mask[..., None]
         for jj, j in enumerate(lat.tolist()):
