@@ -113,3 +113,36 @@ def test_prenorm_state_is_the_final_norm_input(tiny_lm):
     assert parse_layers("prenorm", nL) == (prenorm_index(nL),)
     # hooks are removed afterwards
     assert not norm._forward_pre_hooks
+
+
+def test_token_stats_match_their_definitions():
+    import math
+
+    from hsrm.capture import token_stats
+
+    logits = torch.randn(3, 50, generator=torch.Generator().manual_seed(0))
+    logp = torch.log_softmax(logits, -1)
+    st = token_stats(logp, k=5)
+    p = logp.exp()
+    # self-certainty = KL(U || p), computed the long way
+    kl = (torch.full_like(p, 1 / 50) * (math.log(1 / 50) - logp)).sum(-1)
+    torch.testing.assert_close(st["self_certainty"], kl)
+    torch.testing.assert_close(st["entropy"], -(p * logp).sum(-1))
+    torch.testing.assert_close(
+        st["confidence"], -logp.sort(-1, descending=True).values[:, :5].mean(-1)
+    )
+    # a uniform distribution is minimally certain
+    flat = token_stats(torch.full((1, 50), -math.log(50)))
+    assert abs(float(flat["self_certainty"])) < 1e-5
+
+
+def test_sampled_answers_carry_per_token_confidence(tiny_lm):
+    from hsrm.capture import SampleConfig, sample_prompts
+    from hsrm.tasks import get_task
+
+    prompts = get_task("synthetic", n=2).prompts()
+    res = sample_prompts(tiny_lm, prompts, SampleConfig(n=3, max_new_tokens=4))
+    assert [r.prompt.id for r in res] == [p.id for p in prompts]
+    for a in res[0].answers:
+        assert a.self_certainty.shape == a.logprobs.shape == a.confidence.shape
+        assert bool((a.self_certainty >= -1e-5).all()) and bool((a.confidence > 0).all())

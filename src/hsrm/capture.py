@@ -150,6 +150,10 @@ class Answer:
     logprobs: torch.Tensor  # (T,) log p(token) under the untempered model
     entropy: torch.Tensor  # (T,) entropy of the untempered next-token distribution
     extra: dict = field(default_factory=dict)
+    # (T,) self-certainty: KL(uniform || p) of the next-token distribution (arXiv 2502.18581)
+    self_certainty: torch.Tensor | None = None
+    # (T,) DeepConf token confidence: minus the mean log-prob of the top-k candidates (2508.15260)
+    confidence: torch.Tensor | None = None
 
 
 @dataclass
@@ -222,6 +226,27 @@ def _sample(
     return torch.multinomial(probs, 1, generator=g).squeeze(-1)
 
 
+#: DeepConf's token confidence averages the log-probs of the k most likely tokens; k = 20 is the
+#: number of top log-probs OpenAI-style APIs return, the setting DeepConf's online runs use.
+CONFIDENCE_TOP_K = 20
+
+
+def token_stats(logp: torch.Tensor, k: int = CONFIDENCE_TOP_K) -> dict[str, torch.Tensor]:
+    """Per-position statistics of next-token distributions, computed where the logits already are.
+
+    logp: (..., V) log-probabilities of the untempered model. Returns tensors of shape (...):
+    ``entropy``; ``self_certainty`` = KL(U || p) = -log V - mean_v log p_v (Kang et al. 2025,
+    arXiv 2502.18581); ``confidence`` = -mean of the top-k log-probs (DeepConf, arXiv 2508.15260).
+    """
+    V = logp.shape[-1]
+    finite = logp.clamp_min(torch.finfo(logp.dtype).min)  # -inf (masked vocab) would poison a mean
+    return {
+        "entropy": -(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(-1),
+        "self_certainty": -finite.mean(-1) - float(torch.log(torch.tensor(float(V)))),
+        "confidence": -logp.topk(min(k, V), dim=-1).values.mean(-1),
+    }
+
+
 def _stack_layers(
     hs: Sequence[torch.Tensor], layers: tuple[int, ...], pos: int | slice
 ) -> torch.Tensor:
@@ -290,6 +315,8 @@ def _sample_loop(
     tokens: list[torch.Tensor] = []
     lps: list[torch.Tensor] = []
     ents: list[torch.Tensor] = []
+    certs: list[torch.Tensor] = []
+    confs: list[torch.Tensor] = []
     tops: list[tuple[torch.Tensor, torch.Tensor]] = []
     states: list[torch.Tensor] = []
     alive = torch.ones(n, dtype=torch.bool, device=device)
@@ -302,7 +329,10 @@ def _sample_loop(
         nxt = torch.where(alive, nxt, torch.full_like(nxt, pad))
         tokens.append(nxt)
         lps.append(logp.gather(-1, nxt[:, None]).squeeze(-1))
-        ents.append(-(logp.exp() * logp).sum(-1))
+        st_ = token_stats(logp)
+        ents.append(st_["entropy"])
+        certs.append(st_["self_certainty"])
+        confs.append(st_["confidence"])
         if cfg.top_logprobs:
             tv, ti = logp.topk(cfg.top_logprobs, dim=-1)
             tops.append((tv.cpu(), ti.cpu()))
@@ -332,6 +362,7 @@ def _sample_loop(
 
     tok_mat = torch.stack(tokens, 1).cpu()  # (n, steps)
     lp_mat, ent_mat = torch.stack(lps, 1).cpu(), torch.stack(ents, 1).cpu()
+    cert_mat, conf_mat = torch.stack(certs, 1).cpu(), torch.stack(confs, 1).cpu()
     st = torch.stack(states, 1) if capture and states else None  # (n, steps, L, d)
     answers = []
     for i in range(n):
@@ -352,6 +383,8 @@ def _sample_loop(
                 hidden=hidden,
                 logprobs=lp_mat[i, :t].clone(),
                 entropy=ent_mat[i, :t].clone(),
+                self_certainty=cert_mat[i, :t].clone(),
+                confidence=conf_mat[i, :t].clone(),
                 extra={
                     "eos_logprob": float(lp_mat[i, t]) if stopped else None,
                     # (T, k) log-probs and token ids of the k most likely tokens at each step
@@ -371,6 +404,22 @@ def _sample_loop(
             )
         )
     return PromptResult(prompt=prompt, answers=answers, prompt_hidden=prompt_hidden)
+
+
+def sample_prompts(
+    lm: LoadedModel,
+    prompts: Sequence[Prompt],
+    cfg: SampleConfig,
+    layers: tuple[int, ...] | None = None,
+    capture: bool = True,
+) -> list[PromptResult]:
+    """Draw ``cfg.n`` answers to each of several prompts; one ``PromptResult`` per prompt, in order.
+
+    Each prompt draws from its own seeded stream, so its answers do not depend on which other
+    prompts share the call. This is the entry point every caller that samples many prompts uses
+    (the store pipeline, the server, the Ray workers).
+    """
+    return [sample_prompt(lm, p, cfg, layers, capture) for p in prompts]
 
 
 def _eos_ids(lm: LoadedModel) -> list[int]:
@@ -447,14 +496,16 @@ def teacher_force(
             t = len(s)
             tgt = torch.tensor(s, device=device)
             lp = logp[i, :t].gather(-1, tgt[:, None]).squeeze(-1)
-            ent = -(logp[i, :t].exp() * logp[i, :t]).sum(-1)
+            stats = token_stats(logp[i, :t])
             out_answers.append(
                 Answer(
                     token_ids=s,
                     text=tok.decode([x for x in s if x not in eos], skip_special_tokens=True),
                     hidden=hs[i, :t].float().cpu(),
                     logprobs=lp.float().cpu(),
-                    entropy=ent.float().cpu(),
+                    entropy=stats["entropy"].float().cpu(),
+                    self_certainty=stats["self_certainty"].float().cpu(),
+                    confidence=stats["confidence"].float().cpu(),
                 )
             )
     return out_answers

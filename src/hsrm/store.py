@@ -9,6 +9,7 @@ Layout of ``RUN/``::
 
     meta.json                 format version, model fingerprint, layers, task, sampling config
     shard-00000.safetensors   hidden (tokens, L, d), logprobs (tokens,), entropy (tokens,),
+                              self_certainty (tokens,), confidence (tokens,),
                               token_ids (tokens,), prompt_hidden (prompts, L, d) [+ scales]
     shard-00000.json          one record per sample: prompt id, sample id, text, extracted answer,
                               label, token offset and count (written last: a shard counts once
@@ -126,6 +127,8 @@ class StoreWriter:
         hidden: list[torch.Tensor] = []
         lps: list[torch.Tensor] = []
         ents: list[torch.Tensor] = []
+        certs: list[torch.Tensor] = []
+        confs: list[torch.Tensor] = []
         tids: list[torch.Tensor] = []
         records: list[dict[str, Any]] = []
         prompt_hidden: list[torch.Tensor] = []
@@ -160,6 +163,9 @@ class StoreWriter:
                         "rows": int(h.shape[0]),
                         "mean_logprob": float(a.logprobs.mean()) if n_tok else 0.0,
                         "mean_entropy": float(a.entropy.mean()) if n_tok else 0.0,
+                        "mean_self_certainty": float(a.self_certainty.mean())
+                        if n_tok and a.self_certainty is not None
+                        else 0.0,
                         "eos_logprob": a.extra.get("eos_logprob"),
                         "tok_offset": tok_offset,
                     }
@@ -169,6 +175,9 @@ class StoreWriter:
                 hidden.append(h)
                 lps.append(a.logprobs.float())
                 ents.append(a.entropy.float())
+                nan = torch.full((n_tok,), float("nan"))
+                certs.append(nan if a.self_certainty is None else a.self_certainty.float())
+                confs.append(nan if a.confidence is None else a.confidence.float())
                 tids.append(torch.tensor(a.token_ids, dtype=torch.int32))
         L = len(self.meta["layers"])
         d = self.meta["fingerprint"]["hidden_size"]
@@ -176,6 +185,8 @@ class StoreWriter:
         tensors = _encode_hidden(H, dtype)
         tensors["logprobs"] = torch.cat(lps) if lps else torch.zeros(0)
         tensors["entropy"] = torch.cat(ents) if ents else torch.zeros(0)
+        tensors["self_certainty"] = torch.cat(certs) if certs else torch.zeros(0)
+        tensors["confidence"] = torch.cat(confs) if confs else torch.zeros(0)
         tensors["token_ids"] = torch.cat(tids) if tids else torch.zeros(0, dtype=torch.int32)
         if prompt_hidden:
             tensors["prompt_hidden"] = torch.stack(prompt_hidden).to(torch.float16)
@@ -257,6 +268,18 @@ class Store:
         r = self.records[i]
         a = r["tok_offset"]
         return self._h(r["shard"]).get_slice("entropy")[a : a + r["n_tokens"]]
+
+    def token_stat(self, i: int, name: str) -> torch.Tensor:
+        """(tokens,) per-token statistic of record i: ``logprobs``, ``entropy``, ``self_certainty``
+        or ``confidence`` (see ``capture.token_stats``). Stores written before the last two existed
+        raise HsrmError naming the shard."""
+        r = self.records[i]
+        if not self._has(r["shard"], name):
+            raise HsrmError(
+                f"{self._shards[r['shard']]}: no per-token {name!r} (resample the store)"
+            )
+        a = r["tok_offset"]
+        return self._h(r["shard"]).get_slice(name)[a : a + r["n_tokens"]]
 
     def token_ids(self, i: int) -> list[int]:
         r = self.records[i]
