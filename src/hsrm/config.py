@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -19,10 +20,14 @@ import yaml
 from hsrm.errors import HsrmError
 
 T = TypeVar("T")
+#: The command line of this process when it is the ``hsrm`` CLI (set by ``hsrm.cli.main``), so
+#: that outputs can say how to resume or redo them.
+COMMAND: list[str] | None = None
 
 
 def field(default: Any, help: str, **kw: Any) -> Any:
-    """A dataclass field with CLI help text."""
+    """A dataclass field with CLI help text; ``min=``/``max=`` bound a number (checked with the
+    type by ``validate``; floats must also be finite)."""
     if isinstance(default, list | dict):
         return dataclasses.field(default_factory=lambda: default, metadata={"help": help, **kw})
     return dataclasses.field(default=default, metadata={"help": help, **kw})
@@ -66,28 +71,122 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
             )
 
 
+def conforms(v: Any, tp: Any) -> bool:
+    """Whether a parsed YAML/JSON value ``v`` fits the annotation ``tp`` (bool is not a number)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(conforms(v, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return v is None
+    if tp is Any:
+        return True
+    if tp is bool:
+        return isinstance(v, bool)
+    if tp is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    if tp is float:
+        return isinstance(v, int | float) and not isinstance(v, bool)
+    if tp is str:
+        return isinstance(v, str)
+    if origin in (list, tuple, typing.get_origin(typing.Sequence[int])) or tp in (list, tuple):
+        args = typing.get_args(tp)
+        return isinstance(v, list | tuple) and (not args or all(conforms(x, args[0]) for x in v))
+    if origin is dict or tp is dict:
+        return isinstance(v, dict)
+    return True
+
+
+def type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    if origin is not None:
+        args = typing.get_args(tp)
+        return (
+            f"a list of {type_name(args[0])}" if args and origin in (list, tuple) else "a mapping"
+        )
+    names = {
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        bool: "true or false",
+        dict: "a mapping",
+        list: "a list",
+    }
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def validate(
+    cfg: Any,
+    where: str = "config",
+    lines: dict[str, int] | None = None,
+    flags: set[str] | frozenset[str] = frozenset(),
+) -> None:
+    """Check every field of a config dataclass against its type and its ``min``/``max``; raise
+    HsrmError naming the flag (fields in ``flags``) or ``where`` (file, and line when known)."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if f.name in flags:
+            at = "--" + f.name.replace("_", "-")
+        elif lines and f.name in lines:
+            at = f"{where}:{lines[f.name]}: field {f.name!r}"
+        else:
+            at = f"{where}: field {f.name!r}"
+        if not conforms(v, hints[f.name]):
+            raise HsrmError(f"{at} must be {type_name(hints[f.name])}, got {v!r}")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise HsrmError(f"{at} must be a finite number, got {v!r}")
+        lo, hi = f.metadata.get("min"), f.metadata.get("max")
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            if lo is not None and v < lo:
+                raise HsrmError(f"{at} must be >= {lo}, got {v!r}")
+            if hi is not None and v > hi:
+                raise HsrmError(f"{at} must be <= {hi}, got {v!r}")
+
+
 def from_sources(
     cls: type[T], file_values: dict[str, Any] | None = None, args: Any = None, **over: Any
 ) -> T:
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    source = getattr(file_values, "source", "config")
+    file_lines: dict[str, int] = getattr(file_values, "lines", {})
+    lines: dict[str, int] = {}
     values: dict[str, Any] = {}
     for k, v in (file_values or {}).items():
-        key = k.replace("-", "_")
+        key = str(k).replace("-", "_")
+        at = f"{source}:{file_lines[k]}" if k in file_lines else source
         if key not in names:
-            raise HsrmError(
-                f"config: unknown field {k!r} for {cls.__name__}; known: {sorted(names)}"
-            )
+            raise HsrmError(f"{at}: unknown field {k!r} for {cls.__name__}; known: {sorted(names)}")
         values[key] = v
+        if k in file_lines:
+            lines[key] = file_lines[k]
+    flags: set[str] = set()
     if args is not None:
         for k in names:
             v = getattr(args, k, None)
             if v is not None:
                 values[k] = v
-    values.update({k: v for k, v in over.items() if v is not None})
+                flags.add(k)
+    for k, v in over.items():
+        if v is not None:
+            values[k] = v
+            flags.add(k)
     try:
-        return cls(**values)
+        cfg = cls(**values)
     except TypeError as e:
-        raise HsrmError(f"config: {e}") from None
+        raise HsrmError(f"{source}: {e}") from None
+    validate(cfg, source, lines, flags)
+    return cfg
+
+
+class _FileValues(dict):
+    """A config file's mapping, remembering the file (``source``) and each key's line."""
+
+    source: str = "config"
+    lines: dict[str, int]
 
 
 def load_yaml(path: str | Path | None, section: str | None = None) -> dict[str, Any]:
@@ -97,13 +196,35 @@ def load_yaml(path: str | Path | None, section: str | None = None) -> dict[str, 
     if not p.exists():
         raise HsrmError(f"config file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise HsrmError(f"{p}: not UTF-8 text (byte {e.start})") from None
+    try:
+        data = yaml.safe_load(text) or {}
+        node = yaml.compose(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
         raise HsrmError(f"{p}{where}: malformed YAML ({getattr(e, 'problem', e)})") from None
     if not isinstance(data, dict):
         raise HsrmError(f"{p}: expected a mapping at the top level")
+    out = _FileValues()
+    out.source = str(p)
     if section and isinstance(data.get(section), dict):
-        return data[section]
-    return data
+        out.update(data[section])
+        node = _child(node, section)
+    else:
+        out.update(data)
+    out.lines = {}
+    if isinstance(node, yaml.MappingNode):
+        for k, _v in node.value:
+            out.lines[str(k.value)] = k.start_mark.line + 1
+    return out
+
+
+def _child(node: Any, key: str) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            if k.value == key:
+                return v
+    return None

@@ -135,7 +135,7 @@ def _convert_gguf(gguf: Path, out: Path, dtype: torch.dtype) -> None:
     cfg = model.config
     if hasattr(cfg, "quantization_config"):
         delattr(cfg, "quantization_config")
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "model-cache") as tmp:
         cfg.save_pretrained(tmp)
         save_model(model, str(tmp / "model.safetensors"))
         tok.save_pretrained(tmp)

@@ -20,11 +20,19 @@ from tqdm.auto import tqdm
 
 from hsrm.baselines.controls import AnswerPriorScorer, TextOnlyScorer
 from hsrm.capture import SampleConfig, parse_layers, sample_prompt
-from hsrm.config import field
+from hsrm.config import field, validate
 from hsrm.errors import HsrmError
 from hsrm.evaluate import bon_report
 from hsrm.heads.base import Head, make_head
-from hsrm.io import atomic_write_json, atomic_write_text
+from hsrm.io import (
+    atomic_dir,
+    atomic_write_json,
+    atomic_write_text,
+    check_out,
+    exclusive,
+    mark_output,
+    read_json,
+)
 from hsrm.models import DEFAULT_MODEL, load_model
 from hsrm.store import Store, StoreWriter
 from hsrm.tasks import Task, get_task
@@ -39,23 +47,27 @@ class SampleRunConfig:
     out: str = field("runs/sample", "output folder of the sample store (resumes if it exists)")
     model: str = field(DEFAULT_MODEL, "embedded name, hub id, local folder or .gguf file")
     task: str = field("synthetic", "synthetic[:FAMILIES] | gsm8k:PATH | bbh:PATH | jsonl:PATH")
-    n_prompts: int = field(320, "prompts to sample (synthetic: generated; files: the first N)")
+    n_prompts: int = field(
+        320, "prompts to sample (synthetic: generated; files: the first N)", min=1
+    )
     families: str = field(
         "arith,compare", "synthetic task families (comma list of arith, compare, count)"
     )
     task_seed: int = field(0, "seed of the synthetic task generator")
-    n: int = field(16, "samples per prompt")
-    temperature: float = field(0.8, "sampling temperature")
-    top_p: float = field(1.0, "nucleus sampling threshold")
-    max_new_tokens: int = field(6, "maximum answer tokens")
+    n: int = field(16, "samples per prompt", min=1)
+    temperature: float = field(0.8, "sampling temperature", min=0.0)
+    top_p: float = field(1.0, "nucleus sampling threshold", min=0.0, max=1.0)
+    max_new_tokens: int = field(6, "maximum answer tokens", min=1)
     seed: int = field(0, "sampling seed (each prompt draws from its own stream)")
     layers: str = field("all", "hidden states to capture: all | every:K | mid | last | 0,4,8")
     dtype: str = field("float16", "storage dtype: float16 | bfloat16 | int8 | fp8")
     pool: str = field("none", "none (per token) | mean | last (one vector per answer)")
-    shard_prompts: int = field(16, "prompts per shard (the unit of resumption)")
-    threads: int = field(0, "torch CPU threads (0 = torch's default)")
+    shard_prompts: int = field(16, "prompts per shard (the unit of resumption)", min=1)
+    threads: int = field(0, "torch CPU threads (0 = torch's default)", min=0)
     api_log: str = field("", "also write the samples as OpenAI-style chat.completion JSONL here")
-    top_logprobs: int = field(20, "top-k log-probs per token in the API log (k <= 20)")
+    top_logprobs: int = field(
+        20, "top-k log-probs per token in the API log (k <= 20)", min=0, max=20
+    )
 
 
 def make_task(cfg: SampleRunConfig) -> Task:
@@ -67,6 +79,9 @@ def make_task(cfg: SampleRunConfig) -> Task:
 
 def sample(cfg: SampleRunConfig, lm: Any = None, progress: bool = True) -> Store:
     """Sample ``cfg.n`` answers per prompt with capture into ``cfg.out``; resumes a killed run."""
+    # Everything is checked before anything is written; StoreWriter then locks the store.
+    validate(cfg, "sample")
+    check_out(cfg.out, "store")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     scfg = SampleConfig(
@@ -85,6 +100,7 @@ def sample(cfg: SampleRunConfig, lm: Any = None, progress: bool = True) -> Store
         raise HsrmError(f"task {cfg.task!r} has no prompts")
     lm = lm or load_model(cfg.model)
     layers = parse_layers(cfg.layers, lm.fingerprint.n_layers)
+    check_prompt_lengths(lm, prompts, cfg.max_new_tokens, cfg.task)
     writer = StoreWriter(
         cfg.out,
         {
@@ -142,6 +158,26 @@ def sample(cfg: SampleRunConfig, lm: Any = None, progress: bool = True) -> Store
     return store
 
 
+def check_prompt_lengths(lm: Any, prompts: list, max_new_tokens: int, task: str) -> None:
+    """Refuse a prompt that, with its answer, would not fit the model's context (before sampling:
+    a 10 MB prompt line otherwise tries to allocate gigabytes)."""
+    from hsrm.capture import prompt_text
+
+    ctx = getattr(getattr(lm.model, "config", None), "max_position_embeddings", None)
+    if not isinstance(ctx, int) or ctx <= 0:
+        return
+    for p in prompts:
+        text = prompt_text(lm.tokenizer, p)
+        # Characters bound tokens from above only loosely; tokenise unless clearly short.
+        n = len(text) if len(text) > 20 * ctx else len(lm.tokenizer(text)["input_ids"])
+        if n + max_new_tokens > ctx:
+            where = p.meta.get("source", task) if isinstance(p.meta, dict) else task
+            raise HsrmError(
+                f"{where}: prompt {p.id!r} is {n} tokens; with max_new_tokens={max_new_tokens} it "
+                f"exceeds the model's context of {ctx} tokens"
+            )
+
+
 def _write_api_shard(path: Path, results: list, task: Task, lm: Any) -> None:
     from hsrm.apilog import api_log_records
 
@@ -178,9 +214,14 @@ class TrainConfig:
     out: str = field("runs/head", "output folder of the head")
     head: str = field("elhsr", "head architecture (elhsr, probe, ...)")
     layers: str = field("every:4", "layers the head reads (subset of the captured ones)")
-    test_frac: float = field(0.3, "share of prompts held out for evaluation (by prompt id hash)")
+    test_frac: float = field(
+        0.3, "share of prompts held out for evaluation (by prompt id hash)", min=0.0, max=1.0
+    )
     split_seed: int = field(0, "seed of the train/test prompt split")
     params: dict = field({}, "extra head hyperparameters (YAML mapping / JSON object)")
+    overwrite: bool = field(
+        False, "write into a non-empty folder hsrm did not make (only hsrm's own files replaced)"
+    )
 
 
 def _head_params(name: str, layers: tuple[int, ...], params: dict[str, Any]) -> dict[str, Any]:
@@ -196,7 +237,12 @@ def _head_params(name: str, layers: tuple[int, ...], params: dict[str, Any]) -> 
 
 
 def train(cfg: TrainConfig, store: Store | None = None) -> Head:
-    """Fit a head on the training prompts of a store and save it (with the prompt ids it saw)."""
+    """Fit a head on the training prompts of a store and save it (with the prompt ids it saw).
+
+    The head folder appears complete, ``training.json`` included, in one rename; it is locked
+    for the whole run (a second writer is refused)."""
+    validate(cfg, "train")
+    check_out(cfg.out, "head", overwrite=cfg.overwrite, inputs=[cfg.run])
     store = store or Store(cfg.run)
     layers = parse_layers(cfg.layers, store.fingerprint.n_layers)
     pids = store.prompt_ids
@@ -204,21 +250,24 @@ def train(cfg: TrainConfig, store: Store | None = None) -> Head:
     if len(train_idx) == 0:
         raise HsrmError(f"{cfg.run}: no training prompts (test_frac={cfg.test_frac})")
     head = make_head(cfg.head, **_head_params(cfg.head, layers, cfg.params))
-    X = store.features(train_idx)
-    t0 = time.perf_counter()
-    head.fit(X, store.labels[train_idx], pids[train_idx])
-    dt = time.perf_counter() - t0
-    head.save(cfg.out)
-    atomic_write_json(
-        Path(cfg.out) / "training.json",
-        {
+    with exclusive(cfg.out):
+        X = store.features(train_idx)
+        t0 = time.perf_counter()
+        head.fit(X, store.labels[train_idx], pids[train_idx])
+        dt = time.perf_counter() - t0
+        record = {
             "run": str(cfg.run),
             "train_prompts": sorted(set(pids[train_idx].tolist())),
             "n_samples": int(len(train_idx)),
             "seconds": dt,
             "config": asdict(cfg),
-        },
-    )
+        }
+        head.save(
+            cfg.out,
+            overwrite=cfg.overwrite,
+            inputs=(cfg.run,),
+            records={"training.json": record},
+        )
     log.info(
         "trained %s on %d samples (%d prompts) in %.1f s -> %s",
         cfg.head,
@@ -237,9 +286,17 @@ class EvaluateConfig:
     run: str = field("runs/sample", "sample store to evaluate on")
     heads: list[str] = field([], "saved head folders to evaluate")
     out: str = field("", "folder for results.json, results.md and bon.png (default: RUN/eval)")
-    n_boot: int = field(1000, "bootstrap resamples over prompts")
+    n_boot: int = field(1000, "bootstrap resamples over prompts", min=1)
     protocol: str = field(
         "random", "BoN@k over random k-subsets (exact) or 'first' k samples (SWIFT)"
+    )
+    allow_unknown_training: bool = field(
+        False,
+        "score heads with no training.json (RISK: their training prompts are unknown, so the "
+        "report may score them on prompts they were trained on)",
+    )
+    overwrite: bool = field(
+        False, "write into a non-empty folder hsrm did not make (only hsrm's own files replaced)"
     )
 
 
@@ -270,16 +327,19 @@ def _prompt_question(store: Store, rec: dict[str, Any]) -> str:
 
 def evaluate(cfg: EvaluateConfig, store: Store | None = None) -> dict[str, Any]:
     """Evaluate saved heads on a store's prompts that none of them trained on."""
-    store = store or Store(cfg.run)
+    validate(cfg, "evaluate")
     if not cfg.heads:
         raise HsrmError("evaluate: give at least one head folder (--heads HEAD/)")
+    out = Path(cfg.out or Path(cfg.run) / "eval")
+    check_out(
+        out, "eval", overwrite=cfg.overwrite, inputs=[cfg.run, *cfg.heads], inside_inputs_ok=True
+    )
+    store = store or Store(cfg.run)
     heads, seen = {}, set()
     for hp in cfg.heads:
         h = Head.load(hp)
         h.check_compatible(store.fingerprint, store.layers)
-        tj = Path(hp) / "training.json"
-        if tj.exists():
-            seen |= set(json.loads(tj.read_text())["train_prompts"])
+        seen |= _training_prompts(Path(hp), cfg.allow_unknown_training)
         name = (
             h.architecture if h.architecture not in heads else f"{h.architecture}:{Path(hp).name}"
         )
@@ -295,9 +355,31 @@ def evaluate(cfg: EvaluateConfig, store: Store | None = None) -> dict[str, Any]:
     else:
         scores.update({"random": np.zeros(len(test_idx)), "majority": np.zeros(len(test_idx))})
     rep = _report(store, test_idx, scores, cfg.n_boot, protocol=cfg.protocol)
-    out = Path(cfg.out or Path(cfg.run) / "eval")
-    _write_outputs(out, rep)
+    with atomic_dir(out, "eval", overwrite=cfg.overwrite, inputs=[cfg.run, *cfg.heads]) as tmp:
+        _write_outputs(tmp, rep)
     return rep
+
+
+def _training_prompts(head_dir: Path, allow_unknown: bool) -> set[str]:
+    """The prompt ids a head was trained on, from its ``training.json``. A head without one may
+    have seen any prompt, so it is refused unless the caller accepts that risk."""
+    tj = head_dir / "training.json"
+    if not tj.exists():
+        if allow_unknown:
+            log.warning(
+                "%s has no training.json: its training prompts are unknown and may be scored", tj
+            )
+            return set()
+        raise HsrmError(
+            f"{head_dir}: no training.json, so which prompts it was trained on is unknown and "
+            "evaluate could score it on its own training prompts (a killed or foreign train?); "
+            "retrain it, or pass --allow-unknown-training to accept that risk"
+        )
+    rec = read_json(tj, "training record")
+    tp = rec.get("train_prompts") if isinstance(rec, dict) else None
+    if not isinstance(tp, list) or not all(isinstance(p, str) for p in tp):
+        raise HsrmError(f"{tj}: field 'train_prompts' must be a list of prompt ids")
+    return set(tp)
 
 
 def _report(
@@ -326,7 +408,7 @@ def _write_outputs(out: Path, rep: dict[str, Any]) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "results.json", rep)
-    (out / "results.md").write_text(bon_markdown(rep))
+    atomic_write_text(out / "results.md", bon_markdown(rep))
     plot_bon(rep, out / "bon.png")
 
 
@@ -336,16 +418,21 @@ def _write_outputs(out: Path, rep: dict[str, Any]) -> None:
 class DemoConfig:
     out: str = field("runs/demo", "output folder")
     model: str = field(DEFAULT_MODEL, "model (default: the embedded SmolLM2-135M-Instruct)")
-    n_prompts: int = field(320, "synthetic prompts")
+    n_prompts: int = field(320, "synthetic prompts", min=1)
     families: str = field("arith,compare", "shortcut-controlled synthetic families")
-    n: int = field(16, "samples per prompt")
-    folds: int = field(3, "prompt splits (k-fold by prompt: every prompt is tested exactly once)")
+    n: int = field(16, "samples per prompt", min=1)
+    folds: int = field(
+        3, "prompt splits (k-fold by prompt: every prompt is tested exactly once)", min=2
+    )
     head_layers: str = field(
         "all", "layers ELHSR reads (all beat every:4 in benchmarks/results/ablations.md)"
     )
     seed: int = field(0, "seed for sampling and splits")
-    n_boot: int = field(1000, "bootstrap resamples over prompts")
-    threads: int = field(0, "torch CPU threads (0 = torch's default)")
+    n_boot: int = field(1000, "bootstrap resamples over prompts", min=1)
+    threads: int = field(0, "torch CPU threads (0 = torch's default)", min=0)
+    overwrite: bool = field(
+        False, "write into a non-empty folder hsrm did not make (only hsrm's own files replaced)"
+    )
 
 
 # The demo's ELHSR settings: SWIFT's, plus two changes measured in benchmarks/results/ablations.md
@@ -398,7 +485,16 @@ def cross_fit(
 
 def demo(cfg: DemoConfig, console: Any = None) -> dict[str, Any]:
     """Sample on the embedded synthetic task, cross-fit ELHSR and the probe by prompt, report."""
+    validate(cfg, "demo")
     out = Path(cfg.out)
+    check_out(out, "demo", overwrite=cfg.overwrite)
+    with exclusive(out):
+        out.mkdir(parents=True, exist_ok=True)
+        mark_output(out, "demo", ["samples"])
+        return _demo(cfg, out)
+
+
+def _demo(cfg: DemoConfig, out: Path) -> dict[str, Any]:
     t_start = time.perf_counter()
     scfg = SampleRunConfig(
         out=str(out / "samples"),
@@ -454,4 +550,5 @@ def demo(cfg: DemoConfig, console: Any = None) -> dict[str, Any]:
         }
     )
     _write_outputs(out, rep)
+    mark_output(out, "demo", ["results.json", "results.md", "bon.png"])
     return rep

@@ -116,7 +116,7 @@ class SAE(nn.Module):
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         tensors = {k: v.detach().float().contiguous() for k, v in self.state_dict().items()}
-        with atomic_dir(path) as tmp:
+        with atomic_dir(path, "sae") as tmp:
             (tmp / WEIGHTS_FILE).write_bytes(save(tensors))
             atomic_write_json(tmp / CFG_FILE, self.config_dict())
         return path

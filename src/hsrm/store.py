@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,10 +36,18 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
+import hsrm.config
 from hsrm.capture import PromptResult
 from hsrm.errors import HsrmError
 from hsrm.features import Indices, TokenFeatures
-from hsrm.io import atomic_write_bytes, atomic_write_json
+from hsrm.io import (
+    acquire,
+    atomic_write_bytes,
+    atomic_write_json,
+    check_out,
+    clean_stale,
+    read_json,
+)
 from hsrm.models import ModelFingerprint
 from hsrm.tasks.base import Task
 
@@ -96,24 +105,46 @@ class StoreWriter:
         self.meta.setdefault("dtype", "float16")
         self.meta.setdefault("pool", "none")
         mp = self.path / "meta.json"
-        # A killed writer can leave half-written temporary files (never a half-written shard);
-        # one writer per store, so any that exist now are stale.
-        for stale in self.path.glob(".shard-*.tmp"):
-            stale.unlink(missing_ok=True)
-        if mp.exists():
-            old = json.loads(mp.read_text())
-            for k in _RESUME_KEYS:
-                if json.dumps(old.get(k), sort_keys=True) != json.dumps(
-                    self.meta.get(k), sort_keys=True
-                ):
-                    raise HsrmError(
-                        f"{mp}: existing run has {k}={old.get(k)!r}, this run asks for "
-                        f"{k}={self.meta.get(k)!r}; use another --out or the same settings to resume"
-                    )
-            self.meta = {**old, **{k: self.meta[k] for k in _RESUME_KEYS}}
-        else:
+        check_out(self.path, "store")
+        # One writer per store, held until finish()/close(): the settings check, the meta write
+        # and the clean-up below happen under it, so a second writer can neither slip past the
+        # check nor delete this writer's temporary files.
+        self._lock = acquire(self.path)
+        try:
             self.path.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(mp, {**self.meta, "complete": False})
+            # Temporaries (shards, meta.json, API log parts) left by a killed writer are stale.
+            clean_stale(self.path, ".*.tmp")
+            if mp.exists():
+                old = read_json(mp, "store meta.json")
+                if not isinstance(old, dict):
+                    raise HsrmError(f"{mp}: expected a JSON object (damaged store?)")
+                for k in _RESUME_KEYS:
+                    if json.dumps(old.get(k), sort_keys=True) != json.dumps(
+                        self.meta.get(k), sort_keys=True
+                    ):
+                        raise HsrmError(
+                            f"{mp}: existing run has {k}={old.get(k)!r}, this run asks for "
+                            f"{k}={self.meta.get(k)!r}; use another --out or the same settings "
+                            "to resume"
+                        )
+                self.meta = {**old, **{k: self.meta[k] for k in _RESUME_KEYS}}
+            else:
+                if hsrm.config.COMMAND:
+                    self.meta.setdefault("command", shlex.join(hsrm.config.COMMAND))
+                atomic_write_json(mp, {**self.meta, "complete": False})
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the store's lock (finish() does; also on garbage collection)."""
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            self._lock = None
+            lock.close()
+
+    def __del__(self) -> None:
+        self.close()
 
     def shard_done(self, k: int, prompt_ids: Sequence[str]) -> bool:
         j = self.path / f"shard-{k:05d}.json"
@@ -199,6 +230,17 @@ class StoreWriter:
     def finish(self, extra: dict[str, Any] | None = None) -> None:
         meta = {**self.meta, **(extra or {}), "complete": True}
         atomic_write_json(self.path / "meta.json", meta)
+        self.close()
+
+
+_RECORD_KEYS = ("prompt_id", "label", "offset", "rows", "tok_offset", "n_tokens")
+
+
+def _header(p: Path) -> tuple[int, dict[str, Any]]:
+    """(header length, header) of a safetensors file."""
+    with open(p, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        return n, json.loads(f.read(n))
 
 
 class Store:
@@ -211,29 +253,89 @@ class Store:
             raise HsrmError(
                 f"{self.path}: not a sample store (no meta.json); run `hsrm sample` first"
             )
-        self.meta = json.loads(mp.read_text())
+        meta = read_json(mp, "store meta.json")
+        if not isinstance(meta, dict):
+            raise HsrmError(f"{mp}: expected a JSON object (damaged store?)")
+        self.meta = meta
         if self.meta.get("format_version") != FORMAT_VERSION:
             raise HsrmError(
                 f"{mp}: format_version {self.meta.get('format_version')} is not supported "
                 f"(this hsrm reads {FORMAT_VERSION})"
             )
-        self.fingerprint = ModelFingerprint.from_dict(self.meta["fingerprint"])
-        self.layers: tuple[int, ...] = tuple(self.meta["layers"])
+        try:
+            self.fingerprint = ModelFingerprint.from_dict(self.meta["fingerprint"])
+            self.layers: tuple[int, ...] = tuple(int(v) for v in self.meta["layers"])
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise HsrmError(f"{mp}: field 'fingerprint' or 'layers' is damaged ({e})") from None
         self.records: list[dict[str, Any]] = []
         self._shards: list[Path] = []
         self._prompt_rows: dict[str, tuple[int, int]] = {}
+        self._handles: dict[int, Any] = {}
+        # A shard's JSON is written after its tensors, so a JSON without its safetensors (or with
+        # a safetensors too short for its records) is damage, never an interrupted write.
         for j in sorted(self.path.glob("shard-*.json")):
             st = j.with_suffix(".safetensors")
             if not st.exists():
-                continue
+                raise HsrmError(
+                    f"{st}: missing, but {j.name} lists its samples (damaged store); "
+                    f"restore the file, or delete {j.name} and resume sampling to redo the shard"
+                )
             k = len(self._shards)
             self._shards.append(st)
-            data = json.loads(j.read_text())
-            for pi, pid in enumerate(data["prompts"]):
+            data = read_json(j, "shard index")
+            try:
+                prompts, recs = list(data["prompts"]), list(data["records"])
+                for r in recs:
+                    for key in _RECORD_KEYS:
+                        if key not in r:
+                            raise KeyError(key)
+            except (KeyError, TypeError) as e:
+                raise HsrmError(f"{j}: damaged shard index (missing or bad field {e})") from None
+            for pi, pid in enumerate(prompts):
                 self._prompt_rows[pid] = (k, pi)
-            for r in data["records"]:
+            self._check_shard(k, recs)
+            for r in recs:
                 self.records.append({**r, "shard": k})
-        self._handles: dict[int, Any] = {}
+        if not self.complete:
+            cmd = (
+                self.meta.get("command") or f"the same `hsrm sample ... --out {self.path}` command"
+            )
+            log.warning(
+                "%s: incomplete store (holds %d prompts, %d samples; sampling was interrupted or "
+                "is still running); resume it with: %s",
+                self.path,
+                len(self._prompt_rows),
+                len(self.records),
+                cmd,
+            )
+
+    def _check_shard(self, k: int, recs: list[dict[str, Any]]) -> None:
+        """Open shard k and check its tensors cover its records (a cut file fails here)."""
+        st = self._shards[k]
+        try:
+            h = self._h(k)
+            rows = h.get_slice("hidden").get_shape()[0]
+            toks = h.get_slice("logprobs").get_shape()[0]
+        except Exception as e:  # safetensors raises its own types for a damaged header
+            raise HsrmError(f"{st}: damaged or truncated safetensors file ({e})") from None
+        need_rows = max((r["offset"] + r["rows"] for r in recs), default=0)
+        need_toks = max((r["tok_offset"] + r["n_tokens"] for r in recs), default=0)
+        if rows < need_rows or toks < need_toks:
+            raise HsrmError(
+                f"{st}: holds {rows} rows / {toks} tokens but its index needs {need_rows} / "
+                f"{need_toks} (damaged store)"
+            )
+        size = st.stat().st_size
+        try:
+            n, header = _header(st)
+            end = max(
+                (int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
+                default=0,
+            )
+        except (ValueError, KeyError, TypeError, IndexError) as e:
+            raise HsrmError(f"{st}: damaged safetensors header ({e})") from None
+        if size < 8 + n + end:
+            raise HsrmError(f"{st}: truncated ({size} bytes, the header needs more)")
 
     def __len__(self) -> int:
         return len(self.records)

@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     for noisy in ("httpx", "urllib3", "filelock", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    import hsrm.config
+
+    hsrm.config.COMMAND = ["hsrm", *(sys.argv[1:] if argv is None else argv)]
     func = getattr(args, "func", None)
     if func is None:
         gp = getattr(args, "_group_parser", None)

@@ -14,7 +14,6 @@ A head is a small model over ``TokenFeatures``:
 from __future__ import annotations
 
 import inspect
-import json
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,7 +23,7 @@ from safetensors.torch import load_file, save
 
 from hsrm.errors import HsrmError
 from hsrm.features import TokenFeatures
-from hsrm.io import atomic_dir, atomic_write_json
+from hsrm.io import atomic_dir, atomic_write_json, read_json
 from hsrm.models import ModelFingerprint
 
 HEAD_FORMAT_VERSION = 1
@@ -127,11 +126,24 @@ class Head:
             raise HsrmError(f"{type(self).__name__} is not fitted; call fit() or load() first")
 
     # -- persistence ---------------------------------------------------------------------------
-    def save(self, path: str | Path) -> Path:
+    def save(
+        self,
+        path: str | Path,
+        *,
+        overwrite: bool = False,
+        inputs: tuple[str | Path, ...] = (),
+        records: dict[str, Any] | None = None,
+    ) -> Path:
+        """Write the head folder; it appears complete, in one rename (``hsrm.io.atomic_dir``).
+
+        ``records``: extra JSON files written inside it before it appears (``training.json``).
+        ``overwrite``/``inputs``: see ``hsrm.io.check_out``."""
         self._check_fitted()
         path = Path(path)
         tensors, extra = self._state()
-        with atomic_dir(path) as tmp:
+        with atomic_dir(path, "head", overwrite=overwrite, inputs=inputs) as tmp:
+            for name, obj in (records or {}).items():
+                atomic_write_json(tmp / name, obj)
             (tmp / "head.safetensors").write_bytes(
                 save({k: v.contiguous() for k, v in tensors.items()})
             )
@@ -150,14 +162,15 @@ class Head:
 
     @staticmethod
     def load(path: str | Path) -> Head:
+        """Load a head folder; anything missing, damaged or mistyped -> HsrmError naming the file
+        and field."""
         path = Path(path)
         cfg_path = path / "config.json"
         if not cfg_path.exists():
             raise HsrmError(f"{path}: not a saved head (no config.json)")
-        try:
-            cfg = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as e:
-            raise HsrmError(f"{cfg_path}:{e.lineno}: malformed JSON ({e.msg})") from None
+        cfg = read_json(cfg_path, "head config")
+        if not isinstance(cfg, dict):
+            raise HsrmError(f"{cfg_path}: expected a JSON object")
         for key in ("architecture", "format_version", "params", "fingerprint", "layers"):
             if key not in cfg:
                 raise HsrmError(f"{cfg_path}: missing field {key!r}")
@@ -166,12 +179,51 @@ class Head:
                 f"{cfg_path}: format_version {cfg['format_version']} is not supported "
                 f"(this hsrm reads {HEAD_FORMAT_VERSION})"
             )
+        if not isinstance(cfg["architecture"], str):
+            raise HsrmError(f"{cfg_path}: field 'architecture' must be a string")
         cls = get_head_class(cfg["architecture"])
-        head = cls(**cfg["params"])
-        head.fingerprint_ = ModelFingerprint.from_dict(cfg["fingerprint"])
-        head.layers_ = tuple(cfg["layers"])
-        tensors = load_file(str(path / "head.safetensors"))
-        head._set_state(tensors, cfg.get("state") or {})
+        params = cfg["params"]
+        if not isinstance(params, dict):
+            raise HsrmError(
+                f"{cfg_path}: field 'params' must be an object, got {type(params).__name__}"
+            )
+        bad = sorted(set(params) - set(cls.param_names()))
+        if bad:
+            raise HsrmError(
+                f"{cfg_path}: field 'params' has unknown key(s) {bad}; {cfg['architecture']} "
+                f"takes {sorted(cls.param_names())}"
+            )
+        _check_param_types(cls, params, cfg_path)
+        layers = cfg["layers"]
+        if not isinstance(layers, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in layers
+        ):
+            raise HsrmError(
+                f"{cfg_path}: field 'layers' must be a list of integers, got {layers!r}"
+            )
+        try:
+            fp = ModelFingerprint.from_dict(cfg["fingerprint"])
+        except (TypeError, KeyError, AttributeError, ValueError) as e:
+            raise HsrmError(f"{cfg_path}: field 'fingerprint' is malformed ({e})") from None
+        try:
+            head = cls(**params)
+        except (TypeError, ValueError, HsrmError) as e:
+            raise HsrmError(f"{cfg_path}: field 'params' is invalid ({e})") from None
+        head.fingerprint_ = fp
+        head.layers_ = tuple(layers)
+        st = path / "head.safetensors"
+        if not st.exists():
+            raise HsrmError(f"{st}: missing (the head folder is incomplete)")
+        try:
+            tensors = load_file(str(st))
+        except Exception as e:  # safetensors raises its own error types for damaged files
+            raise HsrmError(f"{st}: damaged or truncated safetensors file ({e})") from None
+        try:
+            head._set_state(tensors, cfg.get("state") or {})
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+            raise HsrmError(
+                f"{st}: does not match {cfg_path} (state {type(e).__name__}: {e})"
+            ) from None
         return head
 
     # -- for subclasses ------------------------------------------------------------------------
@@ -190,6 +242,31 @@ class Head:
     def n_parameters(self) -> int:
         tensors, _ = self._state()
         return int(sum(t.numel() for t in tensors.values()))
+
+
+def _check_param_types(cls: type[Head], params: dict[str, Any], where: Path) -> None:
+    """Refuse a saved hyperparameter whose JSON type differs from the default's (e.g. a string
+    for a number), naming the file and field."""
+    sig = inspect.signature(cls.__init__)
+    for k, v in params.items():
+        d = sig.parameters[k].default
+        if d is inspect.Parameter.empty or d is None or v is None:
+            continue
+        ok = (
+            isinstance(v, bool)
+            if isinstance(d, bool)
+            else isinstance(v, int | float) and not isinstance(v, bool)
+            if isinstance(d, int | float)
+            else isinstance(v, str)
+            if isinstance(d, str)
+            else isinstance(v, list)
+            if isinstance(d, list | tuple)
+            else isinstance(v, dict)
+            if isinstance(d, dict)
+            else True
+        )
+        if not ok:
+            raise HsrmError(f"{where}: field 'params.{k}' must be {type(d).__name__}, got {v!r}")
 
 
 def _jsonable(d: Any) -> Any:

@@ -320,7 +320,7 @@ def run_loop(
             policy, history = dpo_train(
                 policy, base_copy.tokenizer, pairs_path, cfg, rd / ".trainer"
             )
-            with atomic_dir(adapter) as tmp:
+            with atomic_dir(adapter, "adapter") as tmp:
                 policy.save_pretrained(str(tmp))
         train_s = time.time() - t1
         # 3. evaluate
