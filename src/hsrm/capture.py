@@ -40,6 +40,10 @@ def parse_layers(spec: str | Sequence[int], n_layers: int) -> tuple[int, ...]:
     final norm, at index ``n_layers + 1``."""
     total = n_layers + 1
     pre = False
+    if not isinstance(spec, str) and not all(
+        hasattr(i, "__index__") and not isinstance(i, bool) for i in spec
+    ):
+        raise HsrmError(f"layers: expected integers, got {list(spec)!r}")
     if isinstance(spec, str) and "prenorm" in spec.lower():
         parts = [x for x in spec.lower().split(",") if x.strip() and x.strip() != "prenorm"]
         pre = True
@@ -60,9 +64,10 @@ def parse_layers(spec: str | Sequence[int], n_layers: int) -> tuple[int, ...]:
         elif s == "mid":
             idx = [n_layers // 2]
         elif s.startswith("every:"):
-            k = int(s.split(":", 1)[1])
+            k_str = s.split(":", 1)[1].strip()
+            k = int(k_str) if k_str.lstrip("-").isdigit() else 0
             if k < 1:
-                raise HsrmError(f"layers: every:K needs K >= 1, got {spec!r}")
+                raise HsrmError(f"layers: every:K needs an integer K >= 1, got {spec!r}")
             idx = list(range(0, total, k))
             if idx[-1] != n_layers:
                 idx.append(n_layers)

@@ -65,6 +65,10 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
         conv = _parse_bool if tp is bool else tp
         if is_list:
             parser.add_argument(flag, type=conv, nargs="+", default=None, help=help_)
+        elif tp is bool:  # --flag alone means true; --flag false also works
+            parser.add_argument(
+                flag, type=conv, nargs="?", const=True, default=None, help=help_, metavar="BOOL"
+            )
         else:
             parser.add_argument(
                 flag, type=conv, default=None, help=help_, metavar=tp.__name__.upper()
@@ -96,26 +100,25 @@ def conforms(v: Any, tp: Any) -> bool:
     return True
 
 
-def type_name(tp: Any) -> str:
+def type_name(tp: Any, plural: bool = False) -> str:
+    """``int | None`` -> "an integer or null", ``list[int]`` -> "a list of integers"."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        return " or ".join(type_name(a) for a in typing.get_args(tp))
+        return " or ".join(type_name(a, plural) for a in typing.get_args(tp))
     if tp is type(None):
         return "null"
-    if origin is not None:
+    if origin is dict or tp is dict:
+        return "mappings" if plural else "a mapping"
+    if origin in (list, tuple, typing.get_origin(typing.Sequence[int])) or tp in (list, tuple):
         args = typing.get_args(tp)
-        return (
-            f"a list of {type_name(args[0])}" if args and origin in (list, tuple) else "a mapping"
-        )
-    names = {
-        int: "an integer",
-        float: "a number",
-        str: "a string",
-        bool: "true or false",
-        dict: "a mapping",
-        list: "a list",
-    }
-    return names.get(tp, getattr(tp, "__name__", str(tp)))
+        return "a list" + (f" of {type_name(args[0], True)}" if args else "")
+    names = {int: "integer", float: "number", str: "string", bool: "true or false"}
+    if tp in names:
+        n = names[tp]
+        if tp is bool:
+            return n
+        return n + "s" if plural else ("an " if n[0] in "aeiou" else "a ") + n
+    return getattr(tp, "__name__", str(tp))
 
 
 def validate(

@@ -179,6 +179,10 @@ def mark_output(path: str | Path, kind: str, files: Iterable[str] = ()) -> None:
     atomic_write_json(p / MARKER, {"kind": kind, "files": sorted(names | set(files))})
 
 
+def _a(kind: str) -> str:
+    return ("an " if kind[:1] in "aeio" else "a ") + kind
+
+
 def check_out(
     path: str | Path,
     kind: str,
@@ -209,8 +213,8 @@ def check_out(
             return p
         if have is not None:
             raise HsrmError(
-                f"{p}: holds an hsrm {have}, not a {kind}; choose another --out "
-                "(hsrm never replaces one kind of output with another)"
+                f"{p}: holds an hsrm {have}, and this command writes {_a(kind)}; choose another "
+                "--out (hsrm never replaces one kind of output with another)"
             )
         if not overwrite:
             names = _entries(p)

@@ -170,10 +170,11 @@ def check_prompt_lengths(lm: Any, prompts: list, max_new_tokens: int, task: str)
         text = prompt_text(lm.tokenizer, p)
         # Characters bound tokens from above only loosely; tokenise unless clearly short.
         n = len(text) if len(text) > 20 * ctx else len(lm.tokenizer(text)["input_ids"])
+        unit = "characters" if len(text) > 20 * ctx else "tokens"
         if n + max_new_tokens > ctx:
             where = p.meta.get("source", task) if isinstance(p.meta, dict) else task
             raise HsrmError(
-                f"{where}: prompt {p.id!r} is {n} tokens; with max_new_tokens={max_new_tokens} it "
+                f"{where}: prompt {p.id!r} is {n} {unit}; with max_new_tokens={max_new_tokens} it "
                 f"exceeds the model's context of {ctx} tokens"
             )
 

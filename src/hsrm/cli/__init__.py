@@ -75,6 +75,18 @@ def main(argv: list[str] | None = None) -> int:
         # Text, not markup: messages quote user input such as "[0, 1]" verbatim.
         Console(stderr=True, soft_wrap=True).print(Text.assemble(("error: ", "bold red"), str(e)))
         return 2
+    except OSError as e:
+        # A file the user named cannot be read or written (permissions, a folder where a file
+        # is expected, a full disk): say which, as a message, not a traceback.
+        if e.filename is None:
+            raise
+        from rich.console import Console
+        from rich.text import Text
+
+        Console(stderr=True, soft_wrap=True).print(
+            Text.assemble(("error: ", "bold red"), f"{e.filename}: {e.strerror}")
+        )
+        return 2
     except KeyboardInterrupt:
         return 130
 

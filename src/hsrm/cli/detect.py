@@ -94,8 +94,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     params = _parse_params(args.param)
     if args.head == "harp":
         params = _harp_basis(params, data.features.fingerprint)
-    head = make_head(args.head, **params).fit(data.features, data.labels, data.groups)
-    head.save(args.out)
+    from hsrm.io import check_out, exclusive
+
+    check_out(args.out, "head", overwrite=args.overwrite, inputs=[args.store])
+    with exclusive(args.out):
+        head = make_head(args.head, **params).fit(data.features, data.labels, data.groups)
+        head.save(args.out, overwrite=args.overwrite, inputs=(args.store,))
     _out(
         f"trained {args.head} on {len(data)} answers ({len(np.unique(data.groups))} questions) -> {args.out}"
     )
@@ -113,6 +117,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     from hsrm.heads import Head
 
+    if args.n_boot < 1:
+        raise HsrmError(f"--n-boot must be >= 1, got {args.n_boot}")
     full = load_labelled(args.store)
     split = args.split or "test"
     data = _select(full, split, args.test_frac, args.seed)
@@ -171,7 +177,8 @@ def cmd_score(args: argparse.Namespace) -> int:
         raise HsrmError(
             f"head {args.head} ({head.architecture}) gives no per-token hallucination scores; use a harp head"
         )
-    lm = load_model(args.model or head.fingerprint_.name)
+    lm = load_model(_model_for(head, args.model, args.head))
+    head.check_compatible(lm.fingerprint, head.required_layers())
     layers = head.required_layers()
     turns = []
     for pq, pa in QA_PRIMER[: args.shots]:  # the primer the TruthfulQA captures use
@@ -194,6 +201,23 @@ def cmd_score(args: argparse.Namespace) -> int:
         tok = repr(lm.tokenizer.decode([a.token_ids[w]])) if w >= 0 else "-"
         _out(f"p(hallucination)={p:.3f}  max at token {w} {tok}  answer: {a.text!r}")
     return 0
+
+
+def _model_for(head, model: str | None, where: str) -> str:
+    """The model to load for a saved head. A name read from a file is never loaded on its own
+    unless it is an embedded model: a crafted head must not decide what gets downloaded."""
+    from hsrm.models import EMBEDDED
+
+    if model:
+        return model
+    name = head.fingerprint_.name
+    if name in EMBEDDED:
+        return name
+    raise HsrmError(
+        f"{where}/config.json: the head was trained on {name!r}, which is not an embedded model; "
+        f"hsrm loads a model named inside a file only when you name it: pass --model {name} "
+        "(or its local folder) if you trust it"
+    )
 
 
 def register(sub, groups) -> None:
@@ -223,6 +247,11 @@ def register(sub, groups) -> None:
         help="head parameters, e.g. projection=random size=0.1",
     )
     p.add_argument("--out", required=True, help="folder to save the head")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty folder hsrm did not make (only hsrm's own files replaced)",
+    )
     _split_args(p)
     p.set_defaults(func=cmd_train)
 
@@ -252,7 +281,11 @@ def register(sub, groups) -> None:
         nargs="*",
         help="answers to score (teacher-forced); none = sample from the model",
     )
-    p.add_argument("--model", default=None, help="model (default: the one the head was trained on)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="model (default: the head's, only if it is an embedded model; others must be named)",
+    )
     p.add_argument(
         "--shots", type=int, default=1, help="QA-primer examples before the question (default: 1)"
     )

@@ -8,6 +8,7 @@ import dataclasses
 import json
 
 from hsrm.config import add_arguments, field, from_sources, load_yaml
+from hsrm.io import check_out
 from hsrm.models import DEFAULT_MODEL
 
 
@@ -97,6 +98,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     for n in ("pairs", "out"):
         if not getattr(cfg, n):
             raise HsrmError(f"--{n} is required")
+    check_out(cfg.out, "head", inputs=[cfg.pairs])  # before any work
     try:
         params = json.loads(cfg.params)
     except json.JSONDecodeError as e:

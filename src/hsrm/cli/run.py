@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from hsrm.config import add_arguments, from_sources, load_yaml
+from hsrm.errors import HsrmError
 
 
 def _console():
@@ -66,7 +67,17 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from hsrm.pipeline import TrainConfig, train
 
-    params = json.loads(args.params) if isinstance(args.params, str) else None
+    params = None
+    if isinstance(args.params, str):
+        try:
+            params = json.loads(args.params)
+        except json.JSONDecodeError as e:
+            raise HsrmError(
+                f"--params: malformed JSON ({e.msg} at column {e.colno}); "
+                "expected an object like '{\"lr\": 1e-3}'"
+            ) from None
+        if not isinstance(params, dict):
+            raise HsrmError(f"--params: expected a JSON object, got {args.params!r}")
     args.params = None
     cfg = from_sources(TrainConfig, load_yaml(args.config, "train"), args, params=params)
     head = train(cfg)

@@ -7,6 +7,7 @@ import argparse
 import dataclasses
 
 from hsrm.config import add_arguments, field, from_sources, load_yaml
+from hsrm.io import check_out
 from hsrm.models import DEFAULT_MODEL
 
 
@@ -75,6 +76,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     cfg = from_sources(SAETrainConfig, load_yaml(args.config, "sae_train"), args)
     _need(cfg, "data", "out")
+    check_out(cfg.out, "sae")  # before any work: refuse an output folder it must not write
     _threads(cfg.threads)
     lm = load_model(cfg.model)
     layer = cfg.layer if cfg.layer is not None else lm.fingerprint.n_layers // 2

@@ -14,6 +14,7 @@ A head is a small model over ``TokenFeatures``:
 from __future__ import annotations
 
 import inspect
+import typing
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -55,6 +56,7 @@ def make_head(name: str, **params: Any) -> Head:
     bad = [k for k in params if k not in valid]
     if bad:
         raise HsrmError(f"head {name!r} has no parameter(s) {bad}; it takes {sorted(valid)}")
+    _check_param_types(cls, params, f"head {name!r}")
     return cls(**params)
 
 
@@ -244,29 +246,22 @@ class Head:
         return int(sum(t.numel() for t in tensors.values()))
 
 
-def _check_param_types(cls: type[Head], params: dict[str, Any], where: Path) -> None:
-    """Refuse a saved hyperparameter whose JSON type differs from the default's (e.g. a string
-    for a number), naming the file and field."""
-    sig = inspect.signature(cls.__init__)
+def _check_param_types(cls: type[Head], params: dict[str, Any], where: str | Path) -> None:
+    """Refuse a saved hyperparameter whose JSON type does not fit the constructor's annotation
+    (e.g. ``"layers": "0,4"`` or a string for a number), naming the file and field."""
+    from hsrm.config import conforms, type_name
+
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # an annotation that cannot be resolved: check nothing rather than guess
+        return
     for k, v in params.items():
-        d = sig.parameters[k].default
-        if d is inspect.Parameter.empty or d is None or v is None:
+        tp = hints.get(k)
+        if tp is None or v is None:
             continue
-        ok = (
-            isinstance(v, bool)
-            if isinstance(d, bool)
-            else isinstance(v, int | float) and not isinstance(v, bool)
-            if isinstance(d, int | float)
-            else isinstance(v, str)
-            if isinstance(d, str)
-            else isinstance(v, list)
-            if isinstance(d, list | tuple)
-            else isinstance(v, dict)
-            if isinstance(d, dict)
-            else True
-        )
-        if not ok:
-            raise HsrmError(f"{where}: field 'params.{k}' must be {type(d).__name__}, got {v!r}")
+        # JSON has no tuples; lists stand for them.
+        if not conforms(v, tp):
+            raise HsrmError(f"{where}: field 'params.{k}' must be {type_name(tp)}, got {v!r}")
 
 
 def _jsonable(d: Any) -> Any:

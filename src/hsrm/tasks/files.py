@@ -8,14 +8,27 @@ from pathlib import Path
 from typing import Any
 
 from hsrm.errors import HsrmError
-from hsrm.io import read_jsonl
+from hsrm.io import read_json, read_jsonl
 from hsrm.tasks.base import Prompt, Task, last_number, normalize_text
 
 _ANSWER_IS = re.compile(r"answer is[:\s]*(.+)", re.IGNORECASE)
 
 
 def _limit(rows: list[Any], limit: int | None) -> list[Any]:
+    if limit is not None and limit < 0:
+        raise HsrmError(f"n_prompts must be >= 1, got {limit}")
     return rows if limit is None else rows[:limit]
+
+
+def _text(v: Any, where: str, key: str, numbers: bool = False) -> str:
+    """A field that must be a string (or, with ``numbers``, a number): anything else -> HsrmError
+    naming the file, line and field, instead of being stringified ("['6', 'six']", "None")."""
+    if isinstance(v, str):
+        return v
+    if numbers and isinstance(v, int | float) and not isinstance(v, bool):
+        return str(v)
+    want = "a string or a number" if numbers else "a string"
+    raise HsrmError(f"{where}: field {key!r} must be {want}, got {json.dumps(v)[:60]}")
 
 
 class GSM8KTask(Task):
@@ -33,6 +46,9 @@ class GSM8KTask(Task):
             for key in ("question", "answer"):
                 if key not in r:
                     raise HsrmError(f"{self.path}:{r['_line']}: missing field {key!r}")
+            where = f"{self.path}:{r['_line']}"
+            _text(r["question"], where, "question")
+            _text(r["answer"], where, "answer")
             if "####" not in r["answer"]:
                 raise HsrmError(f"{self.path}:{r['_line']}: field 'answer' has no '#### <number>'")
             ref = r["answer"].split("####")[-1].strip().replace(",", "")
@@ -65,23 +81,25 @@ class BBHTask(Task):
     def prompts(self) -> list[Prompt]:
         if not self.path.exists():
             raise HsrmError(f"file not found: {self.path}")
-        try:
-            data = json.loads(self.path.read_text())
-        except json.JSONDecodeError as e:
-            raise HsrmError(f"{self.path}:{e.lineno}: malformed JSON ({e.msg})") from None
-        if "examples" not in data:
+        data = read_json(self.path, "BIG-Bench Hard task file")
+        if not isinstance(data, dict) or "examples" not in data:
             raise HsrmError(f"{self.path}: missing field 'examples'")
+        if not isinstance(data["examples"], list):
+            raise HsrmError(f"{self.path}: field 'examples' must be a list")
         fam = self.path.stem
         out = []
         for i, ex in enumerate(_limit(data["examples"], self.limit)):
+            where = f"{self.path}: examples[{i}]"
+            if not isinstance(ex, dict):
+                raise HsrmError(f"{where} must be an object")
             for key in ("input", "target"):
                 if key not in ex:
-                    raise HsrmError(f"{self.path}: examples[{i}] is missing field {key!r}")
+                    raise HsrmError(f"{where} is missing field {key!r}")
             out.append(
                 Prompt(
                     id=f"{fam}-{i:05d}",
-                    messages=({"role": "user", "content": ex["input"]},),
-                    answer=str(ex["target"]),
+                    messages=({"role": "user", "content": _text(ex["input"], where, "input")},),
+                    answer=_text(ex["target"], where, "target", numbers=True),
                     family=fam,
                     prefill="The answer is ",
                 )
@@ -114,7 +132,8 @@ class JsonlTask(Task):
             for key in ("id", "prompt", "answer"):
                 if key not in r:
                     raise HsrmError(f"{self.path}:{r['_line']}: missing field {key!r}")
-            pid = str(r["id"])
+            where = f"{self.path}:{r['_line']}"
+            pid = _text(r["id"], where, "id", numbers=True)
             if pid in seen:
                 raise HsrmError(
                     f"{self.path}:{r['_line']}: duplicate id {pid!r} (first on line {seen[pid]})"
@@ -123,9 +142,9 @@ class JsonlTask(Task):
             out.append(
                 Prompt(
                     id=pid,
-                    messages=({"role": "user", "content": str(r["prompt"])},),
-                    answer=str(r["answer"]),
-                    family=str(r.get("family", "default")),
+                    messages=({"role": "user", "content": _text(r["prompt"], where, "prompt")},),
+                    answer=_text(r["answer"], where, "answer", numbers=True),
+                    family=_text(r.get("family", "default"), where, "family"),
                     prefill=self.prefill,
                 )
             )

@@ -1,0 +1,753 @@
+"""Reliability (issue 15): malformed input ends in one message, exit code 2, no traceback and
+nothing written; output folders are never destroyed; one writer per folder; kills leave nothing
+half-made that a later command would trust.
+
+The malformed-input corpus is ``CASES`` below (inputs under ``tests/fixtures/bad/`` plus damage
+done in code to a tiny store and head). Each case is an argv run through the CLI in-process; a few
+also run as real ``python -m hsrm`` processes. New commands add rows to ``CASES``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from hsrm.cli import main
+from hsrm.errors import HsrmError
+from hsrm.io import atomic_dir, check_out, exclusive, output_kind
+from hsrm.store import Store, StoreWriter
+
+BAD = Path(__file__).parent / "fixtures" / "bad"
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+TINY = [
+    "--model",
+    "tiny:0",
+    "--n-prompts",
+    "8",
+    "--n",
+    "4",
+    "--max-new-tokens",
+    "3",
+    "--layers",
+    "every:1",
+    "--shard-prompts",
+    "4",
+    "--threads",
+    "1",
+]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": SRC, "PYTHONWARNINGS": "ignore"}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A tiny store (both label classes: labelled by whether an answer was extracted), a probe
+    head with its training record, and a HARP head."""
+    from hsrm.tasks.synthetic import SyntheticTask
+
+    d = tmp_path_factory.mktemp("rel")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SyntheticTask, "check", lambda self, ext, p: ext is None)
+        assert main(["sample", "--out", str(d / "run")] + TINY) == 0
+    assert (
+        main(
+            ["train", str(d / "run"), "--head", "probe", "--layers", "all"]
+            + ["--out", str(d / "head")]
+        )
+        == 0
+    )
+    assert (
+        main(
+            ["detect", "train", "--store", str(d / "run"), "--head", "harp", "--split", "all"]
+            + ["--param", "projection=random", "epochs=1", "--out", str(d / "harp")]
+        )
+        == 0
+    )
+    return d
+
+
+@pytest.fixture
+def ws(base, tmp_path):
+    """A private copy of the store and heads for one test to damage."""
+    for name in ("run", "head", "harp"):
+        shutil.copytree(base / name, tmp_path / name)
+    return tmp_path
+
+
+def _listing(root: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# damage, done to the workspace copy before a case runs
+def _edit_json(path: Path, fn: Callable[[dict], None]) -> None:
+    d = json.loads(path.read_text())
+    fn(d)
+    path.write_text(json.dumps(d))
+
+
+def _cut(path: Path, keep: float | int) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep) if isinstance(keep, float) else keep])
+
+
+def _long_prompt(ws: Path) -> None:
+    # the tiny model's context is 1024 tokens; this prompt is far longer
+    row = {"id": "long", "prompt": "seven " * 20000, "answer": "7"}
+    (ws / "long.jsonl").write_text(json.dumps(row) + "\n")
+
+
+def _foreign(ws: Path) -> None:
+    (ws / "mine").mkdir()
+    (ws / "mine" / "notes.txt").write_text("my notes")
+
+
+def _file(ws: Path) -> None:
+    (ws / "afile").write_text("precious")
+
+
+DAMAGE: dict[str, Callable[[Path], None]] = {
+    "shard_missing": lambda ws: (ws / "run" / "shard-00000.safetensors").unlink(),
+    "shard_truncated": lambda ws: _cut(ws / "run" / "shard-00001.safetensors", 0.5),
+    "shard_tail_cut": lambda ws: _cut(
+        ws / "run" / "shard-00001.safetensors",
+        (ws / "run" / "shard-00001.safetensors").stat().st_size - 16,
+    ),
+    "shard_header_cut": lambda ws: _cut(ws / "run" / "shard-00000.safetensors", 20),
+    "shard_json": lambda ws: _cut(ws / "run" / "shard-00000.json", 0.5),
+    "meta_json": lambda ws: _cut(ws / "run" / "meta.json", 0.5),
+    "head_truncated": lambda ws: _cut(ws / "head" / "head.safetensors", 0.5),
+    "head_missing": lambda ws: (ws / "head" / "head.safetensors").unlink(),
+    "head_unknown_param": lambda ws: _edit_json(
+        ws / "head" / "config.json", lambda d: d["params"].update(bogus=1)
+    ),
+    "head_param_type": lambda ws: _edit_json(
+        ws / "head" / "config.json", lambda d: d["params"].update(C="lots")
+    ),
+    "head_params_string": lambda ws: _edit_json(
+        ws / "head" / "config.json", lambda d: d.update(params="C=1")
+    ),
+    "head_layers_string": lambda ws: _edit_json(
+        ws / "head" / "config.json", lambda d: d.update(layers="0,4")
+    ),
+    "head_param_layer_string": lambda ws: _edit_json(
+        ws / "head" / "config.json", lambda d: d["params"].update(layer="0,4")
+    ),
+    "harp_unknown_param": lambda ws: _edit_json(
+        ws / "harp" / "config.json", lambda d: d["params"].update(bogus=1)
+    ),
+    "harp_hub_model": lambda ws: _edit_json(
+        ws / "harp" / "config.json", lambda d: d["fingerprint"].update(name="some-org/evil-model")
+    ),
+    "no_training_record": lambda ws: (ws / "head" / "training.json").unlink(),
+    "long_prompt": _long_prompt,
+    "foreign_folder": _foreign,
+    "file": _file,
+}
+
+
+@dataclass
+class Case:
+    id: str
+    argv: str  # placeholders: {run} {head} {harp} {ws} {bad}
+    expect: list[str]  # substrings of the message (file / line / field)
+    damage: str | None = None
+    group: str = "traceback"
+    subprocess: bool = False  # also run as a real `python -m hsrm` process
+    tags: list[str] = field(default_factory=list)
+
+
+S = "sample --model tiny:0 --n 2 --max-new-tokens 2 --threads 1"
+SY = "sample --model tiny:0"  # YAML cases: no flag may override the file's bad value
+EVAL = "evaluate {run} --head {head} --n-boot 10 --out {ws}/ev"
+TRAIN = "train {run} --head probe --layers all --out {ws}/h2"
+DSCORE = "detect score --head {harp} --question Q --answer A"
+
+CASES = [
+    # -- tracebacks in the issue -------------------------------------------------------------
+    Case(
+        "jsonl_not_utf8",
+        S + " --task jsonl:{bad}/nonutf8.jsonl --out {ws}/o",
+        ["nonutf8.jsonl:2", "UTF-8"],
+        subprocess=True,
+    ),
+    Case(
+        "bbh_not_utf8",
+        S + " --task bbh:{bad}/nonutf8_bbh.json --out {ws}/o",
+        ["nonutf8_bbh.json", "UTF-8"],
+    ),
+    Case(
+        "pairs_not_utf8",
+        "prefs train --pairs {bad}/nonutf8_pairs.jsonl --out {ws}/o --head probe",
+        ["nonutf8_pairs.jsonl:1", "UTF-8"],
+    ),
+    Case(
+        "train_shard_missing",
+        TRAIN,
+        ["shard-00000.safetensors", "missing"],
+        "shard_missing",
+        subprocess=True,
+    ),
+    Case("evaluate_shard_missing", EVAL, ["shard-00000.safetensors", "missing"], "shard_missing"),
+    Case("train_shard_truncated", TRAIN, ["shard-00001.safetensors"], "shard_truncated"),
+    Case("evaluate_shard_truncated", EVAL, ["shard-00001.safetensors"], "shard_truncated"),
+    Case(
+        "detect_train_shard_truncated",
+        "detect train --store {run} --head probe --out {ws}/o",
+        ["shard-00001.safetensors"],
+        "shard_truncated",
+    ),
+    Case("train_shard_tail_cut", TRAIN, ["shard-00001.safetensors", "truncated"], "shard_tail_cut"),
+    Case("train_shard_header_cut", TRAIN, ["shard-00000.safetensors"], "shard_header_cut"),
+    Case("train_shard_json", TRAIN, ["shard-00000.json", "malformed JSON"], "shard_json"),
+    Case("evaluate_shard_json", EVAL, ["shard-00000.json"], "shard_json"),
+    Case("train_meta_json", TRAIN, ["meta.json", "malformed JSON"], "meta_json"),
+    Case(
+        "detect_train_meta_json",
+        "detect train --store {run} --head probe --out {ws}/o",
+        ["meta.json"],
+        "meta_json",
+    ),
+    Case("evaluate_head_truncated", EVAL, ["head.safetensors", "truncated"], "head_truncated"),
+    Case("evaluate_head_missing", EVAL, ["head.safetensors", "missing"], "head_missing"),
+    Case(
+        "evaluate_head_unknown_param",
+        EVAL,
+        ["config.json", "params", "bogus"],
+        "head_unknown_param",
+    ),
+    Case("evaluate_head_param_type", EVAL, ["config.json", "params.C"], "head_param_type"),
+    Case("evaluate_head_params_string", EVAL, ["config.json", "'params'"], "head_params_string"),
+    Case(
+        "detect_evaluate_head_unknown_param",
+        "detect evaluate --store {run} --head {head} --n-boot 10",
+        ["config.json", "bogus"],
+        "head_unknown_param",
+    ),
+    Case(
+        "detect_evaluate_head_truncated",
+        "detect evaluate --store {run} --head {head} --n-boot 10",
+        ["head.safetensors"],
+        "head_truncated",
+    ),
+    Case(
+        "detect_score_head_unknown_param",
+        DSCORE + " --model tiny:0",
+        ["config.json", "bogus"],
+        "harp_unknown_param",
+    ),
+    Case(
+        "yaml_n_four",
+        SY + " --config {bad}/n_four.yaml --out {ws}/o",
+        ["n_four.yaml:3", "'n'", "integer"],
+        subprocess=True,
+    ),
+    Case(
+        "yaml_temperature_hot",
+        SY + " --config {bad}/temperature_hot.yaml --out {ws}/o",
+        ["temperature_hot.yaml:2", "'temperature'"],
+    ),
+    Case(
+        "yaml_n_prompts_string",
+        SY + " --config {bad}/n_prompts_string.yaml --out {ws}/o",
+        ["n_prompts_string.yaml:2", "'n_prompts'"],
+    ),
+    Case(
+        "yaml_test_frac_lots",
+        "train {run} --config {bad}/test_frac_lots.yaml --out {ws}/o",
+        ["test_frac_lots.yaml:3", "'test_frac'"],
+    ),
+    Case(
+        "yaml_params_string",
+        "train {run} --config {bad}/params_string.yaml --out {ws}/o",
+        ["params_string.yaml:3", "'params'", "mapping"],
+    ),
+    Case("layers_every_x", S + " --layers every:x --out {ws}/o", ["every:x"]),
+    Case("train_layers_every_x", "train {run} --layers every:x --out {ws}/o", ["every:x"]),
+    Case("threads_negative", S + " --threads -3 --out {ws}/o", ["--threads", ">= 0"]),
+    Case(
+        "params_malformed",
+        "train {run} --params {{bad --out {ws}/o",
+        ["--params", "malformed JSON"],
+    ),
+    Case("params_not_object", "train {run} --params [1] --out {ws}/o", ["--params", "object"]),
+    Case(
+        "n_boot_negative",
+        "evaluate {run} --head {head} --n-boot -1 --out {ws}/ev",
+        ["--n-boot", ">= 1"],
+    ),
+    Case(
+        "detect_n_boot_negative",
+        "detect evaluate --store {run} --head {head} --n-boot -1",
+        ["--n-boot"],
+    ),
+    Case(
+        "train_out_is_file",
+        "train {run} --head probe --layers all --out {ws}/afile",
+        ["afile", "is a file"],
+        "file",
+    ),
+    Case("sample_out_is_file", S + " --out {ws}/afile", ["afile", "is a file"], "file"),
+    Case(
+        "evaluate_out_is_file",
+        "evaluate {run} --head {head} --out {ws}/afile",
+        ["afile", "is a file"],
+        "file",
+    ),
+    Case("shard_prompts_zero", S + " --shard-prompts 0 --out {ws}/o", ["--shard-prompts", ">= 1"]),
+    Case("temperature_nan", S + " --temperature nan --out {ws}/o", ["--temperature", "finite"]),
+    Case(
+        "prompt_too_long",
+        S + " --task jsonl:{ws}/long.jsonl --out {ws}/o",
+        ["'long'", "context"],
+        "long_prompt",
+    ),
+    # -- accepted when it should be refused ----------------------------------------------------
+    Case(
+        "answer_list",
+        S + " --task jsonl:{bad}/answer_list.jsonl --out {ws}/o",
+        ["answer_list.jsonl:1", "'answer'"],
+        group="accepted",
+    ),
+    Case(
+        "id_null",
+        S + " --task jsonl:{bad}/id_null.jsonl --out {ws}/o",
+        ["id_null.jsonl:2", "'id'"],
+        group="accepted",
+    ),
+    Case(
+        "prompt_object",
+        S + " --task jsonl:{bad}/prompt_object.jsonl --out {ws}/o",
+        ["prompt_object.jsonl:1", "'prompt'"],
+        group="accepted",
+    ),
+    Case(
+        "n_prompts_negative",
+        S + " --n-prompts -1 --out {ws}/o",
+        ["--n-prompts", ">= 1"],
+        group="accepted",
+    ),
+    Case(
+        "head_layers_string",
+        EVAL,
+        ["config.json", "'layers'", "0,4"],
+        "head_layers_string",
+        group="accepted",
+    ),
+    Case(
+        "head_param_layer_string",
+        EVAL,
+        ["config.json", "params.layer"],
+        "head_param_layer_string",
+        group="accepted",
+    ),
+    Case(
+        "train_params_layers_string",
+        'train {run} --head elhsr --params {{"layers":"0,4"}} --out {ws}/o',
+        ["layers", "0,4"],
+        group="accepted",
+    ),
+    # -- data loss ---------------------------------------------------------------------------
+    Case(
+        "train_out_is_store",
+        "train {run} --head probe --layers all --out {run}",
+        ["input"],
+        group="data-loss",
+        subprocess=True,
+    ),
+    Case(
+        "train_out_holds_store",
+        "train {run} --head probe --layers all --out {ws}",
+        ["input"],
+        group="data-loss",
+    ),
+    Case(
+        "train_out_foreign",
+        "train {run} --head probe --layers all --out {ws}/mine",
+        ["mine", "not empty", "--overwrite"],
+        "foreign_folder",
+        group="data-loss",
+    ),
+    Case(
+        "sample_out_foreign",
+        S + " --out {ws}/mine",
+        ["mine", "not empty"],
+        "foreign_folder",
+        group="data-loss",
+    ),
+    Case(
+        "evaluate_out_foreign",
+        "evaluate {run} --head {head} --out {ws}/mine",
+        ["mine", "not empty"],
+        "foreign_folder",
+        group="data-loss",
+    ),
+    Case(
+        "sample_out_is_head",
+        S + " --out {head}",
+        ["holds an hsrm head", "writes a store"],
+        group="data-loss",
+    ),
+    Case(
+        "evaluate_out_is_head",
+        "evaluate {run} --head {head} --out {harp}",
+        ["holds an hsrm head"],
+        group="data-loss",
+    ),
+    Case(
+        "detect_train_out_is_store",
+        "detect train --store {run} --head probe --out {run}",
+        ["input"],
+        group="data-loss",
+    ),
+    Case(
+        "demo_out_is_store",
+        "demo --model tiny:0 --n-prompts 4 --n 2 --out {run}",
+        ["holds an hsrm store", "writes a demo"],
+        group="data-loss",
+    ),
+    Case(
+        "sae_train_out_is_head",
+        "sae train --model tiny:0 --data {bad}/../prefs/duplicate_id.jsonl --out {head}",
+        ["holds an hsrm head", "writes a sae"],
+        group="data-loss",
+    ),
+    Case(
+        "evaluate_no_training_record",
+        EVAL,
+        ["training.json", "--allow-unknown-training"],
+        "no_training_record",
+        group="data-loss",
+    ),
+    # -- trust -------------------------------------------------------------------------------
+    Case(
+        "detect_score_hub_model",
+        DSCORE,
+        ["some-org/evil-model", "--model"],
+        "harp_hub_model",
+        group="trust",
+    ),
+]
+
+
+def _argv(case: Case, ws: Path) -> list[str]:
+    s = case.argv.format(run=ws / "run", head=ws / "head", harp=ws / "harp", ws=ws, bad=BAD)
+    return s.split()
+
+
+def test_corpus_is_counted():
+    """The report's count; ids are unique so a failure names its case."""
+    assert len({c.id for c in CASES}) == len(CASES) >= 55
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_exit_2_nothing_written(case, ws, capsys):
+    if case.damage:
+        DAMAGE[case.damage](ws)
+    before = _listing(ws)
+    bad_before = _listing(BAD)
+    rc = main(_argv(case, ws))
+    out, err = capsys.readouterr()
+    msg = " ".join((out + err).split())  # rich wraps long lines
+    assert rc == 2, msg
+    assert "Traceback" not in msg
+    for s in case.expect:
+        assert s in msg, f"{s!r} not in {msg!r}"
+    assert _listing(ws) == before, "a refused command wrote or deleted something"
+    assert _listing(BAD) == bad_before
+
+
+SUB = [c for c in CASES if c.subprocess]
+
+
+@pytest.mark.parametrize("case", SUB, ids=[c.id for c in SUB])
+def test_bad_input_real_process(case, ws):
+    if case.damage:
+        DAMAGE[case.damage](ws)
+    before = _listing(ws)
+    p = subprocess.run(
+        [sys.executable, "-m", "hsrm", *_argv(case, ws)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+    )
+    msg = " ".join((p.stdout + p.stderr).split())
+    assert p.returncode == 2, msg
+    assert "Traceback" not in msg
+    for s in case.expect:
+        assert s in msg
+    assert _listing(ws) == before
+
+
+# ----------------------------------------------------------------------------------------------
+# output folders
+def test_overwrite_keeps_what_hsrm_did_not_write(ws, capsys):
+    _foreign(ws)
+    argv = [
+        "train",
+        str(ws / "run"),
+        "--head",
+        "probe",
+        "--layers",
+        "all",
+        "--out",
+        str(ws / "mine"),
+    ]
+    assert main(argv + ["--overwrite"]) == 0
+    assert (ws / "mine" / "notes.txt").read_text() == "my notes"
+    assert output_kind(ws / "mine") == "head"
+    assert (ws / "mine" / "training.json").exists()
+    # an earlier head is replaced without --overwrite; the notes still stay
+    assert main(argv) == 0
+    assert (ws / "mine" / "notes.txt").read_text() == "my notes"
+    assert sorted(p.name for p in ws.iterdir() if p.name.startswith(".")) == []
+
+
+def test_same_kind_replaced_in_one_swap(ws):
+    argv = ["train", str(ws / "run"), "--head", "probe", "--layers", "all", "--out", str(ws / "h")]
+    assert main(argv) == 0
+    first = json.loads((ws / "h" / "training.json").read_text())
+    assert main(argv + ["--test-frac", "0.5"]) == 0
+    second = json.loads((ws / "h" / "training.json").read_text())
+    assert first["config"]["test_frac"] == 0.3 and second["config"]["test_frac"] == 0.5
+    assert sorted(os.listdir(ws / "h")) == [
+        ".hsrm",
+        "config.json",
+        "head.safetensors",
+        "training.json",
+    ]
+    assert not [p for p in ws.iterdir() if p.name.startswith(".")]
+
+
+def test_files_follow_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        with atomic_dir(tmp_path / "d", "test") as t:
+            (t / "x").write_text("x")
+        from hsrm.io import atomic_write_text
+
+        atomic_write_text(tmp_path / "f.txt", "y")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o750
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "d" / ".hsrm").stat().st_mode & 0o777 == 0o640
+
+
+def test_stale_temporaries_are_cleaned(ws):
+    # left by killed writers: a head's temp folder and swap-out folder, a store's meta/shard temps
+    (ws / ".h.abc.tmp").mkdir()
+    (ws / ".h.abc.tmp" / "head.safetensors").write_bytes(b"x")
+    (ws / ".h.old").mkdir()
+    (ws / "run" / ".meta.json.xyz.tmp").write_text("{")
+    (ws / "run" / ".shard-00009.safetensors.q.tmp").write_bytes(b"x")
+    assert (
+        main(
+            ["train", str(ws / "run"), "--head", "probe", "--layers", "all", "--out", str(ws / "h")]
+        )
+        == 0
+    )
+    assert not (ws / ".h.abc.tmp").exists() and not (ws / ".h.old").exists()
+    meta = json.loads((ws / "run" / "meta.json").read_text())
+    StoreWriter(
+        ws / "run",
+        {
+            k: meta[k]
+            for k in ("fingerprint", "layers", "task", "sampling", "dtype", "pool", "shard_prompts")
+        },
+    ).close()
+    assert not list((ws / "run").glob(".*.tmp"))
+
+
+def test_check_out_refuses_input_inside_out(tmp_path):
+    (tmp_path / "a" / "run").mkdir(parents=True)
+    with pytest.raises(HsrmError, match="input"):
+        check_out(tmp_path / "a", "head", overwrite=True, inputs=[tmp_path / "a" / "run"])
+
+
+def test_evaluate_allows_unknown_training_only_when_told(ws, capsys, caplog):
+    (ws / "head" / "training.json").unlink()
+    argv = ["evaluate", str(ws / "run"), "--head", str(ws / "head"), "--n-boot", "10"]
+    assert main(argv + ["--out", str(ws / "e1")]) == 2
+    assert main(argv + ["--out", str(ws / "e2"), "--allow-unknown-training"]) == 0
+    assert "training prompts are unknown" in caplog.text
+    assert json.loads((ws / "e2" / "results.json").read_text())["n_prompts"] == 8
+
+
+def test_incomplete_store_warns_with_resume_command(ws, caplog):
+    _edit_json(ws / "run" / "meta.json", lambda d: d.update(complete=False))
+    argv = ["train", str(ws / "run"), "--head", "probe", "--layers", "all", "--out", str(ws / "h")]
+    assert main(argv) == 0
+    assert "incomplete store (holds 8 prompts" in caplog.text
+    assert "hsrm sample --out" in caplog.text  # the command that made it, to resume it
+
+
+def test_detect_score_embedded_or_named_model(ws, capsys):
+    """A model named inside a head is loaded only when the user names it."""
+    _edit_json(
+        ws / "harp" / "config.json", lambda d: d["fingerprint"].update(name="some-org/evil-model")
+    )
+    argv = ["detect", "score", "--head", str(ws / "harp"), "--question", "Q", "--answer", "A"]
+    assert main(argv) == 2
+    assert "evil-model" in capsys.readouterr().err
+    # named explicitly by the user, a model loads (here the tiny one the head was trained on)
+    assert main(argv + ["--model", "tiny:0"]) == 0
+    assert "p(hallucination)=" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------------------------
+# one writer per folder (real processes)
+_HOLD = """
+import sys, time
+from hsrm.io import exclusive
+with exclusive(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_second_writer_is_refused(ws):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(ws / "run")],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = _listing(ws)
+        p = subprocess.run(
+            [sys.executable, "-m", "hsrm", "sample", "--out", str(ws / "run"), *TINY, "--n", "2"],
+            capture_output=True,
+            text=True,
+            env=_env(),
+            timeout=300,
+        )
+        msg = " ".join(p.stderr.split())
+        assert p.returncode == 2, msg
+        assert f"in use by PID {holder.pid}" in msg
+        assert _listing(ws) == before
+        with pytest.raises(HsrmError, match=f"PID {holder.pid}"):
+            with exclusive(ws / "run"):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with exclusive(ws / "run"):  # the kernel dropped the dead holder's lock
+        pass
+
+
+def test_two_samplers_one_store(tmp_path):
+    """Two real `hsrm sample` runs into one folder: exactly one writes; the store is intact."""
+    out = tmp_path / "run"
+    args = [
+        *TINY[:2],
+        "--n-prompts",
+        "24",
+        "--n",
+        "4",
+        "--max-new-tokens",
+        "4",
+        "--shard-prompts",
+        "2",
+        "--threads",
+        "1",
+        "--layers",
+        "every:1",
+    ]
+    cmd = [sys.executable, "-m", "hsrm", "sample", "--out", str(out)]
+    a = subprocess.Popen(
+        cmd + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "meta.json").exists():
+        time.sleep(0.02)
+    # a second writer with other settings, while the first is sampling
+    b = subprocess.run(
+        cmd + args[:-2] + ["--layers", "all"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+    )
+    a_out, a_err = a.communicate(timeout=300)
+    assert a.returncode == 0, a_err
+    msg = " ".join(b.stderr.split())
+    if b.returncode == 2 and "in use by PID" in msg:
+        assert f"PID {a.pid}" in msg
+    else:  # the first finished before the second started: then the settings check refuses
+        assert b.returncode == 2 and "layers" in msg, msg
+    st = Store(out)
+    assert st.complete and len(st) == 24 * 4
+    assert st.layers == tuple(range(3))  # every:1 of the tiny 2-layer model: the first run's
+    assert not list(out.glob(".*tmp"))
+
+
+# ----------------------------------------------------------------------------------------------
+# a killed train
+def test_train_killed_at_random_moments(base, tmp_path):
+    """SIGKILL `hsrm train` at random moments: the head folder is absent or complete, evaluate
+    never scores a training prompt, and the next train leaves no stale temporaries."""
+    run = base / "run"
+    out = tmp_path / "head"
+    n_prompts = len(set(Store(run).prompt_ids))
+    cmd = [sys.executable, "-m", "hsrm", "train", str(run), "--head", "elhsr", "--layers", "all"]
+    cmd += ["--params", '{"max_epochs": 3}', "--out", str(out)]
+    rng = random.Random(0)
+    for trial in range(3):
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
+        time.sleep(rng.uniform(1.0, 6.0))
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        if out.exists():
+            rec = json.loads((out / "training.json").read_text())  # complete before it appeared
+            ev = tmp_path / f"ev{trial}"
+            assert (
+                main(["evaluate", str(run), "--head", str(out), "--n-boot", "10", "--out", str(ev)])
+                == 0
+            )
+            rep = json.loads((ev / "results.json").read_text())
+            assert rep["n_prompts"] == n_prompts - len(rec["train_prompts"])
+        else:
+            assert (
+                main(["evaluate", str(run), "--head", str(out), "--out", str(tmp_path / "x")]) == 2
+            )
+    subprocess.run(cmd, check=True, capture_output=True, env=_env(), timeout=300)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".head")) == []
+    assert (out / "training.json").exists()
+
+
+def test_crash_between_fit_and_rename_leaves_no_head(ws, monkeypatch):
+    """Deterministic companion of the kill test: die at the final rename."""
+    import hsrm.io
+
+    real = os.replace
+
+    def dying_replace(src, dst):
+        if Path(dst).name == "h":
+            raise KeyboardInterrupt  # stands in for a kill at this exact point
+        return real(src, dst)
+
+    monkeypatch.setattr(hsrm.io.os, "replace", dying_replace)
+    argv = ["train", str(ws / "run"), "--head", "probe", "--layers", "all", "--out", str(ws / "h")]
+    assert main(argv) == 130
+    assert not (ws / "h").exists()
+    monkeypatch.setattr(hsrm.io.os, "replace", real)
+    assert main(argv) == 0 and (ws / "h" / "training.json").exists()
