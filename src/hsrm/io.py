@@ -319,6 +319,7 @@ def atomic_dir(
     *,
     overwrite: bool = False,
     inputs: Iterable[str | Path] = (),
+    inside_inputs_ok: bool = False,
 ) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success it becomes ``path``.
 
@@ -327,7 +328,7 @@ def atomic_dir(
     is swapped out in two renames; one that holds other files too (or a foreign folder with
     ``overwrite``) keeps them: only hsrm's files are replaced, the record files last."""
     path = Path(path)
-    check_out(path, kind, overwrite=overwrite, inputs=inputs)
+    check_out(path, kind, overwrite=overwrite, inputs=inputs, inside_inputs_ok=inside_inputs_ok)
     path.parent.mkdir(parents=True, exist_ok=True)
     with exclusive(path):
         # Under the lock nobody else is writing: any temporaries of this folder are stale.

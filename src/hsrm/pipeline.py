@@ -356,7 +356,13 @@ def evaluate(cfg: EvaluateConfig, store: Store | None = None) -> dict[str, Any]:
     else:
         scores.update({"random": np.zeros(len(test_idx)), "majority": np.zeros(len(test_idx))})
     rep = _report(store, test_idx, scores, cfg.n_boot, protocol=cfg.protocol)
-    with atomic_dir(out, "eval", overwrite=cfg.overwrite, inputs=[cfg.run, *cfg.heads]) as tmp:
+    with atomic_dir(
+        out,
+        "eval",
+        overwrite=cfg.overwrite,
+        inputs=[cfg.run, *cfg.heads],
+        inside_inputs_ok=True,  # the default RUN/eval sits inside the store it reports on
+    ) as tmp:
         _write_outputs(tmp, rep)
     return rep
 
