@@ -24,6 +24,7 @@ absmax scale in fp16). ``pool="mean"`` stores one pooled vector per answer inste
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shlex
@@ -109,7 +110,7 @@ class StoreWriter:
         # One writer per store, held until finish()/close(): the settings check, the meta write
         # and the clean-up below happen under it, so a second writer can neither slip past the
         # check nor delete this writer's temporary files.
-        self._lock = acquire(self.path)
+        self._lock: contextlib.ExitStack | None = acquire(self.path)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             # Temporaries (shards, meta.json, API log parts) left by a killed writer are stale.
@@ -144,7 +145,8 @@ class StoreWriter:
             lock.close()
 
     def __del__(self) -> None:
-        self.close()
+        with contextlib.suppress(Exception):  # at interpreter exit the kernel frees it anyway
+            self.close()
 
     def shard_done(self, k: int, prompt_ids: Sequence[str]) -> bool:
         j = self.path / f"shard-{k:05d}.json"

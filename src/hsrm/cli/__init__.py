@@ -89,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        hsrm.config.COMMAND = None
 
 
 if __name__ == "__main__":
