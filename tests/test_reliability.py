@@ -574,6 +574,23 @@ def test_stale_temporaries_are_cleaned(ws):
     assert not list((ws / "run").glob(".*.tmp"))
 
 
+def test_outputs_of_older_hsrm_are_recognised(tmp_path):
+    """Folders written before the .hsrm marker: an evaluate report is replaced, not refused."""
+    old = tmp_path / "eval"
+    old.mkdir()
+    for n in ("results.json", "results.md", "bon.png"):
+        (old / n).write_text("{}")
+    assert output_kind(old) == "eval"
+    with atomic_dir(old, "eval") as t:
+        (t / "results.json").write_text("new")
+    assert (old / "results.json").read_text() == "new" and not (old / "bon.png").exists()
+    (old / "notes.txt").write_text("mine")
+    assert output_kind(old) == "eval"  # the marker now says so
+    with atomic_dir(old, "eval") as t:
+        (t / "results.json").write_text("newer")
+    assert (old / "notes.txt").read_text() == "mine"
+
+
 def test_check_out_refuses_input_inside_out(tmp_path):
     (tmp_path / "a" / "run").mkdir(parents=True)
     with pytest.raises(HsrmError, match="input"):

@@ -30,6 +30,8 @@ MARKER = ".hsrm"
 # Moved into an existing folder last, so a folder killed mid-merge never pairs a new head with an
 # old training record (evaluate refuses a head without ``training.json``).
 _COMMIT_LAST = ("config.json", "training.json", MARKER)
+# What `hsrm evaluate` wrote before markers existed.
+_LEGACY_EVAL = {"results.json", "results.md", "bon.png"}
 
 
 def _umask() -> int:
@@ -120,6 +122,9 @@ def _legacy_kind(p: Path) -> str | None:
         return "store"
     if (p / "samples" / "meta.json").exists() and (p / "results.json").exists():
         return "demo"
+    names = set(_entries(p)) if p.is_dir() else set()
+    if "results.json" in names and names <= _LEGACY_EVAL:
+        return "eval"
     if (p / "hsrm_source.json").exists():
         return "model-cache"
     if (p / "cfg.json").exists() and (p / "sae_weights.safetensors").exists():
@@ -159,6 +164,7 @@ def _owned(p: Path, kind: str) -> set[str]:
     legacy = {
         "head": {"config.json", "head.safetensors", "training.json"},
         "sae": {"cfg.json", "sae_weights.safetensors"},
+        "eval": _LEGACY_EVAL,
     }
     if kind in legacy and _legacy_kind(p) == kind:
         return legacy[kind]
