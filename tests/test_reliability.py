@@ -198,6 +198,11 @@ CASES = [
         ["nonutf8_pairs.jsonl:1", "UTF-8"],
     ),
     Case(
+        "pairs_csv_not_utf8",
+        "prefs train --pairs {bad}/nonutf8_truthfulqa.csv --out {ws}/o --head probe",
+        ["nonutf8_truthfulqa.csv:2", "UTF-8"],
+    ),
+    Case(
         "train_shard_missing",
         TRAIN,
         ["shard-00000.safetensors", "missing"],

@@ -87,17 +87,27 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
+def read_text(path: str | Path, what: str = "text file") -> str:
+    """Read a UTF-8 text file; missing, unreadable or not UTF-8 -> HsrmError naming the file (and
+    the line of the first bad byte)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise HsrmError(f"{path}: {what} not found") from None
+    except OSError as e:
+        raise HsrmError(f"{path}: cannot read ({e.strerror})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise HsrmError(f"{path}:{line}: not UTF-8 text; is it a {what}?") from None
+
+
 def read_json(path: str | Path, what: str = "JSON file") -> Any:
     """Read a JSON file; missing, non-UTF-8 or malformed -> HsrmError naming the file and line."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise HsrmError(f"{path}: {what} not found") from None
-    except UnicodeDecodeError as e:
-        raise HsrmError(f"{path}: not UTF-8 text (byte {e.start}); is it a {what}?") from None
-    except OSError as e:
-        raise HsrmError(f"{path}: cannot read ({e.strerror})") from None
+    text = read_text(path, what)
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:

@@ -7,10 +7,12 @@ answers: the source of preference pairs and of truthful / untruthful labels. Spl
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 from hsrm.errors import HsrmError
+from hsrm.io import read_text
 
 REQUIRED = ("Question", "Correct Answers", "Incorrect Answers")
 
@@ -35,7 +37,7 @@ def load_truthfulqa(path: str | Path, limit: int | None = None) -> list[TQAQuest
     if not path.exists():
         raise HsrmError(f"file not found: {path}")
     out = []
-    with open(path, newline="", encoding="utf-8") as f:
+    with io.StringIO(read_text(path, "TruthfulQA CSV"), newline="") as f:
         reader = csv.DictReader(f)
         missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
         if missing:
