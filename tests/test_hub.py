@@ -133,3 +133,36 @@ def test_push_to_hub_uploads_the_folder(fitted, EVAL, tmp_path, monkeypatch):
     assert "| answers (samples) | 48 |" in uploaded["card"]
     with pytest.raises(HsrmError, match="not a Hub repository id"):
         head.push_to_hub("no-owner")
+
+
+def test_cli_card_and_push(fitted, EVAL, tmp_path, monkeypatch, capsys):
+    from hsrm.cli import main
+
+    _, head = fitted
+    folder = head.save(tmp_path / "h")
+    (tmp_path / "results.json").write_text(json.dumps(EVAL))
+    assert main(["card", "--head", str(folder), "--eval", str(tmp_path / "results.json")]) == 0
+    assert "| probe | " in (folder / "README.md").read_text()
+    pushed = []
+
+    class FakeApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, **kw):
+            pass
+
+        def upload_folder(self, repo_id, folder_path, **kw):
+            pushed.append((repo_id, sorted(p.name for p in Path(folder_path).iterdir())))
+            return "https://hub/commit"
+
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    assert main(["push", "--head", str(folder), "--repo", "me/h"]) == 0
+    assert pushed == [
+        ("me/h", ["README.md", "config.json", "evaluation.json", "model.safetensors"])
+    ]
+    assert main(["push", "--head", str(folder), "--repo", "bad id"]) == 2
+    assert main(["card", "--head", str(tmp_path / "nope")]) == 2
+    assert "not a saved head" in capsys.readouterr().err
