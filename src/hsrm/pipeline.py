@@ -24,6 +24,7 @@ from hsrm.config import field
 from hsrm.errors import HsrmError
 from hsrm.evaluate import bon_report
 from hsrm.heads.base import Head, make_head
+from hsrm.heads.hub import write_model_card
 from hsrm.io import atomic_write_json, atomic_write_text
 from hsrm.models import DEFAULT_MODEL, load_model
 from hsrm.store import Store, StoreWriter
@@ -219,6 +220,7 @@ def train(cfg: TrainConfig, store: Store | None = None) -> Head:
             "config": asdict(cfg),
         },
     )
+    write_model_card(cfg.out)  # the card's training section reads training.json
     log.info(
         "trained %s on %d samples (%d prompts) in %.1f s -> %s",
         cfg.head,
