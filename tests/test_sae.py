@@ -375,3 +375,28 @@ def test_sae_saved_by_hsrm_loads_in_saelens(sae_lens, trained, index, tmp_path):
     # ...and SAELens's own save of it comes back to hsrm with the same hook
     theirs.save_model(tmp_path / "again")
     assert SAE.load(tmp_path / "again").hidden_state_index(4) == index
+
+
+def test_prefs_train_reads_the_sae_hook_layer(tiny_lm, tmp_path, monkeypatch, capsys):
+    """`hsrm prefs train --sae`: the hook decides the captured layer (the last block's
+    hook_resid_post is the prenorm state); an SAE with no hook stops instead of reading all."""
+    from pathlib import Path
+
+    import hsrm.models
+    from hsrm.cli import main
+    from hsrm.heads import Head
+
+    monkeypatch.setattr(hsrm.models, "load_model", lambda *a, **k: tiny_lm)
+    n = tiny_lm.fingerprint.n_layers
+    pairs = Path(__file__).parent / "fixtures" / "prefs" / "tqa_small.csv"
+    acts = collect_activations(tiny_lm, ["the cat sat on the mat", "1 2 3 4 5"], prenorm_index(n))
+    sae, _ = train_topk_sae(acts, d_sae=16, k=2, steps=5, batch_size=8)
+    sae.meta = {"hook_name": f"blocks.{n - 1}.hook_resid_post", "model_name": "tiny"}
+    sae.save(tmp_path / "sae")
+    args = ["prefs", "train", "--pairs", str(pairs), "--out", str(tmp_path / "h")]
+    params = ["--params", '{"k": 2, "hidden": 0, "epochs": 2}']
+    assert main([*args, "--sae", str(tmp_path / "sae"), *params]) == 0
+    assert Head.load(tmp_path / "h").layers_ == (prenorm_index(n),)
+    SAE(tiny_lm.fingerprint.hidden_size, 16).save(tmp_path / "nohook")
+    assert main([*args, "--sae", str(tmp_path / "nohook"), *params]) == 2
+    assert "names no hook" in capsys.readouterr().err
