@@ -64,7 +64,8 @@ def test_save_load_roundtrip(name, data, tmp_path):
     head = make_head(name, **FAST.get(name, {})).fit(X, y, g)
     head.save_pretrained(tmp_path / "h")
     # a Hugging Face Hub model folder: config + model.safetensors + a model card
-    assert sorted(p.name for p in (tmp_path / "h").iterdir()) == [
+    files = sorted(p.name for p in (tmp_path / "h").iterdir() if not p.name.startswith("."))
+    assert files == [
         "README.md",
         "config.json",
         "model.safetensors",

@@ -109,7 +109,9 @@ def test_push_to_hub_uploads_the_folder(fitted, EVAL, tmp_path, monkeypatch):
             uploaded["created"] = (repo_id, private, exist_ok)
 
         def upload_folder(self, repo_id, folder_path, **kw):
-            uploaded["files"] = sorted(p.name for p in Path(folder_path).iterdir())
+            uploaded["files"] = sorted(
+                p.name for p in Path(folder_path).iterdir() if p.name[0] != "."
+            )
             uploaded["card"] = (Path(folder_path) / "README.md").read_text()
             uploaded["allow"] = kw.get("allow_patterns")
             return type("Info", (), {"commit_url": f"https://hub/{repo_id}/commit/1"})()
@@ -153,7 +155,9 @@ def test_cli_card_and_push(fitted, EVAL, tmp_path, monkeypatch, capsys):
             pass
 
         def upload_folder(self, repo_id, folder_path, **kw):
-            pushed.append((repo_id, sorted(p.name for p in Path(folder_path).iterdir())))
+            pushed.append(
+                (repo_id, sorted(p.name for p in Path(folder_path).iterdir() if p.name[0] != "."))
+            )
             return "https://hub/commit"
 
     import huggingface_hub
