@@ -158,6 +158,21 @@ def test_loads_older_saelens_and_jumprelu(tmp_path):
     k5 = SAE.load(tmp_path / "k5")
     assert k5.architecture == "topk" and k5.k == 3 and k5.hidden_state_index(6) == 2
     assert int((k5.encode(x) > 0).sum(1).max()) <= 3
+    # SAELens < 6: d_sae from the expansion factor; a finetuning scaling_factor on the latents
+    s = torch.linspace(0.5, 2.0, m)
+    _write(
+        tmp_path / "sf2",
+        {"d_in": d, "d_sae": None, "expansion_factor": 1, "hook_point": "blocks.0.hook_resid_pre"},
+        {
+            k_: (v[..., :d] if k_ in ("W_enc", "b_enc") else v[:d]).contiguous()
+            for k_, v in t.items()
+        }
+        | {"scaling_factor": s[:d]},
+    )
+    sf = SAE.load(tmp_path / "sf2")
+    assert sf.d_sae == d and sf.hidden_state_index(6) == 0
+    f = sf.encode(x)
+    torch.testing.assert_close(sf.decode(f), (f * s[:d]) @ t["W_dec"][:d] + t["b_dec"])
     # SAELens 6 JumpReLU; an older checkpoint's log_threshold
     thr = torch.full((m,), 0.5)
     for name, extra in (("jr", {"threshold": thr}), ("jrlog", {"log_threshold": thr.log()})):
