@@ -62,13 +62,28 @@ def test_fit_score_learns_signal(name, data):
 def test_save_load_roundtrip(name, data, tmp_path):
     X, y, g, Xt, _, _ = data
     head = make_head(name, **FAST.get(name, {})).fit(X, y, g)
-    head.save(tmp_path / "h")
+    head.save_pretrained(tmp_path / "h")
+    # a Hugging Face Hub model folder: config + model.safetensors + a model card
+    files = sorted(p.name for p in (tmp_path / "h").iterdir() if not p.name.startswith("."))
+    assert files == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+    ]
     cfg = (tmp_path / "h" / "config.json").read_text()
     assert '"architecture"' in cfg and '"format_version"' in cfg and '"fingerprint"' in cfg
-    loaded = Head.load(tmp_path / "h")
+    card = (tmp_path / "h" / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: hsrm") and f"`{name}`" in card
+    assert X.fingerprint.revision in card and "## Intended use and limits" in card
+    loaded = Head.from_pretrained(tmp_path / "h")
     assert type(loaded) is type(head)
     np.testing.assert_allclose(loaded.score(Xt), head.score(Xt), rtol=1e-5, atol=1e-6)
     assert loaded.n_parameters() > 0
+    # a folder in the layout before model.safetensors (head.safetensors, no card) still loads
+    (tmp_path / "h" / "model.safetensors").rename(tmp_path / "h" / "head.safetensors")
+    (tmp_path / "h" / "README.md").unlink()
+    old = Head.load(tmp_path / "h")
+    np.testing.assert_allclose(old.score(Xt), head.score(Xt), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", _names())

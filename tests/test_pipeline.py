@@ -77,6 +77,8 @@ def test_sample_train_evaluate(run, capsys):
     )
     training = json.loads((d / "head" / "training.json").read_text())
     assert training["train_prompts"]
+    card = (d / "head" / "README.md").read_text()  # the model card reads the training record
+    assert f"| answers (samples) | {training['n_samples']} |" in card
     assert (
         main(
             [

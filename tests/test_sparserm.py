@@ -116,13 +116,15 @@ def test_bad_parameters(split_data, tmp_path):
 def test_shared_prefix_teacher_forcing_equals_core(tiny_lm):
     ptext = _chat_prompt(tiny_lm.tokenizer, "Where did fortune cookies originate?", None)
     answers = ["In San Francisco.", "China", "The precise origin of fortune cookies is unclear."]
-    core = teacher_force(tiny_lm, ptext, answers, (0, 1, 2))
+    layers = (0, 1, 2, 3)  # 3 = prenorm (the final norm's input) on this 2-block model
+    core = teacher_force(tiny_lm, ptext, answers, layers)
     states: list = []
-    mine = teacher_force_shared(tiny_lm, ptext, answers, (0, 1, 2), states)
+    mine = teacher_force_shared(tiny_lm, ptext, answers, layers, states)
     for a, (h, lp) in zip(core, mine):
         torch.testing.assert_close(h, a.hidden, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(lp, a.logprobs, atol=1e-5, rtol=1e-4)
-    assert states[0].shape[1:] == (3, tiny_lm.fingerprint.hidden_size)
+        assert not torch.allclose(h[:, 3], h[:, 2])  # prenorm differs from the post-norm state
+    assert states[0].shape[1:] == (4, tiny_lm.fingerprint.hidden_size)
 
 
 def test_pairset_cache_and_evaluation(tiny_lm, tmp_path):

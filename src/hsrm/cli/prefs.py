@@ -121,8 +121,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     elif cfg.sae:
         from hsrm.sae import SAE
 
-        hl = SAE.load(cfg.sae).hook_layer
-        layers = [hl] if hl is not None else "all"
+        hl = SAE.load(cfg.sae).hidden_state_index(lm.fingerprint.n_layers)
+        if hl is None:
+            raise HsrmError(
+                f"--sae {cfg.sae}: its cfg.json names no hook (metadata.hook_name); pass --layer"
+            )
+        layers = [hl]
     else:
         layers = "mid"
     ps = encode_pairs(lm, pairs, layers, cache=cfg.cache)

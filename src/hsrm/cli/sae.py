@@ -21,7 +21,8 @@ class SAETrainConfig:
     out: str = field("", "output SAE folder (cfg.json + sae_weights.safetensors)")
     model: str = field(DEFAULT_MODEL, "model whose activations the SAE reads")
     layer: int | None = field(
-        None, "hidden-state index (default: the middle layer; 0 = embeddings)"
+        None,
+        "hidden-state index (default: the middle layer; 0 = embeddings, n_layers + 1 = prenorm)",
     )
     latents: int = field(1024, "SAE width d_sae")
     k: int = field(32, "active latents per token (TopK)")
@@ -72,7 +73,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from hsrm.models import load_model
     from hsrm.prefs.data import load_pairs, pair_texts
-    from hsrm.sae import collect_activations, train_topk_sae
+    from hsrm.sae import collect_activations, hook_metadata, train_topk_sae
 
     cfg = from_sources(SAETrainConfig, load_yaml(args.config, "sae_train"), args)
     _need(cfg, "data", "out")
@@ -84,12 +85,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         lm.tokenizer, load_pairs(cfg.data, on_error="warn", max_answers=cfg.max_answers)
     )
     acts = collect_activations(lm, texts, layer, max_tokens=cfg.max_tokens)
-    meta = {
-        "model_name": cfg.model,
-        "hook_name": f"hidden_states.{layer}",
-        "hook_layer": layer,
-        "dataset_path": cfg.data,
-    }
+    meta = {**hook_metadata(layer, lm.fingerprint.n_layers, cfg.model), "dataset_path": cfg.data}
     sae, stats = train_topk_sae(
         acts,
         d_sae=cfg.latents,

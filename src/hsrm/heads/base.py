@@ -6,8 +6,10 @@ A head is a small model over ``TokenFeatures``:
 * ``fit(X, y, groups=None) -> self``: ``y`` is 1 for correct / preferred, 0 otherwise; ``groups``
   names the prompt (or preference pair) of each answer, for validation splits and pairwise losses;
 * ``score(X) -> np.ndarray`` of shape (n,), higher is better;
-* ``save(dir)`` / ``load(dir)``: ``head.safetensors`` + ``config.json`` with ``architecture``,
-  ``format_version``, the hyperparameters, and the fingerprint and layers of the model it was fit on.
+* ``save(dir)`` / ``load(dir)``: ``config.json`` with ``architecture``, ``format_version``, the
+  hyperparameters, and the fingerprint and layers of the model it was fit on, ``model.safetensors``
+  (older folders: ``head.safetensors``) and a ``README.md`` model card: a Hugging Face Hub model
+  folder (``hsrm.heads.hub``; ``save_pretrained`` / ``from_pretrained`` / ``push_to_hub``).
   ``load`` followed by ``check_compatible`` refuses features from another model or layer set.
 """
 
@@ -24,7 +26,16 @@ from safetensors.torch import load_file, save
 
 from hsrm.errors import HsrmError
 from hsrm.features import TokenFeatures
-from hsrm.io import atomic_dir, atomic_write_json, read_json
+from hsrm.heads.hub import (
+    EVALUATION_FILE,
+    TRAINING_FILE,
+    WEIGHTS_FILE,
+    push_folder,
+    resolve,
+    weights_path,
+    write_model_card,
+)
+from hsrm.io import atomic_dir, atomic_write_bytes, atomic_write_json, read_json
 from hsrm.models import ModelFingerprint
 
 HEAD_FORMAT_VERSION = 1
@@ -66,6 +77,8 @@ class Head:
     architecture: ClassVar[str] = "base"
     #: Whether fit needs ``groups`` (pairwise / within-prompt losses).
     needs_groups: ClassVar[bool] = False
+    #: The folder ``from_pretrained`` read (its training.json / evaluation.json travel on).
+    _source_dir: Path | None = None
 
     # -- hyperparameters (sklearn style) -------------------------------------------------------
     @classmethod
@@ -146,7 +159,7 @@ class Head:
         with atomic_dir(path, "head", overwrite=overwrite, inputs=inputs) as tmp:
             for name, obj in (records or {}).items():
                 atomic_write_json(tmp / name, obj)
-            (tmp / "head.safetensors").write_bytes(
+            (tmp / WEIGHTS_FILE).write_bytes(
                 save({k: v.contiguous() for k, v in tensors.items()})
             )
             atomic_write_json(
@@ -160,6 +173,7 @@ class Head:
                     "state": _jsonable(extra),
                 },
             )
+            write_model_card(tmp)  # after training.json / evaluation.json, when written here
         return path
 
     @staticmethod
@@ -213,7 +227,7 @@ class Head:
             raise HsrmError(f"{cfg_path}: field 'params' is invalid ({e})") from None
         head.fingerprint_ = fp
         head.layers_ = tuple(layers)
-        st = path / "head.safetensors"
+        st = weights_path(path)
         if not st.exists():
             raise HsrmError(f"{st}: missing (the head folder is incomplete)")
         try:
@@ -227,6 +241,52 @@ class Head:
                 f"{st}: does not match {cfg_path} (state {type(e).__name__}: {e})"
             ) from None
         return head
+
+    # -- Hugging Face Hub ----------------------------------------------------------------------
+    def save_pretrained(
+        self, path: str | Path, evaluation: dict[str, Any] | str | Path | None = None
+    ) -> Path:
+        """``save`` (config.json + model.safetensors + README.md model card); ``evaluation``: an
+        hsrm results.json (path or dict), saved beside as evaluation.json and tabled in the card."""
+        path = self.save(path)
+        src = getattr(self, "_source_dir", None)  # loaded from a folder: keep its records
+        if src is not None and Path(src).resolve() != path.resolve():
+            for name in (TRAINING_FILE, EVALUATION_FILE):
+                if (Path(src) / name).is_file() and not (path / name).exists():
+                    atomic_write_bytes(path / name, (Path(src) / name).read_bytes())
+        write_model_card(path, evaluation)
+        return path
+
+    @staticmethod
+    def from_pretrained(
+        folder_or_repo_id: str | Path, revision: str | None = None, **download: Any
+    ) -> Head:
+        """Load a head folder, or a Hub repository (``huggingface_hub.snapshot_download``;
+        ``download``: its keyword arguments, e.g. ``cache_dir``, ``token``)."""
+        folder = resolve(folder_or_repo_id, revision, **download)
+        head = Head.load(folder)
+        head._source_dir = folder
+        return head
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool | None = None,
+        token: str | None = None,
+        commit_message: str = "Upload hsrm head",
+        evaluation: dict[str, Any] | str | Path | None = None,
+    ) -> str:
+        """Upload the head as a Hub model repository (created if missing): config.json,
+        model.safetensors, README.md, and training.json / evaluation.json when known. Returns the
+        commit URL."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="hsrm-push-") as tmp:
+            folder = self.save_pretrained(Path(tmp) / "head", evaluation)
+            return push_folder(
+                folder, repo_id, private=private, token=token, commit_message=commit_message
+            )
 
     # -- for subclasses ------------------------------------------------------------------------
     def _fit(self, X: TokenFeatures, y: np.ndarray, groups: np.ndarray | None) -> None:

@@ -23,6 +23,7 @@ self-contained fallback for tests and models with no SAE; train a real one with 
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any
 
 import numpy as np
@@ -122,13 +123,18 @@ class SparseRMHead(Head):
         return X.select_layers([self.layers_[0]]).pooled(self.pool)[:, 0]  # (n, d)
 
     def _get_sae(self, X: TokenFeatures, y: np.ndarray):
-        from hsrm.sae import SAE, train_topk_sae
+        from hsrm.sae import SAE, hook_metadata, train_topk_sae
 
         if self.sae is not None:
             sae = SAE.load(self.sae)
             if sae.d_in != X.hidden_size:
                 raise HsrmError(
                     f"sparserm: SAE {self.sae} reads d_in={sae.d_in}, features have d={X.hidden_size}"
+                )
+            if self.features == "raw" and sae.normalize_activations != "none":
+                raise HsrmError(
+                    f"sparserm: features='raw' stores the SAE's encoder without its per-token "
+                    f"normalize_activations={sae.normalize_activations!r}; use features='projection'"
                 )
             return sae
         lay = self._pick_layer(X, None)
@@ -142,7 +148,7 @@ class SparseRMHead(Head):
             batch_size=min(512, len(acts)),
             lr=1e-3,
             seed=self.seed,
-            meta={"hook_layer": lay},
+            meta=hook_metadata(lay, X.fingerprint.n_layers, X.fingerprint.name),
         )
         return sae
 
@@ -174,7 +180,21 @@ class SparseRMHead(Head):
         sae = None
         if self.features in ("projection", "raw"):
             sae = self._get_sae(X, y)
-        self.layers_ = (self._pick_layer(X, sae.hook_layer if sae is not None else None),)
+        sae_layer = None
+        if sae is not None:
+            sae_layer = sae.hidden_state_index(X.fingerprint.n_layers)
+            if sae_layer is None and self.layer is None:
+                raise HsrmError(
+                    f"sparserm: SAE {self.sae} names no hook (cfg.json metadata.hook_name); pass "
+                    "layer= (a hidden-state index) rather than guess the layer it reads"
+                )
+            if sae_layer is not None and self.layer is not None and sae_layer != self.layer:
+                warnings.warn(
+                    f"sparserm: layer={self.layer} but SAE {self.sae} was trained on hidden-state "
+                    f"index {sae_layer} (hook {sae.hook_name or 'none'}); its latents may not transfer",
+                    stacklevel=2,
+                )
+        self.layers_ = (self._pick_layer(X, sae_layer),)
         Z = self._pooled(X)  # (n, d)
         self.sae_arch_ = sae.architecture if sae is not None else "none"
         if sae is not None:

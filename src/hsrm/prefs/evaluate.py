@@ -211,6 +211,24 @@ def teacher_force_shared(
     its KV cache shared by all answers: ~2-3x less compute for short answers to one question.
     Returns per answer (hidden (T, L, d) float32, logprobs (T,)); appends the prompt's states
     (P, L, d) to ``prompt_states`` when given (SAE training text at no extra cost)."""
+    from hsrm.capture import _lm_parts, _PrenormTap
+
+    # `prenorm` in layers: the final norm's input, recorded by a hook (capture.prenorm_index)
+    tap = _PrenormTap(_lm_parts(lm.model)[0], layers, lm.fingerprint.n_layers)
+    try:
+        return _teacher_force_shared(lm, ptext, answers, layers, prompt_states, tap)
+    finally:
+        tap.close()
+
+
+def _teacher_force_shared(
+    lm,
+    ptext: str,
+    answers: Sequence[str],
+    layers: tuple[int, ...],
+    prompt_states: list | None,
+    tap: Any,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     from transformers import DynamicCache
 
     from hsrm.capture import _cache_kw, _encode, _lm_parts, _logits
@@ -232,9 +250,8 @@ def teacher_force_shared(
         **ckw,
     )
     if prompt_states is not None:
-        prompt_states.append(
-            torch.stack([out.hidden_states[i][0] for i in layers], 1).float().cpu()
-        )
+        states = tap.states(out.hidden_states)
+        prompt_states.append(torch.stack([states[i][0] for i in layers], 1).float().cpu())
     first = out.last_hidden_state[:, -1]  # (1, d): predicts each answer's first token
     cache.batch_repeat_interleave(B)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -254,7 +271,8 @@ def teacher_force_shared(
     )
     pred = torch.cat([first.expand(B, 1, -1), out.last_hidden_state[:, : T - 1]], 1)  # (B, T, d)
     logp = torch.log_softmax(_logits(head, softcap, pred), -1)
-    hs = torch.stack([out.hidden_states[i] for i in layers], dim=2)  # (B, T, L, d)
+    states = tap.states(out.hidden_states)
+    hs = torch.stack([states[i] for i in layers], dim=2)  # (B, T, L, d)
     res = []
     for i, s in enumerate(seqs):
         t = len(s)
