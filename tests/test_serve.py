@@ -40,6 +40,8 @@ from hsrm.tasks.base import Prompt  # noqa: E402
 
 LAYERS = (1, 2)
 MODEL = "tiny:0"
+TIMEOUT = httpx.Timeout(300, connect=120)
+_http = httpx.Client(timeout=TIMEOUT)
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
@@ -108,7 +110,10 @@ class Live:
         self.thread.join(30)
 
     def client(self, key: str = "unused", **kw):
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, **kw)
+        # generous timeouts: the test machine may be shared and slow; nothing here is timed
+        return openai.OpenAI(
+            base_url=f"{self.url}/v1", api_key=key, max_retries=0, timeout=TIMEOUT, **kw
+        )
 
 
 def _cfg(head_dir, **kw):
@@ -150,7 +155,7 @@ def test_completions_best_of_ranked_by_head_and_equal_to_score(server, lm, head_
     assert best.usage.prompt_tokens == len(lm.tokenizer("Q: count\nA:")["input_ids"])
 
     texts = [ch.text for ch in full.choices]
-    via_api = httpx.post(
+    via_api = _http.post(
         f"{server.url}/v1/score", json={"prompt": "Q: count\nA:", "completions": texts}
     ).json()["scores"]
     np.testing.assert_allclose(via_api, scores, rtol=1e-4, atol=1e-4)
@@ -192,7 +197,7 @@ def test_chat_n_best_of_and_logprobs(server, lm, head_dir):
         assert all(len(t.top_logprobs) == 3 and t.logprob <= 0 for t in toks)
     expect = Scorer(lm, head_dir).score_completions(msgs, [ch.message.content for ch in r.choices])
     np.testing.assert_allclose(s, expect, rtol=1e-4, atol=1e-4)
-    via_api = httpx.post(
+    via_api = _http.post(
         f"{server.url}/v1/score",
         json={"messages": msgs, "completions": [ch.message.content for ch in r.choices]},
     ).json()["scores"]
@@ -245,18 +250,18 @@ def test_get_reward_openrlhf_shape(server, lm, head_dir):
         "prompts": [prompt] * 3,
         "labels": [None] * 3,
     }
-    got = httpx.post(f"{server.url}/get_reward", json=body).json()
+    got = _http.post(f"{server.url}/get_reward", json=body).json()
     assert set(got) >= {"rewards", "scores", "extra_logs"} and len(got["rewards"]) == 3
     expect = Scorer(lm, head_dir).score_completions(prompt, answers)
     np.testing.assert_allclose(got["rewards"], expect, rtol=1e-6, atol=1e-6)
     # padding as OpenRLHF leaves it in decoded queries does not change the reward
     padded = dict(body, query=["<|pad|><|pad|>" + q for q in body["query"]])
     np.testing.assert_allclose(
-        httpx.post(f"{server.url}/get_reward", json=padded).json()["rewards"], expect, rtol=1e-6
+        _http.post(f"{server.url}/get_reward", json=padded).json()["rewards"], expect, rtol=1e-6
     )
-    r = httpx.post(f"{server.url}/get_reward", json={"query": ["x"]})
+    r = _http.post(f"{server.url}/get_reward", json={"query": ["x"]})
     assert r.status_code == 400 and "prompts" in r.json()["error"]["message"]
-    r = httpx.post(f"{server.url}/get_reward", json={"query": ["xyz"], "prompts": ["abc"]})
+    r = _http.post(f"{server.url}/get_reward", json={"query": ["xyz"], "prompts": ["abc"]})
     assert r.status_code == 400 and "query[0]" in r.json()["error"]["message"]
 
 
@@ -273,17 +278,17 @@ def test_request_errors_are_openai_shaped(server):
         c.completions.create(model=MODEL, prompt="x" * 5000)
     with pytest.raises(openai.NotFoundError, match="does not exist"):
         c.completions.create(model="gpt-4", prompt="A:")
-    r = httpx.post(
+    r = _http.post(
         f"{server.url}/v1/completions",
         content=b"{not json",
         headers={"content-type": "application/json"},
     )
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
-    r = httpx.post(f"{server.url}/v1/completions", json={"model": MODEL})
+    r = _http.post(f"{server.url}/v1/completions", json={"model": MODEL})
     assert r.status_code == 422 and "prompt" in r.json()["error"]["message"]
-    r = httpx.post(f"{server.url}/v1/chat/completions", json={"messages": []})
+    r = _http.post(f"{server.url}/v1/chat/completions", json={"messages": []})
     assert r.status_code == 422
-    r = httpx.post(f"{server.url}/v1/score", json={"completions": ["a"]})
+    r = _http.post(f"{server.url}/v1/score", json={"completions": ["a"]})
     assert r.status_code == 400
 
 
@@ -295,9 +300,9 @@ def test_api_key(lm, head_dir):
         with pytest.raises(openai.AuthenticationError):
             s.client(key="wrong").models.list()
         assert s.client(key="sekret").models.list().data[0].id == MODEL
-        assert httpx.get(f"{s.url}/health").status_code == 200
+        assert _http.get(f"{s.url}/health").status_code == 200
         assert (
-            httpx.post(f"{s.url}/get_reward", json={"query": ["a"], "prompts": [""]}).status_code
+            _http.post(f"{s.url}/get_reward", json={"query": ["a"], "prompts": [""]}).status_code
             == 401
         )
     finally:
@@ -307,8 +312,8 @@ def test_api_key(lm, head_dir):
 def test_models_health_metrics(server):
     m = server.client().models.list()
     assert m.data[0].id == MODEL and m.data[0].model_extra["hsrm"]["layers"] == [2]
-    assert httpx.get(f"{server.url}/health").json()["status"] == "ok"
-    text = httpx.get(f"{server.url}/metrics").text
+    assert _http.get(f"{server.url}/health").json()["status"] == "ok"
+    text = _http.get(f"{server.url}/metrics").text
     for name in (
         "hsrm_requests_total",
         "hsrm_request_duration_seconds_bucket",
@@ -326,7 +331,9 @@ def test_50_concurrent_requests_are_micro_batched(lm, head_dir):
     try:
 
         async def go():
-            c = openai.AsyncOpenAI(base_url=f"{s.url}/v1", api_key="x", max_retries=0)
+            c = openai.AsyncOpenAI(
+                base_url=f"{s.url}/v1", api_key="x", max_retries=0, timeout=TIMEOUT
+            )
             return await asyncio.gather(
                 *[
                     c.completions.create(model=MODEL, prompt=f"Q{i}:", n=1, best_of=4, max_tokens=6)
@@ -336,7 +343,7 @@ def test_50_concurrent_requests_are_micro_batched(lm, head_dir):
 
         got = asyncio.run(go())
         assert len(got) == 50 and all(len(r.choices) == 1 for r in got)
-        text = httpx.get(f"{s.url}/metrics").text
+        text = _http.get(f"{s.url}/metrics").text
         assert _metric(text, 'hsrm_requests_total{endpoint="/v1/completions",status="5') == 0
         assert _metric(text, "hsrm_batch_prompts_sum") == 50
         assert _metric(text, "hsrm_samples_generated_total") == 200
@@ -364,7 +371,7 @@ def test_queue_full_429_and_disconnect_stops_costing(lm, head_dir):
     try:
 
         async def go():
-            async with httpx.AsyncClient(base_url=s.url, timeout=120) as c:
+            async with httpx.AsyncClient(base_url=s.url, timeout=TIMEOUT) as c:
                 return await asyncio.gather(
                     *[c.post("/v1/completions", json=heavy) for _ in range(8)]
                 )
@@ -376,17 +383,20 @@ def test_queue_full_429_and_disconnect_stops_costing(lm, head_dir):
         assert r429.headers["retry-after"] == "1" and r429.json()["error"]["code"] == "queue_full"
 
         # a client that leaves while queued is never sampled
-        before = _metric(httpx.get(f"{s.url}/metrics").text, "hsrm_samples_generated_total")
+        before = _metric(_http.get(f"{s.url}/metrics").text, "hsrm_samples_generated_total")
         t = threading.Thread(
-            target=lambda: httpx.post(f"{s.url}/v1/completions", json=heavy, timeout=120)
+            target=lambda: _http.post(f"{s.url}/v1/completions", json=heavy, timeout=120)
         )
         t.start()
         time.sleep(0.3)  # the heavy request is being sampled; the next one queues behind it
         with pytest.raises(httpx.TimeoutException):
-            httpx.post(f"{s.url}/v1/completions", json=heavy, timeout=0.3)
+            _http.post(f"{s.url}/v1/completions", json=heavy, timeout=0.3)
         t.join()
-        time.sleep(0.5)
-        text = httpx.get(f"{s.url}/metrics").text
+        for _ in range(300):  # the engine drops the abandoned job once the heavy one is done
+            text = _http.get(f"{s.url}/metrics").text
+            if _metric(text, "hsrm_client_disconnects_total") >= 1:
+                break
+            time.sleep(0.1)
         assert _metric(text, "hsrm_samples_generated_total") - before == 64
         assert _metric(text, "hsrm_client_disconnects_total") >= 1
     finally:
@@ -413,23 +423,23 @@ def test_cli_serve_sigterm_finishes_in_flight_request(head_dir):
     try:
         for _ in range(600):
             try:
-                if httpx.get(f"{url}/health").status_code == 200:
+                if _http.get(f"{url}/health").status_code == 200:
                     break
             except httpx.TransportError:
                 time.sleep(0.1)
         result = {}
 
         def heavy():
-            result["r"] = httpx.post(
+            result["r"] = _http.post(
                 f"{url}/v1/completions",
-                json={"model": MODEL, "prompt": "A:", "best_of": 32, "max_tokens": 300},
+                json={"model": MODEL, "prompt": "A:", "best_of": 16, "max_tokens": 200},
                 timeout=120,
             )
 
         t = threading.Thread(target=heavy)
         t.start()
         for _ in range(200):  # wait until it is in flight (the /metrics request counts one)
-            if _metric(httpx.get(f"{url}/metrics").text, "hsrm_requests_in_flight") >= 2:
+            if _metric(_http.get(f"{url}/metrics").text, "hsrm_requests_in_flight") >= 2:
                 break
             time.sleep(0.02)
         proc.send_signal(signal.SIGTERM)
@@ -470,3 +480,40 @@ def test_score_config_from_yaml_and_stdout(head_dir, tmp_path, capsys):
     assert main(["score", "--config", str(cfg)]) == 0
     rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert rows[0]["id"] == 7 and isinstance(rows[0]["score"], float) and len(rows) == 2
+
+
+@pytest.mark.integration
+def test_embedded_model_with_a_trained_head(embedded_lm, tmp_path):
+    """SmolLM2-135M with a probe trained on a small store of its own answers to the demo task."""
+    from hsrm.pipeline import SampleRunConfig, TrainConfig, sample, train
+
+    run, head_out = tmp_path / "run", tmp_path / "head"
+    sample(
+        SampleRunConfig(out=str(run), n_prompts=16, n=4, layers="mid", threads=1),
+        lm=embedded_lm,
+        progress=False,
+    )
+    train(TrainConfig(run=str(run), out=str(head_out), head="probe", layers="mid", test_frac=0.0))
+    name = "smollm2-135m-instruct"
+    s = Live(
+        create_app(ServeConfig(head=str(head_out), model=name), embedded_lm, Head.load(head_out))
+    )
+    try:
+        c = s.client()
+        msgs = [{"role": "user", "content": "What is 3 + 4? Answer with a number."}]
+        r = c.chat.completions.create(
+            model=name, messages=msgs, n=2, max_tokens=8, seed=0, extra_body={"best_of": 4}
+        )
+        got = [ch.model_extra["hsrm"]["score"] for ch in r.choices]
+        assert len(got) == 2 and got[0] >= got[1]
+        assert r.usage.completion_tokens >= 4
+        texts = [ch.message.content for ch in r.choices]
+        via = _http.post(f"{s.url}/v1/score", json={"messages": msgs, "completions": texts})
+        np.testing.assert_allclose(via.json()["scores"], got, rtol=1e-3, atol=1e-3)
+        rw = _http.post(
+            f"{s.url}/get_reward",
+            json={"query": ["Q: 2+2?\nA: 4"], "prompts": ["Q: 2+2?\nA: "]},
+        ).json()
+        assert len(rw["rewards"]) == 1 and np.isfinite(rw["rewards"][0])
+    finally:
+        s.close()

@@ -13,7 +13,7 @@ import json
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -387,6 +387,10 @@ def create_app(cfg: ServeConfig, lm: Any = None, head: Any = None) -> FastAPI:
     async def _api_error(request: Request, e: ApiError) -> JSONResponse:
         return e.response()
 
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, e: Exception) -> JSONResponse:
+        return ApiError(500, f"internal error: {type(e).__name__}", type="server_error").response()
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, e: RequestValidationError) -> JSONResponse:
         errs = e.errors()
@@ -433,7 +437,7 @@ def create_app(cfg: ServeConfig, lm: Any = None, head: Any = None) -> FastAPI:
         ctx.metrics.add("prompt_tokens", n_prompt)
         n = body.n or 1
         tok = ctx.scorer.lm.tokenizer
-        choices = []
+        choices: list[dict[str, Any]] = []
         for g in groups:
             for rank, s in _ranked(g, n):
                 choices.append(
@@ -660,7 +664,7 @@ class _AuthAndMetrics:
         endpoint = path if path in KNOWN_PATHS else "other"
         status = [500]
 
-        async def send_status(message: dict) -> None:
+        async def send_status(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 status[0] = int(message["status"])
             await send(message)
