@@ -8,6 +8,7 @@ is the best of all best_of samples) and ``usage.completion_tokens`` counts every
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import json
 import secrets
@@ -273,6 +274,14 @@ async def _wait_disconnect(request: Request) -> None:
         await asyncio.sleep(DISCONNECT_POLL_S)
 
 
+def _with_stop(cfg: SampleConfig, stop: list[str]) -> SampleConfig:
+    """Let a sampler that knows stop strings end answers early (it saves decode steps); the
+    engine cuts the text at the stop string either way."""
+    if stop and "stop" in {f.name for f in dataclasses.fields(SampleConfig)}:
+        return dataclasses.replace(cfg, stop=tuple(stop))  # type: ignore[call-arg]
+    return cfg
+
+
 def _seed(seed: int | None) -> int:
     return secrets.randbits(62) if seed is None else int(seed)
 
@@ -425,6 +434,7 @@ def create_app(cfg: ServeConfig, lm: Any = None, head: Any = None) -> FastAPI:
             stream=bool(body.stream),
         )
         stop = _stop_list(body.stop)
+        scfg = _with_stop(scfg, stop)
         seed = _seed(body.seed)
         ps = [
             Prompt(id=f"{seed}:{i}", messages=(), answer="", prefill=p)
@@ -502,6 +512,7 @@ def create_app(cfg: ServeConfig, lm: Any = None, head: Any = None) -> FastAPI:
             stream=bool(body.stream),
         )
         stop = _stop_list(body.stop)
+        scfg = _with_stop(scfg, stop)
         seed = _seed(body.seed)
         prompt = Prompt(id=f"{seed}:0", messages=_messages(body.messages), answer="")
         n_prompt = ctx.prompt_tokens(prompt)

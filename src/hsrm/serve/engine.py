@@ -60,7 +60,7 @@ class SampleJob(_Job):
     @property
     def key(self) -> tuple:
         c = self.cfg
-        return (c.n, c.temperature, c.top_p, c.max_new_tokens, c.top_logprobs)
+        return (c.n, c.temperature, c.top_p, c.max_new_tokens, c.top_logprobs, tuple(self.stop))
 
 
 @dataclass
