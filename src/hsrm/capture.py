@@ -169,7 +169,10 @@ class PromptResult:
 
 
 def prompt_text(tokenizer, prompt: Prompt) -> str:
-    """The chat-formatted prompt, assistant turn opened and prefilled."""
+    """The chat-formatted prompt, assistant turn opened and prefilled. A prompt with no messages is
+    plain text (OpenAI's completions API): its ``prefill`` is the whole prompt, no template added."""
+    if not prompt.messages:
+        return prompt.prefill
     if getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template(
             list(prompt.messages), tokenize=False, add_generation_prompt=True
