@@ -18,6 +18,7 @@ from hsrm.report import bon_figure, small_store_warnings
 from hsrm.report_html import (
     ScoreData,
     TokenExample,
+    pairs_score_data,
     reliability,
     roc_curve,
     write_bon_html,
@@ -198,3 +199,34 @@ def test_a_script_error_would_be_caught(tmp_path):
     p.write_text(p.read_text().replace("</main>", "<script>undefinedFunction()</script></main>"))
     dom, _ = open_in_chromium(p, tmp_path)
     assert "JS error" in dom and "undefinedFunction" in dom
+
+
+def test_pairs_score_data_labels_roles_and_explains_tokens():
+    from hsrm.prefs.evaluate import PairSet
+    from hsrm.tokenizers import byte_tokenizer
+
+    lm = tiny_model(seed=0)
+    tok = byte_tokenizer()
+    texts = ["good", "bad", "fine", "meh"]
+    hs = [
+        torch_randn(len(tok(t, add_special_tokens=False)["input_ids"]), 2, 32, i)
+        for i, t in enumerate(texts)
+    ]
+    X = TokenFeatures.from_tensors(hs, (1, 2), lm.fingerprint)
+    head = make_head("elhsr", max_epochs=2, val_frac=0.0).fit(X, np.array([1, 0, 1, 0]))
+    ps = PairSet(
+        X,
+        texts,
+        ["Q1", "Q1", "Q2", "Q2"],
+        np.array(["q1", "q1", "q2", "q2"]),
+        np.array([0, 2]),
+        np.array([1, 3]),
+        ["p0", "p1"],
+        np.array(["q1", "q2"]),
+    )
+    data = pairs_score_data(ps, {"head": head.score(X)}, head, tok)
+    assert list(data.labels) == [1, 0, 1, 0]
+    assert data.examples and all(len(e.tokens) == len(e.gate) for e in data.examples)
+    assert {e.prompt for e in data.examples} <= {"Q1", "Q2"}
+    assert len(data.examples) >= 2  # best and worst at least (4 distinct answers)
+    assert not any("wrong" in e.title or "right" in e.title for e in data.examples)  # pair terms

@@ -25,8 +25,9 @@ from hsrm.io import atomic_write_bytes
 from hsrm.report import _scorers, bon_figure, bon_rows, small_store_warnings
 
 MIN_CALIBRATION = 30  # answers: fewer make a reliability diagram of 10 bins mostly empty
-# Heads trained with a logistic loss, whose sigmoid(score) is meant as P(correct).
-CALIBRATED = ("elhsr", "probe")
+# Heads trained with a logistic loss, whose sigmoid(score) is meant as P(correct) (HARP's is the
+# max-pooled token logit: the diagram shows how far that is from a probability).
+CALIBRATED = ("elhsr", "probe", "harp")
 
 
 @dataclass
@@ -495,3 +496,39 @@ def token_strings(tokenizer: Any, ids: Sequence[int]) -> list[str]:
     if tokenizer is None:
         return [f"[{int(t)}]" for t in ids]
     return [tokenizer.decode([int(t)]) for t in ids]
+
+
+def pairs_score_data(
+    ps: Any, scores: dict[str, np.ndarray], head: Any = None, tokenizer: Any = None
+) -> ScoreData:
+    """``ScoreData`` of a ``PairSet``'s answers (chosen 1, rejected 0; answers that are both are
+    left out) and, for an ELHSR ``head``, token-view examples (answers re-tokenised alone: an answer
+    whose re-tokenisation does not match its states' length is skipped)."""
+    role: dict[int, set[int]] = {}
+    for c, r in zip(ps.chosen, ps.rejected):
+        role.setdefault(int(c), set()).add(1)
+        role.setdefault(int(r), set()).add(0)
+    keep = np.array(sorted(a for a, v in role.items() if len(v) == 1), dtype=int)
+    y = np.array([next(iter(role[int(a)])) for a in keep], dtype=int)
+    data = ScoreData({k: np.asarray(v, float)[keep] for k, v in scores.items()}, y)
+    if head is None or not hasattr(head, "token_contributions") or tokenizer is None:
+        return data
+    key = next(iter(scores))
+    for title, j in pick_examples(data.scores[key], y, ps.answer_groups[keep]):
+        a = int(keep[j])
+        ids = tokenizer(ps.texts[a], add_special_tokens=False)["input_ids"]
+        ((g, r),) = head.token_contributions(ps.feats.subset([a]))
+        if len(ids) != len(g):
+            continue
+        data.examples.append(
+            TokenExample(
+                title.replace("wrong", "rejected").replace("right", "chosen"),
+                ps.prompts[a],
+                token_strings(tokenizer, ids),
+                [float(v) for v in g],
+                [float(v) for v in r],
+                float(data.scores[key][j]),
+                int(y[j]),
+            )
+        )
+    return data
