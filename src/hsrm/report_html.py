@@ -488,7 +488,12 @@ def pick_examples(
     if len(right):
         out.append(("a right answer the head disliked", int(right[np.argmin(s[right])])))
     seen: set[int] = set()
-    return [(t, i) for t, i in out if not (i in seen or seen.add(i))]  # type: ignore[func-returns-value]
+    uniq = []
+    for t, i in out:  # one answer can be both the best and the wrong one the head liked
+        if i not in seen:
+            seen.add(i)
+            uniq.append((t, i))
+    return uniq
 
 
 def token_strings(tokenizer: Any, ids: Sequence[int]) -> list[str]:
