@@ -230,12 +230,27 @@ def test_cli_capture_train_evaluate_score(tmp_path, capsys):
         '"projection": "reasoning"' in cfg and "svd" in cfg
     )  # basis from the cached unembedding SVD
     rc = main(
-        ["detect", "evaluate", "--store", store, "--head", head, "--split", "all", "--n-boot", "20"]
+        [
+            "detect",
+            "evaluate",
+            "--store",
+            store,
+            "--head",
+            head,
+            "--split",
+            "all",
+            "--n-boot",
+            "20",
+            "--json",
+            str(tmp_path / "results.json"),
+        ]
     )
     out = capsys.readouterr().out
     assert (
         rc == 0 and "| harp (head) |" in out and "| perplexity |" in out and "| ln-entropy |" in out
     )
+    page = (tmp_path / "results.html").read_text()  # beside the JSON; rendered in test_report_html
+    assert page.count("<svg") >= 1 and "harp (head)" in page
     rc = main(
         [
             "detect",

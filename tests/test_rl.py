@@ -159,3 +159,79 @@ def test_grpo_trainer_calls_and_logs_the_reward(lm, head, tmp_path):
     assert len(logged) >= 2
     vals = [h["rewards/hsrm_elhsr/mean"] for h in logged]
     assert all(np.isfinite(vals)) and any(v != 0 for v in vals)
+
+
+def _lora_policy(seed=0):
+    """The tiny model wrapped in LoRA adapters with non-zero weights (so adapters on != base)."""
+    from peft import LoraConfig, get_peft_model
+
+    from hsrm.models import LoadedModel
+
+    base = tiny_model(seed=seed)
+    cfg = LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False
+    )
+    return LoadedModel(get_peft_model(base.model, cfg), base.tokenizer, base.fingerprint)
+
+
+def test_adapters_off_reads_the_base_model_through_the_policy(lm, head):
+    pytest.importorskip("peft")
+    policy = _lora_policy()
+    policy.model.train()
+    p, c = ["Q: pick\nA: "] * 3, ["777", "xxx", "7x7"]
+    frozen = HiddenStateReward(lm, head)(prompts=p, completions=c)  # a separate base copy
+    off = HiddenStateReward(policy, head, mode="adapters_off")(prompts=p, completions=c)
+    np.testing.assert_allclose(off, frozen, rtol=1e-5, atol=1e-5)
+    assert policy.model.training  # train mode restored after scoring
+    # the check can fail: with the adapters on, the states (and scores) differ
+    on = HiddenStateReward(policy, head)(prompts=p, completions=c)
+    assert np.max(np.abs(np.array(on) - np.array(frozen))) > 1e-3
+
+
+def test_adapters_off_needs_a_peft_model(lm, head):
+    with pytest.raises(HsrmError, match="not a PEFT model"):
+        HiddenStateReward(lm, head, mode="adapters_off")
+    with pytest.raises(HsrmError, match="mode must be"):
+        HiddenStateReward(lm, head, mode="shared")
+    with pytest.raises(HsrmError, match="attach"):
+        HiddenStateReward(lm, head).attach(lm.model)
+
+
+def test_grpo_with_lora_and_no_second_model(head, tmp_path):
+    """GRPO on LoRA adapters, the reward reading the same model with its adapters off: the
+    adapters train, the base weights stay, and TRL logs the reward."""
+    pytest.importorskip("trl")
+    pytest.importorskip("peft")
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    policy = _lora_policy()
+    reward = HiddenStateReward(policy, head, tokens="ids", name="hsrm", mode="adapters_off")
+    before = {k: v.detach().clone() for k, v in policy.model.named_parameters()}
+    args = GRPOConfig(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        per_device_train_batch_size=4,
+        num_generations=4,
+        max_completion_length=6,
+        max_steps=2,
+        logging_steps=1,
+        learning_rate=1e-2,
+        report_to="none",
+        save_strategy="no",
+        seed=0,
+    )
+    trainer = GRPOTrainer(
+        model=policy.model,
+        reward_funcs=[reward],
+        args=args,
+        train_dataset=Dataset.from_dict({"prompt": ["Q: pick\nA: ", "Q: choose\nA: "] * 2}),
+        processing_class=policy.tokenizer,
+    )
+    trainer.train()
+    assert reward.n_calls >= 2
+    after = dict(trainer.model.named_parameters())
+    lora = [k for k in before if "lora_" in k]
+    assert lora and any(not torch.equal(before[k], after[k]) for k in lora)
+    assert all(torch.equal(before[k], after[k]) for k in before if "lora_" not in k)
+    assert [h["rewards/hsrm/mean"] for h in trainer.state.log_history if "rewards/hsrm/mean" in h]

@@ -269,6 +269,7 @@ def _cli_steps(embedded_lm, tmp_path, capsys, main):
     )
     out = capsys.readouterr().out
     assert "pairwise accuracy" in out and "2 questions" in out
+    assert "<table>" in (tmp_path / "r.html").read_text()  # the HTML page beside r.json
     assert (
         main(
             [

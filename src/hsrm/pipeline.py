@@ -356,6 +356,14 @@ def evaluate(cfg: EvaluateConfig, store: Store | None = None) -> dict[str, Any]:
     else:
         scores.update({"random": np.zeros(len(test_idx)), "majority": np.zeros(len(test_idx))})
     rep = _report(store, test_idx, scores, cfg.n_boot, protocol=cfg.protocol)
+    elhsr = next((n for n, h in heads.items() if hasattr(h, "token_contributions")), None)
+    data = html_data(
+        store,
+        test_idx,
+        scores,
+        (lambda i: heads[elhsr]) if elhsr else None,
+        key=elhsr or "elhsr",
+    )
     with atomic_dir(
         out,
         "eval",
@@ -363,7 +371,7 @@ def evaluate(cfg: EvaluateConfig, store: Store | None = None) -> dict[str, Any]:
         inputs=[cfg.run, *cfg.heads],
         inside_inputs_ok=True,  # the default RUN/eval sits inside the store it reports on
     ) as tmp:
-        _write_outputs(tmp, rep)
+        _write_outputs(tmp, rep, data, title=f"hsrm evaluate: {cfg.run}")
     return rep
 
 
@@ -410,13 +418,78 @@ def _report(
     )
 
 
-def _write_outputs(out: Path, rep: dict[str, Any]) -> None:
+def _write_outputs(out: Path, rep: dict[str, Any], data: Any = None, title: str = "") -> None:
     from hsrm.report import bon_markdown, plot_bon
+    from hsrm.report_html import write_bon_html
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "results.json", rep)
     atomic_write_text(out / "results.md", bon_markdown(rep))
     plot_bon(rep, out / "bon.png")
+    write_bon_html(out / "results.html", rep, data, title=title)
+
+
+def store_tokenizer(store: Store) -> Any:
+    """The tokenizer of the store's model, for showing tokens (None where it cannot be loaded)."""
+    name = store.fingerprint.name
+    try:
+        if name.startswith("tiny-llama-"):
+            from hsrm.tokenizers import byte_tokenizer
+
+            return byte_tokenizer()
+        from transformers import AutoTokenizer
+
+        from hsrm.models import resolve
+
+        folder, gguf, _ = resolve(name)
+        return AutoTokenizer.from_pretrained(folder, **({"gguf_file": gguf} if gguf else {}))
+    except Exception as e:  # the token view falls back to token ids; the report still gets written
+        log.warning("token view: no tokenizer for %s (%s); showing token ids", name, e)
+        return None
+
+
+def html_data(
+    store: Store,
+    idx: np.ndarray,
+    scores: dict[str, np.ndarray],
+    elhsr_for: Any = None,
+    key: str = "elhsr",
+) -> Any:
+    """Per-sample scores and labels of samples ``idx`` for the HTML report, plus token-view examples
+    picked by ``scores[key]`` and explained by ``elhsr_for(i)`` (the ELHSR head that scored store
+    sample i out of sample), when given."""
+    from hsrm.report_html import CALIBRATED, ScoreData, TokenExample, pick_examples, token_strings
+
+    y = store.labels[idx]
+    if "majority" in scores:  # bon_report's votes, not the placeholder zeros
+        from hsrm.evaluate import vote_counts
+
+        ext = [store.records[int(i)]["extracted"] for i in idx]
+        scores = {**scores, "majority": vote_counts(ext, store.prompt_ids[idx])}
+    cal = tuple(n for n in scores if n.split(":")[0] in CALIBRATED)
+    data = ScoreData({k: np.asarray(v) for k, v in scores.items()}, y, cal)
+    if elhsr_for is None or key not in scores:
+        return data
+    tok = store_tokenizer(store)
+    recs = store.records
+    for title, j in pick_examples(scores[key], y, store.prompt_ids[idx]):
+        i = int(idx[j])
+        head = elhsr_for(i)
+        if head is None:
+            continue
+        ((g, r),) = head.token_contributions(store.features([i]))
+        data.examples.append(
+            TokenExample(
+                title=title,
+                prompt=_prompt_question(store, recs[i]),
+                tokens=token_strings(tok, store.token_ids(i)),
+                gate=[float(v) for v in g],
+                reward=[float(v) for v in r],
+                score=float(scores[key][j]),
+                label=int(y[j]),
+            )
+        )
+    return data
 
 
 # ----------------------------------------------------------------------------------------------
@@ -453,10 +526,12 @@ def cross_fit(
     seed: int,
     head_specs: dict[str, tuple[str, dict[str, Any]]],
     progress: bool = True,
+    keep_heads: dict[tuple[str, int], Head] | None = None,
 ) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
     """Out-of-fold scores for every sample: heads and baselines trained on the other folds' prompts.
 
-    ``head_specs``: scorer name -> (head architecture, params). Returns scores and per-fold info.
+    ``head_specs``: scorer name -> (head architecture, params). Returns scores and per-fold info;
+    ``keep_heads``, if given, receives every fitted head under (scorer name, fold).
     """
     pids = store.prompt_ids
     fold = prompt_folds(pids, folds, seed)
@@ -479,6 +554,8 @@ def cross_fit(
             head = make_head(arch, **params).fit(store.features(tr), store.labels[tr], pids[tr])
             finfo["seconds"][name] = time.perf_counter() - t0
             finfo["n_parameters"][name] = head.n_parameters()
+            if keep_heads is not None:
+                keep_heads[(name, f)] = head
             s = head.score(store.features(te))
             scores.setdefault(name, np.zeros(len(store)))[te] = s
             steps.update(1)
@@ -520,11 +597,14 @@ def _demo(cfg: DemoConfig, out: Path) -> dict[str, Any]:
         "elhsr": ("elhsr", {"layers": list(layers), **DEMO_ELHSR}),
         "probe": ("probe", {}),
     }
-    scores, folds = cross_fit(store, cfg.folds, cfg.seed, specs)
+    fitted: dict[tuple[str, int], Head] = {}
+    scores, folds = cross_fit(store, cfg.folds, cfg.seed, specs, keep_heads=fitted)
     idx = np.arange(len(store))
     rep = _report(store, idx, scores, cfg.n_boot, cfg.seed)
     # per-split numbers, to show the spread across splits
     fold = prompt_folds(store.prompt_ids, cfg.folds, cfg.seed)
+    # the token view explains each example with the head that had not seen its prompt
+    data = html_data(store, idx, scores, lambda i: fitted[("elhsr", int(fold[i]))])
     N = str(cfg.n)
     for f, finfo in enumerate(folds):
         te = np.flatnonzero(fold == f)
@@ -556,6 +636,6 @@ def _demo(cfg: DemoConfig, out: Path) -> dict[str, Any]:
             "timing": {"sampling_s": t_sample, "total_s": time.perf_counter() - t_start},
         }
     )
-    _write_outputs(out, rep)
-    mark_output(out, "demo", ["results.json", "results.md", "bon.png"])
+    _write_outputs(out, rep, data, title="hsrm demo: best-of-N with hidden-state heads")
+    mark_output(out, "demo", ["results.json", "results.md", "bon.png", "results.html"])
     return rep

@@ -86,29 +86,90 @@ def rich_table(rep: dict[str, Any], title: str = "best-of-N on held-out prompts"
     return t
 
 
-def plot_bon(rep: dict[str, Any], path: str | Path) -> None:
+# Controls and baselines are drawn as thin lines without CI bands: with 7 scorers, 7 overlapping
+# bands hide each other; the bands that matter are the heads' (and the oracle is exact).
+BASELINES = ("text_only", "answer_prior", "majority", "mean_logprob", "random")
+MIN_PROMPTS = (
+    20  # below this the bootstrap CIs span most of [0, 1]: say so rather than plot quietly
+)
+
+
+def small_store_warnings(rep: dict[str, Any]) -> list[str]:
+    """Why a best-of-N plot of ``rep`` would mislead (too few prompts, too few N), if it would."""
+    out = []
+    n = int(rep.get("n_prompts", 0))
+    if n < MIN_PROMPTS:
+        out.append(
+            f"only {n} held-out prompts (< {MIN_PROMPTS}): the 95% CIs are wide; "
+            "read the curves as anecdotes"
+        )
+    if len(rep.get("pass_at_k", {})) < 2:
+        out.append("fewer than 2 values of N (samples per prompt < 2): no best-of-N curve to draw")
+    for fam, sub in rep.get("per_family", {}).items():
+        if int(sub.get("n_prompts", 0)) < MIN_PROMPTS <= n:
+            out.append(f"family {fam!r}: only {sub['n_prompts']} prompts")
+    return out
+
+
+def _bon_panel(ax: Any, rep: dict[str, Any], title: str) -> None:
+    ks = [int(k) for k in rep["pass_at_k"]]
+    ax.plot(ks, [rep["pass_at_k"][str(k)] for k in ks], "k--", lw=1, label="oracle (pass@k)")
+    for name in _scorers(rep):
+        ys = [rep["bon"][name][str(k)] for k in ks]
+        if name in BASELINES:
+            ax.plot(ks, ys, lw=1, alpha=0.8, label=name)
+            continue
+        lo = [rep["bon_ci"][name][str(k)][0] for k in ks]
+        hi = [rep["bon_ci"][name][str(k)][1] for k in ks]
+        (line,) = ax.plot(ks, ys, marker="o", ms=3, lw=2, label=name)
+        ax.fill_between(ks, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
+    if len(ks) > 1:
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xlabel("N (answers per prompt)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+
+
+def bon_figure(rep: dict[str, Any]) -> Any:
+    """Best-of-N curves, one panel for all prompts and one per task family; 95% CI bands for the
+    heads only (baselines as thin lines), so the bands do not pile up."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ks = [int(k) for k in rep["pass_at_k"]]
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    ax.plot(ks, [rep["pass_at_k"][str(k)] for k in ks], "k--", label="oracle (pass@k)")
-    for name in _scorers(rep):
-        ys = [rep["bon"][name][str(k)] for k in ks]
-        lo = [rep["bon_ci"][name][str(k)][0] for k in ks]
-        hi = [rep["bon_ci"][name][str(k)][1] for k in ks]
-        (line,) = ax.plot(ks, ys, marker="o", ms=3, label=name)
-        ax.fill_between(ks, lo, hi, color=line.get_color(), alpha=0.12)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(ks, [str(k) for k in ks])
-    ax.set_xlabel("N (answers per prompt)")
-    ax.set_ylabel("accuracy of the selected answer")
-    ax.set_title(f"best-of-N on {rep['n_prompts']} held-out prompts (95% CI)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
+    panels = [("all", rep)]
+    fams = rep.get("per_family", {})
+    if len(fams) > 1:
+        panels += list(fams.items())
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(3.6 * len(panels) + 1.2, 3.6), dpi=110, sharey=True, squeeze=False
+    )
+    for ax, (name, sub) in zip(axes[0], panels):
+        title = (
+            f"all: {sub['n_prompts']} held-out prompts"
+            if name == "all"
+            else f"{name}: {sub['n_prompts']} prompts"
+        )
+        _bon_panel(ax, sub, title)
+    axes[0][0].set_ylabel("accuracy of the selected answer")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="center right", frameon=False)
+    fig.suptitle("best-of-N (bands: 95% bootstrap CI over prompts, heads only)", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1 - 1.1 / fig.get_figwidth(), 1))
+    return fig
+
+
+def plot_bon(rep: dict[str, Any], path: str | Path) -> None:
+    """``bon_figure`` saved to ``path`` (PNG); logs a warning where the store is too small."""
+    import logging
+
+    import matplotlib.pyplot as plt
+
+    for w in small_store_warnings(rep):
+        logging.getLogger(__name__).warning("bon plot: %s", w)
+    fig = bon_figure(rep)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)

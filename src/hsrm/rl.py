@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,39 @@ from hsrm.models import LoadedModel
 log = logging.getLogger(__name__)
 
 TRANSFORMS = ("none", "sigmoid")
+MODES = ("copy", "adapters_off")
+
+
+def _is_peft(model: Any) -> bool:
+    return hasattr(model, "disable_adapter") or bool(
+        getattr(model, "_hf_peft_config_loaded", False)
+    )
+
+
+@contextmanager
+def base_states(model: Any) -> Iterator[None]:
+    """Run ``model`` as its base model: PEFT adapters disabled and eval mode (no dropout), restored
+    after. Works on a ``peft.PeftModel`` (``disable_adapter()``) and on a transformers model with
+    PEFT adapters loaded (``disable_adapters()`` / ``enable_adapters()``)."""
+    was_training = model.training
+    model.eval()
+    try:
+        if hasattr(model, "disable_adapter"):
+            with model.disable_adapter():
+                yield
+        elif hasattr(model, "disable_adapters") and getattr(model, "_hf_peft_config_loaded", False):
+            model.disable_adapters()
+            try:
+                yield
+            finally:
+                model.enable_adapters()
+        else:
+            raise HsrmError(
+                "mode='adapters_off' needs a PEFT model (peft.PeftModel or a transformers model "
+                f"with adapters loaded); got {type(model).__name__}. Use mode='copy' with a frozen copy."
+            )
+    finally:
+        model.train(was_training)
 
 
 def _as_text(x: Any, what: str) -> str:
@@ -67,6 +101,13 @@ class HiddenStateReward:
     * ``value_column``: a dataset column holding v(x); then reward = s(x)·score with
       s(x) = 1 + min(alpha·v(x), 1) (RLEV, alpha = 10 default).
     * ``chat_template``: render conversational prompts with the scoring tokenizer's template.
+    * ``mode``: ``"copy"`` (default): ``lm`` is a separate frozen model, e.g. a second copy of the
+      initial policy (twice the weights in memory). ``"adapters_off"``: ``lm.model`` is the policy
+      itself, a PEFT model whose LoRA adapters are being trained; each call reads the *base*
+      model's states through it with the adapters disabled (``PeftModel.disable_adapter()``) and
+      in eval mode, so the head sees the states it was fit on at no extra memory. When TRL wraps
+      the model itself (``GRPOTrainer(peft_config=...)``), call ``reward.attach(trainer.model)``
+      before ``train()``. Costs of both modes: ``benchmarks/results/rl_modes.md``.
     """
 
     def __init__(
@@ -81,6 +122,7 @@ class HiddenStateReward:
         alpha: float = 10.0,
         batch_size: int = 16,
         empty_reward: float | None = None,
+        mode: str = "copy",
     ):
         if isinstance(head, str):
             head = Head.load(head)
@@ -90,6 +132,14 @@ class HiddenStateReward:
             raise HsrmError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
         if alpha < 0:
             raise HsrmError(f"alpha must be >= 0, got {alpha}")
+        if mode not in MODES:
+            raise HsrmError(f"mode must be one of {MODES}, got {mode!r}")
+        self.mode = mode
+        if mode == "adapters_off" and not _is_peft(lm.model):
+            raise HsrmError(
+                f"mode='adapters_off': {type(lm.model).__name__} is not a PEFT model; wrap the policy "
+                "(peft.get_peft_model) or use mode='copy' with a frozen copy"
+            )
         self.layers = tuple(head.required_layers())
         head.check_compatible(lm.fingerprint, self.layers)
         self.lm, self.head = lm, head
@@ -102,6 +152,16 @@ class HiddenStateReward:
             {tok.pad_token_id} if tok.pad_token_id is not None else set()
         )
         self.n_calls = 0
+
+    def attach(self, model: Any) -> HiddenStateReward:
+        """Score through ``model`` (e.g. ``trainer.model`` after TRL wrapped the policy in PEFT);
+        for ``mode='adapters_off'``. The tokenizer and fingerprint stay those of ``lm``."""
+        if self.mode != "adapters_off":
+            raise HsrmError("attach() is for mode='adapters_off' (the reward reads the policy)")
+        if not _is_peft(model):
+            raise HsrmError(f"attach: {type(model).__name__} is not a PEFT model")
+        self.lm = LoadedModel(model, self.lm.tokenizer, self.lm.fingerprint)
+        return self
 
     def __repr__(self) -> str:
         return f"HiddenStateReward({self.head.architecture}, {self.lm.fingerprint.short()}, name={self.__name__!r})"
@@ -155,9 +215,11 @@ class HiddenStateReward:
                 continue
             groups.setdefault(self.render_prompt(p), []).append((i, a))
         for ptext, items in groups.items():
-            answers = teacher_force(
-                self.lm, ptext, [a for _, a in items], self.layers, batch_size=self.batch_size
-            )
+            ctx = base_states(self.lm.model) if self.mode == "adapters_off" else nullcontext()
+            with ctx:
+                answers = teacher_force(
+                    self.lm, ptext, [a for _, a in items], self.layers, batch_size=self.batch_size
+                )
             feats = TokenFeatures.from_tensors(
                 [a.hidden for a in answers if a.hidden is not None],
                 self.layers,

@@ -116,6 +116,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         perplexity,
     )
     from hsrm.heads import Head
+    from hsrm.report_html import CALIBRATED, ScoreData, write_detect_html
 
     if args.n_boot < 1:
         raise HsrmError(f"--n-boot must be >= 1, got {args.n_boot}")
@@ -123,37 +124,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     split = args.split or "test"
     data = _select(full, split, args.test_frac, args.seed)
     rows = []
+    halluc: dict[str, np.ndarray] = {}  # per-answer scores for the HTML page's ROC curves
+    calibrated = []
     for h in args.head or []:
         head = Head.load(h)
-        rows.append(
-            auroc_row(
-                f"{head.architecture} ({Path(h).name})",
-                head_hallucination_scores(head, data.features),
-                data.labels,
-                data.groups,
-                args.n_boot,
-            )
-        )
-    rows.append(
-        auroc_row("perplexity", perplexity(data.logprobs), data.labels, data.groups, args.n_boot)
-    )
-    rows.append(
-        auroc_row(
-            "ln-entropy",
-            length_normalised_entropy(data.entropy),
-            data.labels,
-            data.groups,
-            args.n_boot,
-        )
-    )
+        name = f"{head.architecture} ({Path(h).name})"
+        halluc[name] = head_hallucination_scores(head, data.features)
+        if head.architecture in CALIBRATED:
+            calibrated.append(name)
+        rows.append(auroc_row(name, halluc[name], data.labels, data.groups, args.n_boot))
+    halluc["perplexity"] = perplexity(data.logprobs)
+    halluc["ln-entropy"] = length_normalised_entropy(data.entropy)
+    for name in ("perplexity", "ln-entropy"):
+        rows.append(auroc_row(name, halluc[name], data.labels, data.groups, args.n_boot))
     if split == "test" and args.text_control:
         from hsrm.baselines.controls import TextOnlyScorer
 
         train = _select(full, "train", args.test_frac, args.seed)
         ctl = TextOnlyScorer().fit(train.texts, train.labels)
+        halluc["text-only (TF-IDF)"] = -ctl.score(data.texts)
         rows.append(
             auroc_row(
-                "text-only (TF-IDF)", -ctl.score(data.texts), data.labels, data.groups, args.n_boot
+                "text-only (TF-IDF)",
+                halluc["text-only (TF-IDF)"],
+                data.labels,
+                data.groups,
+                args.n_boot,
             )
         )
     _out(markdown_table(rows, f"{args.store} ({split} split): AUROC of detecting hallucinations"))
@@ -161,6 +157,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from hsrm.io import atomic_write_json
 
         atomic_write_json(args.json, rows)
+        page = write_detect_html(
+            Path(args.json).with_suffix(".html"),
+            rows,
+            ScoreData(halluc, data.labels, tuple(calibrated)),
+            title=f"hsrm detect evaluate: {args.store} ({split} split)",
+        )
+        _out(f"wrote {args.json} and {page}")
     return 0
 
 

@@ -167,7 +167,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             f"{k:>9}: pairwise accuracy {r['acc']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}] on {r['n_pairs']} pairs, {r['n_questions']} questions"
         )
     if cfg.out:
+        from pathlib import Path
+
+        from hsrm.report_html import pairs_score_data, write_pairs_html
+
         atomic_write_json(cfg.out, res)
+        scores = {"head": head.score(ps.feats), "log-prob": ps.mean_logprob()}
+        page = write_pairs_html(
+            Path(cfg.out).with_suffix(".html"),
+            res,
+            pairs_score_data(ps, scores, head, lm.tokenizer),
+            title=f"hsrm prefs evaluate: {head.architecture} on {cfg.pairs}",
+        )
+        con.print(f"wrote {cfg.out} and {page}")
     return 0
 
 

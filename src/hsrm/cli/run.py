@@ -46,7 +46,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
     out = Path(cfg.out)
     con.print(
-        f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'bon.png'} (samples in {out / 'samples'})"
+        f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'bon.png'}, {out / 'results.html'} (samples in {out / 'samples'})"
     )
     return 0
 
@@ -94,7 +94,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     con = _console()
     con.print(rich_table(rep))
     out = Path(cfg.out or Path(cfg.run) / "eval")
-    con.print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'bon.png'}")
+    con.print(
+        f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'bon.png'}, {out / 'results.html'}"
+    )
     return 0
 
 

@@ -231,6 +231,18 @@ class ELHSRHead(Head):
         gr = self.net_.linear(self.net_.features(x))
         return torch.sigmoid(gr[:, 0]).numpy(), gr[:, 1].numpy()
 
+    def token_contributions(self, X: TokenFeatures) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per answer of ``X`` (any superset of the head's layers): (gate weights (T,), rewards
+        (T,)); the answer's score is their gate-weighted mean (with ``gate=False`` the weights
+        are all 1)."""
+        self._check_fitted()
+        X = X.select_layers(self.layers_)
+        out = []
+        for i in range(len(X)):
+            g, r = self.token_scores(X[i].float())  # X[i]: (T, L, d)
+            out.append((g if self.gate else np.ones_like(g), r))
+        return out
+
     def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         return {k: v.detach().clone() for k, v in self.net_.state_dict().items()}, {
             "history": getattr(self, "history_", [])
