@@ -121,10 +121,11 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     sae = SAE.load(cfg.sae)
     diffs: dict[int, float] = {}
     if cfg.head:
+        from hsrm.heads.abilities import LatentSelector
         from hsrm.heads.base import Head
 
         head = Head.load(cfg.head)
-        sel = head.selected_latents() if hasattr(head, "selected_latents") else []
+        sel = head.selected_latents() if isinstance(head, LatentSelector) else []
         if not sel:
             raise HsrmError(f"{cfg.head}: not a sparserm head with SAE latents")
         half = len(sel) // 2

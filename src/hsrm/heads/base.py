@@ -26,6 +26,7 @@ from hsrm.errors import HsrmError
 from hsrm.features import TokenFeatures
 from hsrm.io import atomic_dir, atomic_write_json
 from hsrm.models import ModelFingerprint
+from hsrm.splits import split_groups  # noqa: F401  (re-exported: the one splitter)
 
 HEAD_FORMAT_VERSION = 1
 REGISTRY: dict[str, type[Head]] = {}
@@ -200,13 +201,3 @@ def _jsonable(d: Any) -> Any:
     if isinstance(d, np.generic):
         return d.item()
     return d
-
-
-def split_groups(groups: np.ndarray, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Boolean masks (train, validation) with ``frac`` of the *groups* held out."""
-    uniq = np.unique(groups)
-    rng = np.random.default_rng(seed)
-    n_val = max(1, int(round(frac * len(uniq)))) if len(uniq) > 1 else 0
-    val_groups = set(rng.choice(uniq, size=n_val, replace=False).tolist()) if n_val else set()
-    val = np.array([g in val_groups for g in groups])
-    return ~val, val

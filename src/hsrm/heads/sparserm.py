@@ -31,7 +31,8 @@ from torch import nn
 
 from hsrm.errors import HsrmError
 from hsrm.features import TokenFeatures
-from hsrm.heads.base import Head, register, split_groups
+from hsrm.heads.base import Head, register
+from hsrm.splits import split_groups
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +219,7 @@ class SparseRMHead(Head):
     def _train(self, V: torch.Tensor, y: np.ndarray, groups: np.ndarray) -> nn.Module:
         g = np.asarray(groups).astype(str)
         tr, va = (
-            split_groups(g, self.val_frac, self.seed)
+            split_groups(g, self.val_frac, self.seed, require_both=False)
             if self.val_frac > 0
             else (np.ones(len(y), bool), None)
         )
