@@ -18,6 +18,8 @@ import numpy as np
 
 from hsrm.errors import HsrmError
 from hsrm.io import read_jsonl
+from hsrm.splits import split_groups
+from hsrm.tasks.base import Prompt
 
 log = logging.getLogger(__name__)
 
@@ -173,18 +175,12 @@ def _dedupe(xs: Sequence[str]) -> list[str]:
 def split_by_group(
     pairs: Sequence[PrefPair], test_frac: float = 0.2, seed: int = 0
 ) -> tuple[list[PrefPair], list[PrefPair]]:
-    """Train / test split by ``group`` (question): no question has pairs on both sides."""
-    if not 0 < test_frac < 1:
-        raise HsrmError(f"test_frac must be in (0, 1), got {test_frac}")
-    groups = sorted({p.group for p in pairs})
-    if len(groups) < 2:
-        raise HsrmError("split_by_group: need pairs from at least 2 groups (questions)")
-    rng = np.random.default_rng(seed)
-    n_test = max(1, int(round(test_frac * len(groups))))
-    test_groups = set(rng.choice(groups, size=n_test, replace=False).tolist())
-    train = [p for p in pairs if p.group not in test_groups]
-    test = [p for p in pairs if p.group in test_groups]
-    return train, test
+    """Train / test split by ``group`` (question) with ``hsrm.splits.split_groups``: no question
+    has pairs on both sides."""
+    if not pairs:
+        raise HsrmError("split_by_group: no pairs")
+    tr, _ = split_groups(np.array([p.group for p in pairs]), test_frac, seed)
+    return [p for p, t in zip(pairs, tr) if t], [p for p, t in zip(pairs, tr) if not t]
 
 
 def load_pairs(
@@ -196,15 +192,29 @@ def load_pairs(
     return read_pairs(source, on_error=on_error)[0]
 
 
+def pair_prompt(question: str, system: str | None = None) -> Prompt:
+    """A pair's question as a one-turn chat prompt (``system``: a system message; None = the chat
+    template's default). Its text is ``hsrm.capture.prompt_text``, as for every other prompt."""
+    msgs: tuple[dict[str, str], ...] = ({"role": "user", "content": question},)
+    if system is not None:
+        msgs = ({"role": "system", "content": system}, *msgs)
+    return Prompt(id="pair", messages=msgs, answer="")
+
+
+def pair_prompt_text(tokenizer, question: str, system: str | None = None) -> str:
+    """The chat-formatted text of ``pair_prompt(question, system)``."""
+    from hsrm.capture import prompt_text
+
+    return prompt_text(tokenizer, pair_prompt(question, system))
+
+
 def pair_texts(tokenizer, pairs: Sequence[PrefPair], system: str | None = None) -> list[str]:
     """Chat-formatted prompt + answer texts of every distinct (prompt, answer) in ``pairs``: the
     text an SAE for these pairs should be trained on."""
-    from hsrm.prefs.evaluate import _chat_prompt
-
     seen, out = set(), []
     for p in pairs:
         for a in (p.chosen, p.rejected):
             if (p.prompt, a) not in seen:
                 seen.add((p.prompt, a))
-                out.append(_chat_prompt(tokenizer, p.prompt, system) + a)
+                out.append(pair_prompt_text(tokenizer, p.prompt, system) + a)
     return out
