@@ -8,11 +8,13 @@ logged and returned), never skipped silently.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,12 +30,22 @@ FIELDS = ("prompt", "chosen", "rejected")
 
 @dataclass(frozen=True)
 class PrefPair:
+    """The one preference-pair type: read from JSONL or TruthfulQA, built from a policy's samples
+    (``hsrm.prefs.build``), written by ``write_pairs`` in the TRL format."""
+
     id: str
     prompt: str
     chosen: str
     rejected: str
     group: str  # the question / prompt the pair belongs to: splits and bootstrap resample groups
     source: str = ""  # "file:line" for pairs read from a file
+    # more JSONL fields, kept and written back (e.g. chosen_score, chosen_correct, select)
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False, hash=False)
+
+    def to_record(self) -> dict[str, Any]:
+        """The JSONL object: the three TRL fields, ``id``, ``group``, then ``extra``."""
+        core = {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected}
+        return {**core, "id": self.id, "group": self.group, **self.extra}
 
 
 @dataclass
@@ -91,8 +103,11 @@ def read_pairs(path: str | Path, on_error: str = "error") -> tuple[list[PrefPair
         pid = str(row.get("id", f"line{line}"))
         seen.add(pid)
         group = str(row.get("group", row["prompt"]))
+        extra = {k: v for k, v in row.items() if k not in (*FIELDS, "id", "group")}
         pairs.append(
-            PrefPair(pid, row["prompt"], row["chosen"], row["rejected"], group, f"{path}:{line}")
+            PrefPair(
+                pid, row["prompt"], row["chosen"], row["rejected"], group, f"{path}:{line}", extra
+            )
         )
     report.kept = len(pairs)
     if report.dropped:
@@ -108,25 +123,18 @@ def read_pairs(path: str | Path, on_error: str = "error") -> tuple[list[PrefPair
     return pairs, report
 
 
-def write_pairs(path: str | Path, pairs: Sequence[PrefPair]) -> None:
-    """Write pairs as JSONL (``id``, ``prompt``, ``chosen``, ``rejected``, ``group``), atomically."""
+def write_pairs(path: str | Path, pairs: Sequence[PrefPair]) -> Path:
+    """Write pairs as JSONL (``PrefPair.to_record``), atomically: the file ``trl.DPOTrainer`` and
+    ``read_pairs`` read as it is."""
     import json
 
     from hsrm.io import atomic_write_text
 
-    lines = [
-        json.dumps(
-            {
-                "id": p.id,
-                "prompt": p.prompt,
-                "chosen": p.chosen,
-                "rejected": p.rejected,
-                "group": p.group,
-            }
-        )
-        for p in pairs
-    ]
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    path = Path(path)
+    atomic_write_text(
+        path, "".join(json.dumps(p.to_record(), ensure_ascii=False) + "\n" for p in pairs)
+    )
+    return path
 
 
 def truthfulqa_pairs(
