@@ -10,8 +10,9 @@ import logging
 
 import numpy as np
 
+from hsrm.cli._common import add_common, file_values
 from hsrm.cli._params import add_params_argument, check_params, parse_params
-from hsrm.config import add_arguments, from_sources, load_yaml
+from hsrm.config import add_arguments, from_sources
 
 log = logging.getLogger(__name__)
 
@@ -22,24 +23,11 @@ def _out(text: str) -> None:
     Console(highlight=False, soft_wrap=True).print(text, markup=False)
 
 
-def _threads(n: int | None) -> None:
-    if n:
-        import torch
-
-        torch.set_num_threads(n)
-
-
-def _common(p: argparse.ArgumentParser, section: str) -> None:
-    p.add_argument("--config", default=None, help=f"YAML file (section '{section}'; flags win)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-
-
 def cmd_capture(args: argparse.Namespace) -> int:
     from hsrm.detect import CaptureConfig, capture
     from hsrm.models import load_model
 
-    cfg = from_sources(CaptureConfig, load_yaml(args.config, "capture"), args)
-    _threads(args.threads)
+    cfg = from_sources(CaptureConfig, file_values(args, "capture"), args)
     st = capture(load_model(cfg.model), cfg)
     labels = [r.get("extracted") for r in st.records]
     n_unl = sum(x is None for x in labels) if st.meta["task"].get("name") == "truthfulqa" else 0
@@ -57,12 +45,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.head_alias is not None:
         log.warning("detect train: --head NAME is deprecated; use --head-type NAME")
         args.head_type = args.head_type or args.head_alias
-    file_values = load_yaml(args.config, "train")
-    params = {**parse_params(file_values.pop("params", None)), **parse_params(args.params)}
+    values = file_values(args, "train")
+    params = {**parse_params(values.pop("params", None)), **parse_params(args.params)}
     args.params = None
-    cfg = from_sources(DetectTrainConfig, file_values, args, params=params or None)
+    cfg = from_sources(DetectTrainConfig, values, args, params=params or None)
     check_params(cfg.head_type, cfg.params)
-    _threads(args.threads)
     head, data = train_detector(cfg)
     _out(
         f"trained {cfg.head_type} on {len(data)} answers ({len(np.unique(data.groups))} questions)"
@@ -77,8 +64,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json is not None:
         log.warning("detect evaluate: --json is deprecated; use --out")
         args.out = args.out or args.json
-    cfg = from_sources(DetectEvalConfig, load_yaml(args.config, "evaluate"), args)
-    _threads(args.threads)
+    cfg = from_sources(DetectEvalConfig, file_values(args, "evaluate"), args)
     rows = evaluate_store(cfg)
     _out(
         markdown_table(rows, f"{cfg.store} ({cfg.split} split): AUROC of detecting hallucinations")
@@ -89,8 +75,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_score(args: argparse.Namespace) -> int:
     from hsrm.detect import DetectScoreConfig, score_answers
 
-    cfg = from_sources(DetectScoreConfig, load_yaml(args.config, "score"), args)
-    _threads(args.threads)
+    cfg = from_sources(DetectScoreConfig, file_values(args, "score"), args)
     for a in score_answers(cfg):
         tok = repr(a.token) if a.token_index >= 0 else "-"
         _out(
@@ -105,7 +90,7 @@ def register(sub, groups) -> None:
 
     g = groups["detect"]
     p = g.add_parser("capture", help="sample or teacher-force labelled answers into a store")
-    _common(p, "capture")
+    add_common(p, "capture")
     add_arguments(p, CaptureConfig)
     p.add_argument("--samples", dest="n", type=int, help=argparse.SUPPRESS)  # old name of --n
     p.set_defaults(func=cmd_capture)
@@ -113,7 +98,7 @@ def register(sub, groups) -> None:
     p = g.add_parser(
         "train", help="train a detector head (--head-type harp) on a store's questions"
     )
-    _common(p, "train")
+    add_common(p, "train")
     add_arguments(p, DetectTrainConfig, skip=("params",))
     add_params_argument(p)
     p.add_argument("--head", dest="head_alias", default=None, help=argparse.SUPPRESS)
@@ -122,7 +107,7 @@ def register(sub, groups) -> None:
     p = g.add_parser(
         "evaluate", help="AUROC (bootstrap CI over questions) of heads and uncertainty baselines"
     )
-    _common(p, "evaluate")
+    add_common(p, "evaluate")
     add_arguments(p, DetectEvalConfig, skip=("heads",))
     p.add_argument(
         "--head", dest="heads", nargs="+", default=None, help="saved head folders (default: none)"
@@ -133,7 +118,7 @@ def register(sub, groups) -> None:
     p = g.add_parser(
         "score", help="per-answer hallucination probability and the token where the max is"
     )
-    _common(p, "score")
+    add_common(p, "score")
     add_arguments(p, DetectScoreConfig, skip=("answers",))
     p.add_argument(
         "--answer",
