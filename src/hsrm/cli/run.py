@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
+import logging
 from pathlib import Path
 
 from hsrm.config import add_arguments, from_sources, load_yaml
@@ -64,21 +64,31 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from hsrm.cli._common import file_values
+    from hsrm.cli._params import check_params, parse_params
     from hsrm.pipeline import TrainConfig, train
 
-    params = json.loads(args.params) if isinstance(args.params, str) else None
+    if args.head_alias is not None:
+        logging.getLogger(__name__).warning(
+            "train: --head NAME is deprecated; use --head-type NAME"
+        )
+        args.head = args.head or args.head_alias
+    values = file_values(args, "train")
+    params = {**parse_params(values.pop("params", None)), **parse_params(args.params)}
     args.params = None
-    cfg = from_sources(TrainConfig, load_yaml(args.config, "train"), args, params=params)
+    cfg = from_sources(TrainConfig, values, args, params=params or None)
+    check_params(cfg.head, cfg.params)
     head = train(cfg)
     _console().print(f"saved {cfg.head} head ({head.n_parameters():,} parameters) to {cfg.out}")
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from hsrm.cli._common import file_values
     from hsrm.pipeline import EvaluateConfig, evaluate
     from hsrm.report import rich_table
 
-    cfg = from_sources(EvaluateConfig, load_yaml(args.config, "evaluate"), args)
+    cfg = from_sources(EvaluateConfig, file_values(args, "evaluate"), args)
     rep = evaluate(cfg)
     con = _console()
     con.print(rich_table(rep))
@@ -88,6 +98,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def register(sub, groups) -> None:
+    from hsrm.cli._common import add_common
+    from hsrm.cli._params import add_params_argument
     from hsrm.pipeline import DemoConfig, EvaluateConfig, SampleRunConfig, TrainConfig
 
     p = sub.add_parser("demo", help="the whole best-of-N pipeline on the embedded model and task")
@@ -104,18 +116,20 @@ def register(sub, groups) -> None:
 
     p = sub.add_parser("train", help="train a head on a store's training prompts")
     p.add_argument("run", nargs="?", default=None, help="sample store (RUN/)")
-    _common(p)
-    add_arguments(p, TrainConfig, skip=("run", "params"))
+    add_common(p, "train")
+    add_arguments(p, TrainConfig, skip=("run", "params", "head"))
     p.add_argument(
-        "--params", default=None, help="extra head hyperparameters as JSON, e.g. '{\"lr\": 1e-3}'"
+        "--head-type", dest="head", default=None, help="head architecture (default: elhsr)"
     )
+    p.add_argument("--head", dest="head_alias", default=None, help=argparse.SUPPRESS)
+    add_params_argument(p)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser(
         "evaluate", help="best-of-N report of saved heads on a store's held-out prompts"
     )
     p.add_argument("run", nargs="?", default=None, help="sample store (RUN/)")
-    _common(p)
+    add_common(p, "evaluate")
     add_arguments(p, EvaluateConfig, skip=("run", "heads"))
     p.add_argument(
         "--head", dest="heads", action="append", default=None, help="saved head folder (repeatable)"
