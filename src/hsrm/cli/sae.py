@@ -130,7 +130,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
             raise HsrmError(f"{cfg.head}: not a sparserm head with SAE latents")
         half = len(sel) // 2
         chosen = sel[: cfg.n_latents] + sel[half : half + cfg.n_latents]
-        diffs = {s["latent"]: s["freq_diff"] for s in chosen}
+        diffs = {int(s["latent"]): s["freq_diff"] for s in chosen}
         latents = list(diffs)
     else:
         try:

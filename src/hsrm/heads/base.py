@@ -189,6 +189,13 @@ class Head:
         raise NotImplementedError
 
     def n_parameters(self) -> int:
+        """Trainable parameters, one meaning for every head: those of the fitted torch network
+        ``net_`` when the head has one (not its buffers, fixed projections or standardisation
+        statistics); other heads override it (``probe``: weights + bias)."""
+        self._check_fitted()
+        net = getattr(self, "net_", None)
+        if isinstance(net, torch.nn.Module):
+            return int(sum(p.numel() for p in net.parameters()))
         tensors, _ = self._state()
         return int(sum(t.numel() for t in tensors.values()))
 

@@ -237,11 +237,6 @@ class ELHSRHead(Head):
             "history": getattr(self, "history_", [])
         }
 
-    def n_parameters(self) -> int:
-        """Trainable parameters (the standardisation statistics are buffers, not trained)."""
-        self._check_fitted()
-        return int(sum(p.numel() for p in self.net_.parameters()))
-
     def _set_state(self, tensors: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
         in_dim = tensors["linear.weight"].shape[1]
         d = self.fingerprint_.hidden_size

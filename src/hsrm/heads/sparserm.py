@@ -31,6 +31,7 @@ from torch import nn
 
 from hsrm.errors import HsrmError
 from hsrm.features import TokenFeatures
+from hsrm.heads._defaults import with_defaults
 from hsrm.heads.base import Head, register
 from hsrm.splits import split_groups
 
@@ -341,45 +342,6 @@ class SparseRMHead(Head):
 
 
 @register("denserm")
+@with_defaults(features="dense")
 class DenseRMHead(SparseRMHead):
     """DenseRM: SparseRM's MLP and loss on the pooled state z itself (no SAE)."""
-
-    def __init__(
-        self,
-        sae: str | None = None,
-        layer: int | None = None,
-        pool: str = "mean",
-        k: int = 128,
-        hidden: int = 512,
-        features: str = "dense",
-        loss: str = "margin",
-        margin: float = 1.0,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        epochs: int = 200,
-        patience: int = 20,
-        val_frac: float = 0.2,
-        sae_latents: int = 1024,
-        sae_k: int = 16,
-        sae_steps: int = 500,
-        seed: int = 0,
-    ):
-        super().__init__(
-            sae,
-            layer,
-            pool,
-            k,
-            hidden,
-            features,
-            loss,
-            margin,
-            lr,
-            weight_decay,
-            epochs,
-            patience,
-            val_frac,
-            sae_latents,
-            sae_k,
-            sae_steps,
-            seed,
-        )
