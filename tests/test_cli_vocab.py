@@ -37,6 +37,22 @@ def test_train_flags(capsys):
     assert "has no parameter(s) ['nope']" in capsys.readouterr().err
 
 
+def test_train_config_accepts_head_type(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train:\n  run: R\n  head_type: elhsr\n  params: {lrr: 1}\n")
+    assert main(["train", "--config", str(cfg)]) == 2  # reaches the parameter check
+    assert "head 'elhsr' has no parameter(s) ['lrr']" in capsys.readouterr().err
+
+
+def test_train_and_evaluate_need_a_run(capsys):
+    assert main(["train", "--head-type", "elhsr"]) == 2
+    assert "name the sample store" in capsys.readouterr().err
+    assert main(["evaluate", "--head", "H"]) == 2
+    assert "name the sample store" in capsys.readouterr().err
+    assert main(["evaluate", "R"]) == 2
+    assert "--head HEAD/" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "argv",
     [

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from hsrm.config import add_arguments, from_sources, load_yaml
+from hsrm.errors import HsrmError
 
 
 def _console():
@@ -63,6 +64,14 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require_run(args: argparse.Namespace, values: dict, command: str) -> None:
+    """No silent fallback to runs/sample: the store is named on the command line or in the file."""
+    if args.run is None and "run" not in values:
+        raise HsrmError(
+            f"{command}: name the sample store: hsrm {command} RUN/ (or run: in --config)"
+        )
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from hsrm.cli._common import file_values
     from hsrm.cli._params import check_params, parse_params
@@ -74,6 +83,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         )
         args.head = args.head or args.head_alias
     values = file_values(args, "train")
+    _require_run(args, values, "train")
+    if "head_type" in values:  # the vocabulary's name for TrainConfig.head
+        values["head"] = values.pop("head_type")
     params = {**parse_params(values.pop("params", None)), **parse_params(args.params)}
     args.params = None
     cfg = from_sources(TrainConfig, values, args, params=params or None)
@@ -88,7 +100,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from hsrm.pipeline import EvaluateConfig, evaluate
     from hsrm.report import rich_table
 
-    cfg = from_sources(EvaluateConfig, file_values(args, "evaluate"), args)
+    values = file_values(args, "evaluate")
+    _require_run(args, values, "evaluate")
+    cfg = from_sources(EvaluateConfig, values, args)
+    if not cfg.heads:
+        raise HsrmError("evaluate: give at least one saved head folder (--head HEAD/)")
     rep = evaluate(cfg)
     con = _console()
     con.print(rich_table(rep))
