@@ -65,6 +65,8 @@ def test_train_and_evaluate_need_a_run(capsys):
         ["prefs", "train"],
         ["prefs", "evaluate"],
         ["prefs", "build"],
+        ["sae", "train"],
+        ["sae", "inspect"],
     ],
 )
 def test_model_and_head_commands_take_config_and_threads(argv):
