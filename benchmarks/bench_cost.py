@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     scores["random"] = np.zeros(N)  # all tied: the exact expectation of a random pick
     scores["majority"] = np.zeros(N)
-    votes = vote_counts(extracted, groups)
+    votes = vote_counts(extracted, groups, fraction=True)
     scores["fuse_rank(elhsr,text_rm)"] = rank_fusion([scores["elhsr"], scores["text_rm"]], groups)
     scores["fuse_minmax(elhsr,text_rm)"] = minmax_fusion(
         [scores["elhsr"], scores["text_rm"]], groups

@@ -63,7 +63,7 @@ def larger_share(pairs) -> float:
     The task mixes "larger" / "smaller" and + / - so that a size preference is a shortcut."""
     v = []
     for p in pairs:
-        x, y = first_number(p["chosen"]), first_number(p["rejected"])
+        x, y = first_number(p.chosen), first_number(p.rejected)
         if x is not None and y is not None:
             v.append(float(x) > float(y))
     return float(np.mean(v)) if v else float("nan")

@@ -57,7 +57,7 @@ def datasets(data: Path, quick: bool) -> dict[str, CaptureConfig]:
         "synthetic": CaptureConfig(
             source="synthetic:arith,compare,count",
             n_prompts=24 if q else 120,
-            samples=4,
+            n=4,
             temperature=0.8,
             max_new_tokens=6,
             shard_prompts=40,
@@ -72,7 +72,7 @@ def datasets(data: Path, quick: bool) -> dict[str, CaptureConfig]:
         "tqa-sampled": CaptureConfig(
             source=f"truthfulqa:{tqa}",
             n_prompts=8 if q else 48,
-            samples=4,
+            n=4,
             temperature=0.7,
             max_new_tokens=16,
             shots=1,

@@ -236,14 +236,15 @@ def run_main(res, sp, train, test, a, save) -> None:
 def run_latents(res, sp, train, lm, sae_dir, L, save) -> None:
     """Interpretability: top-activating tokens of the most preferred / dispreferred latents."""
     from hsrm.heads import make_head
-    from hsrm.prefs.evaluate import _chat_prompt, fit_head_on_pairs
+    from hsrm.prefs.data import pair_prompt_text
+    from hsrm.prefs.evaluate import fit_head_on_pairs
     from hsrm.sae import SAE, top_activating_tokens
 
     head = fit_head_on_pairs(make_head("sparserm", **sp), train)
     sel = head.selected_latents()
     show = sel[:5] + sel[len(sel) // 2 : len(sel) // 2 + 5]
     texts = [
-        _chat_prompt(lm.tokenizer, train.prompts[i], None) + train.texts[i]
+        pair_prompt_text(lm.tokenizer, train.prompts[i]) + train.texts[i]
         for i in range(0, len(train.texts), 8)
     ][:200]
     tops = top_activating_tokens(

@@ -155,7 +155,7 @@ def test_capture_refs_and_sampled(tiny_lm, tmp_path):
     assert len(data.logprobs[0]) == data.features[0].shape[0]
     # sampled answers of a random model match no reference: all unlabelled, counted
     cfg = CaptureConfig(
-        source=f"truthfulqa:{CSV}", n_prompts=2, samples=2, max_new_tokens=4, layers="last", shots=0
+        source=f"truthfulqa:{CSV}", n_prompts=2, n=2, max_new_tokens=4, layers="last", shots=0
     )
     st2 = capture(tiny_lm, cfg, tmp_path / "sampled")
     assert len(st2) == 4
@@ -170,9 +170,82 @@ def test_capture_refs_and_sampled(tiny_lm, tmp_path):
         load_labelled(st2, labels=[1])
 
 
+# -- the CLI: configs, --params, the model rule (tiny model) --------------------------------------
+def test_cli_train_evaluate_with_config_and_params(tiny_lm, tmp_path, capsys):
+    import json
+
+    from hsrm.cli import main
+
+    store = tmp_path / "store"
+    capture(
+        tiny_lm,
+        CaptureConfig(
+            source=f"truthfulqa-refs:{CSV}", n_prompts=6, layers="last", shots=0, out=str(store)
+        ),
+    )
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(
+        "train:\n  head_type: harp\n  split: all\n"
+        "  params: {projection: random, size: 4, epochs: 2, hidden: 8}\n"
+    )
+    head = tmp_path / "head"
+    argv = ["detect", "train", "--store", str(store), "--out", str(head), "--config", str(cfg)]
+    assert main([*argv, "--threads", "1"]) == 0
+    assert "trained harp on 24 answers (6 questions)" in capsys.readouterr().out
+    saved = json.loads((head / "config.json").read_text())
+    assert saved["params"]["epochs"] == 2 and saved["params"]["projection"] == "random"
+    # flags win over the file; --params as JSON
+    assert main([*argv, "--params", '{"epochs": 1}']) == 0
+    assert json.loads((head / "config.json").read_text())["params"]["epochs"] == 1
+    capsys.readouterr()
+    # bad input: one clear message, exit code 2
+    assert main([*argv, "--params", "{epochs: 1}"]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+    assert main([*argv, "--params", "nope=1"]) == 2
+    assert "has no parameter(s) ['nope']" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  bogus: 1\n")
+    assert main([*argv[:-1], str(bad)]) == 2
+    assert "unknown field 'bogus'" in capsys.readouterr().err
+    rows_json = tmp_path / "rows.json"
+    rc = main(
+        ["detect", "evaluate", "--store", str(store), "--head", str(head), "--n-boot", "10"]
+        + ["--out", str(rows_json), "--threads", "1"]
+    )
+    out = capsys.readouterr().out
+    assert rc == 0 and "| harp (head) |" in out and "(test split)" in out
+    methods = [r["method"] for r in json.loads(rows_json.read_text())]
+    assert methods == ["harp (head)", "perplexity", "ln-entropy", "text-only (TF-IDF)"]
+
+
+def test_score_loads_only_embedded_or_named_models():
+    from hsrm.detect.commands import model_for_head
+    from hsrm.models import DEFAULT_MODEL, ModelFingerprint
+
+    fp = ModelFingerprint(DEFAULT_MODEL, "r", 30, 576, 49152)
+    assert model_for_head(fp, None) == DEFAULT_MODEL
+    other = ModelFingerprint("someone/evil-model", "r", 2, 8, 10)
+    with pytest.raises(HsrmError, match="--model someone/evil-model"):
+        model_for_head(other, None)
+    assert model_for_head(other, "tiny:0") == "tiny:0"
+
+
+def test_truthfulqa_is_a_registered_task():
+    from hsrm.tasks import TASKS, get_task
+
+    assert TASKS["truthfulqa"] is TruthfulQATask
+    refs = get_task(f"truthfulqa-refs:{CSV}", limit=2)
+    assert isinstance(refs, TruthfulQATask) and refs.mode == "refs" and len(refs.prompts()) == 2
+    assert refs.describe()["name"] == "truthfulqa"  # stores keep reading it as TruthfulQA
+    assert (
+        make_task(f"truthfulqa:{CSV}", n_prompts=3, shots=0).prompts()[0].messages[0]["role"]
+        == "user"
+    )
+
+
 # -- the CLI end to end with the embedded model ----------------------------------------------------
 def test_parse_params():
-    from hsrm.cli.detect import _parse_params
+    from hsrm.cli._params import parse_params as _parse_params
 
     assert _parse_params(["size=0.1", "projection=random", "pool=mean", "epochs=3"]) == {
         "size": 0.1,
@@ -213,11 +286,11 @@ def test_cli_capture_train_evaluate_score(tmp_path, capsys):
             "train",
             "--store",
             store,
-            "--head",
+            "--head-type",
             "harp",
             "--split",
             "all",
-            "--param",
+            "--params",
             "epochs=3",
             "hidden=64",
             "--out",

@@ -47,7 +47,10 @@ def test_minmax_scale_and_fusion():
 
 def test_vote_counts():
     answers = ["4", "4", None, "7", "8", "7"]
-    np.testing.assert_allclose(vote_counts(answers, G), [2 / 3, 2 / 3, 0, 2 / 3, 1 / 3, 2 / 3])
+    np.testing.assert_allclose(
+        vote_counts(answers, G, fraction=True), [2 / 3, 2 / 3, 0, 2 / 3, 1 / 3, 2 / 3]
+    )
+    np.testing.assert_allclose(vote_counts(answers, G), [2, 2, 0, 2, 1, 2])
     with pytest.raises(HsrmError, match="answers"):
         vote_counts(answers[:3], G)
 

@@ -10,7 +10,8 @@ from hsrm.errors import HsrmError
 from hsrm.features import TokenFeatures
 from hsrm.heads import make_head
 from hsrm.models import tiny_model
-from hsrm.prefs.build import PromptSamples, build_pairs, read_pairs_jsonl, select_pairs
+from hsrm.prefs.build import PromptSamples, build_pairs, select_pairs
+from hsrm.prefs.data import read_pairs
 from hsrm.tasks.base import Prompt, Task
 
 LAYERS = (1, 2)
@@ -35,25 +36,25 @@ def test_head_rule_best_vs_worst_margin_and_disagreement():
         _ps("d", ["x", "x", "x"], [1.0, 1.0, 1.0]),  # one distinct answer
     ]
     pairs, st = select_pairs(s, "head", margin=0.5)
-    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("y", "z")]
+    assert [(p.chosen, p.rejected) for p in pairs] == [("y", "z")]
     assert (
         st["below_margin"] == 1
         and st["disagrees_with_verifier"] == 1
         and st["no_distinct_answers"] == 1
     )
     kept, _ = select_pairs(s, "head", margin=0.5, drop_disagreements=False)
-    assert ("x", "y") in [(p["chosen"], p["rejected"]) for p in kept]
-    assert pairs[0]["prompt"] == "PROMPT " and pairs[0]["group"] == "a"
-    assert pairs[0]["chosen_score"] == 2.0 and pairs[0]["chosen_correct"] == 1
+    assert ("x", "y") in [(p.chosen, p.rejected) for p in kept]
+    assert pairs[0].prompt == "PROMPT " and pairs[0].group == "a"
+    assert pairs[0].extra["chosen_score"] == 2.0 and pairs[0].extra["chosen_correct"] == 1
 
 
 def test_verifier_and_random_rules():
     s = [_ps("a", ["1", "2", "3", "4"], labels=[0, 1, 0, 0]), _ps("b", ["1", "2"], labels=[1, 1])]
     pairs, st = select_pairs(s, "verifier", seed=0)
-    assert len(pairs) == 1 and pairs[0]["chosen"] == "2" and pairs[0]["rejected"] != "2"
+    assert len(pairs) == 1 and pairs[0].chosen == "2" and pairs[0].rejected != "2"
     assert st["no_correct_and_incorrect"] == 1
     rnd, _ = select_pairs(s * 5, "random", seed=0)
-    assert len(rnd) == 10 and all(p["chosen"] != p["rejected"] for p in rnd)
+    assert len(rnd) == 10 and all(p.chosen != p.rejected for p in rnd)
     with pytest.raises(HsrmError, match="needs head scores"):
         select_pairs(s, "head")
     with pytest.raises(HsrmError, match="select must be"):
@@ -118,9 +119,11 @@ def test_build_pairs_jsonl_loads_in_dpo_trainer_unchanged(lm, head, tmp_path):
         out=out,
     )
     assert stats["pairs"] == len(pairs) > 0 and out.exists()
-    rows = read_pairs_jsonl(out)
-    assert all(r["chosen_score"] >= r["rejected_score"] for r in rows)
-    assert rows[0]["prompt"].endswith("Ok: ")  # chat-formatted prompt with the prefill
+    rows, _ = read_pairs(out)
+    key = lambda p: (p.id, p.prompt, p.chosen, p.rejected, p.group, p.extra)  # noqa: E731
+    assert [key(r) for r in rows] == [key(p) for p in pairs]  # one writer, one reader
+    assert all(r.extra["chosen_score"] >= r.extra["rejected_score"] for r in rows)
+    assert rows[0].prompt.endswith("Ok: ")  # chat-formatted prompt with the prefill
     # the file goes to TRL untouched
     ds = load_dataset("json", data_files=str(out), split="train")
     policy = tiny_model(seed=0)

@@ -75,6 +75,6 @@ def test_truthfulqa_pairs_and_split_by_question():
     assert len({p.group for p in test}) == 2 and len(train) + len(test) == len(pairs)
     zipped = truthfulqa_pairs(FIX / "tqa_small.csv", max_answers=2, all_combinations=False)
     assert len(zipped) == 10
-    with pytest.raises(HsrmError, match="test_frac"):
+    with pytest.raises(HsrmError, match="fraction"):
         split_by_group(pairs, test_frac=1.5)
     assert np.all([p.source for p in pairs])

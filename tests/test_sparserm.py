@@ -9,15 +9,15 @@ from hsrm.errors import HsrmError
 from hsrm.heads import Head, make_head
 from hsrm.heads.sparserm import _pairs_in_groups
 from hsrm.metrics import pairwise_accuracy
-from hsrm.prefs.data import read_pairs, truthfulqa_pairs
+from hsrm.prefs.data import PrefPair, pair_prompt_text, read_pairs, truthfulqa_pairs
 from hsrm.prefs.evaluate import (
     PairSet,
-    _chat_prompt,
+    _encode_question,
     encode_pairs,
     evaluate_arms,
     head_arm,
     logprob_arm,
-    teacher_force_shared,
+    template_prefix_len,
     text_only_arm,
 )
 from hsrm.sae import train_topk_sae
@@ -113,18 +113,22 @@ def test_bad_parameters(split_data, tmp_path):
         make_head("denserm").fit(Xtr, ytr, np.arange(len(ytr)).astype(str))
 
 
-def test_shared_prefix_teacher_forcing_equals_core(tiny_lm):
-    ptext = _chat_prompt(tiny_lm.tokenizer, "Where did fortune cookies originate?", None)
+def test_pair_encoding_equals_teacher_forcing_the_full_prompt(tiny_lm):
+    q = "Where did fortune cookies originate?"
+    ptext = pair_prompt_text(tiny_lm.tokenizer, q)
     answers = ["In San Francisco.", "China", "The precise origin of fortune cookies is unclear."]
-    layers = (0, 1, 2, 3)  # 3 = prenorm (the final norm's input) on this 2-block model
-    core = teacher_force(tiny_lm, ptext, answers, layers)
-    states: list = []
-    mine = teacher_force_shared(tiny_lm, ptext, answers, layers, states)
+    core = teacher_force(tiny_lm, ptext, answers, (0, 1, 2))
+    skip = template_prefix_len(tiny_lm.tokenizer)
+    assert skip > 0
+    mine, q_states = _encode_question(tiny_lm, ptext, skip, answers, (0, 1, 2))
     for a, (h, lp) in zip(core, mine):
         torch.testing.assert_close(h, a.hidden, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(lp, a.logprobs, atol=1e-5, rtol=1e-4)
-        assert not torch.allclose(h[:, 3], h[:, 2])  # prenorm differs from the post-norm state
-    assert states[0].shape[1:] == (4, tiny_lm.fingerprint.hidden_size)
+    n_q = len(tiny_lm.tokenizer(ptext, add_special_tokens=False)["input_ids"]) - skip
+    assert q_states is not None and q_states.shape == (n_q, 3, tiny_lm.fingerprint.hidden_size)
+    ps = encode_pairs(tiny_lm, [PrefPair("p", q, answers[0], answers[1], "g")], [0, 1, 2])
+    torch.testing.assert_close(ps.feats[0].float(), core[0].hidden, atol=2e-2, rtol=1e-2)
+    assert ps.prompt_groups == ["g"] and ps.prompt_hidden[0].shape == q_states.shape
 
 
 def test_pairset_cache_and_evaluation(tiny_lm, tmp_path):
@@ -193,10 +197,14 @@ def test_cli_train_evaluate_inspect_on_embedded_model(embedded_lm, tmp_path, cap
 
 
 def _cli_steps(embedded_lm, tmp_path, capsys, main):
-    ptext = _chat_prompt(embedded_lm.tokenizer, "Why do veins appear blue?", None)
+    ptext = pair_prompt_text(embedded_lm.tokenizer, "Why do veins appear blue?")
     answers = ["Because of how light penetrates skin.", "Deoxygenated blood is blue."]
     core = teacher_force(embedded_lm, ptext, answers, (15,))
-    for a, (h, lp) in zip(core, teacher_force_shared(embedded_lm, ptext, answers, (15,))):
+    mine, q_states = _encode_question(
+        embedded_lm, ptext, template_prefix_len(embedded_lm.tokenizer), answers, (15,)
+    )
+    assert q_states is not None  # SmolLM2's template prefix re-tokenizes to itself
+    for a, (h, lp) in zip(core, mine):
         torch.testing.assert_close(h, a.hidden, atol=1e-3, rtol=1e-3)
         torch.testing.assert_close(lp, a.logprobs, atol=1e-4, rtol=1e-4)
     assert (
@@ -269,7 +277,6 @@ def _cli_steps(embedded_lm, tmp_path, capsys, main):
     )
     out = capsys.readouterr().out
     assert "pairwise accuracy" in out and "2 questions" in out
-    assert "<table>" in (tmp_path / "r.html").read_text()  # the HTML page beside r.json
     assert (
         main(
             [

@@ -15,7 +15,7 @@ top_logprobs=k`` (k <= 20)::
 one label per choice (1 = correct), optional. ``read_api_log`` checks every line and names the
 line of the first problem; ``write_api_log`` writes hsrm samples drawn with
 ``SampleConfig(top_logprobs=k)`` in the same format, so heads trained on API logs and on hsrm's own
-samples read the same features (``hsrm.heads.logits.toplogprob_features``).
+samples read the same features (``hsrm.features.toplogprob_features``).
 """
 
 from __future__ import annotations

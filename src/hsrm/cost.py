@@ -116,14 +116,27 @@ class CostRow:
 
 def cost_markdown(rows: list[CostRow]) -> str:
     """The cost table as Markdown."""
-    head = (
-        "| scorer | trainable params | score s/sample | score FLOPs/sample | "
-        "BoN cost / sampling (time) | BoN cost / sampling (FLOPs) | notes |\n"
-        "|---|---:|---:|---:|---:|---:|---|\n"
-    )
-    lines = [
-        f"| {r.scorer} | {r.trainable_params:,} | {r.score_seconds:.2e} | {r.score_flops:.2e} | "
-        f"{r.bon_ratio_seconds:.3f} | {r.bon_ratio_flops:.4f} | {r.notes} |"
+    from hsrm.tables import markdown_table
+
+    header = [
+        "scorer",
+        "trainable params",
+        "score s/sample",
+        "score FLOPs/sample",
+        "BoN cost / sampling (time)",
+        "BoN cost / sampling (FLOPs)",
+        "notes",
+    ]
+    cells = [
+        [
+            r.scorer,
+            f"{r.trainable_params:,}",
+            f"{r.score_seconds:.2e}",
+            f"{r.score_flops:.2e}",
+            f"{r.bon_ratio_seconds:.3f}",
+            f"{r.bon_ratio_flops:.4f}",
+            r.notes,
+        ]
         for r in rows
     ]
-    return head + "\n".join(lines) + "\n"
+    return markdown_table(header, cells, align="lrrrrrl") + "\n"

@@ -14,21 +14,9 @@ import numpy as np
 
 from hsrm import metrics as M
 from hsrm.errors import HsrmError
+from hsrm.metrics import vote_counts
 
 MAJORITY = "majority"
-
-
-def vote_counts(extracted: Sequence[object], groups: np.ndarray) -> np.ndarray:
-    """Per sample: how many samples of its prompt gave the same extracted answer (0 for none)."""
-    out = np.zeros(len(extracted))
-    for _, idx in M._by_group(groups).items():
-        counts: dict[object, int] = {}
-        for i in idx:
-            if extracted[i] is not None:
-                counts[extracted[i]] = counts.get(extracted[i], 0) + 1
-        for i in idx:
-            out[i] = counts.get(extracted[i], 0) if extracted[i] is not None else 0
-    return out
 
 
 def _summary(

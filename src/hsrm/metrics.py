@@ -17,29 +17,45 @@ from hsrm.errors import HsrmError
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """AUROC with ties counted half; NaN when only one class is present."""
+    """AUROC (scikit-learn's ``roc_auc_score``: ties between a positive and a negative count half,
+    the Mann-Whitney U statistic); NaN when only one class is present."""
+    from sklearn.metrics import roc_auc_score
+
     s, y = np.asarray(scores, float), np.asarray(labels).astype(bool)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
+    if y.all() or not y.any():
         return float("nan")
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(len(s))
-    sorted_s = s[order]
-    # average ranks for ties
-    i = 0
-    while i < len(s):
-        j = i
-        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(roc_auc_score(y, s))
 
 
-def _by_group(groups: np.ndarray) -> dict[object, np.ndarray]:
+def by_group(groups: np.ndarray) -> dict[object, np.ndarray]:
+    """Sample indices of each group (prompt / question), groups in sorted order."""
     groups = np.asarray(groups)
     uniq, inv = np.unique(groups, return_inverse=True)
     return {u: np.flatnonzero(inv == i) for i, u in enumerate(uniq)}
+
+
+_by_group = by_group  # the old private name, still used by hsrm.evaluate
+
+
+def vote_counts(
+    answers: Sequence[object], groups: np.ndarray, fraction: bool = False
+) -> np.ndarray:
+    """Per sample: how many samples of its prompt gave the same extracted answer (None -> 0); with
+    ``fraction``, that count divided by the prompt's number of samples (the self-consistency score
+    that fusion combines with a head's)."""
+    groups = np.asarray(groups)
+    if len(answers) != len(groups):
+        raise HsrmError(f"vote_counts: {len(answers)} answers but {len(groups)} groups")
+    out = np.zeros(len(groups))
+    for idx in by_group(groups).values():
+        counts: dict[object, int] = {}
+        for i in idx:
+            if answers[i] is not None:
+                counts[answers[i]] = counts.get(answers[i], 0) + 1
+        for i in idx:
+            c = counts.get(answers[i], 0) if answers[i] is not None else 0
+            out[i] = c / len(idx) if fraction else c
+    return out
 
 
 def within_prompt_auroc(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float:
@@ -51,7 +67,7 @@ def within_prompt_auroc(scores: np.ndarray, labels: np.ndarray, groups: np.ndarr
 
 def within_prompt_auroc_per_group(scores, labels, groups) -> dict[object, float]:
     s, y = np.asarray(scores, float), np.asarray(labels)
-    return {g: auroc(s[i], y[i]) for g, i in _by_group(groups).items()}
+    return {g: auroc(s[i], y[i]) for g, i in by_group(groups).items()}
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -131,7 +147,7 @@ def per_prompt_bon(
 ) -> dict[object, float]:
     s, y = np.asarray(scores, float), np.asarray(labels)
     f = bon_prompt if protocol == "random" else bon_first_k
-    return {g: f(s[i], y[i], k) for g, i in _by_group(groups).items()}
+    return {g: f(s[i], y[i], k) for g, i in by_group(groups).items()}
 
 
 def bootstrap_ci(
@@ -158,7 +174,7 @@ def bootstrap_metric_ci(
     seed: int = 0,
 ) -> tuple[float, float]:
     """CI of ``metric(sample_indices)`` resampling whole groups (prompts / questions) with replacement."""
-    by = list(_by_group(groups).values())
+    by = list(by_group(groups).values())
     rng = np.random.default_rng(seed)
     vals = []
     for _ in range(n_boot):

@@ -179,11 +179,54 @@ def resolve(name_or_path: str, gguf_file: str | None = None) -> tuple[str, str |
         rev = _file_digest(weights[0]) if weights else "local"
         return str(p), None, rev
     if name_or_path.count("/") == 1 and not name_or_path.startswith(("/", ".")):
+        check_hub_id(name_or_path)
         return name_or_path, gguf_file, "hub"  # hub id; revision filled from the config below
     raise HsrmError(
         f"unknown model {name_or_path!r}: not an embedded model ({', '.join(EMBEDDED)}), "
         "not a local folder or .gguf file, and not a hub id (owner/name)"
     )
+
+
+def check_hub_id(repo_id: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, with one message, on a hub id that cannot be loaded: one that is neither
+    in the local cache nor (``HF_HUB_OFFLINE`` unset) found by one HEAD request without retries.
+    transformers would otherwise retry for ~50 s with a warning per attempt."""
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        return  # cached: loads offline
+    if constants.HF_HUB_OFFLINE:
+        raise HsrmError(
+            f"model {repo_id!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
+            "download it first or pass a local folder"
+        )
+    req = urllib.request.Request(f"{constants.ENDPOINT}/api/models/{repo_id}", method="HEAD")
+    try:
+        from huggingface_hub import get_token
+
+        token = get_token()
+    except Exception:  # noqa: BLE001  (no token is fine: public models)
+        token = None
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        urllib.request.urlopen(req, timeout=timeout).close()
+    except urllib.error.HTTPError as e:
+        if e.code in (401, 403, 404):
+            raise HsrmError(
+                f"model {repo_id!r} was not found on the Hugging Face hub (HTTP {e.code}); check "
+                "the id, or log in (HF_TOKEN) for a private or gated model"
+            ) from None
+        raise HsrmError(f"model {repo_id!r}: the hub answered HTTP {e.code}") from None
+    except (urllib.error.URLError, TimeoutError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise HsrmError(
+            f"model {repo_id!r}: the Hugging Face hub is unreachable ({reason}) and the model is "
+            "not cached; connect, or pass a local folder"
+        ) from None
 
 
 def load_model(

@@ -36,9 +36,9 @@ def bon_rows(rep: dict[str, Any], ks: list[str] | None = None) -> tuple[list[str
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
+    from hsrm.tables import markdown_table
+
+    return markdown_table(header, rows)
 
 
 def bon_markdown(rep: dict[str, Any]) -> str:

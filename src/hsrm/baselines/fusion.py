@@ -5,9 +5,8 @@
   the mean rank;
 * ``minmax_fusion``: each scorer is min-max scaled to [0, 1] within the prompt (a constant scorer
   gives 0.5) and the scaled scores are averaged, optionally weighted (SWIFT's "scaling average");
-* ``vote_counts``: how many of the prompt's samples gave the same extracted answer, as a fraction of
-  the prompt's samples (no answer counts 0) -- a scorer that fuses like any other, e.g.
-  ``minmax_fusion([head_scores, vote_counts(answers, groups)], groups)``.
+* the majority-vote count (``hsrm.metrics.vote_counts``, re-exported here) is a scorer that fuses
+  like any other, e.g. ``minmax_fusion([head_scores, vote_counts(answers, groups)], groups)``.
 
 Every rule works within a prompt, so only the order of a prompt's samples matters to best-of-N.
 """
@@ -19,6 +18,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from hsrm.errors import HsrmError
+from hsrm.metrics import by_group, vote_counts
+
+__all__ = ["fuse", "minmax_fusion", "minmax_scale", "rank_fusion", "vote_counts", "within_ranks"]
 
 
 def _check(scores: Sequence[np.ndarray], groups: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
@@ -39,8 +41,7 @@ def _check(scores: Sequence[np.ndarray], groups: np.ndarray) -> tuple[list[np.nd
 
 
 def _group_index(groups: np.ndarray) -> list[np.ndarray]:
-    _, inv = np.unique(groups, return_inverse=True)
-    return [np.flatnonzero(inv == k) for k in range(inv.max() + 1)] if len(inv) else []
+    return list(by_group(groups).values())
 
 
 def within_ranks(scores: np.ndarray, groups: np.ndarray) -> np.ndarray:
@@ -89,22 +90,6 @@ def minmax_fusion(
         )
     Z = np.stack([minmax_scale(s, groups) for s in ss])
     return (w[:, None] * Z).sum(0) / w.sum()
-
-
-def vote_counts(answers: Sequence[object], groups: np.ndarray) -> np.ndarray:
-    """Fraction of the prompt's samples that share this sample's extracted answer (None -> 0)."""
-    groups = np.asarray(groups)
-    if len(answers) != len(groups):
-        raise HsrmError(f"vote_counts: {len(answers)} answers but {len(groups)} groups")
-    out = np.zeros(len(groups))
-    for idx in _group_index(groups):
-        counts: dict[object, int] = {}
-        for i in idx:
-            if answers[i] is not None:
-                counts[answers[i]] = counts.get(answers[i], 0) + 1
-        for i in idx:
-            out[i] = counts.get(answers[i], 0) / len(idx) if answers[i] is not None else 0.0
-    return out
 
 
 def fuse(

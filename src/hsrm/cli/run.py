@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
+import logging
 from pathlib import Path
 
 from hsrm.config import add_arguments, from_sources, load_yaml
@@ -46,7 +46,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
     out = Path(cfg.out)
     con.print(
-        f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'bon.png'}, {out / 'results.html'} (samples in {out / 'samples'})"
+        f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'bon.png'}, "
+        f"{out / 'results.html'} (samples in {out / 'samples'})"
     )
     return 0
 
@@ -64,43 +65,61 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require_run(args: argparse.Namespace, values: dict, command: str) -> None:
+    """No silent fallback to runs/sample: the store is named on the command line or in the file."""
+    if args.run is None and "run" not in values:
+        raise HsrmError(
+            f"{command}: name the sample store: hsrm {command} RUN/ (or run: in --config)"
+        )
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
+    from hsrm.cli._common import file_values
+    from hsrm.cli._params import check_params, parse_params
     from hsrm.pipeline import TrainConfig, train
 
-    params = None
-    if isinstance(args.params, str):
-        try:
-            params = json.loads(args.params)
-        except json.JSONDecodeError as e:
-            raise HsrmError(
-                f"--params: malformed JSON ({e.msg} at column {e.colno}); "
-                "expected an object like '{\"lr\": 1e-3}'"
-            ) from None
-        if not isinstance(params, dict):
-            raise HsrmError(f"--params: expected a JSON object, got {args.params!r}")
+    if args.head_alias is not None:
+        logging.getLogger(__name__).warning(
+            "train: --head NAME is deprecated; use --head-type NAME"
+        )
+        args.head = args.head or args.head_alias
+    values = file_values(args, "train")
+    _require_run(args, values, "train")
+    if "head_type" in values:  # the vocabulary's name for TrainConfig.head
+        values["head"] = values.pop("head_type")
+    params = {**parse_params(values.pop("params", None)), **parse_params(args.params)}
     args.params = None
-    cfg = from_sources(TrainConfig, load_yaml(args.config, "train"), args, params=params)
+    cfg = from_sources(TrainConfig, values, args, params=params or None)
+    check_params(cfg.head, cfg.params)
     head = train(cfg)
     _console().print(f"saved {cfg.head} head ({head.n_parameters():,} parameters) to {cfg.out}")
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from hsrm.cli._common import file_values
     from hsrm.pipeline import EvaluateConfig, evaluate
     from hsrm.report import rich_table
 
-    cfg = from_sources(EvaluateConfig, load_yaml(args.config, "evaluate"), args)
+    values = file_values(args, "evaluate")
+    _require_run(args, values, "evaluate")
+    cfg = from_sources(EvaluateConfig, values, args)
+    if not cfg.heads:
+        raise HsrmError("evaluate: give at least one saved head folder (--head HEAD/)")
     rep = evaluate(cfg)
     con = _console()
     con.print(rich_table(rep))
     out = Path(cfg.out or Path(cfg.run) / "eval")
     con.print(
-        f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'bon.png'}, {out / 'results.html'}"
+        f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'bon.png'}, "
+        f"{out / 'results.html'}"
     )
     return 0
 
 
 def register(sub, groups) -> None:
+    from hsrm.cli._common import add_common
+    from hsrm.cli._params import add_params_argument
     from hsrm.pipeline import DemoConfig, EvaluateConfig, SampleRunConfig, TrainConfig
 
     p = sub.add_parser("demo", help="the whole best-of-N pipeline on the embedded model and task")
@@ -117,18 +136,20 @@ def register(sub, groups) -> None:
 
     p = sub.add_parser("train", help="train a head on a store's training prompts")
     p.add_argument("run", nargs="?", default=None, help="sample store (RUN/)")
-    _common(p)
-    add_arguments(p, TrainConfig, skip=("run", "params"))
+    add_common(p, "train")
+    add_arguments(p, TrainConfig, skip=("run", "params", "head"))
     p.add_argument(
-        "--params", default=None, help="extra head hyperparameters as JSON, e.g. '{\"lr\": 1e-3}'"
+        "--head-type", dest="head", default=None, help="head architecture (default: elhsr)"
     )
+    p.add_argument("--head", dest="head_alias", default=None, help=argparse.SUPPRESS)
+    add_params_argument(p)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser(
         "evaluate", help="best-of-N report of saved heads on a store's held-out prompts"
     )
     p.add_argument("run", nargs="?", default=None, help="sample store (RUN/)")
-    _common(p)
+    add_common(p, "evaluate")
     add_arguments(p, EvaluateConfig, skip=("run", "heads"))
     p.add_argument(
         "--head", dest="heads", action="append", default=None, help="saved head folder (repeatable)"

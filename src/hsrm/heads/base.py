@@ -37,6 +37,7 @@ from hsrm.heads.hub import (
 )
 from hsrm.io import atomic_dir, atomic_write_bytes, atomic_write_json, read_json
 from hsrm.models import ModelFingerprint
+from hsrm.splits import split_groups  # noqa: F401  (re-exported: the one splitter)
 
 HEAD_FORMAT_VERSION = 1
 REGISTRY: dict[str, type[Head]] = {}
@@ -159,9 +160,7 @@ class Head:
         with atomic_dir(path, "head", overwrite=overwrite, inputs=inputs) as tmp:
             for name, obj in (records or {}).items():
                 atomic_write_json(tmp / name, obj)
-            (tmp / WEIGHTS_FILE).write_bytes(
-                save({k: v.contiguous() for k, v in tensors.items()})
-            )
+            (tmp / WEIGHTS_FILE).write_bytes(save({k: v.contiguous() for k, v in tensors.items()}))
             atomic_write_json(
                 tmp / "config.json",
                 {
@@ -302,6 +301,13 @@ class Head:
         raise NotImplementedError
 
     def n_parameters(self) -> int:
+        """Trainable parameters, one meaning for every head: those of the fitted torch network
+        ``net_`` when the head has one (not its buffers, fixed projections or standardisation
+        statistics); other heads override it (``probe``: weights + bias)."""
+        self._check_fitted()
+        net = getattr(self, "net_", None)
+        if isinstance(net, torch.nn.Module):
+            return int(sum(p.numel() for p in net.parameters()))
         tensors, _ = self._state()
         return int(sum(t.numel() for t in tensors.values()))
 
@@ -332,13 +338,3 @@ def _jsonable(d: Any) -> Any:
     if isinstance(d, np.generic):
         return d.item()
     return d
-
-
-def split_groups(groups: np.ndarray, frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Boolean masks (train, validation) with ``frac`` of the *groups* held out."""
-    uniq = np.unique(groups)
-    rng = np.random.default_rng(seed)
-    n_val = max(1, int(round(frac * len(uniq)))) if len(uniq) > 1 else 0
-    val_groups = set(rng.choice(uniq, size=n_val, replace=False).tolist()) if n_val else set()
-    val = np.array([g in val_groups for g in groups])
-    return ~val, val

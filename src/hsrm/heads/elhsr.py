@@ -19,7 +19,8 @@ from torch import nn
 
 from hsrm.errors import HsrmError
 from hsrm.features import Indices, TokenFeatures
-from hsrm.heads.base import Head, register, split_groups
+from hsrm.heads.base import Head, register
+from hsrm.splits import split_groups
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ class ELHSRHead(Head):
         opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         g = groups if groups is not None else np.arange(len(y))
         tr, va = (
-            split_groups(g, self.val_frac, self.seed)
+            split_groups(g, self.val_frac, self.seed, require_both=False)
             if self.val_frac > 0
             else (np.ones(len(y), bool), np.zeros(len(y), bool))
         )
@@ -247,11 +248,6 @@ class ELHSRHead(Head):
         return {k: v.detach().clone() for k, v in self.net_.state_dict().items()}, {
             "history": getattr(self, "history_", [])
         }
-
-    def n_parameters(self) -> int:
-        """Trainable parameters (the standardisation statistics are buffers, not trained)."""
-        self._check_fitted()
-        return int(sum(p.numel() for p in self.net_.parameters()))
 
     def _set_state(self, tensors: dict[str, torch.Tensor], extra: dict[str, Any]) -> None:
         in_dim = tensors["linear.weight"].shape[1]

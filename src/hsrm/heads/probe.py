@@ -79,6 +79,12 @@ class ProbeHead(Head):
             Z = Z @ self.proj_
         return Z @ self.coef_ + self.intercept_
 
+    def n_parameters(self) -> int:
+        """Trainable parameters: the linear weights and the bias (the standardisation statistics
+        and the PCA projection of ``lda`` are fit, not trained)."""
+        self._check_fitted()
+        return int(np.asarray(self.coef_).size) + 1
+
     def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         t = {
             k: torch.as_tensor(np.asarray(getattr(self, k + "_"), dtype=np.float64))

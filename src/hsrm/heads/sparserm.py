@@ -32,7 +32,9 @@ from torch import nn
 
 from hsrm.errors import HsrmError
 from hsrm.features import TokenFeatures
-from hsrm.heads.base import Head, register, split_groups
+from hsrm.heads._defaults import with_defaults
+from hsrm.heads.base import Head, register
+from hsrm.splits import split_groups
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +240,7 @@ class SparseRMHead(Head):
     def _train(self, V: torch.Tensor, y: np.ndarray, groups: np.ndarray) -> nn.Module:
         g = np.asarray(groups).astype(str)
         tr, va = (
-            split_groups(g, self.val_frac, self.seed)
+            split_groups(g, self.val_frac, self.seed, require_both=False)
             if self.val_frac > 0
             else (np.ones(len(y), bool), None)
         )
@@ -360,45 +362,6 @@ class SparseRMHead(Head):
 
 
 @register("denserm")
+@with_defaults(features="dense")
 class DenseRMHead(SparseRMHead):
     """DenseRM: SparseRM's MLP and loss on the pooled state z itself (no SAE)."""
-
-    def __init__(
-        self,
-        sae: str | None = None,
-        layer: int | None = None,
-        pool: str = "mean",
-        k: int = 128,
-        hidden: int = 512,
-        features: str = "dense",
-        loss: str = "margin",
-        margin: float = 1.0,
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        epochs: int = 200,
-        patience: int = 20,
-        val_frac: float = 0.2,
-        sae_latents: int = 1024,
-        sae_k: int = 16,
-        sae_steps: int = 500,
-        seed: int = 0,
-    ):
-        super().__init__(
-            sae,
-            layer,
-            pool,
-            k,
-            hidden,
-            features,
-            loss,
-            margin,
-            lr,
-            weight_decay,
-            epochs,
-            patience,
-            val_frac,
-            sae_latents,
-            sae_k,
-            sae_steps,
-            seed,
-        )

@@ -30,13 +30,24 @@ from hsrm.capture import SampleConfig, prompt_text, sample_prompt, teacher_force
 from hsrm.errors import HsrmError
 from hsrm.features import TokenFeatures
 from hsrm.heads.base import Head
-from hsrm.io import atomic_write_text, read_jsonl
 from hsrm.models import LoadedModel
+from hsrm.prefs.data import PrefPair, read_pairs, write_pairs
 from hsrm.tasks.base import Prompt, Task
 
 log = logging.getLogger(__name__)
 
 SELECTS = ("head", "verifier", "random")
+
+__all__ = [
+    "SELECTS",
+    "PromptSamples",
+    "build_pairs",
+    "pair_stats",
+    "read_pairs",
+    "sample_and_score",
+    "select_pairs",
+    "write_pairs",
+]
 
 
 @dataclass
@@ -97,7 +108,7 @@ def select_pairs(
     margin: float = 0.0,
     drop_disagreements: bool = True,
     seed: int = 0,
-) -> tuple[list[dict[str, Any]], dict[str, int]]:
+) -> tuple[list[PrefPair], dict[str, int]]:
     """One (chosen, rejected) pair per prompt where the rule allows; returns (pairs, counts of
     prompts kept and dropped by reason). Answers with identical text never form a pair."""
     if select not in SELECTS:
@@ -154,47 +165,28 @@ def select_pairs(
                 c, r = int(rng.choice(good)), int(rng.choice(bad))
         else:
             c, r = (int(x) for x in rng.choice(uniq, size=2, replace=False))
-        rec: dict[str, Any] = {
-            "prompt": s.prompt_text,
-            "chosen": texts[c],
-            "rejected": texts[r],
-            "id": f"{s.prompt.id}-pair",
-            "group": s.prompt.id,
-            "select": select,
-        }
+        extra: dict[str, Any] = {"select": select}
         if scores is not None:
-            rec["chosen_score"], rec["rejected_score"] = float(scores[c]), float(scores[r])
+            extra["chosen_score"], extra["rejected_score"] = float(scores[c]), float(scores[r])
         if labels is not None:
-            rec["chosen_correct"], rec["rejected_correct"] = int(labels[c]), int(labels[r])
-        pairs.append(rec)
+            extra["chosen_correct"], extra["rejected_correct"] = int(labels[c]), int(labels[r])
+        pairs.append(
+            PrefPair(
+                f"{s.prompt.id}-pair", s.prompt_text, texts[c], texts[r], s.prompt.id, extra=extra
+            )
+        )
     stats["pairs"] = len(pairs)
     return pairs, stats
 
 
-def write_pairs(path: str | Path, pairs: Sequence[dict[str, Any]]) -> Path:
-    """Atomically write pairs as JSONL (one object per line)."""
-    import json
-
-    path = Path(path)
-    atomic_write_text(path, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs))
-    return path
-
-
-def read_pairs_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Read pairs written by ``write_pairs``, checking the three TRL fields (errors name file:line)."""
-    rows = read_jsonl(path)
-    for r in rows:
-        line = r.pop("_line")
-        for k in ("prompt", "chosen", "rejected"):
-            if not isinstance(r.get(k), str):
-                raise HsrmError(f"{path}:{line}: field {k!r} missing or not a string")
-    return rows
-
-
-def pair_stats(pairs: Sequence[dict[str, Any]]) -> dict[str, float]:
+def pair_stats(pairs: Sequence[PrefPair]) -> dict[str, float]:
     """Pair accuracy against the verifier, where pairs carry labels: the share of pairs whose
     chosen answer is correct and rejected wrong ('clean'), and reversed ('flipped')."""
-    lab = [(p["chosen_correct"], p["rejected_correct"]) for p in pairs if "chosen_correct" in p]
+    lab = [
+        (p.extra["chosen_correct"], p.extra["rejected_correct"])
+        for p in pairs
+        if "chosen_correct" in p.extra
+    ]
     if not lab:
         return {"n": len(pairs)}
     a = np.array(lab)
@@ -219,7 +211,7 @@ def build_pairs(
     scoring_lm: LoadedModel | None = None,
     out: str | Path | None = None,
     seed: int = 0,
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+) -> tuple[list[PrefPair], dict[str, Any]]:
     """Sample, score, select and (optionally) write pairs. ``select`` defaults to ``head`` when a
     head is given, else ``verifier``. Returns (pairs, stats)."""
     if head is None and task is None:

@@ -8,16 +8,20 @@ logged and returned), never skipped silently.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from hsrm.errors import HsrmError
 from hsrm.io import read_jsonl
+from hsrm.splits import split_groups
+from hsrm.tasks.base import Prompt
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +30,22 @@ FIELDS = ("prompt", "chosen", "rejected")
 
 @dataclass(frozen=True)
 class PrefPair:
+    """The one preference-pair type: read from JSONL or TruthfulQA, built from a policy's samples
+    (``hsrm.prefs.build``), written by ``write_pairs`` in the TRL format."""
+
     id: str
     prompt: str
     chosen: str
     rejected: str
     group: str  # the question / prompt the pair belongs to: splits and bootstrap resample groups
     source: str = ""  # "file:line" for pairs read from a file
+    # more JSONL fields, kept and written back (e.g. chosen_score, chosen_correct, select)
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False, hash=False)
+
+    def to_record(self) -> dict[str, Any]:
+        """The JSONL object: the three TRL fields, ``id``, ``group``, then ``extra``."""
+        core = {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected}
+        return {**core, "id": self.id, "group": self.group, **self.extra}
 
 
 @dataclass
@@ -89,8 +103,11 @@ def read_pairs(path: str | Path, on_error: str = "error") -> tuple[list[PrefPair
         pid = str(row.get("id", f"line{line}"))
         seen.add(pid)
         group = str(row.get("group", row["prompt"]))
+        extra = {k: v for k, v in row.items() if k not in (*FIELDS, "id", "group")}
         pairs.append(
-            PrefPair(pid, row["prompt"], row["chosen"], row["rejected"], group, f"{path}:{line}")
+            PrefPair(
+                pid, row["prompt"], row["chosen"], row["rejected"], group, f"{path}:{line}", extra
+            )
         )
     report.kept = len(pairs)
     if report.dropped:
@@ -106,25 +123,18 @@ def read_pairs(path: str | Path, on_error: str = "error") -> tuple[list[PrefPair
     return pairs, report
 
 
-def write_pairs(path: str | Path, pairs: Sequence[PrefPair]) -> None:
-    """Write pairs as JSONL (``id``, ``prompt``, ``chosen``, ``rejected``, ``group``), atomically."""
+def write_pairs(path: str | Path, pairs: Sequence[PrefPair]) -> Path:
+    """Write pairs as JSONL (``PrefPair.to_record``), atomically: the file ``trl.DPOTrainer`` and
+    ``read_pairs`` read as it is."""
     import json
 
     from hsrm.io import atomic_write_text
 
-    lines = [
-        json.dumps(
-            {
-                "id": p.id,
-                "prompt": p.prompt,
-                "chosen": p.chosen,
-                "rejected": p.rejected,
-                "group": p.group,
-            }
-        )
-        for p in pairs
-    ]
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    path = Path(path)
+    atomic_write_text(
+        path, "".join(json.dumps(p.to_record(), ensure_ascii=False) + "\n" for p in pairs)
+    )
+    return path
 
 
 def truthfulqa_pairs(
@@ -173,18 +183,12 @@ def _dedupe(xs: Sequence[str]) -> list[str]:
 def split_by_group(
     pairs: Sequence[PrefPair], test_frac: float = 0.2, seed: int = 0
 ) -> tuple[list[PrefPair], list[PrefPair]]:
-    """Train / test split by ``group`` (question): no question has pairs on both sides."""
-    if not 0 < test_frac < 1:
-        raise HsrmError(f"test_frac must be in (0, 1), got {test_frac}")
-    groups = sorted({p.group for p in pairs})
-    if len(groups) < 2:
-        raise HsrmError("split_by_group: need pairs from at least 2 groups (questions)")
-    rng = np.random.default_rng(seed)
-    n_test = max(1, int(round(test_frac * len(groups))))
-    test_groups = set(rng.choice(groups, size=n_test, replace=False).tolist())
-    train = [p for p in pairs if p.group not in test_groups]
-    test = [p for p in pairs if p.group in test_groups]
-    return train, test
+    """Train / test split by ``group`` (question) with ``hsrm.splits.split_groups``: no question
+    has pairs on both sides."""
+    if not pairs:
+        raise HsrmError("split_by_group: no pairs")
+    tr, _ = split_groups(np.array([p.group for p in pairs]), test_frac, seed)
+    return [p for p, t in zip(pairs, tr) if t], [p for p, t in zip(pairs, tr) if not t]
 
 
 def load_pairs(
@@ -196,15 +200,29 @@ def load_pairs(
     return read_pairs(source, on_error=on_error)[0]
 
 
+def pair_prompt(question: str, system: str | None = None) -> Prompt:
+    """A pair's question as a one-turn chat prompt (``system``: a system message; None = the chat
+    template's default). Its text is ``hsrm.capture.prompt_text``, as for every other prompt."""
+    msgs: tuple[dict[str, str], ...] = ({"role": "user", "content": question},)
+    if system is not None:
+        msgs = ({"role": "system", "content": system}, *msgs)
+    return Prompt(id="pair", messages=msgs, answer="")
+
+
+def pair_prompt_text(tokenizer, question: str, system: str | None = None) -> str:
+    """The chat-formatted text of ``pair_prompt(question, system)``."""
+    from hsrm.capture import prompt_text
+
+    return prompt_text(tokenizer, pair_prompt(question, system))
+
+
 def pair_texts(tokenizer, pairs: Sequence[PrefPair], system: str | None = None) -> list[str]:
     """Chat-formatted prompt + answer texts of every distinct (prompt, answer) in ``pairs``: the
     text an SAE for these pairs should be trained on."""
-    from hsrm.prefs.evaluate import _chat_prompt
-
     seen, out = set(), []
     for p in pairs:
         for a in (p.chosen, p.rejected):
             if (p.prompt, a) not in seen:
                 seen.add((p.prompt, a))
-                out.append(_chat_prompt(tokenizer, p.prompt, system) + a)
+                out.append(pair_prompt_text(tokenizer, p.prompt, system) + a)
     return out

@@ -22,7 +22,7 @@ import torch
 from hsrm.errors import HsrmError
 from hsrm.features import TokenFeatures
 from hsrm.models import ModelFingerprint
-from hsrm.prefs.data import PrefPair
+from hsrm.prefs.data import PrefPair, pair_prompt_text
 
 log = logging.getLogger(__name__)
 
@@ -189,96 +189,40 @@ class PairSet:
         )
 
 
-def _chat_prompt(tokenizer, question: str, system: str | None) -> str:
-    from hsrm.capture import prompt_text
-    from hsrm.tasks.base import Prompt
-
-    msgs: tuple[dict[str, str], ...] = ({"role": "user", "content": question},)
-    if system is not None:
-        msgs = ({"role": "system", "content": system},) + msgs
-    return prompt_text(tokenizer, Prompt(id="pair", messages=msgs, answer=""))
-
-
-@torch.inference_mode()
-def teacher_force_shared(
-    lm,
-    ptext: str,
-    answers: Sequence[str],
-    layers: tuple[int, ...],
-    prompt_states: list | None = None,
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Like ``hsrm.capture.teacher_force`` (same states and log-probs) but the prompt is run once and
-    its KV cache shared by all answers: ~2-3x less compute for short answers to one question.
-    Returns per answer (hidden (T, L, d) float32, logprobs (T,)); appends the prompt's states
-    (P, L, d) to ``prompt_states`` when given (SAE training text at no extra cost)."""
-    from hsrm.capture import _lm_parts, _PrenormTap
-
-    # `prenorm` in layers: the final norm's input, recorded by a hook (capture.prenorm_index)
-    tap = _PrenormTap(_lm_parts(lm.model)[0], layers, lm.fingerprint.n_layers)
-    try:
-        return _teacher_force_shared(lm, ptext, answers, layers, prompt_states, tap)
-    finally:
-        tap.close()
+def template_prefix_len(tokenizer, system: str | None = None) -> int:
+    """Tokens of the chat template before a pair's question (system prompt, role markers): the
+    same for every question, so they are dropped from the question states kept for SAEs."""
+    a, b = (
+        tokenizer(pair_prompt_text(tokenizer, q, system), add_special_tokens=False)["input_ids"]
+        for q in ("A", "B")
+    )
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), 0)
 
 
-def _teacher_force_shared(
-    lm,
-    ptext: str,
-    answers: Sequence[str],
-    layers: tuple[int, ...],
-    prompt_states: list | None,
-    tap: Any,
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    from transformers import DynamicCache
+def _encode_question(
+    lm, ptext: str, skip: int, answers: Sequence[str], layers: tuple[int, ...]
+) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor | None]:
+    """Teacher-force ``answers`` after the chat prompt ``ptext`` with ``hsrm.capture.teacher_force``.
+    Returns per answer (hidden (T, L, d) float32, logprobs (T,)) and the question tokens' states
+    (Q, L, d) without the template's first ``skip`` tokens (None when they cannot be split off).
 
-    from hsrm.capture import _cache_kw, _encode, _lm_parts, _logits
+    One batched call serves both: the template prefix is the prompt and the question tokens are
+    prepended to every answer, so each answer token sees exactly the full prompt before it."""
+    from hsrm.capture import teacher_force
 
-    model, tok = lm.model, lm.tokenizer
-    decoder, head, softcap = _lm_parts(model)
-    dev = lm.device
-    p_ids = _encode(tok, ptext)
-    seqs = [_encode(tok, a) for a in answers]
-    if any(not s for s in seqs):
+    tok = lm.tokenizer
+    p_ids = tok(ptext, add_special_tokens=False)["input_ids"]
+    a_ids = [tok(a, add_special_tokens=False)["input_ids"] for a in answers]
+    if any(not a for a in a_ids):
         raise HsrmError("teacher_force: an answer has no tokens (empty answer)")
-    P, B, T = len(p_ids), len(seqs), max(len(s) for s in seqs)
-    cache = DynamicCache(config=model.config)
-    ckw = _cache_kw(decoder, cache)
-    out = decoder(
-        input_ids=torch.tensor([p_ids], device=dev),
-        use_cache=True,
-        output_hidden_states=prompt_states is not None,
-        **ckw,
-    )
-    if prompt_states is not None:
-        states = tap.states(out.hidden_states)
-        prompt_states.append(torch.stack([states[i][0] for i in layers], 1).float().cpu())
-    first = out.last_hidden_state[:, -1]  # (1, d): predicts each answer's first token
-    cache.batch_repeat_interleave(B)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    ids = torch.full((B, T), pad, dtype=torch.long)
-    mask = torch.ones(B, P + T, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, P + len(s) :] = 0
-    pos = torch.arange(P, P + T)[None].expand(B, -1)
-    out = decoder(
-        input_ids=ids.to(dev),
-        attention_mask=mask.to(dev),
-        position_ids=pos.to(dev),
-        use_cache=True,
-        output_hidden_states=True,
-        **ckw,
-    )
-    pred = torch.cat([first.expand(B, 1, -1), out.last_hidden_state[:, : T - 1]], 1)  # (B, T, d)
-    logp = torch.log_softmax(_logits(head, softcap, pred), -1)
-    states = tap.states(out.hidden_states)
-    hs = torch.stack([states[i] for i in layers], dim=2)  # (B, T, L, d)
-    res = []
-    for i, s in enumerate(seqs):
-        t = len(s)
-        lp = logp[i, :t].gather(-1, torch.tensor(s, device=dev)[:, None]).squeeze(-1)
-        res.append((hs[i, :t].float().cpu(), lp.float().cpu()))
-    return res
+    prefix = tok.decode(p_ids[:skip]) if skip > 0 else ""
+    if not prefix or tok(prefix, add_special_tokens=False)["input_ids"] != p_ids[:skip]:
+        got = teacher_force(lm, ptext, a_ids, layers)  # no clean prefix: answers only
+        return [(a.hidden, a.logprobs) for a in got], None  # type: ignore[misc]
+    q = p_ids[skip:]
+    got = teacher_force(lm, prefix, [q + a for a in a_ids], layers)
+    res = [(g.hidden[len(q) :], g.logprobs[len(q) :]) for g in got]  # type: ignore[index]
+    return res, got[0].hidden[: len(q)]  # type: ignore[index]
 
 
 def encode_pairs(
@@ -323,18 +267,17 @@ def encode_pairs(
     prompts: list[str] = []
     agroups: list[str] = []
     group_of = {p.prompt: p.group for p in pairs}
-    from hsrm.capture import _encode
-
-    # Template tokens before the question (system prompt, role markers): the same for every question.
-    a_ids, b_ids = (
-        _encode(lm.tokenizer, _chat_prompt(lm.tokenizer, q, system)) for q in ("A", "B")
-    )
-    skip = next((i for i, (x, y) in enumerate(zip(a_ids, b_ids)) if x != y), 0)
+    tok = lm.tokenizer
+    skip = template_prefix_len(tok, system)
     p_states: list[torch.Tensor] = []
+    p_groups: list[str] = []
     for prompt, answers in tqdm(by_prompt.items(), desc="teacher-force pairs", leave=False):
-        ptext = _chat_prompt(lm.tokenizer, prompt, system)
-        res = teacher_force_shared(lm, ptext, answers, lay, p_states)
-        p_states[-1] = p_states[-1][skip:].half()
+        res, q_states = _encode_question(
+            lm, pair_prompt_text(tok, prompt, system), skip, answers, lay
+        )
+        if q_states is not None:
+            p_states.append(q_states.half())
+            p_groups.append(group_of[prompt])
         for a, (h, lp) in zip(answers, res):
             index[(prompt, a)] = len(texts)
             hs.append(h.half())
@@ -352,8 +295,8 @@ def encode_pairs(
         np.array([index[(p.prompt, p.rejected)] for p in pairs], dtype=int),
         [p.id for p in pairs],
         np.asarray([p.group for p in pairs], dtype=object),
-        p_states,
-        [group_of[q] for q in by_prompt],
+        p_states or None,
+        p_groups or None,
     )
     if cache is not None:
         ps.save(cache)

@@ -31,13 +31,8 @@ from hsrm.heads.base import Head
 from hsrm.io import atomic_dir, atomic_write_json
 from hsrm.metrics import bootstrap_ci
 from hsrm.models import DEFAULT_MODEL, LoadedModel, load_model
-from hsrm.prefs.build import (
-    pair_stats,
-    read_pairs_jsonl,
-    sample_and_score,
-    select_pairs,
-    write_pairs,
-)
+from hsrm.prefs.build import pair_stats, sample_and_score, select_pairs
+from hsrm.prefs.data import read_pairs, write_pairs
 from hsrm.tasks import get_task
 from hsrm.tasks.base import Prompt, Task
 
@@ -275,7 +270,7 @@ def run_loop(
         # 1. generate + filter
         pairs_path = rd / "pairs.jsonl"
         if pairs_path.exists():
-            pairs = read_pairs_jsonl(pairs_path)
+            pairs = read_pairs(pairs_path)[0]
             stats = {
                 "pairs": len(pairs),
                 "resumed": True,

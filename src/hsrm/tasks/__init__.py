@@ -8,12 +8,15 @@ from hsrm.errors import HsrmError
 from hsrm.tasks.base import Prompt, Task, first_number, last_number, normalize_text
 from hsrm.tasks.files import BBHTask, GSM8KTask, JsonlTask
 from hsrm.tasks.synthetic import FAMILIES, SyntheticTask
+from hsrm.tasks.truthfulqa import TruthfulQARefsTask, TruthfulQATask
 
 TASKS: dict[str, type[Task]] = {
     "synthetic": SyntheticTask,
     "gsm8k": GSM8KTask,
     "bbh": BBHTask,
     "jsonl": JsonlTask,
+    "truthfulqa": TruthfulQATask,  # sampled answers labelled by ROUGE-L
+    "truthfulqa-refs": TruthfulQARefsTask,  # the reference answers, teacher-forced
 }
 
 
@@ -46,6 +49,8 @@ __all__ = [
     "Prompt",
     "SyntheticTask",
     "Task",
+    "TruthfulQARefsTask",
+    "TruthfulQATask",
     "first_number",
     "get_task",
     "last_number",

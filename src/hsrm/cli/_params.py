@@ -1,0 +1,66 @@
+"""``--params``: head hyperparameters as one JSON object or as ``key=value`` items, one parser for
+every command that builds a head (``hsrm train``, ``hsrm detect train``, ``hsrm prefs train``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from hsrm.errors import HsrmError
+
+HELP = (
+    "head hyperparameters: a JSON object ('{\"lr\": 1e-3}') or key=value items (lr=1e-3 epochs=5); "
+    "checked against the head's parameters"
+)
+
+
+def add_params_argument(p: argparse.ArgumentParser) -> None:
+    """``--params`` (and ``--param``, its old spelling, hidden) into ``args.params``."""
+    p.add_argument("--params", nargs="+", default=None, metavar="KEY=VALUE", help=HELP)
+    p.add_argument("--param", dest="params", nargs="+", help=argparse.SUPPRESS)
+
+
+def parse_params(value: str | Sequence[str] | dict[str, Any] | None) -> dict[str, Any]:
+    """A dict from a JSON object string, ``key=value`` strings (each value read as JSON when it
+    parses: numbers, true/false, lists; else kept as a string), or a dict (a YAML mapping)."""
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return {str(k).replace("-", "_"): v for k, v in value.items()}
+    items = [value] if isinstance(value, str) else list(value)
+    if len(items) == 1 and items[0].lstrip().startswith("{"):
+        try:
+            obj = json.loads(items[0])
+        except json.JSONDecodeError as e:
+            raise HsrmError(
+                f"--params: not valid JSON ({e.msg} at column {e.colno}) in {items[0]!r}; "
+                "write '{\"lr\": 0.001}' (quoted keys) or lr=0.001"
+            ) from None
+        if not isinstance(obj, dict):
+            raise HsrmError(f"--params: expected a JSON object, got {type(obj).__name__}")
+        return parse_params(obj)
+    out: dict[str, Any] = {}
+    for it in items:
+        key, sep, val = it.partition("=")
+        if not sep or not key.strip():
+            raise HsrmError(f"--params expects a JSON object or key=value items, got {it!r}")
+        try:
+            out[key.strip().replace("-", "_")] = json.loads(val)
+        except json.JSONDecodeError:
+            out[key.strip().replace("-", "_")] = val
+    return out
+
+
+def check_params(head_type: str, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` unchanged, or ``HsrmError`` naming the unknown keys and the head's parameters."""
+    from hsrm.heads import get_head_class
+
+    valid = get_head_class(head_type).param_names()
+    bad = sorted(k for k in params if k not in valid)
+    if bad:
+        raise HsrmError(
+            f"--params: head {head_type!r} has no parameter(s) {bad}; it takes {sorted(valid)}"
+        )
+    return params
