@@ -24,10 +24,12 @@ Design (docs/scale.md has the long form):
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -145,12 +147,11 @@ def _remove_temporaries(folder: Path) -> None:
 class ShardSampler:
     """One model replica: samples whole shards with capture and writes them into the store."""
 
-    def __init__(self, model: str, plan_box: list, api_log: str, threads: int, fault_after: int):
+    def __init__(self, model: str, plan: Any, api_log: str, threads: int, fault_after: int):
+        """``plan``: the driver's ``SamplePlan`` without its prompts (a shard's prompts come with
+        each call), so the arguments stay small and travel inline, safe for restarts."""
         from hsrm.models import load_model
 
-        # The plan (prompts, settings, writer) travels once, through the object store; boxed in a
-        # list so Ray passes the reference, which the driver keeps alive for restarts.
-        plan = ray.get(plan_box[0])
         torch.set_num_threads(threads)
         self.lm = load_model(model)
         want = plan.writer.meta["fingerprint"]
@@ -161,22 +162,19 @@ class ShardSampler:
         self.plan, self.api_log = plan, api_log
         self.fault_after, self.done = fault_after, 0
 
-    def sample_shard(self, k: int) -> tuple[int, int]:
-        """Sample and write shard k; returns (k, samples written)."""
+    def sample_shard(self, k: int, prompts: list) -> tuple[int, int, bool]:
+        """Sample and write shard k; returns (k, samples written, whether this actor was
+        restarted after a death)."""
         from hsrm.capture import sample_prompts
         from hsrm.pipeline import save_shard
 
         plan = self.plan
-        if (
-            self.fault_after >= 0
-            and self.done >= self.fault_after
-            and not ray.get_runtime_context().was_current_actor_reconstructed
-        ):
+        if 0 <= self.fault_after <= self.done and not _restarted():
             self._die_mid_write(k)
-        results = sample_prompts(self.lm, plan.shards[k], plan.scfg, plan.layers)
+        results = sample_prompts(self.lm, prompts, plan.scfg, plan.layers)
         save_shard(plan, k, results, self.lm, self.api_log)
         self.done += 1
-        return k, sum(len(r.answers) for r in results)
+        return k, sum(len(r.answers) for r in results), _restarted()
 
     def _die_mid_write(self, k: int) -> None:
         fd, _ = tempfile.mkstemp(
@@ -184,6 +182,13 @@ class ShardSampler:
         )
         os.write(fd, b"half a shard")
         os._exit(1)
+
+
+def _restarted() -> bool:
+    """Whether this actor is a restart of one that died."""
+    with warnings.catch_warnings():  # Ray 2.60 warns about an API this property uses inside
+        warnings.simplefilter("ignore")
+        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
 
 
 def sample_ray(cfg: Any, progress: bool = True) -> Any:
@@ -208,7 +213,7 @@ def sample_ray(cfg: Any, progress: bool = True) -> Any:
             _check_resources(n_workers, cfg.cpus_per_worker, cfg.gpus_per_worker)
             threads = cfg.threads or max(1, int(cfg.cpus_per_worker))
             fault = int(os.environ.get(FAULT_ENV, "-1"))
-            plan_ref = ray.put(plan)
+            slim = dataclasses.replace(plan, prompts=[], shards=[], todo=[])
             bar = tqdm(
                 total=sum(len(plan.shards[k]) for k in plan.todo) * cfg.n,
                 desc=f"sampling ({n_workers} Ray workers)",
@@ -222,15 +227,21 @@ def sample_ray(cfg: Any, progress: bool = True) -> Any:
                     num_gpus=cfg.gpus_per_worker,
                     max_restarts=MAX_RESTARTS,
                     max_task_retries=MAX_RESTARTS,
-                ).remote(cfg.model, [plan_ref], cfg.api_log, threads, fault if i == 0 else -1)
+                ).remote(cfg.model, slim, cfg.api_log, threads, fault if i == 0 else -1)
 
-            def done(res: tuple[int, int]) -> None:
-                nonlocal n_done
+            warned = False
+
+            def done(res: tuple[int, int, bool]) -> None:
+                nonlocal n_done, warned
                 n_done += res[1]
                 bar.update(res[1])
+                if res[2] and not warned:  # once: later shards of that actor say so too
+                    log.warning("a Ray worker died and was restarted; Ray retried its shard")
+                    warned = True
 
             try:
-                _run_pool(make, n_workers, [(k,) for k in plan.todo], "sample_shard", done)
+                items = [(k, plan.shards[k]) for k in plan.todo]
+                _run_pool(make, n_workers, items, "sample_shard", done)
             finally:
                 bar.close()
                 _remove_temporaries(plan.writer.path)
