@@ -149,9 +149,11 @@ class ShardSampler:
 
     def __init__(self, model: str, plan: Any, api_log: str, threads: int, fault_after: int):
         """``plan``: the driver's ``SamplePlan`` without its prompts (a shard's prompts come with
-        each call), so the arguments stay small and travel inline, safe for restarts."""
+        each call) and with the writer as (path, meta), so the arguments stay small and travel
+        inline, safe for restarts."""
         from hsrm.models import load_model
 
+        plan = dataclasses.replace(plan, writer=_shard_writer(*plan.writer))
         torch.set_num_threads(threads)
         self.lm = load_model(model)
         want = plan.writer.meta["fingerprint"]
@@ -184,6 +186,18 @@ class ShardSampler:
         os._exit(1)
 
 
+def _shard_writer(path: str, meta: dict[str, Any]) -> Any:
+    """The driver's store writer as a worker uses it: ``write_shard`` into ``path`` and nothing
+    else. Built without ``StoreWriter.__init__``, whose job (checking the run's settings, cleaning
+    stale temporaries, holding the store for one writer) is the driver's: it holds the store for
+    the whole job, and a worker cleaning temporaries would delete another worker's."""
+    from hsrm.store import StoreWriter
+
+    w = StoreWriter.__new__(StoreWriter)
+    w.path, w.meta = Path(path), meta
+    return w
+
+
 def _restarted() -> bool:
     """Whether this actor is a restart of one that died."""
     with warnings.catch_warnings():  # Ray 2.60 warns about an API this property uses inside
@@ -213,7 +227,13 @@ def sample_ray(cfg: Any, progress: bool = True) -> Any:
             _check_resources(n_workers, cfg.cpus_per_worker, cfg.gpus_per_worker)
             threads = cfg.threads or max(1, int(cfg.cpus_per_worker))
             fault = int(os.environ.get(FAULT_ENV, "-1"))
-            slim = dataclasses.replace(plan, prompts=[], shards=[], todo=[])
+            slim = dataclasses.replace(
+                plan,
+                prompts=[],
+                shards=[],
+                todo=[],
+                writer=(str(plan.writer.path), plan.writer.meta),  # type: ignore[arg-type]
+            )
             bar = tqdm(
                 total=sum(len(plan.shards[k]) for k in plan.todo) * cfg.n,
                 desc=f"sampling ({n_workers} Ray workers)",
