@@ -182,3 +182,16 @@ def test_embedded_model_two_workers(cluster, tmp_path):
     for p in sorted(a.glob("shard-*")):
         assert p.read_bytes() == (b / p.name).read_bytes(), p.name
     assert sorted(p.name for p in a.iterdir()) == sorted(p.name for p in b.iterdir())
+
+
+def test_local_engine_never_imports_ray(tmp_path):
+    """Ray is an optional extra: the local engine's whole path runs without importing it."""
+    code = (
+        "import sys; from hsrm.cli import main; "
+        f"rc = main(['sample', '--model', 'tiny:0', '--n-prompts', '2', '--n', '2', "
+        f"'--max-new-tokens', '2', '--threads', '1', '--out', {str(tmp_path / 'run')!r}]); "
+        "assert rc == 0; assert 'ray' not in sys.modules, 'ray was imported'"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "run" / "shard-00000.json").exists()
