@@ -9,6 +9,11 @@ minimum is the least disturbed). The Ray stores are checked byte-identical to th
 
     .venv/bin/python benchmarks/bench_scale.py              # ~10 min on a loaded 2-core machine
     .venv/bin/python benchmarks/bench_scale.py --quick      # smoke test
+    .venv/bin/python benchmarks/bench_scale.py --fixed-cost # then: the per-job fixed cost
+
+``--fixed-cost`` times a one-sample job per engine (worker start, imports, model load, store set-up:
+what a job pays whatever its size) and adds it to the results, with the sampling time left when it
+is taken off: the overhead of the Ray path on large jobs, where the fixed cost is paid once.
 
 Writes ``benchmarks/results/scale.json`` and ``scale.md``.
 """
@@ -16,6 +21,7 @@ Writes ``benchmarks/results/scale.json`` and ``scale.md``.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import platform
@@ -49,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shard-prompts", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="tiny run, results not written")
+    ap.add_argument("--fixed-cost", action="store_true", help="add the per-job fixed cost")
     args = ap.parse_args(argv)
+    if args.fixed_cost:
+        return fixed_cost(args)
     logging.basicConfig(level=logging.WARNING)
     if args.quick:
         args.n_prompts, args.n, args.repeats = 8, 2, 1
@@ -144,6 +153,61 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(md))
         return 0
     atomic_write_json(RESULTS / "scale.json", rep)
+    atomic_write_text(RESULTS / "scale.md", "\n".join(md))
+    print("\n".join(md))
+    return 0
+
+
+def fixed_cost(args: argparse.Namespace) -> int:
+    """Time a one-sample job per engine; add it, and the times without it, to scale.json/.md."""
+    logging.basicConfig(level=logging.WARNING)
+    rep = json.loads((RESULTS / "scale.json").read_text())
+    base = dict(rep["settings"])
+    for k in ("repeats", "samples"):
+        base.pop(k)
+    one = dict(base, n_prompts=1, n=1, max_new_tokens=1)
+    variants = {"local, 1 thread": dict(engine="local"), "ray, 1 worker": dict(engine="ray")}
+    torch.set_num_threads(1)
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    runs: dict[str, list[float]] = {k: [] for k in variants}
+    tmp = Path(tempfile.mkdtemp(prefix="bench_scale_fixed_"))
+    try:
+        for r in range(args.repeats):
+            for name, over in variants.items():
+                cfg = SampleRunConfig(
+                    out=str(tmp / f"{r}-{over['engine']}"), threads=1, **one, **over
+                )  # type: ignore[arg-type]
+                t = time.perf_counter()
+                sample(cfg, progress=False)
+                runs[name].append(time.perf_counter() - t)
+                print(f"one-sample job, {name}: {runs[name][-1]:.1f} s", flush=True)
+    finally:
+        ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+    fixed = {k: min(v) for k, v in runs.items()}
+    net = {k: rep["variants"][k]["seconds"] - fixed[k] for k in variants}
+    rep["fixed_cost"] = {
+        "one_sample_job_seconds": fixed,
+        "all_seconds": runs,
+        "load_average": os.getloadavg(),
+        "sampling_seconds_without_fixed_cost": net,
+        "ray_1_worker_vs_local_without_fixed_cost": net["ray, 1 worker"] / net["local, 1 thread"],
+        "command": "python benchmarks/bench_scale.py --fixed-cost",
+    }
+    atomic_write_json(RESULTS / "scale.json", rep)
+    md = (RESULTS / "scale.md").read_text().rstrip("\n").split("\n")
+    md += [
+        "",
+        "Fixed cost per job (a one-sample job, best of "
+        f"{args.repeats}; load average {os.getloadavg()[0]:.1f}): "
+        + ", ".join(f"{k} {v:.1f} s" for k, v in fixed.items())
+        + ". Taken off the times above, the sampling itself took "
+        + ", ".join(f"{k} {v:.1f} s" for k, v in net.items())
+        + f": Ray 1 worker / local = {rep['fixed_cost']['ray_1_worker_vs_local_without_fixed_cost']:.2f}x.",
+        "",
+        "Command: `python benchmarks/bench_scale.py --fixed-cost`",
+        "",
+    ]
     atomic_write_text(RESULTS / "scale.md", "\n".join(md))
     print("\n".join(md))
     return 0
