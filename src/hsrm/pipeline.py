@@ -44,6 +44,9 @@ class SampleRunConfig:
         "arith,compare", "synthetic task families (comma list of arith, compare, count)"
     )
     task_seed: int = field(0, "seed of the synthetic task generator")
+    fewshot: str = field(
+        "fixed", "synthetic few-shot examples: fixed (one set per family) | per_prompt (own stream)"
+    )
     n: int = field(16, "samples per prompt")
     temperature: float = field(0.8, "sampling temperature")
     top_p: float = field(1.0, "nucleus sampling threshold")
@@ -61,7 +64,9 @@ class SampleRunConfig:
 def make_task(cfg: SampleRunConfig) -> Task:
     if cfg.task.split(":", 1)[0] == "synthetic":
         fams = cfg.task.split(":", 1)[1] if ":" in cfg.task else cfg.families
-        return get_task("synthetic", n=cfg.n_prompts, families=fams, seed=cfg.task_seed)
+        return get_task(
+            "synthetic", n=cfg.n_prompts, families=fams, seed=cfg.task_seed, fewshot=cfg.fewshot
+        )
     return get_task(cfg.task, limit=cfg.n_prompts)
 
 
@@ -213,6 +218,7 @@ def train(cfg: TrainConfig, store: Store | None = None) -> Head:
         Path(cfg.out) / "training.json",
         {
             "run": str(cfg.run),
+            "task": store.meta.get("task"),
             "train_prompts": sorted(set(pids[train_idx].tolist())),
             "n_samples": int(len(train_idx)),
             "seconds": dt,
@@ -244,23 +250,49 @@ class EvaluateConfig:
 
 
 def baseline_scores(
-    store: Store, train_idx: np.ndarray, test_idx: np.ndarray
+    store: Store,
+    train_idx: np.ndarray,
+    test_idx: np.ndarray,
+    train_store: Store | None = None,
 ) -> dict[str, np.ndarray]:
-    """The scorers every report carries: random, majority, mean log-prob, and the two controls."""
+    """The scorers every report carries: random, majority, mean log-prob, the training-free
+    selectors of ``hsrm.scorers`` (self-certainty, DeepConf, entropy, confidence-weighted vote),
+    and the two controls (text-only, answer prior) fitted on ``train_idx`` of ``train_store``
+    (default: ``store`` itself)."""
+    from hsrm.scorers import store_scores
+
     recs = store.records
-    y = store.labels
-    texts = [_prompt_question(store, recs[i]) + " || " + recs[i]["text"] for i in range(len(recs))]
-    keys = [(recs[i].get("qtype"), recs[i]["extracted"]) for i in range(len(recs))]
     out = {
         "random": np.zeros(len(test_idx)),
         "majority": np.zeros(len(test_idx)),
         "mean_logprob": np.array([recs[i]["mean_logprob"] for i in test_idx]),
     }
-    if len(np.unique(y[train_idx])) == 2:
-        txt = TextOnlyScorer().fit([texts[i] for i in train_idx], y[train_idx])
-        out["text_only"] = txt.score([texts[i] for i in test_idx])
-    prior = AnswerPriorScorer().fit([keys[i] for i in train_idx], y[train_idx])
-    out["answer_prior"] = prior.score([keys[i] for i in test_idx])
+    out.update(store_scores(store, test_idx))
+    out.update(control_scores(train_store or store, train_idx, store, test_idx))
+    return out
+
+
+def _control_inputs(store: Store, idx: np.ndarray) -> tuple[list[str], list[tuple]]:
+    recs = store.records
+    texts = [_prompt_question(store, recs[i]) + " || " + recs[i]["text"] for i in idx]
+    keys = [(recs[i].get("qtype"), recs[i]["extracted"]) for i in idx]
+    return texts, keys
+
+
+def control_scores(
+    train_store: Store, train_idx: np.ndarray, test_store: Store, test_idx: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Text-only and answer-prior controls fitted on ``train_store``'s records ``train_idx``,
+    scored on ``test_store``'s records ``test_idx`` (the two stores may differ)."""
+    if len(train_idx) == 0:
+        return {}
+    y = train_store.labels[train_idx]
+    tr_texts, tr_keys = _control_inputs(train_store, train_idx)
+    te_texts, te_keys = _control_inputs(test_store, test_idx)
+    out: dict[str, np.ndarray] = {}
+    if len(np.unique(y)) == 2:
+        out["text_only"] = TextOnlyScorer().fit(tr_texts, y).score(te_texts)
+    out["answer_prior"] = AnswerPriorScorer().fit(tr_keys, y).score(te_keys)
     return out
 
 
@@ -274,12 +306,18 @@ def evaluate(cfg: EvaluateConfig, store: Store | None = None) -> dict[str, Any]:
     if not cfg.heads:
         raise HsrmError("evaluate: give at least one head folder (--heads HEAD/)")
     heads, seen = {}, set()
+    ctrl_from: tuple[str, list[str]] | None = None  # (training store, its training prompts)
     for hp in cfg.heads:
         h = Head.load(hp)
         h.check_compatible(store.fingerprint, store.layers)
         tj = Path(hp) / "training.json"
         if tj.exists():
-            seen |= set(json.loads(tj.read_text())["train_prompts"])
+            tinfo = json.loads(tj.read_text())
+            # prompt ids ("arith-00003") repeat across task seeds: they name the same prompts only
+            # when the head's training store holds the same task (its size aside)
+            if _same_task(tinfo.get("task") or _store_task(tinfo["run"]), store.meta["task"]):
+                seen |= set(tinfo["train_prompts"])
+            ctrl_from = ctrl_from or (tinfo["run"], tinfo["train_prompts"])
         name = (
             h.architecture if h.architecture not in heads else f"{h.architecture}:{Path(hp).name}"
         )
@@ -292,12 +330,33 @@ def evaluate(cfg: EvaluateConfig, store: Store | None = None) -> dict[str, Any]:
     scores = {n: h.score(store.features(test_idx)) for n, h in heads.items()}
     if len(train_idx):
         scores.update(baseline_scores(store, train_idx, test_idx))
+    elif ctrl_from and Path(ctrl_from[0], "meta.json").exists():
+        # a store no head saw: controls are fitted on the first head's training store and prompts
+        tstore = Store(ctrl_from[0])
+        keep = set(ctrl_from[1])
+        t_idx = np.flatnonzero([p in keep for p in tstore.prompt_ids])
+        scores.update(baseline_scores(store, t_idx, test_idx, train_store=tstore))
     else:
-        scores.update({"random": np.zeros(len(test_idx)), "majority": np.zeros(len(test_idx))})
+        log.info("no training store found for the controls; reporting the unfitted baselines")
+        scores.update(baseline_scores(store, np.zeros(0, int), test_idx, train_store=store))
     rep = _report(store, test_idx, scores, cfg.n_boot, protocol=cfg.protocol)
     out = Path(cfg.out or Path(cfg.run) / "eval")
     _write_outputs(out, rep)
     return rep
+
+
+def _store_task(run: str) -> dict[str, Any] | None:
+    mp = Path(run) / "meta.json"
+    return json.loads(mp.read_text()).get("task") if mp.exists() else None
+
+
+def _same_task(a: dict[str, Any] | None, b: dict[str, Any]) -> bool:
+    """Whether two stores' tasks generate the same prompts under the same ids (None: assume so)."""
+    if a is None:
+        return True
+    return {k: v for k, v in a.items() if k not in ("n", "limit")} == {
+        k: v for k, v in b.items() if k not in ("n", "limit")
+    }
 
 
 def _report(
