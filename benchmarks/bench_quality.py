@@ -197,13 +197,13 @@ def main() -> None:
                 out["in_store_oof"],
             ),
             table_md(
-                "Trained on every training-store prompt, tested on the fresh-seed store", 
+                "Trained on every training-store prompt, tested on the fresh-seed store",
                 out["fresh_seed"],
             ),
         ]
 
     if "cot" not in skip or "prune" not in skip:
-        from hsrm.prune import pruning_curve, prefix_probe_scores
+        from hsrm.prune import prefix_probe_scores, pruning_curve
 
         cot = Store(args.cot)
         c = _whole_prompts(cot, args.n)
@@ -248,7 +248,9 @@ def pruning_md(curve: dict[str, Any]) -> str:
         f"{curve['n_prompts']} prompts x {curve['n']}; full sampling generates "
         f"{curve['full_tokens']} answer tokens. Selector over the surviving samples: each column.",
         "",
-        "| policy | tokens | saved | " + " | ".join(f"BoN@16 {s}" for s in curve["selectors"]) + " |",
+        "| policy | tokens | saved | "
+        + " | ".join(f"BoN@16 {s}" for s in curve["selectors"])
+        + " |",
         "|" + "---|" * (3 + len(curve["selectors"])),
     ]
     for p in curve["points"]:

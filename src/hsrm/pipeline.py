@@ -405,6 +405,12 @@ class DemoConfig:
     seed: int = field(0, "seed for sampling and splits")
     n_boot: int = field(1000, "bootstrap resamples over prompts")
     threads: int = field(0, "torch CPU threads (0 = torch's default)")
+    fewshot: str = field(
+        "per_prompt", "few-shot examples: per_prompt (every prompt its own context) | fixed"
+    )
+    fresh_prompts: int = field(
+        128, "prompts of a second store from another task seed that nothing is fitted on (0: skip)"
+    )
 
 
 # The demo's ELHSR settings: SWIFT's, plus two changes measured in benchmarks/results/ablations.md
@@ -468,6 +474,7 @@ def demo(cfg: DemoConfig, console: Any = None) -> dict[str, Any]:
         seed=cfg.seed,
         layers="all",
         threads=cfg.threads,
+        fewshot=cfg.fewshot,
     )
     store = sample(scfg)
     t_sample = time.perf_counter() - t_start
@@ -509,8 +516,47 @@ def demo(cfg: DemoConfig, console: Any = None) -> dict[str, Any]:
                 "head_layers": list(layers),
             },
             "splits": folds,
-            "timing": {"sampling_s": t_sample, "total_s": time.perf_counter() - t_start},
         }
     )
+    if cfg.fresh_prompts:
+        rep["fresh"] = _demo_fresh(cfg, scfg, store, specs)
+        t_sample += rep["fresh"].pop("sampling_s")
+    rep["timing"] = {"sampling_s": t_sample, "total_s": time.perf_counter() - t_start}
     _write_outputs(out, rep)
+    return rep
+
+
+def _demo_fresh(
+    cfg: DemoConfig,
+    scfg: SampleRunConfig,
+    store: Store,
+    specs: dict[str, tuple[str, dict[str, Any]]],
+) -> dict[str, Any]:
+    """Heads and controls fitted on every prompt of ``store``, scored on a store sampled from
+    another task seed (other questions, other few-shot contexts) that nothing was fitted on."""
+    fcfg = SampleRunConfig(
+        **{
+            **asdict(scfg),
+            "out": str(Path(cfg.out) / "fresh_samples"),
+            "n_prompts": cfg.fresh_prompts,
+            "task_seed": scfg.task_seed + 1,
+            "seed": scfg.seed + 1,
+        }
+    )
+    t0 = time.perf_counter()
+    fresh = sample(fcfg)
+    t_sample = time.perf_counter() - t0
+    tr, te = np.arange(len(store)), np.arange(len(fresh))
+    pids = store.prompt_ids
+    scores = {
+        name: make_head(arch, **params)
+        .fit(store.features(tr), store.labels, pids)
+        .score(fresh.features(te))
+        for name, (arch, params) in specs.items()
+    }
+    scores.update(baseline_scores(fresh, tr, te, train_store=store))
+    rep = _report(fresh, te, scores, cfg.n_boot, cfg.seed)
+    rep["task"] = fresh.meta["task"]
+    _write_outputs(Path(cfg.out) / "fresh", rep)
+    rep["sampling_s"] = t_sample
     return rep

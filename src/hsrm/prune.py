@@ -178,9 +178,7 @@ def pruning_curve(
         counts: dict[Any, list[int]] = {}
 
         def hs(g, rows, cps=cps, frac=frac, counts=counts):
-            st, c = head_stops(
-                lens_all[rows], {t: prefix_scores[t][rows] for t in cps}, cps, frac
-            )
+            st, c = head_stops(lens_all[rows], {t: prefix_scores[t][rows] for t in cps}, cps, frac)
             counts[g] = c
             return st
 

@@ -98,7 +98,9 @@ class PooledProbe:
         return self
 
     def score(self, P: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
-        return self.clf_.decision_function(self.scaler_.transform(self._x(P, groups)).astype(np.float32))
+        return self.clf_.decision_function(
+            self.scaler_.transform(self._x(P, groups)).astype(np.float32)
+        )
 
 
 #: within-prompt z-scored inputs of the second stage (training-free scores read from the store)
@@ -141,7 +143,11 @@ class StackedSelector:
         y, g = store.labels[idx], store.prompt_ids[idx]
         fold = prompt_folds(g, self.inner_folds, self.seed)
         probe_s, prior_s = np.zeros(len(idx)), np.zeros(len(idx))
-        kw = {**POOLED_DEFAULT, "store_layers": store.layers, "n_layers": store.fingerprint.n_layers}
+        kw = {
+            **POOLED_DEFAULT,
+            "store_layers": store.layers,
+            "n_layers": store.fingerprint.n_layers,
+        }
         for f in range(self.inner_folds):
             a, b = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
             probe_s[b] = PooledProbe(**kw).fit(P[a], y[a], g[a]).score(P[b], None)

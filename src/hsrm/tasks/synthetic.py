@@ -95,7 +95,9 @@ class SyntheticTask(Task):
             if f not in FAMILIES:
                 raise HsrmError(f"unknown synthetic family {f!r}; known: {', '.join(FAMILIES)}")
         if fewshot not in FEWSHOT:
-            raise HsrmError(f"synthetic fewshot must be one of {', '.join(FEWSHOT)}, got {fewshot!r}")
+            raise HsrmError(
+                f"synthetic fewshot must be one of {', '.join(FEWSHOT)}, got {fewshot!r}"
+            )
         self.fewshot = fewshot
         self.n, self.families, self.seed, self.lo, self.hi, self.shots = (
             n,
