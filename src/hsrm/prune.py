@@ -155,7 +155,8 @@ def pruning_curve(
     rng = np.random.default_rng(seed)
 
     def run(stops_of) -> tuple[int, dict[str, float]]:
-        tok, acc = 0, {s: [] for s in selectors}
+        tok = 0
+        acc: dict[str, list[float]] = {s: [] for s in selectors}
         for g, rows in groups.items():
             stop = stops_of(g, rows)
             tok += int(stop.sum())
@@ -171,7 +172,7 @@ def pruning_curve(
                 acc[s].append(select(s, [ext_all[j] for j in r], y_all[r], sc, rng))
         return tok, {s: float(np.mean(v)) for s, v in acc.items()}
 
-    points = []
+    points: list[dict[str, Any]] = []
     full_tok, full_bon = run(lambda g, rows: lens_all[rows].copy())
     points.append({"policy": "none", "family": "none", "tokens": full_tok, "bon": full_bon})
     for cps, frac in head_settings:
@@ -217,7 +218,7 @@ def pruning_curve(
             }
         )
     for p in points:
-        p["saved"] = 1 - p["tokens"] / full_tok if full_tok else 0.0
+        p["saved"] = 1 - int(p["tokens"]) / full_tok if full_tok else 0.0
     return {
         "n_prompts": len(groups),
         "n": int(min(len(r) for r in groups.values())),

@@ -183,7 +183,7 @@ def weighted_vote_share(
     g = np.asarray(groups)
     w = np.asarray(weights, float)
     for u in np.unique(g):
-        idx = np.flatnonzero(g == u)
+        idx = [int(i) for i in np.flatnonzero(g == u)]
         tot: dict[object, float] = {}
         for i in idx:
             if extracted[i] is not None:
