@@ -126,14 +126,14 @@ def store_scores(store, idx: Sequence[int] | np.ndarray, names: Sequence[str] | 
     try:
         for j, i in enumerate(idx):
             stats = {st: store.token_stat(int(i), st).float() for st in need}
-            for n, v in score_stats(stats, names).items():
-                out[n][j] = v
+            for n, val in score_stats(stats, names).items():
+                out[n][j] = val
     except HsrmError as e:
         log.info("training-free scorers skipped: %s", e)
         return {}
-    for v, (base, _) in VOTES.items():
+    for vote, (base, _) in VOTES.items():
         if base in out:
-            out[v] = out[base].copy()
+            out[vote] = out[base].copy()
     return out
 
 

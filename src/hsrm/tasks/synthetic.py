@@ -47,8 +47,8 @@ def _make(family: str, rng: random.Random, lo: int, hi: int) -> tuple[str, str, 
         c = rng.choice(letters)
         return f"How many times does the letter '{c}' appear in '{w}'?", str(w.count(c)), "count"
     if family == "cot":
-        q, _, a, qtype = _make_cot(rng, lo, hi)
-        return q, a, qtype
+        q, _, final, qtype = _make_cot(rng, lo, hi)
+        return q, final, qtype
     raise HsrmError(f"unknown synthetic family {family!r}; known: {', '.join(FAMILIES)}")
 
 
