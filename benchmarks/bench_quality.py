@@ -244,6 +244,23 @@ def main() -> None:
         s = {"elhsr": h.score(fr_st.features(b))}
         s.update(baseline_scores(fr_st, a, b, train_store=tr_st))
         out["elhsr_fresh"] = _report(fr_st, b, s, args.n)
+        fold = prompt_folds(tr_st.prompt_ids[a], args.folds, 0)
+        oof = {"elhsr": np.zeros(len(a)), "mean_logprob": np.zeros(len(a))}
+        oof.update({"random": np.zeros(len(a)), "majority": np.zeros(len(a))})
+        for f in range(args.folds):
+            ti, ei = a[fold != f], a[fold == f]
+            hf = make_head("elhsr", **DEMO_ELHSR).fit(
+                tr_st.features(ti), tr_st.labels[ti], tr_st.prompt_ids[ti]
+            )
+            oof["elhsr"][fold == f] = hf.score(tr_st.features(ei))
+        oof["mean_logprob"] = np.array([tr_st.records[i]["mean_logprob"] for i in a])
+        out["elhsr_in_store_oof"] = _report(tr_st, a, oof, args.n)
+        md.append(
+            table_md(
+                f"ELHSR (demo settings), out-of-fold in --train ({args.folds} prompt splits)",
+                out["elhsr_in_store_oof"],
+            )
+        )
         out["elhsr_fit_s"] = time.perf_counter() - t0
         md.append(
             table_md("ELHSR (demo settings), trained on --train, on --fresh", out["elhsr_fresh"])
