@@ -76,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         "ray, 2 workers": dict(engine="ray", workers=2, threads=1),
     }
     t0 = time.perf_counter()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    ray.init(
+        num_cpus=2, include_dashboard=False, logging_level="ERROR", _node_ip_address="127.0.0.1"
+    )
     ray_start = time.perf_counter() - t0
     load_before = os.getloadavg()
     runs: dict[str, list[float]] = {k: [] for k in variants}
@@ -167,7 +169,9 @@ def fixed_cost(args: argparse.Namespace) -> int:
     one = dict(base, n_prompts=1, n=1, max_new_tokens=1)
     variants = {"local, 1 thread": dict(engine="local"), "ray, 1 worker": dict(engine="ray")}
     torch.set_num_threads(1)
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    ray.init(
+        num_cpus=2, include_dashboard=False, logging_level="ERROR", _node_ip_address="127.0.0.1"
+    )
     runs: dict[str, list[float]] = {k: [] for k in variants}
     tmp = Path(tempfile.mkdtemp(prefix="bench_scale_fixed_"))
     try:

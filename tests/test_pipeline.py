@@ -193,9 +193,21 @@ def test_demo_tiny(tmp_path):
             folds=2,
             head_layers="all",
             n_boot=50,
+            fresh_prompts=6,
         )
     )
     saved = json.loads((tmp_path / "demo" / "results.json").read_text())
+    # the second evaluation: a store from another task seed, nothing fitted on it
+    assert saved["fresh"]["n_prompts"] == 6 and saved["fresh"]["task"]["seed"] == 1
+    for scorer in (
+        "elhsr",
+        "probe",
+        "text_only",
+        "answer_prior",
+        "self_certainty",
+        "deepconf_vote",
+    ):
+        assert scorer in saved["fresh"]["bon"], scorer
     for key in (
         "mean_accuracy",
         "pass_at_k",

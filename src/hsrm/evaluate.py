@@ -2,7 +2,10 @@
 gap closed, bootstrap CIs over prompts, and the same per task family.
 
 ``majority`` is special: its best-of-k is a vote *within* each k-subset (Monte Carlo), so it needs the
-extracted answers; ``random`` is the mean accuracy; ``oracle`` is unbiased pass@k.
+extracted answers; ``random`` is the mean accuracy; ``oracle`` is unbiased pass@k. So are the vote
+scorers of ``hsrm.scorers.VOTES`` (DeepConf's confidence-weighted vote): their score array holds each
+trace's confidence weight, and the weighted vote is counted within each k-subset; their AUROCs
+rank samples by the weighted vote share of their answer.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import numpy as np
 from hsrm import metrics as M
 from hsrm.errors import HsrmError
 from hsrm.metrics import vote_counts
+from hsrm.scorers import VOTES, weighted_vote_prompt, weighted_vote_share
 
 MAJORITY = "majority"
 
@@ -28,7 +32,9 @@ def _summary(
     n_boot: int,
     seed: int,
     protocol: str = "random",
+    vote_weights: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
+    vote_weights = vote_weights or {}
     by = M._by_group(groups)
     y = np.asarray(labels, float)
     per_prompt_acc = {g: float(y[i].mean()) for g, i in by.items()}
@@ -64,6 +70,13 @@ def _summary(
                 sub = {g: (i[:k] if protocol == "first" else i) for g, i in by.items()}
                 per = {
                     g: M.majority_prompt([extracted[j] for j in i], y[i], k, rng)
+                    for g, i in sub.items()
+                }
+            elif name in vote_weights:
+                w, keep = vote_weights[name], VOTES[name][1]
+                sub = {g: (i[:k] if protocol == "first" else i) for g, i in by.items()}
+                per = {
+                    g: weighted_vote_prompt([extracted[j] for j in i], y[i], w[i], k, rng, keep)
                     for g, i in sub.items()
                 }
             else:
@@ -108,9 +121,12 @@ def bon_report(
     extracted = list(extracted) if extracted is not None else [None] * len(labels)
     if MAJORITY in scores:
         scores = {**scores, MAJORITY: vote_counts(extracted, groups)}
+    vote_weights = {k: np.asarray(v, float) for k, v in scores.items() if k in VOTES}
+    for name, w in vote_weights.items():
+        scores = {**scores, name: weighted_vote_share(extracted, groups, w)}
     n = min(len(i) for i in M._by_group(groups).values())
     ks = ks or M.ks_for(n)
-    rep = _summary(scores, labels, groups, extracted, ks, n_boot, seed, protocol)
+    rep = _summary(scores, labels, groups, extracted, ks, n_boot, seed, protocol, vote_weights)
     if families is not None:
         fam = np.asarray(families)
         rep["per_family"] = {}
@@ -126,5 +142,6 @@ def bon_report(
                 n_boot,
                 seed,
                 protocol,
+                {k: w[m] for k, w in vote_weights.items()},
             )
     return rep

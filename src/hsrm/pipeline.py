@@ -55,6 +55,9 @@ class SampleRunConfig:
         "arith,compare", "synthetic task families (comma list of arith, compare, count)"
     )
     task_seed: int = field(0, "seed of the synthetic task generator")
+    fewshot: str = field(
+        "fixed", "synthetic few-shot examples: fixed (one set per family) | per_prompt (own stream)"
+    )
     n: int = field(16, "samples per prompt", min=1)
     temperature: float = field(0.8, "sampling temperature", min=0.0)
     top_p: float = field(1.0, "nucleus sampling threshold", min=0.0, max=1.0)
@@ -81,7 +84,9 @@ class SampleRunConfig:
 def make_task(cfg: SampleRunConfig) -> Task:
     if cfg.task.split(":", 1)[0] == "synthetic":
         fams = cfg.task.split(":", 1)[1] if ":" in cfg.task else cfg.families
-        return get_task("synthetic", n=cfg.n_prompts, families=fams, seed=cfg.task_seed)
+        return get_task(
+            "synthetic", n=cfg.n_prompts, families=fams, seed=cfg.task_seed, fewshot=cfg.fewshot
+        )
     return get_task(cfg.task, limit=cfg.n_prompts)
 
 
@@ -321,6 +326,7 @@ def train(cfg: TrainConfig, store: Store | None = None) -> Head:
         dt = time.perf_counter() - t0
         record = {
             "run": str(cfg.run),
+            "task": store.meta.get("task"),
             "train_prompts": sorted(set(pids[train_idx].tolist())),
             "n_samples": int(len(train_idx)),
             "seconds": dt,
@@ -365,23 +371,49 @@ class EvaluateConfig:
 
 
 def baseline_scores(
-    store: Store, train_idx: np.ndarray, test_idx: np.ndarray
+    store: Store,
+    train_idx: np.ndarray,
+    test_idx: np.ndarray,
+    train_store: Store | None = None,
 ) -> dict[str, np.ndarray]:
-    """The scorers every report carries: random, majority, mean log-prob, and the two controls."""
+    """The scorers every report carries: random, majority, mean log-prob, the training-free
+    selectors of ``hsrm.scorers`` (self-certainty, DeepConf, entropy, confidence-weighted vote),
+    and the two controls (text-only, answer prior) fitted on ``train_idx`` of ``train_store``
+    (default: ``store`` itself)."""
+    from hsrm.scorers import store_scores
+
     recs = store.records
-    y = store.labels
-    texts = [_prompt_question(store, recs[i]) + " || " + recs[i]["text"] for i in range(len(recs))]
-    keys = [(recs[i].get("qtype"), recs[i]["extracted"]) for i in range(len(recs))]
     out = {
         "random": np.zeros(len(test_idx)),
         "majority": np.zeros(len(test_idx)),
         "mean_logprob": np.array([recs[i]["mean_logprob"] for i in test_idx]),
     }
-    if len(np.unique(y[train_idx])) == 2:
-        txt = TextOnlyScorer().fit([texts[i] for i in train_idx], y[train_idx])
-        out["text_only"] = txt.score([texts[i] for i in test_idx])
-    prior = AnswerPriorScorer().fit([keys[i] for i in train_idx], y[train_idx])
-    out["answer_prior"] = prior.score([keys[i] for i in test_idx])
+    out.update(store_scores(store, test_idx))
+    out.update(control_scores(train_store or store, train_idx, store, test_idx))
+    return out
+
+
+def _control_inputs(store: Store, idx: np.ndarray) -> tuple[list[str], list[tuple]]:
+    recs = store.records
+    texts = [_prompt_question(store, recs[i]) + " || " + recs[i]["text"] for i in idx]
+    keys = [(recs[i].get("qtype"), recs[i]["extracted"]) for i in idx]
+    return texts, keys
+
+
+def control_scores(
+    train_store: Store, train_idx: np.ndarray, test_store: Store, test_idx: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Text-only and answer-prior controls fitted on ``train_store``'s records ``train_idx``,
+    scored on ``test_store``'s records ``test_idx`` (the two stores may differ)."""
+    if len(train_idx) == 0:
+        return {}
+    y = train_store.labels[train_idx]
+    tr_texts, tr_keys = _control_inputs(train_store, train_idx)
+    te_texts, te_keys = _control_inputs(test_store, test_idx)
+    out: dict[str, np.ndarray] = {}
+    if len(np.unique(y)) == 2:
+        out["text_only"] = TextOnlyScorer().fit(tr_texts, y).score(te_texts)
+    out["answer_prior"] = AnswerPriorScorer().fit(tr_keys, y).score(te_keys)
     return out
 
 
@@ -400,10 +432,19 @@ def evaluate(cfg: EvaluateConfig, store: Store | None = None) -> dict[str, Any]:
     )
     store = store or Store(cfg.run)
     heads, seen = {}, set()
+    ctrl_from: tuple[str, list[str]] | None = None  # (training store, its training prompts)
     for hp in cfg.heads:
         h = Head.load(hp)
         h.check_compatible(store.fingerprint, store.layers)
-        seen |= _training_prompts(Path(hp), cfg.allow_unknown_training)
+        train_prompts = _training_prompts(Path(hp), cfg.allow_unknown_training)
+        tj = Path(hp) / "training.json"
+        tinfo = read_json(tj, "training record") if tj.exists() else {}
+        # prompt ids ("arith-00003") repeat across task seeds: they name the same prompts only
+        # when the head's training store holds the same task (its size aside)
+        if _same_task(tinfo.get("task") or _store_task(tinfo.get("run", "")), store.meta["task"]):
+            seen |= train_prompts
+        if tinfo.get("run"):
+            ctrl_from = ctrl_from or (tinfo["run"], sorted(train_prompts))
         name = (
             h.architecture if h.architecture not in heads else f"{h.architecture}:{Path(hp).name}"
         )
@@ -416,8 +457,15 @@ def evaluate(cfg: EvaluateConfig, store: Store | None = None) -> dict[str, Any]:
     scores = {n: h.score(store.features(test_idx)) for n, h in heads.items()}
     if len(train_idx):
         scores.update(baseline_scores(store, train_idx, test_idx))
+    elif ctrl_from and Path(ctrl_from[0], "meta.json").exists():
+        # a store no head saw: controls are fitted on the first head's training store and prompts
+        tstore = Store(ctrl_from[0])
+        keep = set(ctrl_from[1])
+        t_idx = np.flatnonzero([p in keep for p in tstore.prompt_ids])
+        scores.update(baseline_scores(store, t_idx, test_idx, train_store=tstore))
     else:
-        scores.update({"random": np.zeros(len(test_idx)), "majority": np.zeros(len(test_idx))})
+        log.info("no training store found for the controls; reporting the unfitted baselines")
+        scores.update(baseline_scores(store, np.zeros(0, int), test_idx, train_store=store))
     rep = _report(store, test_idx, scores, cfg.n_boot, protocol=cfg.protocol)
     elhsr = next((n for n, h in heads.items() if hasattr(h, "token_contributions")), None)
     data = html_data(
@@ -458,6 +506,20 @@ def _training_prompts(head_dir: Path, allow_unknown: bool) -> set[str]:
     if not isinstance(tp, list) or not all(isinstance(p, str) for p in tp):
         raise HsrmError(f"{tj}: field 'train_prompts' must be a list of prompt ids")
     return set(tp)
+
+
+def _store_task(run: str) -> dict[str, Any] | None:
+    mp = Path(run) / "meta.json"
+    return json.loads(mp.read_text()).get("task") if mp.exists() else None
+
+
+def _same_task(a: dict[str, Any] | None, b: dict[str, Any]) -> bool:
+    """Whether two stores' tasks generate the same prompts under the same ids (None: assume so)."""
+    if a is None:
+        return True
+    return {k: v for k, v in a.items() if k not in ("n", "limit")} == {
+        k: v for k, v in b.items() if k not in ("n", "limit")
+    }
 
 
 def _report(
@@ -576,6 +638,14 @@ class DemoConfig:
     overwrite: bool = field(
         False, "write into a non-empty folder hsrm did not make (only hsrm's own files replaced)"
     )
+    fewshot: str = field(
+        "per_prompt", "few-shot examples: per_prompt (every prompt its own context) | fixed"
+    )
+    fresh_prompts: int = field(
+        128,
+        "prompts of a second store from another task seed that nothing is fitted on (0: skip)",
+        min=0,
+    )
 
 
 # The demo's ELHSR settings: SWIFT's, plus two changes measured in benchmarks/results/ablations.md
@@ -652,6 +722,7 @@ def _demo(cfg: DemoConfig, out: Path) -> dict[str, Any]:
         seed=cfg.seed,
         layers="all",
         threads=cfg.threads,
+        fewshot=cfg.fewshot,
     )
     store = sample(scfg)
     t_sample = time.perf_counter() - t_start
@@ -696,9 +767,52 @@ def _demo(cfg: DemoConfig, out: Path) -> dict[str, Any]:
                 "head_layers": list(layers),
             },
             "splits": folds,
-            "timing": {"sampling_s": t_sample, "total_s": time.perf_counter() - t_start},
         }
     )
+    if cfg.fresh_prompts:
+        rep["fresh"] = _demo_fresh(cfg, scfg, store, specs)
+        t_sample += rep["fresh"].pop("sampling_s")
+    rep["timing"] = {"sampling_s": t_sample, "total_s": time.perf_counter() - t_start}
     _write_outputs(out, rep, data, title="hsrm demo: best-of-N with hidden-state heads")
-    mark_output(out, "demo", ["results.json", "results.md", "bon.png", "results.html"])
+    mark_output(
+        out,
+        "demo",
+        ["results.json", "results.md", "bon.png", "results.html", "fresh", "fresh_samples"],
+    )
+    return rep
+
+
+def _demo_fresh(
+    cfg: DemoConfig,
+    scfg: SampleRunConfig,
+    store: Store,
+    specs: dict[str, tuple[str, dict[str, Any]]],
+) -> dict[str, Any]:
+    """Heads and controls fitted on every prompt of ``store``, scored on a store sampled from
+    another task seed (other questions, other few-shot contexts) that nothing was fitted on."""
+    fcfg = SampleRunConfig(
+        **{
+            **asdict(scfg),
+            "out": str(Path(cfg.out) / "fresh_samples"),
+            "n_prompts": cfg.fresh_prompts,
+            "task_seed": scfg.task_seed + 1,
+            "seed": scfg.seed + 1,
+        }
+    )
+    t0 = time.perf_counter()
+    fresh = sample(fcfg)
+    t_sample = time.perf_counter() - t0
+    tr, te = np.arange(len(store)), np.arange(len(fresh))
+    pids = store.prompt_ids
+    scores = {
+        name: make_head(arch, **params)
+        .fit(store.features(tr), store.labels, pids)
+        .score(fresh.features(te))
+        for name, (arch, params) in specs.items()
+    }
+    scores.update(baseline_scores(fresh, tr, te, train_store=store))
+    rep = _report(fresh, te, scores, cfg.n_boot, cfg.seed)
+    rep["task"] = fresh.meta["task"]
+    _write_outputs(Path(cfg.out) / "fresh", rep)
+    rep["sampling_s"] = t_sample
     return rep

@@ -44,6 +44,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         f"{best} closes {100 * rep['gap_closed'][best][N]:.0f}% of the gap at N={N}. "
         f"Took {rep['timing']['total_s']:.0f} s."
     )
+    if "fresh" in rep:
+        fr = rep["fresh"]
+        con.print(
+            rich_table(
+                fr,
+                f"fresh task seed: {fr['n_prompts']} prompts no head or control was fitted on",
+            )
+        )
+        for fam, sub in fr.get("per_family", {}).items():
+            con.print(rich_table(sub, f"fresh, family {fam}: {sub['n_prompts']} prompts"))
+        best = max(("elhsr", "probe"), key=lambda s: fr["bon"][s][N])
+        con.print(
+            f"fresh prompts: mean accuracy {fr['mean_accuracy']:.3f}, pass@{N} "
+            f"{fr['pass_at_k'][N]:.3f}; {best} closes {100 * fr['gap_closed'][best][N]:.0f}% "
+            f"of the gap at N={N} (tables in {Path(cfg.out) / 'fresh'})."
+        )
     out = Path(cfg.out)
     con.print(
         f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'bon.png'}, "

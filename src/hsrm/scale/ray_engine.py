@@ -51,6 +51,9 @@ FAULT_ENV = "HSRM_SCALE_FAULT_AFTER"
 
 # ----------------------------------------------------------------------------------------------
 # cluster
+LOOPBACK = "127.0.0.1"
+
+
 def _connect(address: str, num_cpus: float) -> bool:
     """Join ``address`` (or $RAY_ADDRESS), or start a local cluster; True if this call connected
     (and so must disconnect). A caller that already ran ``ray.init`` keeps its cluster."""
@@ -62,7 +65,9 @@ def _connect(address: str, num_cpus: float) -> bool:
         ray.init(address=address, **kw)
     else:
         # Enough CPUs for the workers asked for, even on a smaller machine (they then share cores).
-        ray.init(num_cpus=max(1, int(num_cpus + 0.999)), **kw)
+        # A cluster this process starts is local: it listens on loopback, never on a network
+        # interface (its node is this machine; other machines join a cluster started by `ray start`).
+        ray.init(num_cpus=max(1, int(num_cpus + 0.999)), _node_ip_address=LOOPBACK, **kw)
     return True
 
 

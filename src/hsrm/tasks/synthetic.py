@@ -3,18 +3,25 @@
 Each family mixes question types so that no property of the answer alone predicts correctness:
 ``arith`` mixes a+b and a-b, ``compare`` mixes "larger" and "smaller" (a head that learns
 "the bigger number is right" is right only half the time), ``count`` asks for letters whose counts
-vary. SmolLM2-135M needs a few-shot chat prompt and the prefill "The answer is " to answer at all.
+vary, ``cot`` mixes two- and three-step sums/differences answered with a worked chain of thought
+("7 + 5 = 12. 12 - 3 = 9. The answer is 9."; 15-40 answer tokens, long enough for early pruning).
+SmolLM2-135M needs a few-shot chat prompt and the prefill "The answer is " (``cot``: "") to answer.
+
+``fewshot="per_prompt"`` draws each prompt's few-shot examples from its own seeded stream, so that
+a store holds many contexts; ``"fixed"`` (the default) keeps one set of examples per family.
 """
 
 from __future__ import annotations
 
 import random
+import re
 from typing import Any
 
 from hsrm.errors import HsrmError
-from hsrm.tasks.base import Message, Prompt, Task
+from hsrm.tasks.base import Message, Prompt, Task, _norm_number, first_number, last_number
 
-FAMILIES = ("arith", "compare", "count")
+FAMILIES = ("arith", "compare", "count", "cot")
+FEWSHOT = ("fixed", "per_prompt")
 _WORDS = (
     "banana strawberry mississippi letter committee balloon coffee pepper bookkeeper parallel "
     "assessment tomorrow accommodation success address bubble giraffe hippopotamus cinnamon "
@@ -39,7 +46,32 @@ def _make(family: str, rng: random.Random, lo: int, hi: int) -> tuple[str, str, 
         letters = sorted(set(w))
         c = rng.choice(letters)
         return f"How many times does the letter '{c}' appear in '{w}'?", str(w.count(c)), "count"
+    if family == "cot":
+        q, _, final, qtype = _make_cot(rng, lo, hi)
+        return q, final, qtype
     raise HsrmError(f"unknown synthetic family {family!r}; known: {', '.join(FAMILIES)}")
+
+
+def _make_cot(rng: random.Random, lo: int, hi: int) -> tuple[str, str, str, str]:
+    """(question, worked answer, final answer, question type) of a two- or three-step sum.
+
+    Operands are single digits and every partial result stays >= 0: with 1..20 and negatives the
+    embedded model was right 4% of the time (96 samples), below the 10-50% the family targets."""
+    hi = min(hi, 9)
+    steps = 2 if rng.random() < 0.5 else 3
+    x = rng.randint(lo, hi)
+    expr, work = str(x), []
+    for _ in range(steps):
+        b = rng.randint(lo, hi)
+        op = "+" if (rng.random() < 0.5 or b > x) else "-"
+        y = x + b if op == "+" else x - b
+        expr += f" {op} {b}"
+        work.append(f"{x} {op} {b} = {y}.")
+        x = y
+    return f"What is {expr}?", " ".join(work) + f" The answer is {x}.", str(x), f"{steps}step"
+
+
+_ANSWER_IS = re.compile(r"answer is\s*(-?\d[\d,]*(?:\.\d+)?)", re.I)
 
 
 class SyntheticTask(Task):
@@ -55,12 +87,18 @@ class SyntheticTask(Task):
         lo: int = 1,
         hi: int = 20,
         shots: int = 3,
+        fewshot: str = "fixed",
     ):
         if isinstance(families, str):
             families = tuple(f.strip() for f in families.split(",") if f.strip())
         for f in families:
             if f not in FAMILIES:
                 raise HsrmError(f"unknown synthetic family {f!r}; known: {', '.join(FAMILIES)}")
+        if fewshot not in FEWSHOT:
+            raise HsrmError(
+                f"synthetic fewshot must be one of {', '.join(FEWSHOT)}, got {fewshot!r}"
+            )
+        self.fewshot = fewshot
         self.n, self.families, self.seed, self.lo, self.hi, self.shots = (
             n,
             families,
@@ -70,15 +108,21 @@ class SyntheticTask(Task):
             shots,
         )
 
-    def _fewshot(self, family: str) -> list[Message]:
-        rng = random.Random(f"fewshot-{family}-{self.seed}")
+    def _fewshot(self, family: str, index: int | None = None, avoid: str = "") -> list[Message]:
+        """Few-shot turns: one fixed set per family, or (``index`` given) prompt ``index``'s own."""
+        key = f"fewshot-{family}-{self.seed}" + ("" if index is None else f"-{index}")
+        rng = random.Random(key)
         turns: list[Message] = []
-        for _ in range(self.shots):
-            q, a, _ = _make(family, rng, self.lo, self.hi)
-            turns += [
-                {"role": "user", "content": q},
-                {"role": "assistant", "content": f"The answer is {a}."},
-            ]
+        while len(turns) < 2 * self.shots:
+            if family == "cot":
+                q, work, _, _ = _make_cot(rng, self.lo, self.hi)
+                a = work
+            else:
+                q, ans, _ = _make(family, rng, self.lo, self.hi)
+                a = f"The answer is {ans}."
+            if q == avoid:
+                continue  # never show the question itself as an example
+            turns += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
         return turns
 
     def prompts(self) -> list[Prompt]:
@@ -94,21 +138,22 @@ class SyntheticTask(Task):
             if q in seen and i < 50 * self.n:
                 continue  # distinct questions, so that a split by prompt is a split by question
             seen.add(q)
-            msgs = (*shots[fam], {"role": "user", "content": q})
+            ctx = shots[fam] if self.fewshot == "fixed" else self._fewshot(fam, len(out), q)
+            msgs = (*ctx, {"role": "user", "content": q})
             out.append(
                 Prompt(
                     id=f"{fam}-{len(out):05d}",
                     messages=msgs,
                     answer=a,
                     family=fam,
-                    prefill="The answer is ",
+                    prefill="" if fam == "cot" else "The answer is ",
                     meta={"qtype": qtype},
                 )
             )
         return out
 
     def describe(self) -> dict[str, Any]:
-        return {
+        d = {
             "name": self.name,
             "n": self.n,
             "families": list(self.families),
@@ -116,3 +161,13 @@ class SyntheticTask(Task):
             "range": [self.lo, self.hi],
             "shots": self.shots,
         }
+        if self.fewshot != "fixed":  # stores written before the option keep their description
+            d["fewshot"] = self.fewshot
+        return d
+
+    def extract(self, completion: str, prompt: Prompt) -> str | None:
+        """``cot``: the number after "The answer is" (else the last number); others: the first."""
+        if prompt.family == "cot":
+            m = _ANSWER_IS.search(completion)
+            return _norm_number(m.group(1)) if m else last_number(completion)
+        return first_number(completion)

@@ -1,0 +1,229 @@
+"""Early pruning of best-of-N samples, and its offline simulation over a fully sampled store.
+
+Policies decide, per prompt, at which token each sample stops (``len`` = not pruned):
+
+- ``head``: at each checkpoint (answer tokens generated so far), a head trained on answer prefixes
+  (``prefix_probe_scores``: the pooled probe on states averaged over the first t tokens, labelled
+  with the full answer's correctness) scores the samples still running, and the lowest ``frac``
+  of them stop.
+- ``deepconf``: DeepConf's online mode (arXiv 2508.15260, Alg. 2): the first ``n_init`` samples run
+  to the end; the stopping threshold is the (100 - eta)th percentile of their lowest group
+  confidences; every other sample stops at the first token where its sliding-window group
+  confidence falls below it (eta = 90: DeepConf-high, 10: DeepConf-low). The window is clipped to
+  ``window`` tokens, 2048 in the paper; answers here are 15-40 tokens.
+- ``random``: stops as many samples at each checkpoint as a ``head`` run did, chosen at random.
+
+Best-of-N is then taken over the samples that finished, with the same selector as without pruning.
+
+Simulation assumption: a pruned sample's tokens up to its stop are exactly its tokens in the full
+store, and the samples that survive are exactly the full store's. That holds when each sample's
+random stream is independent of the others'. hsrm's sampler draws the N samples of a prompt from
+one shared generator, so with live pruning the survivors would be *other* (equally distributed)
+samples: the simulation is exact in distribution, not sample for sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from hsrm import metrics as M
+from hsrm.scorers import group_confidences, lowest_group_confidence, weighted_vote_prompt
+
+CHECKPOINTS = (4, 8, 12, 16)
+
+
+def prefix_probe_scores(
+    store, idx: np.ndarray, checkpoints: Sequence[int] = CHECKPOINTS, folds: int = 3, seed: int = 0
+) -> dict[int, np.ndarray]:
+    """Out-of-fold (by prompt) prefix-probe scores of records ``idx`` at every checkpoint."""
+    from hsrm.pipeline import prompt_folds
+    from hsrm.quality import POOLED_DEFAULT, PooledProbe, pooled_states
+
+    y, g = store.labels[idx], store.prompt_ids[idx]
+    fold = prompt_folds(g, folds, seed)
+    out = {}
+    for t in checkpoints:
+        P = pooled_states(store, idx, prefix=t)
+        s = np.zeros(len(idx))
+        for f in range(folds):
+            a, b = fold != f, fold == f
+            probe = PooledProbe(
+                POOLED_DEFAULT["layers"],
+                POOLED_DEFAULT["C"],
+                False,
+                store.layers,
+                store.fingerprint.n_layers,
+            )
+            s[b] = probe.fit(P[a], y[a], g[a]).score(P[b], None)
+        out[int(t)] = s
+    return out
+
+
+def head_stops(
+    lens: np.ndarray, scores: dict[int, np.ndarray], checkpoints: Sequence[int], frac: float
+) -> tuple[np.ndarray, list[int]]:
+    """One prompt: stop positions, and how many stopped at each checkpoint."""
+    stop = lens.copy()
+    running = np.ones(len(lens), bool)
+    counts = []
+    for t in checkpoints:
+        live = np.flatnonzero(running & (lens > t))
+        m = min(int(np.floor(frac * len(live))), running.sum() - 1)
+        if m > 0:
+            worst = live[np.argsort(scores[t][live], kind="stable")[:m]]
+            stop[worst], running[worst] = t, False
+        counts.append(max(m, 0))
+    return stop, counts
+
+
+def random_stops(
+    lens: np.ndarray, counts: list[int], checkpoints: Sequence[int], rng: np.random.Generator
+) -> np.ndarray:
+    stop = lens.copy()
+    running = np.ones(len(lens), bool)
+    for t, m in zip(checkpoints, counts):
+        live = np.flatnonzero(running & (lens > t))
+        m = min(m, len(live))
+        if m > 0:
+            pick = rng.choice(live, size=m, replace=False)
+            stop[pick], running[pick] = t, False
+    return stop
+
+
+def deepconf_stops(confs: list[np.ndarray], n_init: int, eta: float, window: int) -> np.ndarray:
+    """One prompt: DeepConf online stopping (see the module docstring)."""
+    lens = np.array([len(c) for c in confs])
+    stop = lens.copy()
+    warm = [lowest_group_confidence(_t(c), window) for c in confs[:n_init]]
+    thr = float(np.percentile(warm, 100 - eta))
+    for i in range(n_init, len(confs)):
+        c = confs[i]
+        if len(c) < window:
+            continue  # too short for a full window: never stopped
+        g = group_confidences(_t(c), window).numpy()  # g[j] = mean of tokens j .. j+window-1
+        below = np.flatnonzero(g < thr)
+        if len(below):
+            stop[i] = int(below[0]) + window
+    return stop
+
+
+def _t(c: np.ndarray):
+    import torch
+
+    return torch.as_tensor(np.asarray(c, np.float32))
+
+
+def select(
+    name: str, answers: list, y: np.ndarray, s: dict[str, np.ndarray], rng: np.random.Generator
+) -> float:
+    """Correctness of the selector's pick among one prompt's finished samples."""
+    if name == "majority":
+        return M.majority_prompt(answers, y, len(y), rng)
+    if name == "deepconf_vote":
+        return weighted_vote_prompt(answers, y, s["confidence"], len(y), rng, keep=0.9)
+    v = s[name]
+    return float(y[v == v.max()].mean())
+
+
+def pruning_curve(
+    store,
+    idx: np.ndarray,
+    prefix_scores: dict[int, np.ndarray],
+    selectors: Sequence[str] = ("majority", "mean_logprob", "deepconf_vote"),
+    head_settings: Sequence[tuple[tuple[int, ...], float]] = (
+        ((8,), 0.5),
+        ((4, 8), 0.5),
+        ((4, 8, 12), 0.5),
+        ((4,), 0.75),
+        ((4, 8), 0.75),
+    ),
+    deepconf_settings: Sequence[tuple[int, float, int]] = ((4, 90, 8), (4, 10, 8), (4, 90, 4)),
+    random_repeats: int = 20,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Tokens generated vs BoN@N (N = every sample of a prompt) for each policy and selector."""
+    recs = store.records
+    groups = M._by_group(store.prompt_ids[idx])
+    y_all = store.labels[idx]
+    lens_all = np.array([recs[i]["n_tokens"] for i in idx])
+    conf_all = [store.token_stat(int(i), "confidence").float().numpy() for i in idx]
+    lp_all = [store.logprobs(int(i)).float().numpy() for i in idx]
+    ext_all = [recs[i]["extracted"] for i in idx]
+    rng = np.random.default_rng(seed)
+
+    def run(stops_of) -> tuple[int, dict[str, float]]:
+        tok = 0
+        acc: dict[str, list[float]] = {s: [] for s in selectors}
+        for g, rows in groups.items():
+            stop = stops_of(g, rows)
+            tok += int(stop.sum())
+            done = np.flatnonzero(stop >= lens_all[rows])
+            if len(done) == 0:
+                done = np.array([int(np.argmax(stop))])
+            r = rows[done]
+            sc = {
+                "mean_logprob": np.array([lp_all[j].mean() if len(lp_all[j]) else 0 for j in r]),
+                "confidence": np.array([lowest_group_confidence(_t(conf_all[j])) for j in r]),
+            }
+            for s in selectors:
+                acc[s].append(select(s, [ext_all[j] for j in r], y_all[r], sc, rng))
+        return tok, {s: float(np.mean(v)) for s, v in acc.items()}
+
+    points: list[dict[str, Any]] = []
+    full_tok, full_bon = run(lambda g, rows: lens_all[rows].copy())
+    points.append({"policy": "none", "family": "none", "tokens": full_tok, "bon": full_bon})
+    for cps, frac in head_settings:
+        counts: dict[Any, list[int]] = {}
+
+        def hs(g, rows, cps=cps, frac=frac, counts=counts):
+            st, c = head_stops(lens_all[rows], {t: prefix_scores[t][rows] for t in cps}, cps, frac)
+            counts[g] = c
+            return st
+
+        tok, bon = run(hs)
+        label = f"head frac={frac} at {','.join(map(str, cps))}"
+        points.append({"policy": label, "family": "hsrm head", "tokens": tok, "bon": bon})
+        toks, bons = [], []
+        for _ in range(random_repeats):
+            t_, b_ = run(
+                lambda g, rows, cps=cps, counts=counts: random_stops(
+                    lens_all[rows], counts[g], cps, rng
+                )
+            )
+            toks.append(t_)
+            bons.append(b_)
+        points.append(
+            {
+                "policy": f"random, same budget as {label}",
+                "family": "random",
+                "tokens": int(np.mean(toks)),
+                "bon": {s: float(np.mean([b[s] for b in bons])) for s in selectors},
+            }
+        )
+    for n_init, eta, window in deepconf_settings:
+        tok, bon = run(
+            lambda g, rows, n_init=n_init, eta=eta, window=window: deepconf_stops(
+                [conf_all[j] for j in rows], n_init, eta, window
+            )
+        )
+        points.append(
+            {
+                "policy": f"deepconf online eta={eta} n_init={n_init} window={window}",
+                "family": "deepconf",
+                "tokens": tok,
+                "bon": bon,
+            }
+        )
+    for p in points:
+        p["saved"] = 1 - int(p["tokens"]) / full_tok if full_tok else 0.0
+    return {
+        "n_prompts": len(groups),
+        "n": int(min(len(r) for r in groups.values())),
+        "full_tokens": full_tok,
+        "selectors": list(selectors),
+        "checkpoints": list(CHECKPOINTS),
+        "points": points,
+    }
