@@ -190,7 +190,7 @@ class PairSet:
 
 
 def _chat_prompt(tokenizer, question: str, system: str | None) -> str:
-    from hsrm.capture import prompt_text
+    from hsrm.lm import prompt_text
     from hsrm.tasks.base import Prompt
 
     msgs: tuple[dict[str, str], ...] = ({"role": "user", "content": question},)
@@ -213,7 +213,10 @@ def teacher_force_shared(
     (P, L, d) to ``prompt_states`` when given (SAE training text at no extra cost)."""
     from transformers import DynamicCache
 
-    from hsrm.capture import _cache_kw, _encode, _lm_parts, _logits
+    from hsrm.lm import cache_kw as _cache_kw
+    from hsrm.lm import encode as _encode
+    from hsrm.lm import head_logits as _logits
+    from hsrm.lm import lm_parts as _lm_parts
 
     model, tok = lm.model, lm.tokenizer
     decoder, head, softcap = _lm_parts(model)
@@ -305,7 +308,7 @@ def encode_pairs(
     prompts: list[str] = []
     agroups: list[str] = []
     group_of = {p.prompt: p.group for p in pairs}
-    from hsrm.capture import _encode
+    from hsrm.lm import encode as _encode
 
     # Template tokens before the question (system prompt, role markers): the same for every question.
     a_ids, b_ids = (
