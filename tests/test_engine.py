@@ -162,3 +162,76 @@ def test_pad_sides():
     assert ids.tolist() == [[1, 2, 3], [4, 0, 0]] and mask.tolist()[1] == [1, 0, 0]
     with pytest.raises(HsrmError, match="padding side"):
         lmx.pad([[1]], 0, "middle")
+
+
+# ----------------------------------------------------------------------------------------------
+# the store pipeline
+def _sample_cfg(out, **kw):
+    from hsrm.pipeline import SampleRunConfig
+
+    base = dict(
+        out=str(out),
+        model="tiny:0",
+        n_prompts=10,
+        n=3,
+        max_new_tokens=5,
+        shard_prompts=4,
+        layers="all",
+        families="arith,compare,count",
+    )
+    return SampleRunConfig(**{**base, **kw})
+
+
+def test_batched_store_equals_unbatched_store(tmp_path, tiny_lm):
+    from hsrm.pipeline import sample
+
+    one = sample(_sample_cfg(tmp_path / "b1", batch_prompts=1, writer_queue=0), tiny_lm, False)
+    many = sample(_sample_cfg(tmp_path / "b3", batch_prompts=3), tiny_lm, False)
+    big = sample(_sample_cfg(tmp_path / "b16", batch_prompts=16), tiny_lm, False)
+    assert len(one) == len(many) == len(big) == 30
+    for st in (many, big):
+        assert [r["prompt_id"] for r in st.records] == [r["prompt_id"] for r in one.records]
+        assert [r["text"] for r in st.records] == [r["text"] for r in one.records]
+        for i in range(len(one)):
+            assert st.token_ids(i) == one.token_ids(i)
+            if one.records[i]["n_tokens"]:
+                assert _rel(st.hidden(i), one.hidden(i)) < 2e-3  # float16 store
+                assert torch.allclose(st.logprobs(i), one.logprobs(i), atol=1e-4)
+
+
+def test_old_storage_dtype_key_is_an_alias(tmp_path):
+    from hsrm.config import from_sources
+    from hsrm.pipeline import SampleRunConfig
+
+    cfg = from_sources(SampleRunConfig, {"dtype": "int8"})
+    assert cfg.store_dtype == "int8" and cfg.dtype == "auto"
+    with pytest.raises(HsrmError, match="batch_prompts"):
+        SampleRunConfig(batch_prompts=0)
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [({"min_p": 2.0}, "min_p"), ({"device": "tpu"}, "unknown device"), ({"top_k": -3}, "top_k")],
+)
+def test_pipeline_bad_options_write_nothing(tmp_path, kw, match):
+    from hsrm.pipeline import sample
+
+    with pytest.raises(HsrmError, match=match):
+        sample(_sample_cfg(tmp_path / "o", **kw), progress=False)
+    assert not (tmp_path / "o" / "meta.json").exists()
+
+
+def test_cli_bad_options_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    base = [sys.executable, "-m", "hsrm", "sample", "--model", "tiny:0", "--n-prompts", "2"]
+    for extra, msg in [
+        (["--top-k", "-1"], "top_k"),
+        (["--dtype", "float16", "--device", "cpu"], "float16 is not supported"),
+    ]:
+        out = tmp_path / f"o{len(msg)}"
+        r = subprocess.run(base + ["--out", str(out)] + extra, capture_output=True, text=True)
+        assert r.returncode == 2, r.stderr
+        assert msg in r.stderr and "Traceback" not in r.stderr
+        assert not (out / "meta.json").exists()

@@ -19,13 +19,14 @@ import torch
 from tqdm.auto import tqdm
 
 from hsrm.baselines.controls import AnswerPriorScorer, TextOnlyScorer
-from hsrm.capture import SampleConfig, parse_layers, sample_prompt
+from hsrm.capture import SampleConfig, parse_layers, sample_prompts
 from hsrm.config import field
 from hsrm.errors import HsrmError
 from hsrm.evaluate import bon_report
 from hsrm.heads.base import Head, make_head
 from hsrm.io import atomic_write_json, atomic_write_text
 from hsrm.models import DEFAULT_MODEL, load_model
+from hsrm.shardwriter import BackgroundWriter
 from hsrm.store import Store, StoreWriter
 from hsrm.tasks import Task, get_task
 
@@ -47,15 +48,37 @@ class SampleRunConfig:
     n: int = field(16, "samples per prompt")
     temperature: float = field(0.8, "sampling temperature")
     top_p: float = field(1.0, "nucleus sampling threshold")
+    top_k: int = field(0, "keep only the k most likely tokens (0 = off)")
+    min_p: float = field(0.0, "drop tokens below min_p x the top token's probability (0 = off)")
+    stop: list[str] = field([], "stop strings: an answer ends where one appears")
     max_new_tokens: int = field(6, "maximum answer tokens")
     seed: int = field(0, "sampling seed (each prompt draws from its own stream)")
     layers: str = field("all", "hidden states to capture: all | every:K | mid | last | 0,4,8")
-    dtype: str = field("float16", "storage dtype: float16 | bfloat16 | int8 | fp8")
+    store_dtype: str = field("float16", "storage dtype: float16 | bfloat16 | int8 | fp8")
+    dtype: str = field(
+        "auto",
+        "model dtype: auto (float32 on cpu, bfloat16 on gpus) | float32 | bfloat16 | float16",
+    )
+    device: str = field("auto", "device: auto | cpu | cuda | cuda:N | mps")
+    batch_prompts: int = field(8, "prompts decoded together (x n samples each = rows per step)")
+    writer_queue: int = field(
+        2, "shards that may wait for the background writer (0 = write synchronously)"
+    )
     pool: str = field("none", "none (per token) | mean | last (one vector per answer)")
     shard_prompts: int = field(16, "prompts per shard (the unit of resumption)")
     threads: int = field(0, "torch CPU threads (0 = torch's default)")
     api_log: str = field("", "also write the samples as OpenAI-style chat.completion JSONL here")
     top_logprobs: int = field(20, "top-k log-probs per token in the API log (k <= 20)")
+
+    def __post_init__(self) -> None:
+        # Before the model dtype existed, `dtype` was the storage dtype: old configs saying
+        # int8/fp8 there mean the store (float16/bfloat16 are read as the model dtype now).
+        if self.dtype in ("int8", "fp8"):
+            self.store_dtype, self.dtype = self.dtype, "auto"
+        if self.batch_prompts < 1:
+            raise HsrmError(f"batch_prompts must be >= 1, got {self.batch_prompts}")
+        if self.writer_queue < 0:
+            raise HsrmError(f"writer_queue must be >= 0, got {self.writer_queue}")
 
 
 def make_task(cfg: SampleRunConfig) -> Task:
@@ -73,6 +96,9 @@ def sample(cfg: SampleRunConfig, lm: Any = None, progress: bool = True) -> Store
         n=cfg.n,
         temperature=cfg.temperature,
         top_p=cfg.top_p,
+        top_k=cfg.top_k,
+        min_p=cfg.min_p,
+        stop=tuple(cfg.stop),
         max_new_tokens=cfg.max_new_tokens,
         seed=cfg.seed,
         layers=cfg.layers,
@@ -83,16 +109,21 @@ def sample(cfg: SampleRunConfig, lm: Any = None, progress: bool = True) -> Store
     prompts = task.prompts()
     if not prompts:
         raise HsrmError(f"task {cfg.task!r} has no prompts")
-    lm = lm or load_model(cfg.model)
+    lm = lm or load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     layers = parse_layers(cfg.layers, lm.fingerprint.n_layers)
+    sampling = asdict(scfg)
+    sampling.pop("check_every")  # changes when the host looks, never what is sampled
+    if not (scfg.top_k or scfg.min_p or scfg.stop):  # stores written before these options existed
+        for k in ("top_k", "min_p", "stop"):
+            sampling.pop(k)
     writer = StoreWriter(
         cfg.out,
         {
             "fingerprint": lm.fingerprint.to_dict(),
             "layers": list(layers),
             "task": task.describe(),
-            "sampling": asdict(scfg),
-            "dtype": cfg.dtype,
+            "sampling": sampling,
+            "dtype": cfg.store_dtype,
             "pool": cfg.pool,
             "shard_prompts": cfg.shard_prompts,
         },
@@ -114,22 +145,46 @@ def sample(cfg: SampleRunConfig, lm: Any = None, progress: bool = True) -> Store
         unit="sample",
         disable=not progress,
     )
-    for k in todo:
-        results = []
-        for p in shards[k]:
-            results.append(sample_prompt(lm, p, scfg, layers))
-            bar.update(cfg.n)
-            n_done += cfg.n
+
+    def write(k: int, results: list) -> None:
         writer.write_shard(k, results, task)
         if cfg.api_log:
             _write_api_shard(Path(cfg.out) / f"apilog-{k:05d}.jsonl", results, task, lm)
+
+    # Batches are aligned to absolute prompt positions ([c*B, (c+1)*B)), so a prompt always shares
+    # its batch with the same neighbours and a resumed run writes byte-identical shards; on resume
+    # a batch that straddles a finished shard re-samples (and drops) at most B-1 prompts.
+    B = cfg.batch_prompts
+    need = {i for k in todo for i in range(k * S, min((k + 1) * S, len(prompts)))}
+    chunks = [c for c in range(0, len(prompts), B) if need & set(range(c, c + B))]
+    got: dict[int, Any] = {}
+    pending = list(todo)
+    bg = BackgroundWriter(write, depth=cfg.writer_queue)
+    try:
+        for c in chunks:
+            for i, r in zip(range(c, c + B), sample_prompts(lm, prompts[c : c + B], scfg, layers)):
+                if i in need:
+                    got[i] = r
+            n_new = sum(1 for i in range(c, min(c + B, len(prompts))) if i in need) * cfg.n
+            bar.update(n_new)
+            n_done += n_new
+            while pending:  # hand every shard whose prompts are all sampled to the writer
+                k = pending[0]
+                idx = range(k * S, min((k + 1) * S, len(prompts)))
+                if not all(i in got for i in idx):
+                    break
+                bg.submit(k, [got.pop(i) for i in idx])
+                pending.pop(0)
+    finally:
+        bg.close()
+    log.info("writer: sampling waited %.2f s for the disk", bg.idle_s)
     bar.close()
     if cfg.api_log:
         parts = sorted(Path(cfg.out).glob("apilog-*.jsonl"))
         atomic_write_text(cfg.api_log, "".join(p.read_text() for p in parts))
         log.info("API log of %d prompts -> %s", len(prompts), cfg.api_log)
     dt = time.perf_counter() - t0
-    writer.finish({"last_run": {"samples": n_done, "seconds": dt}})
+    writer.finish({"last_run": {"samples": n_done, "seconds": dt, "writer_wait_s": bg.idle_s}})
     store = Store(cfg.out)
     log.info(
         "store %s: %d samples over %d prompts, %.1f MB (%.0f samples/s this run)",
