@@ -235,3 +235,38 @@ def test_cli_bad_options_exit_2(tmp_path):
         assert r.returncode == 2, r.stderr
         assert msg in r.stderr and "Traceback" not in r.stderr
         assert not (out / "meta.json").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# compact (projected) stores
+def test_projected_store_and_heads_refuse_mixing(tmp_path, tiny_lm):
+    from hsrm.heads.base import make_head
+    from hsrm.pipeline import sample
+    from hsrm.projection import Projection, project_features
+
+    full = sample(_sample_cfg(tmp_path / "full", n=4), tiny_lm, False)
+    proj = sample(_sample_cfg(tmp_path / "proj", n=4, project=8, project_seed=1), tiny_lm, False)
+    assert proj.meta["projection"] == {"k": 8, "seed": 1, "kind": "gaussian"}
+    assert proj.fingerprint.hidden_size == 8 and "+proj:gaussian:k8:s1" in proj.fingerprint.revision
+    assert proj.model_fingerprint == full.fingerprint
+    # the store holds exactly the projection of the full states (float16 both ways)
+    P = Projection(8, 1)
+    Xf, Xp = full.features(), proj.features()
+    view = project_features(Xf, P)
+    assert view.fingerprint == Xp.fingerprint and view.layers == Xp.layers
+    for i in range(len(full)):
+        if full.records[i]["n_tokens"]:
+            assert Xp[i].shape[-1] == 8
+            assert _rel(Xp[i], view[i]) < 5e-3
+    assert Xp.padded(range(3))[0].shape[-1] == 8
+    y, g = proj.labels, proj.prompt_ids
+    y = (torch.arange(len(y)) % 2).numpy() if len(set(y)) < 2 else y
+    head = make_head("probe").fit(Xp, y, g)
+    head.score(view)  # raw states + the same projection: accepted
+    with pytest.raises(HsrmError, match="trained on"):
+        head.score(Xf)  # raw states: refused
+    other = sample(_sample_cfg(tmp_path / "p2", n=4, project=8, project_seed=2), tiny_lm, False)
+    with pytest.raises(HsrmError, match="trained on"):
+        head.score(other.features())  # another projection: refused
+    with pytest.raises(HsrmError, match="projection"):
+        sample(_sample_cfg(tmp_path / "proj", n=4, project=16), tiny_lm, False)  # no mixing

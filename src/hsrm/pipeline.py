@@ -26,6 +26,7 @@ from hsrm.evaluate import bon_report
 from hsrm.heads.base import Head, make_head
 from hsrm.io import atomic_write_json, atomic_write_text
 from hsrm.models import DEFAULT_MODEL, load_model
+from hsrm.projection import Projection
 from hsrm.shardwriter import BackgroundWriter
 from hsrm.store import Store, StoreWriter
 from hsrm.tasks import Task, get_task
@@ -55,6 +56,10 @@ class SampleRunConfig:
     seed: int = field(0, "sampling seed (each prompt draws from its own stream)")
     layers: str = field("all", "hidden states to capture: all | every:K | mid | last | 0,4,8")
     store_dtype: str = field("float16", "storage dtype: float16 | bfloat16 | int8 | fp8")
+    project: int = field(
+        0, "compact store: keep a seeded random projection of each layer to k dims (0 = full)"
+    )
+    project_seed: int = field(0, "seed of the per-layer projection matrices (with --project)")
     dtype: str = field(
         "auto",
         "model dtype: auto (float32 on cpu, bfloat16 on gpus) | float32 | bfloat16 | float16",
@@ -77,6 +82,8 @@ class SampleRunConfig:
             self.store_dtype, self.dtype = self.dtype, "auto"
         if self.batch_prompts < 1:
             raise HsrmError(f"batch_prompts must be >= 1, got {self.batch_prompts}")
+        if self.project < 0:
+            raise HsrmError(f"project must be >= 0 (0 = full states), got {self.project}")
         if self.writer_queue < 0:
             raise HsrmError(f"writer_queue must be >= 0, got {self.writer_queue}")
 
@@ -126,6 +133,12 @@ def sample(cfg: SampleRunConfig, lm: Any = None, progress: bool = True) -> Store
             "dtype": cfg.store_dtype,
             "pool": cfg.pool,
             "shard_prompts": cfg.shard_prompts,
+            **(
+                {"projection": Projection(cfg.project, cfg.project_seed).to_dict()}
+                if cfg.project
+                else {}
+            ),
+            "batch_prompts": cfg.batch_prompts,  # states differ across B within fp tolerance
         },
     )
     S = cfg.shard_prompts

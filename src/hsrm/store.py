@@ -40,6 +40,7 @@ from hsrm.errors import HsrmError
 from hsrm.features import Indices, TokenFeatures
 from hsrm.io import atomic_write_bytes, atomic_write_json
 from hsrm.models import ModelFingerprint
+from hsrm.projection import Projection
 from hsrm.tasks.base import Task
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ _RESUME_KEYS = (
     "dtype",
     "pool",
     "shard_prompts",
+    "projection",
 )
 
 
@@ -95,6 +97,10 @@ class StoreWriter:
             raise HsrmError(f"unknown pooling {self.meta['pool']!r}; use one of {POOLS}")
         self.meta.setdefault("dtype", "float16")
         self.meta.setdefault("pool", "none")
+        # A compact store keeps each layer's states projected to k dims (hsrm.projection).
+        self.projection = Projection.from_dict(self.meta.get("projection"))
+        if self.projection is None:
+            self.meta.pop("projection", None)
         mp = self.path / "meta.json"
         # A killed writer can leave half-written temporary files (never a half-written shard);
         # one writer per store, so any that exist now are stale.
@@ -182,6 +188,9 @@ class StoreWriter:
         L = len(self.meta["layers"])
         d = self.meta["fingerprint"]["hidden_size"]
         H = torch.cat(hidden) if hidden else torch.zeros(0, L, d)
+        layers = self.meta["layers"]
+        if self.projection is not None:
+            H = self.projection.apply(H, layers)
         tensors = _encode_hidden(H, dtype)
         tensors["logprobs"] = torch.cat(lps) if lps else torch.zeros(0)
         tensors["entropy"] = torch.cat(ents) if ents else torch.zeros(0)
@@ -189,7 +198,10 @@ class StoreWriter:
         tensors["confidence"] = torch.cat(confs) if confs else torch.zeros(0)
         tensors["token_ids"] = torch.cat(tids) if tids else torch.zeros(0, dtype=torch.int32)
         if prompt_hidden:
-            tensors["prompt_hidden"] = torch.stack(prompt_hidden).to(torch.float16)
+            ph = torch.stack(prompt_hidden)
+            if self.projection is not None:
+                ph = self.projection.apply(ph, layers)
+            tensors["prompt_hidden"] = ph.to(torch.float16)
         atomic_write_bytes(self.path / f"shard-{k:05d}.safetensors", save(tensors))
         atomic_write_json(
             self.path / f"shard-{k:05d}.json",
@@ -217,7 +229,15 @@ class Store:
                 f"{mp}: format_version {self.meta.get('format_version')} is not supported "
                 f"(this hsrm reads {FORMAT_VERSION})"
             )
-        self.fingerprint = ModelFingerprint.from_dict(self.meta["fingerprint"])
+        #: the model's own fingerprint; ``fingerprint`` is what the features carry (projected
+        #: stores: width k and the projection's tag, so heads cannot mix projected and raw states)
+        self.model_fingerprint = ModelFingerprint.from_dict(self.meta["fingerprint"])
+        self.projection = Projection.from_dict(self.meta.get("projection"))
+        self.fingerprint = (
+            self.projection.fingerprint(self.model_fingerprint)
+            if self.projection is not None
+            else self.model_fingerprint
+        )
         self.layers: tuple[int, ...] = tuple(self.meta["layers"])
         self.records: list[dict[str, Any]] = []
         self._shards: list[Path] = []
