@@ -50,64 +50,8 @@ def codec(X: TokenFeatures, dtype: str) -> TokenFeatures:
     return TokenFeatures.from_tensors(ts, X.layers, X.fingerprint)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--prompts", type=int, default=320)
-    ap.add_argument("--n", type=int, default=16)
-    ap.add_argument("--store", default="runs/bench_compact/samples")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default="compact")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    t0 = time.perf_counter()
-    store = sample(
-        SampleRunConfig(out=args.store, n_prompts=args.prompts, n=args.n, threads=args.threads),
-        progress=False,
-    )
-    t_sample = time.perf_counter() - t0
-    store = Store(args.store)
-    raw = store.features()  # float16 states as stored, memory-mapped
-    y, pids = store.labels, store.prompt_ids
-    rows = []
-    for name, k, dtype in MODES:
-        X = raw if not k else project_features(raw, Projection(k, seed=0))
-        if dtype != "float16" or k:
-            X = codec(X, dtype)
-        per_seed = []
-        t1 = time.perf_counter()
-        for seed in args.seeds:
-            fold = prompt_folds(pids, 3, seed)
-            s = np.zeros(len(store))
-            for f in range(3):
-                tr, te = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
-                head = make_head("elhsr", layers=list(store.layers), **DEMO_ELHSR)
-                head.fit(X.subset(tr), y[tr], pids[tr])
-                s[te] = head.score(X.subset(te))
-            rep = bon_report({"elhsr": s}, y, pids, ks=[args.n], n_boot=200, seed=seed)
-            per_seed.append(
-                {
-                    "seed": seed,
-                    "bon": rep["bon"]["elhsr"][str(args.n)],
-                    "within_auroc": rep["within_prompt_auroc"]["elhsr"],
-                }
-            )
-            print(name, per_seed[-1], flush=True)
-        L = len(store.layers)
-        d = store.fingerprint.hidden_size
-        rows.append(
-            {
-                "mode": name,
-                "k": k,
-                "store_dtype": dtype,
-                "bon_at_n": float(np.mean([r["bon"] for r in per_seed])),
-                "within_auroc": float(np.mean([r["within_auroc"] for r in per_seed])),
-                "per_seed": per_seed,
-                "bytes_per_token_demo": bytes_per_token(L, d, dtype, k),
-                "bytes_per_token_8b": bytes_per_token(33, 4096, dtype, k),
-                "fit_seconds": time.perf_counter() - t1,
-            }
-        )
+def write(args, store, rows, y, pids, t_sample) -> None:
+    """Results so far (written after every mode, so a cut-off run still leaves them)."""
     full = rows[0]
     for r in rows:
         r["bon_delta_vs_full"] = r["bon_at_n"] - full["bon_at_n"]
@@ -146,6 +90,70 @@ def main() -> None:
     atomic_write_text(RESULTS / f"{args.out}.md", "\n".join(md))
     print("\n".join(md))
     print(json.dumps({r["mode"]: round(r["bon_at_n"], 4) for r in rows}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--prompts", type=int, default=320)
+    ap.add_argument("--n", type=int, default=16)
+    ap.add_argument("--store", default="runs/bench_compact/samples")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default="compact")
+    ap.add_argument(
+        "--modes", nargs="+", default=[m[0] for m in MODES], help="subset of the mode names"
+    )
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    store = sample(
+        SampleRunConfig(out=args.store, n_prompts=args.prompts, n=args.n, threads=args.threads),
+        progress=False,
+    )
+    t_sample = time.perf_counter() - t0
+    store = Store(args.store)
+    raw = store.features()  # float16 states as stored, memory-mapped
+    y, pids = store.labels, store.prompt_ids
+    rows = []
+    for name, k, dtype in [m for m in MODES if m[0] in args.modes]:
+        X = raw if not k else project_features(raw, Projection(k, seed=0))
+        if dtype != "float16" or k:
+            X = codec(X, dtype)
+        per_seed = []
+        t1 = time.perf_counter()
+        for seed in args.seeds:
+            fold = prompt_folds(pids, 3, seed)
+            s = np.zeros(len(store))
+            for f in range(3):
+                tr, te = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
+                head = make_head("elhsr", layers=list(store.layers), **DEMO_ELHSR)
+                head.fit(X.subset(tr), y[tr], pids[tr])
+                s[te] = head.score(X.subset(te))
+            rep = bon_report({"elhsr": s}, y, pids, ks=[args.n], n_boot=200, seed=seed)
+            per_seed.append(
+                {
+                    "seed": seed,
+                    "bon": rep["bon"]["elhsr"][str(args.n)],
+                    "within_auroc": rep["within_prompt_auroc"]["elhsr"],
+                }
+            )
+            print(name, per_seed[-1], flush=True)
+        L = len(store.layers)
+        d = store.fingerprint.hidden_size
+        rows.append(
+            {
+                "mode": name,
+                "k": k,
+                "store_dtype": dtype,
+                "bon_at_n": float(np.mean([r["bon"] for r in per_seed])),
+                "within_auroc": float(np.mean([r["within_auroc"] for r in per_seed])),
+                "per_seed": per_seed,
+                "bytes_per_token_demo": bytes_per_token(L, d, dtype, k),
+                "bytes_per_token_8b": bytes_per_token(33, 4096, dtype, k),
+                "fit_seconds": time.perf_counter() - t1,
+            }
+        )
+        write(args, store, rows, y, pids, t_sample)
 
 
 if __name__ == "__main__":

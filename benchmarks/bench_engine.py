@@ -206,8 +206,6 @@ def cpu_bench(args) -> dict[str, Any]:
     layers = parse_layers("all", lm.fingerprint.n_layers)
     variants = {
         "legacy one-prompt, capture": dict(capture=True, batch=1, legacy=True),
-        "legacy one-prompt, no capture": dict(capture=False, batch=1, legacy=True),
-        "batched B=1, capture": dict(capture=True, batch=1),
         "batched B=8, capture": dict(capture=True, batch=8),
         "batched B=8, no capture": dict(capture=False, batch=8),
         "batched B=16, capture": dict(capture=True, batch=16),
@@ -239,7 +237,6 @@ def cpu_bench(args) -> dict[str, Any]:
         "speedup_batched_B16_vs_legacy_capture": ratio("batched B=16, capture", "legacy one-prompt, capture"),
         "capture_overhead_B8": ratio("batched B=8, no capture", "batched B=8, capture"),
         "capture_overhead_B16": ratio("batched B=16, no capture", "batched B=16, capture"),
-        "capture_overhead_legacy": ratio("legacy one-prompt, no capture", "legacy one-prompt, capture"),
         "writer": writer,
         "reference": "17.6 samples/s: today's one-prompt loop in benchmarks/results/bon_speed.md",
     }  # fmt: skip
@@ -346,7 +343,6 @@ def _md_cpu(r: dict[str, Any]) -> str:
         f"| batched B=16 vs legacy one-prompt, with capture | {r['speedup_batched_B16_vs_legacy_capture']:.2f}x |",
         f"| capture overhead, batched B=8 | {r['capture_overhead_B8']:.3f}x |",
         f"| capture overhead, batched B=16 | {r['capture_overhead_B16']:.3f}x |",
-        f"| capture overhead, legacy | {r['capture_overhead_legacy']:.3f}x |",
         "",
         "| writer | wall s | sampler waited s | idle share |",
         "|---|---|---|---|",

@@ -120,9 +120,9 @@ def sample(cfg: SampleRunConfig, lm: Any = None, progress: bool = True) -> Store
     layers = parse_layers(cfg.layers, lm.fingerprint.n_layers)
     sampling = asdict(scfg)
     sampling.pop("check_every")  # changes when the host looks, never what is sampled
-    if not (scfg.top_k or scfg.min_p or scfg.stop):  # stores written before these options existed
-        for k in ("top_k", "min_p", "stop"):
-            sampling.pop(k)
+    # Per-prompt uniforms + inverse CDF (docs/engine.md); stores drawn the older way (multinomial)
+    # are refused on resume instead of being mixed with this one.
+    sampling["draw"] = "inverse-cdf"
     writer = StoreWriter(
         cfg.out,
         {
