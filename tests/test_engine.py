@@ -270,3 +270,20 @@ def test_projected_store_and_heads_refuse_mixing(tmp_path, tiny_lm):
         head.score(other.features())  # another projection: refused
     with pytest.raises(HsrmError, match="projection"):
         sample(_sample_cfg(tmp_path / "proj", n=4, project=16), tiny_lm, False)  # no mixing
+
+
+def test_capture_in_host_flushed_chunks_equals_one_buffer(tiny_lm, monkeypatch):
+    import hsrm.capture as cap
+
+    ps = _prompts(3)
+    cfg = SampleConfig(n=3, max_new_tokens=9, temperature=1.5, seed=6)
+    whole = sample_prompts(tiny_lm, ps, cfg)
+    L = tiny_lm.fingerprint.n_layers + 1
+    monkeypatch.setattr(
+        cap, "CAPTURE_BUFFER_BYTES", 2 * 9 * L * tiny_lm.fingerprint.hidden_size * 4
+    )
+    chunked = sample_prompts(tiny_lm, ps, cfg)  # 2 steps per on-device chunk
+    for ra, rb in zip(whole, chunked):
+        for a, b in zip(ra.answers, rb.answers):
+            assert a.token_ids == b.token_ids
+            assert torch.equal(a.hidden, b.hidden)

@@ -217,7 +217,8 @@ class SampleView:
 
     ``tokens``, ``logprobs``, ``confidence``, ``entropy``: (step + 1, rows) per-step values (rows
     that had already stopped hold padding there); ``states``: (step + 1, rows, L, d) captured
-    states so far, or None without capture; ``alive``: (rows,) bool, rows still decoding;
+    states so far, or None without capture (or when the states exceed ``CAPTURE_BUFFER_BYTES`` and
+    go to the host in chunks); ``alive``: (rows,) bool, rows still decoding;
     ``lengths``: (rows,) answer tokens so far."""
 
     step: int
@@ -237,6 +238,8 @@ class SampleView:
 PruneHook = Callable[[int, SampleView], "torch.Tensor | None"]
 
 _RUNNING, _EOS, _PRUNED, _STOP = 0, 1, 2, 3
+#: Largest on-device capture buffer; beyond it states are flushed to the host in chunks.
+CAPTURE_BUFFER_BYTES = 8 << 30
 _STOP_NAMES = {_RUNNING: "length", _EOS: "eos", _PRUNED: "pruned", _STOP: "stop"}
 
 
@@ -325,7 +328,18 @@ def sample_prompts(
     topv_buf = torch.zeros(T, R, K, **f32) if K else None
     topi_buf = torch.zeros(T, R, K, dtype=torch.long, device=dev) if K else None
     L, d = len(layers), lm.fingerprint.hidden_size
-    st_buf = torch.zeros(T, R, L, d, dtype=out.last.dtype, device=dev) if capture else None
+    # Captured states: one on-device buffer of C steps. C = T unless that exceeds
+    # CAPTURE_BUFFER_BYTES (e.g. 8B shape, 1024 rows x 256 steps x 33 layers = 70 GB); then every C
+    # steps the chunk goes to a pinned host buffer in one non-blocking copy, which the stream
+    # orders before the chunk is overwritten, so no sync is needed.
+    st_buf = st_host = None
+    C = T
+    if capture:
+        row_bytes = R * L * d * out.last.element_size()
+        C = max(1, min(T, CAPTURE_BUFFER_BYTES // max(1, row_bytes)))
+        st_buf = torch.zeros(C, R, L, d, dtype=out.last.dtype, device=dev)
+        if C < T:
+            st_host = torch.zeros(T, R, L, d, dtype=out.last.dtype, pin_memory=dev.type == "cuda")
     lengths = torch.zeros(R, dtype=torch.long, device=dev)
     reason = torch.zeros(R, dtype=torch.int8, device=dev)
     active = torch.arange(R, device=dev)  # original row index of each row in the batch
@@ -372,7 +386,10 @@ def sample_prompts(
         )
         next_pos = next_pos + 1
         if st_buf is not None:
-            st_buf[step].index_copy_(0, active, out.stack(layers, -1))
+            st_buf[step % C].index_copy_(0, active, out.stack(layers, -1))
+            if st_host is not None and (step % C == C - 1 or last):
+                c0 = step - step % C
+                st_host[c0 : step + 1].copy_(st_buf[: step + 1 - c0], non_blocking=True)
         if prune is not None:
             full_alive = torch.zeros(R, dtype=torch.bool, device=dev)
             full_alive[active] = alive
@@ -382,7 +399,7 @@ def sample_prompts(
                 logprobs=lp_buf[:steps],
                 confidence=conf_buf[:steps],
                 entropy=ent_buf[:steps],
-                states=st_buf[:steps] if st_buf is not None else None,
+                states=st_buf[:steps] if st_buf is not None and st_host is None else None,
                 alive=full_alive,
                 lengths=lengths,
             )
@@ -398,7 +415,12 @@ def sample_prompts(
     host = [_to_host(x[:steps]) for x in (tok_buf, lp_buf, ent_buf, cert_buf, conf_buf)]
     host += [_to_host(lengths), _to_host(reason)]
     tops = (_to_host(topv_buf[:steps]), _to_host(topi_buf[:steps])) if K else None  # type: ignore[index]
-    st_h = _to_host(st_buf[:steps]) if st_buf is not None else None
+    if st_host is not None:  # flush the chunk the loop left (a break before the chunk's end)
+        c0 = (steps - 1) - (steps - 1) % C
+        st_host[c0:steps].copy_(st_buf[: steps - c0], non_blocking=True)  # type: ignore[index]
+        st_h = st_host[:steps]
+    else:
+        st_h = _to_host(st_buf[:steps]) if st_buf is not None else None
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     tok_m, lp_m, ent_m, cert_m, conf_m, len_h, why_h = host
