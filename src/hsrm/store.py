@@ -116,7 +116,7 @@ class StoreWriter:
                         f"{mp}: existing run has {k}={old.get(k)!r}, this run asks for "
                         f"{k}={self.meta.get(k)!r}; use another --out or the same settings to resume"
                     )
-            self.meta = {**old, **{k: self.meta[k] for k in _RESUME_KEYS}}
+            self.meta = {**old, **{k: self.meta[k] for k in _RESUME_KEYS if k in self.meta}}
         else:
             self.path.mkdir(parents=True, exist_ok=True)
             atomic_write_json(mp, {**self.meta, "complete": False})
