@@ -287,3 +287,14 @@ def test_capture_in_host_flushed_chunks_equals_one_buffer(tiny_lm, monkeypatch):
         for a, b in zip(ra.answers, rb.answers):
             assert a.token_ids == b.token_ids
             assert torch.equal(a.hidden, b.hidden)
+
+
+def test_resume_in_process(tmp_path, tiny_lm):
+    from hsrm.pipeline import sample
+
+    a = sample(_sample_cfg(tmp_path / "r", n_prompts=6), tiny_lm, False)
+    for p in sorted((tmp_path / "r").glob("shard-00001.*")):
+        p.unlink()  # as if killed before shard 1 was written
+    b = sample(_sample_cfg(tmp_path / "r", n_prompts=6), tiny_lm, False)
+    assert len(b) == len(a) == 18
+    assert [r["text"] for r in b.records] == [r["text"] for r in a.records]
