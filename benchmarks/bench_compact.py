@@ -75,7 +75,8 @@ def write(args, store, rows, y, pids, t_sample) -> None:
     atomic_write_json(RESULTS / f"{args.out}.json", out)
     md = [
         f"# Compact stores: ELHSR quality vs storage ({out['store']['prompts']} prompts x {args.n}, "
-        f"{out['store']['layers']} layers, d={out['store']['d']}, fold seeds {args.seeds})",
+        f"{out['store']['layers']} layers, d={out['store']['d']}, fold seeds done: "
+        f"{[r['seed'] for r in rows[0]['per_seed']]})",
         "",
         f"| mode | BoN@{args.n} | delta vs full | within-prompt AUROC | bytes/token (demo) | "
         "bytes/token (8B, 33 layers) |",
@@ -115,14 +116,18 @@ def main() -> None:
     raw = store.features()  # float16 states as stored, memory-mapped
     y, pids = store.labels, store.prompt_ids
     rows = []
-    for name, k, dtype in [m for m in MODES if m[0] in args.modes]:
+    modes = [m for m in MODES if m[0] in args.modes]
+    feats = {}
+    for name, k, dtype in modes:
         X = raw if not k else project_features(raw, Projection(k, seed=0))
-        if dtype != "float16" or k:
-            X = codec(X, dtype)
-        per_seed = []
-        t1 = time.perf_counter()
-        for seed in args.seeds:
-            fold = prompt_folds(pids, 3, seed)
+        feats[name] = codec(X, dtype) if (dtype != "float16" or k) else X
+    L, d = len(store.layers), store.fingerprint.hidden_size
+    # Seeds outer, modes inner: a run cut short still compares every mode on the seeds it did.
+    for seed in args.seeds:
+        fold = prompt_folds(pids, 3, seed)
+        for name, k, dtype in modes:
+            t1 = time.perf_counter()
+            X = feats[name]
             s = np.zeros(len(store))
             for f in range(3):
                 tr, te = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
@@ -130,30 +135,28 @@ def main() -> None:
                 head.fit(X.subset(tr), y[tr], pids[tr])
                 s[te] = head.score(X.subset(te))
             rep = bon_report({"elhsr": s}, y, pids, ks=[args.n], n_boot=200, seed=seed)
-            per_seed.append(
-                {
-                    "seed": seed,
-                    "bon": rep["bon"]["elhsr"][str(args.n)],
-                    "within_auroc": rep["within_prompt_auroc"]["elhsr"],
-                }
-            )
-            print(name, per_seed[-1], flush=True)
-        L = len(store.layers)
-        d = store.fingerprint.hidden_size
-        rows.append(
-            {
-                "mode": name,
-                "k": k,
-                "store_dtype": dtype,
-                "bon_at_n": float(np.mean([r["bon"] for r in per_seed])),
-                "within_auroc": float(np.mean([r["within_auroc"] for r in per_seed])),
-                "per_seed": per_seed,
-                "bytes_per_token_demo": bytes_per_token(L, d, dtype, k),
-                "bytes_per_token_8b": bytes_per_token(33, 4096, dtype, k),
+            res = {
+                "seed": seed,
+                "bon": rep["bon"]["elhsr"][str(args.n)],
+                "within_auroc": rep["within_prompt_auroc"]["elhsr"],
                 "fit_seconds": time.perf_counter() - t1,
             }
-        )
-        write(args, store, rows, y, pids, t_sample)
+            print(name, res, flush=True)
+            row = next((r for r in rows if r["mode"] == name), None)
+            if row is None:
+                row = {
+                    "mode": name,
+                    "k": k,
+                    "store_dtype": dtype,
+                    "per_seed": [],
+                    "bytes_per_token_demo": bytes_per_token(L, d, dtype, k),
+                    "bytes_per_token_8b": bytes_per_token(33, 4096, dtype, k),
+                }
+                rows.append(row)
+            row["per_seed"].append(res)
+            row["bon_at_n"] = float(np.mean([r["bon"] for r in row["per_seed"]]))
+            row["within_auroc"] = float(np.mean([r["within_auroc"] for r in row["per_seed"]]))
+            write(args, store, rows, y, pids, t_sample)
 
 
 if __name__ == "__main__":
