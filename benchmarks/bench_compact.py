@@ -69,7 +69,8 @@ def write(args, store, rows, y, pids, t_sample) -> None:
         "fold_seeds": args.seeds,
         "N": args.n,
         "rows": rows,
-        "command": "PYTHONPATH=src python benchmarks/bench_compact.py",
+        "command": "PYTHONPATH=src python benchmarks/bench_compact.py "
+        + " ".join(__import__("sys").argv[1:]),
     }
     RESULTS.mkdir(exist_ok=True)
     atomic_write_json(RESULTS / f"{args.out}.json", out)
@@ -102,15 +103,19 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="compact")
     ap.add_argument(
+        "--no-sample", action="store_true", help="use the store as it is (e.g. a cut-short run)"
+    )
+    ap.add_argument(
         "--modes", nargs="+", default=[m[0] for m in MODES], help="subset of the mode names"
     )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    store = sample(
-        SampleRunConfig(out=args.store, n_prompts=args.prompts, n=args.n, threads=args.threads),
-        progress=False,
-    )
+    if not args.no_sample:
+        sample(
+            SampleRunConfig(out=args.store, n_prompts=args.prompts, n=args.n, threads=args.threads),
+            progress=False,
+        )
     t_sample = time.perf_counter() - t0
     store = Store(args.store)
     raw = store.features()  # float16 states as stored, memory-mapped
