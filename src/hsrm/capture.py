@@ -320,7 +320,7 @@ def sample_prompts(
     next_pos = mask.sum(-1)  # (R,) position of the next fed token: the prompt's length
 
     # Per-step outputs for every row, preallocated on the device: (T, R[, ...]).
-    f32 = dict(dtype=torch.float32, device=dev)
+    f32: dict[str, Any] = {"dtype": torch.float32, "device": dev}
     tok_buf = torch.full((T, R), padv, dtype=torch.long, device=dev)
     lp_buf, ent_buf = torch.zeros(T, R, **f32), torch.zeros(T, R, **f32)
     cert_buf, conf_buf = torch.zeros(T, R, **f32), torch.zeros(T, R, **f32)
@@ -415,6 +415,7 @@ def sample_prompts(
     host = [_to_host(x[:steps]) for x in (tok_buf, lp_buf, ent_buf, cert_buf, conf_buf)]
     host += [_to_host(lengths), _to_host(reason)]
     tops = (_to_host(topv_buf[:steps]), _to_host(topi_buf[:steps])) if K else None  # type: ignore[index]
+    st_h: torch.Tensor | None
     if st_host is not None:  # flush the chunk the loop left (a break before the chunk's end)
         c0 = (steps - 1) - (steps - 1) % C
         st_host[c0:steps].copy_(st_buf[: steps - c0], non_blocking=True)  # type: ignore[index]
@@ -424,12 +425,13 @@ def sample_prompts(
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     tok_m, lp_m, ent_m, cert_m, conf_m, len_h, why_h = host
-    lens, why = len_h.tolist(), why_h.tolist()
+    lens: list[int] = len_h.tolist()
+    why: list[int] = why_h.tolist()
     if cfg.stop:  # the answer is defined by its tokens alone, however often rows were checked
         for i in range(R):
-            cut = _stop_cut(tok, tok_m[: lens[i], i].tolist(), cfg.stop)
-            if cut is not None:
-                lens[i], why[i] = cut, _STOP
+            n_cut = _stop_cut(tok, tok_m[: lens[i], i].tolist(), cfg.stop)
+            if n_cut is not None:
+                lens[i], why[i] = n_cut, _STOP
     ph = prompt_hidden.float() if prompt_hidden is not None else None
     results = []
     for b, p in enumerate(prompts):
