@@ -36,8 +36,13 @@ TINY = [
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
+    from hsrm.tasks.synthetic import SyntheticTask
+
     d = tmp_path_factory.mktemp("p")
-    assert main(["sample", "--out", str(d / "run")] + TINY) == 0
+    # module scope is set up before the autouse patch: apply the same mixed labels here
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SyntheticTask, "check", lambda self, ext, p: ext is None)
+        assert main(["sample", "--out", str(d / "run")] + TINY) == 0
     return d
 
 

@@ -105,7 +105,9 @@ def _digest(folder: Path) -> dict[str, str]:
 
 
 def test_resume_after_real_kill(tmp_path):
-    args = [
+    # Batched (3 prompts per batch) with the background writer; batches straddle the 2-prompt
+    # shards, so a resume re-samples prompts of finished shards and must drop them.
+    args = ["--batch-prompts", "3", "--writer-queue", "1"] + [
         "--model",
         "tiny:0",
         "--n-prompts",
@@ -132,7 +134,7 @@ def test_resume_after_real_kill(tmp_path):
         stderr=subprocess.DEVNULL,
         env=env,
     )
-    deadline = time.time() + 120
+    deadline = time.time() + 600  # a bound for a loaded machine; the loop exits at 3 shards
     while time.time() < deadline and len(list(out.glob("shard-*.json"))) < 3:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)

@@ -1,6 +1,7 @@
 """Sampling with capture, and teacher-forced capture.
 
-``sample_prompt`` prefills a prompt once, shares its KV cache across the N samples, and records for
+``sample_prompts`` decodes B prompts x N samples as one batch (prompts left-padded, one prefill per
+prompt whose KV cache the N samples share, per-row positions and attention masks) and records for
 every answer token the hidden states of the chosen layers and its log-probability *during* sampling
 (no second forward pass). The state of answer token t is the one computed when t is fed back as
 input, exactly where a teacher-forced pass over prompt + answer would put it; the last token needs
@@ -10,27 +11,36 @@ one extra decoder step, run without the LM head.
 completions), evaluating the LM head only on the positions that predict answer tokens.
 
 Hidden-state index 0 is the embedding output and index ``n_layers`` the last block's output after
-the final norm (the Hugging Face convention SWIFT uses).
+the final norm (the Hugging Face convention SWIFT uses). The LM itself is run through ``hsrm.lm``.
+
+Reproducibility: each prompt draws all its random numbers up front from its own generator (seeded
+by run seed and prompt id), one uniform per (step, sample); tokens are drawn by inverse-CDF
+sampling with those uniforms. A prompt's samples therefore do not depend on which prompts share its
+batch, on the batch size, or on rows that finished or were pruned around it.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from hsrm import lm as lmx
 from hsrm.errors import HsrmError
+from hsrm.lm import PrenormTap, prenorm_index, prompt_text  # noqa: F401  (re-exported)
 from hsrm.models import LoadedModel
 from hsrm.tasks.base import Prompt
 
-
-def prenorm_index(n_layers: int) -> int:
-    """Index of the pseudo-layer "last block's output *before* the final norm" (HARP's pre-norm
-    option): one past the post-norm last layer, so ``n_layers + 1``."""
-    return n_layers + 1
+# Private names other modules imported before ``hsrm.lm`` existed.
+_PrenormTap = PrenormTap
+_encode = lmx.encode
+_eos_ids = lmx.eos_ids
+_lm_parts = lmx.lm_parts
+_cache_kw = lmx.cache_kw
+_logits = lmx.head_logits
 
 
 def parse_layers(spec: str | Sequence[int], n_layers: int) -> tuple[int, ...]:
@@ -94,34 +104,6 @@ def parse_layers(spec: str | Sequence[int], n_layers: int) -> tuple[int, ...]:
     return tuple(out)
 
 
-class _PrenormTap:
-    """Records the input of the decoder's final norm (the pre-norm last state) on each forward,
-    when the requested layers include ``prenorm_index``; otherwise does nothing."""
-
-    def __init__(self, decoder, layers: Sequence[int], n_layers: int):
-        self.value: torch.Tensor | None = None
-        self._handle = None
-        if prenorm_index(n_layers) in layers:
-            norm = getattr(decoder, "norm", None)
-            if norm is None:
-                raise HsrmError("layers: 'prenorm' needs a decoder with a final `norm` module")
-            self._handle = norm.register_forward_pre_hook(self._hook)
-
-    def _hook(self, module, args):
-        self.value = args[0]
-
-    def states(self, hidden_states: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
-        """The model's hidden states, with the pre-norm state appended when tapped."""
-        if self._handle is None:
-            return hidden_states
-        assert self.value is not None
-        return (*hidden_states, self.value)
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-
-
 @dataclass
 class SampleConfig:
     """How answers are sampled. Defaults: the settings that make SmolLM2-135M answer the synthetic task."""
@@ -133,8 +115,20 @@ class SampleConfig:
     seed: int = 0
     layers: str = "all"  # which hidden states to capture; see parse_layers
     top_logprobs: int = 0  # also keep the k most likely tokens' log-probs per step (API-style)
+    top_k: int = 0  # keep only the k most likely tokens (0 = off)
+    min_p: float = 0.0  # drop tokens below min_p x the top token's probability (0 = off)
+    stop: tuple[str, ...] = ()  # stop strings: an answer ends at the token that completes one
+    check_every: int = 0  # host syncs ("all finished?") every k steps; 0 = 1 on cpu, 8 on gpus
 
     def validate(self) -> None:
+        if self.top_k < 0:
+            raise HsrmError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0 <= self.min_p <= 1:
+            raise HsrmError(f"min_p must be in [0, 1], got {self.min_p}")
+        if any(not s for s in self.stop):
+            raise HsrmError("stop: stop strings must be non-empty")
+        if self.check_every < 0:
+            raise HsrmError(f"check_every must be >= 0, got {self.check_every}")
         if self.n < 1:
             raise HsrmError(f"n must be >= 1, got {self.n}")
         if self.temperature < 0:
@@ -168,72 +162,6 @@ class PromptResult:
     prompt_hidden: torch.Tensor | None  # (L, d): states of the prompt's last token
 
 
-def prompt_text(tokenizer, prompt: Prompt) -> str:
-    """The chat-formatted prompt, assistant turn opened and prefilled. A prompt with no messages is
-    plain text (OpenAI's completions API): its ``prefill`` is the whole prompt, no template added."""
-    if not prompt.messages:
-        return prompt.prefill
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(
-            list(prompt.messages), tokenize=False, add_generation_prompt=True
-        )
-    else:  # base models: plain "Q: ... A:" few-shot
-        parts = []
-        for m in prompt.messages:
-            parts.append(("Q: " if m["role"] == "user" else "A: ") + m["content"])
-        text = "\n".join(parts) + "\nA: "
-    return text + prompt.prefill
-
-
-def _encode(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def _prompt_generator(seed: int, prompt_id: str, device: torch.device) -> torch.Generator:
-    # Seeded per prompt, not per run position, so a resumed run draws the same samples.
-    h = int.from_bytes(hashlib.sha256(f"{seed}:{prompt_id}".encode()).digest()[:8], "little")
-    g = torch.Generator(device=device)
-    g.manual_seed(h & ((1 << 63) - 1))
-    return g
-
-
-def _lm_parts(model):
-    decoder = model.get_decoder()
-    head = model.get_output_embeddings()
-    cfg = getattr(model.config, "text_config", None) or model.config
-    softcap = getattr(cfg, "final_logit_softcapping", None)
-    return decoder, head, softcap
-
-
-def _cache_kw(decoder, cache) -> dict:
-    # transformers >= 5.2x names the argument `cache`; older releases `past_key_values`.
-    import inspect
-
-    params = inspect.signature(decoder.forward).parameters
-    return {"cache": cache} if "cache" in params else {"past_key_values": cache}
-
-
-def _logits(head, softcap, h: torch.Tensor) -> torch.Tensor:
-    logits = head(h).float()
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
-    return logits
-
-
-def _sample(
-    logits: torch.Tensor, temperature: float, top_p: float, g: torch.Generator
-) -> torch.Tensor:
-    if temperature == 0:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits / temperature, dim=-1)
-    if top_p < 1.0:
-        sp, si = probs.sort(dim=-1, descending=True)
-        keep = sp.cumsum(-1) - sp < top_p
-        sp = sp * keep
-        probs = torch.zeros_like(probs).scatter_(-1, si, sp)
-    return torch.multinomial(probs, 1, generator=g).squeeze(-1)
-
-
 #: DeepConf's token confidence averages the log-probs of the k most likely tokens; k = 20 is the
 #: number of top log-probs OpenAI-style APIs return, the setting DeepConf's online runs use.
 CONFIDENCE_TOP_K = 20
@@ -255,198 +183,341 @@ def token_stats(logp: torch.Tensor, k: int = CONFIDENCE_TOP_K) -> dict[str, torc
     }
 
 
-def _stack_layers(
-    hs: Sequence[torch.Tensor], layers: tuple[int, ...], pos: int | slice
-) -> torch.Tensor:
-    # hs: (n_layers+1) x (B, S, d) -> (B, L, d) at position pos
-    return torch.stack([hs[i][:, pos] for i in layers], dim=1)
+def _prompt_generator(seed: int, prompt_id: str, device: torch.device) -> torch.Generator:
+    # Seeded per prompt, not per run position, so a resumed run draws the same samples.
+    h = int.from_bytes(hashlib.sha256(f"{seed}:{prompt_id}".encode()).digest()[:8], "little")
+    g = torch.Generator(device=device)
+    g.manual_seed(h & ((1 << 63) - 1))
+    return g
+
+
+def _filter_probs(probs: torch.Tensor, cfg: SampleConfig) -> torch.Tensor:
+    """top-k, then top-p (nucleus), then min-p, in the order Hugging Face applies them."""
+    if cfg.top_k and cfg.top_k < probs.shape[-1]:
+        kth = probs.topk(cfg.top_k, dim=-1).values[:, -1:]
+        probs = probs.masked_fill(probs < kth, 0.0)
+    if cfg.top_p < 1.0:
+        sp, si = probs.sort(dim=-1, descending=True)
+        keep = sp.cumsum(-1) - sp < cfg.top_p * sp.sum(-1, keepdim=True)
+        probs = torch.zeros_like(probs).scatter_(-1, si, sp * keep)
+    if cfg.min_p > 0:
+        probs = probs.masked_fill(probs < cfg.min_p * probs.amax(-1, keepdim=True), 0.0)
+    return probs
+
+
+def _draw(logits: torch.Tensor, cfg: SampleConfig, u: torch.Tensor) -> torch.Tensor:
+    """Tokens (R,) from logits (R, V) by inverse-CDF sampling with the rows' uniforms u (R,)."""
+    if cfg.temperature == 0:
+        return logits.argmax(-1)
+    probs = _filter_probs(torch.softmax(logits / cfg.temperature, dim=-1), cfg)
+    cdf = probs.cumsum(-1)
+    target = (u * cdf[:, -1]).clamp_max(cdf[:, -1] * (1 - 1e-6))
+    return torch.searchsorted(cdf, target[:, None], right=True).squeeze(-1)
+
+
+@dataclass
+class SampleView:
+    """What a ``prune`` hook sees after decode step ``step`` (0-based). Rows are ``b * n + j``
+    (prompt b of the call, sample j); tensors live on the model's device.
+
+    ``tokens``, ``logprobs``, ``confidence``, ``entropy``: (step + 1, rows) per-step values (rows
+    that had already stopped hold padding there); ``states``: (step + 1, rows, L, d) captured
+    states so far, or None without capture (or when the states exceed ``CAPTURE_BUFFER_BYTES`` and
+    go to the host in chunks); ``alive``: (rows,) bool, rows still decoding;
+    ``lengths``: (rows,) answer tokens so far."""
+
+    step: int
+    tokens: torch.Tensor
+    logprobs: torch.Tensor
+    confidence: torch.Tensor
+    entropy: torch.Tensor
+    states: torch.Tensor | None
+    alive: torch.Tensor
+    lengths: torch.Tensor
+
+
+#: ``prune(step, view) -> (rows,) bool mask of rows to stop now, or None``. A stopped row keeps the
+#: tokens sampled up to and including ``step`` (no EOS), with their states; its answer's
+#: ``extra["stop"]`` is ``"pruned"``. Early-pruning policies (e.g. DeepConf's confidence cut-off)
+#: build on this. Calling it every step syncs with the device once per step.
+PruneHook = Callable[[int, SampleView], "torch.Tensor | None"]
+
+_RUNNING, _EOS, _PRUNED, _STOP = 0, 1, 2, 3
+#: Largest on-device capture buffer; beyond it states are flushed to the host in chunks.
+CAPTURE_BUFFER_BYTES = 8 << 30
+_STOP_NAMES = {_RUNNING: "length", _EOS: "eos", _PRUNED: "pruned", _STOP: "stop"}
+
+
+def _to_host(x: torch.Tensor) -> torch.Tensor:
+    """A device tensor on the host: one pinned, non-blocking copy on CUDA (sync once after all)."""
+    if x.device.type != "cuda":
+        return x.cpu()
+    h = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+    h.copy_(x, non_blocking=True)
+    return h
+
+
+def _stop_cut(tok: Any, ids: list[int], stops: Sequence[str]) -> int | None:
+    """Length of the shortest prefix of ``ids`` whose text contains a stop string, or None."""
+    text = tok.decode(ids, skip_special_tokens=True)
+    if not any(s in text for s in stops):
+        return None
+    for t in range(1, len(ids) + 1):
+        pre = tok.decode(ids[:t], skip_special_tokens=True)
+        if any(s in pre for s in stops):
+            return t
+    return len(ids)
 
 
 @torch.inference_mode()
-def sample_prompt(
-    lm: LoadedModel,
-    prompt: Prompt,
-    cfg: SampleConfig,
-    layers: tuple[int, ...] | None = None,
-    capture: bool = True,
-) -> PromptResult:
-    """Draw ``cfg.n`` answers to one prompt, capturing per-token states of ``layers``.
-
-    Answer tokens are the generated tokens before the terminating EOS (which is not included).
-    """
-    model, tok = lm.model, lm.tokenizer
-    layers = layers if layers is not None else parse_layers(cfg.layers, lm.fingerprint.n_layers)
-    device = lm.device
-    decoder = model.get_decoder()
-    eos = set(_eos_ids(lm))
-    g = _prompt_generator(cfg.seed, prompt.id, device)
-
-    ids = torch.tensor([_encode(tok, prompt_text(tok, prompt))], device=device)
-    from transformers import DynamicCache
-
-    cache = DynamicCache(config=model.config)
-    ckw = _cache_kw(decoder, cache)
-    tap = _PrenormTap(decoder, layers if capture else (), lm.fingerprint.n_layers)
-    try:
-        return _sample_loop(lm, prompt, cfg, layers, capture, ids, cache, ckw, tap, g, eos)
-    finally:
-        tap.close()
-
-
-def _sample_loop(
-    lm: LoadedModel,
-    prompt: Prompt,
-    cfg: SampleConfig,
-    layers: tuple[int, ...],
-    capture: bool,
-    ids: torch.Tensor,
-    cache: Any,
-    ckw: dict,
-    tap: _PrenormTap,
-    g: torch.Generator,
-    eos: set[int],
-) -> PromptResult:
-    model, tok = lm.model, lm.tokenizer
-    device = lm.device
-    decoder, head, softcap = _lm_parts(model)
-    out = decoder(input_ids=ids, use_cache=True, output_hidden_states=capture, **ckw)
-    prompt_hidden = (
-        _stack_layers(tap.states(out.hidden_states), layers, -1)[0].float().cpu()
-        if capture
-        else None
-    )
-    logits = _logits(head, softcap, out.last_hidden_state[:, -1]).expand(cfg.n, -1)
-    cache.batch_repeat_interleave(cfg.n)
-    pos = ids.shape[1]
-
-    n = cfg.n
-    tokens: list[torch.Tensor] = []
-    lps: list[torch.Tensor] = []
-    ents: list[torch.Tensor] = []
-    certs: list[torch.Tensor] = []
-    confs: list[torch.Tensor] = []
-    tops: list[tuple[torch.Tensor, torch.Tensor]] = []
-    states: list[torch.Tensor] = []
-    alive = torch.ones(n, dtype=torch.bool, device=device)
-    lengths = torch.zeros(n, dtype=torch.long, device=device)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else next(iter(eos))
-    eos_t = torch.tensor(sorted(eos), device=device)
-    for step in range(cfg.max_new_tokens):
-        logp = torch.log_softmax(logits, dim=-1)
-        nxt = _sample(logits, cfg.temperature, cfg.top_p, g)
-        nxt = torch.where(alive, nxt, torch.full_like(nxt, pad))
-        tokens.append(nxt)
-        lps.append(logp.gather(-1, nxt[:, None]).squeeze(-1))
-        st_ = token_stats(logp)
-        ents.append(st_["entropy"])
-        certs.append(st_["self_certainty"])
-        confs.append(st_["confidence"])
-        if cfg.top_logprobs:
-            tv, ti = logp.topk(cfg.top_logprobs, dim=-1)
-            tops.append((tv.cpu(), ti.cpu()))
-        # The terminating EOS is not an answer token: its log-prob is kept apart, and its state
-        # is never needed, so a row that stops costs no extra step.
-        ended = alive & torch.isin(nxt, eos_t)
-        lengths += (alive & ~ended).long()
-        alive = alive & ~ended
-        last = step == cfg.max_new_tokens - 1
-        if not bool(alive.any()) or (last and not capture):
-            break
-        out = decoder(
-            input_ids=nxt[:, None],
-            use_cache=True,
-            **ckw,
-            output_hidden_states=capture,
-            position_ids=torch.full((n, 1), pos, device=device),
-        )
-        pos += 1
-        if capture:
-            states.append(
-                _stack_layers(tap.states(out.hidden_states), layers, -1).to("cpu", torch.float32)
-            )
-        if last:
-            break
-        logits = _logits(head, softcap, out.last_hidden_state[:, -1])
-
-    tok_mat = torch.stack(tokens, 1).cpu()  # (n, steps)
-    lp_mat, ent_mat = torch.stack(lps, 1).cpu(), torch.stack(ents, 1).cpu()
-    cert_mat, conf_mat = torch.stack(certs, 1).cpu(), torch.stack(confs, 1).cpu()
-    st = torch.stack(states, 1) if capture and states else None  # (n, steps, L, d)
-    answers = []
-    for i in range(n):
-        t = int(lengths[i])
-        tid = tok_mat[i, :t].tolist()
-        stopped = t < tok_mat.shape[1] and int(tok_mat[i, t]) in eos
-        hidden = None
-        if capture:
-            hidden = (
-                st[i, :t].clone()
-                if st is not None
-                else torch.zeros(0, len(layers), lm.fingerprint.hidden_size)
-            )
-        answers.append(
-            Answer(
-                token_ids=tid,
-                text=tok.decode(tid, skip_special_tokens=True),
-                hidden=hidden,
-                logprobs=lp_mat[i, :t].clone(),
-                entropy=ent_mat[i, :t].clone(),
-                self_certainty=cert_mat[i, :t].clone(),
-                confidence=conf_mat[i, :t].clone(),
-                extra={
-                    "eos_logprob": float(lp_mat[i, t]) if stopped else None,
-                    # (T, k) log-probs and token ids of the k most likely tokens at each step
-                    **(
-                        {
-                            "top_logprobs": torch.stack([v[i] for v, _ in tops[:t]])
-                            if t
-                            else torch.zeros(0, cfg.top_logprobs),
-                            "top_ids": torch.stack([x[i] for _, x in tops[:t]])
-                            if t
-                            else torch.zeros(0, cfg.top_logprobs, dtype=torch.long),
-                        }
-                        if cfg.top_logprobs
-                        else {}
-                    ),
-                },
-            )
-        )
-    return PromptResult(prompt=prompt, answers=answers, prompt_hidden=prompt_hidden)
-
-
 def sample_prompts(
     lm: LoadedModel,
     prompts: Sequence[Prompt],
     cfg: SampleConfig,
     layers: tuple[int, ...] | None = None,
     capture: bool = True,
+    prune: PruneHook | None = None,
 ) -> list[PromptResult]:
-    """Draw ``cfg.n`` answers to each of several prompts; one ``PromptResult`` per prompt, in order.
+    """Draw ``cfg.n`` answers to each prompt, all ``len(prompts) * cfg.n`` rows decoded together.
 
-    Each prompt draws from its own seeded stream, so its answers do not depend on which other
-    prompts share the call. This is the entry point every caller that samples many prompts uses
-    (the store pipeline, the server, the Ray workers).
+    One ``PromptResult`` per prompt, in order. Each prompt draws from its own seeded stream, so
+    its answers do not depend on which other prompts share the call (tokens identical; states
+    equal within floating-point tolerance, since padding changes the kernels' reduction shapes).
+    Captured states go into one preallocated on-device buffer (steps, rows, L, d) and come to the
+    host in one copy at the end; "all finished?" is checked every ``cfg.check_every`` steps, and
+    finished rows are then dropped from the batch (KV cache included) once a quarter of it has.
+    Answer tokens are the generated tokens before the terminating EOS (which is not included).
+    ``prune``: optional per-step hook, see ``PruneHook``.
     """
-    return [sample_prompt(lm, p, cfg, layers, capture) for p in prompts]
+    if not prompts:
+        return []
+    model, tok = lm.model, lm.tokenizer
+    layers = layers if layers is not None else parse_layers(cfg.layers, lm.fingerprint.n_layers)
+    cap_layers = layers if capture else ()
+    dev = lm.device
+    B, N, T = len(prompts), cfg.n, cfg.max_new_tokens
+    R = B * N
+    seqs = [lmx.prompt_ids(tok, p) for p in prompts]
+    for p, s in zip(prompts, seqs):
+        if not s:
+            raise HsrmError(f"prompt {p.id!r} has no tokens")
+    eos = lmx.eos_ids(lm)
+    eos_t = torch.tensor(eos, device=dev)
+    padv = lmx.pad_id(lm)
+    # (T, R): row b*N+j's uniform at each step, drawn from prompt b's own generator.
+    U = torch.stack(
+        [
+            torch.rand(T, N, generator=_prompt_generator(cfg.seed, p.id, dev), device=dev)
+            for p in prompts
+        ],
+        1,
+    ).reshape(T, R)
+    every = cfg.check_every or (1 if dev.type == "cpu" else 8)
+
+    ids, mask, pos = lmx.pad(seqs, padv, "left", dev)
+    cache = lmx.new_cache(lm)
+    out = lmx.forward(lm, ids, mask, layers=cap_layers, position_ids=pos, cache=cache)
+    prompt_hidden = _to_host(out.stack(layers, -1)) if capture else None  # (B, L, d)
+    _, head, softcap = lmx.lm_parts(model)
+    logits = lmx.head_logits(head, softcap, out.last[:, -1]).repeat_interleave(N, 0)  # (R, V)
+    cache.batch_repeat_interleave(N)
+    mask = mask.repeat_interleave(N, 0)
+    next_pos = mask.sum(-1)  # (R,) position of the next fed token: the prompt's length
+
+    # Per-step outputs for every row, preallocated on the device: (T, R[, ...]).
+    f32: dict[str, Any] = {"dtype": torch.float32, "device": dev}
+    tok_buf = torch.full((T, R), padv, dtype=torch.long, device=dev)
+    lp_buf, ent_buf = torch.zeros(T, R, **f32), torch.zeros(T, R, **f32)
+    cert_buf, conf_buf = torch.zeros(T, R, **f32), torch.zeros(T, R, **f32)
+    K = cfg.top_logprobs
+    topv_buf = torch.zeros(T, R, K, **f32) if K else None
+    topi_buf = torch.zeros(T, R, K, dtype=torch.long, device=dev) if K else None
+    L, d = len(layers), lm.fingerprint.hidden_size
+    # Captured states: one on-device buffer of C steps. C = T unless that exceeds
+    # CAPTURE_BUFFER_BYTES (e.g. 8B shape, 1024 rows x 256 steps x 33 layers = 70 GB); then every C
+    # steps the chunk goes to a pinned host buffer in one non-blocking copy, which the stream
+    # orders before the chunk is overwritten, so no sync is needed.
+    st_buf = st_host = None
+    C = T
+    if capture:
+        row_bytes = R * L * d * out.last.element_size()
+        C = max(1, min(T, CAPTURE_BUFFER_BYTES // max(1, row_bytes)))
+        st_buf = torch.zeros(C, R, L, d, dtype=out.last.dtype, device=dev)
+        if C < T:
+            st_host = torch.zeros(T, R, L, d, dtype=out.last.dtype, pin_memory=dev.type == "cuda")
+    lengths = torch.zeros(R, dtype=torch.long, device=dev)
+    reason = torch.zeros(R, dtype=torch.int8, device=dev)
+    active = torch.arange(R, device=dev)  # original row index of each row in the batch
+    alive = torch.ones(R, dtype=torch.bool, device=dev)  # over the rows in the batch
+    steps = 0
+    for step in range(T):
+        logp = torch.log_softmax(logits, dim=-1)
+        nxt = _draw(logits, cfg, U[step, active])
+        nxt = torch.where(alive, nxt, torch.full_like(nxt, padv))
+        tok_buf[step, active] = nxt
+        lp_buf[step, active] = logp.gather(-1, nxt[:, None]).squeeze(-1)
+        st_ = token_stats(logp)
+        ent_buf[step, active] = st_["entropy"]
+        cert_buf[step, active] = st_["self_certainty"]
+        conf_buf[step, active] = st_["confidence"]
+        if K:
+            tv, ti = logp.topk(K, dim=-1)
+            topv_buf[step, active] = tv  # type: ignore[index]
+            topi_buf[step, active] = ti  # type: ignore[index]
+        # The terminating EOS is not an answer token: its log-prob is kept apart, and its state
+        # is never needed, so a row that stops costs no extra step.
+        ended = alive & torch.isin(nxt, eos_t)
+        lengths[active] += (alive & ~ended).long()
+        reason[active] = torch.where(ended, _EOS, reason[active]).to(torch.int8)
+        alive = alive & ~ended
+        steps = step + 1
+        last = step == T - 1
+        if last and not capture:
+            break
+        if (step + 1) % every == 0 or last:
+            if cfg.stop:
+                alive = _check_stops(tok, cfg.stop, tok_buf, steps, active, alive, lengths, reason)
+            n_alive = int(alive.sum())
+            if n_alive == 0:
+                break
+            if n_alive <= 3 * len(active) // 4:  # compact: finished rows stop costing
+                keep = alive.nonzero().squeeze(1)
+                cache.batch_select_indices(keep)
+                active, alive, nxt = active[keep], alive[keep], nxt[keep]
+                mask, next_pos = mask[keep], next_pos[keep]
+        mask = torch.cat([mask, mask.new_ones(len(active), 1)], 1)
+        out = lmx.forward(
+            lm, nxt[:, None], mask, layers=cap_layers, position_ids=next_pos[:, None], cache=cache
+        )
+        next_pos = next_pos + 1
+        if st_buf is not None:
+            st_buf[step % C].index_copy_(0, active, out.stack(layers, -1))
+            if st_host is not None and (step % C == C - 1 or last):
+                c0 = step - step % C
+                st_host[c0 : step + 1].copy_(st_buf[: step + 1 - c0], non_blocking=True)
+        if prune is not None:
+            full_alive = torch.zeros(R, dtype=torch.bool, device=dev)
+            full_alive[active] = alive
+            view = SampleView(
+                step=step,
+                tokens=tok_buf[:steps],
+                logprobs=lp_buf[:steps],
+                confidence=conf_buf[:steps],
+                entropy=ent_buf[:steps],
+                states=st_buf[:steps] if st_buf is not None and st_host is None else None,
+                alive=full_alive,
+                lengths=lengths,
+            )
+            stop = prune(step, view)
+            if stop is not None:
+                cut = alive & stop.to(dev)[active]
+                reason[active] = torch.where(cut, _PRUNED, reason[active]).to(torch.int8)
+                alive = alive & ~cut
+        if last:
+            break
+        logits = lmx.head_logits(head, softcap, out.last[:, -1])
+
+    host = [_to_host(x[:steps]) for x in (tok_buf, lp_buf, ent_buf, cert_buf, conf_buf)]
+    host += [_to_host(lengths), _to_host(reason)]
+    tops = (_to_host(topv_buf[:steps]), _to_host(topi_buf[:steps])) if K else None  # type: ignore[index]
+    st_h: torch.Tensor | None
+    if st_host is not None:  # flush the chunk the loop left (a break before the chunk's end)
+        c0 = (steps - 1) - (steps - 1) % C
+        st_host[c0:steps].copy_(st_buf[: steps - c0], non_blocking=True)  # type: ignore[index]
+        st_h = st_host[:steps]
+    else:
+        st_h = _to_host(st_buf[:steps]) if st_buf is not None else None
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    tok_m, lp_m, ent_m, cert_m, conf_m, len_h, why_h = host
+    lens: list[int] = len_h.tolist()
+    why: list[int] = why_h.tolist()
+    if cfg.stop:  # the answer is defined by its tokens alone, however often rows were checked
+        for i in range(R):
+            n_cut = _stop_cut(tok, tok_m[: lens[i], i].tolist(), cfg.stop)
+            if n_cut is not None:
+                lens[i], why[i] = n_cut, _STOP
+    ph = prompt_hidden.float() if prompt_hidden is not None else None
+    results = []
+    for b, p in enumerate(prompts):
+        answers = []
+        for j in range(N):
+            i = b * N + j
+            t = lens[i]
+            tid = tok_m[:t, i].tolist()
+            stopped = why[i] == _EOS
+            hidden = None
+            if st_h is not None:
+                hidden = st_h[:t, i].float().clone()
+            elif capture:
+                hidden = torch.zeros(0, L, d)
+            extra: dict[str, Any] = {
+                "eos_logprob": float(lp_m[t, i]) if stopped else None,
+                "stop": _STOP_NAMES[why[i]],
+            }
+            if tops is not None:
+                # (T, k) log-probs and token ids of the k most likely tokens at each step
+                extra["top_logprobs"] = tops[0][:t, i].clone()
+                extra["top_ids"] = tops[1][:t, i].clone()
+            text = tok.decode(tid, skip_special_tokens=True)
+            if why[i] == _STOP:  # API convention: the text ends before the stop string
+                text = text[: min(text.find(s) for s in cfg.stop if s in text)]
+            answers.append(
+                Answer(
+                    token_ids=tid,
+                    text=text,
+                    hidden=hidden,
+                    logprobs=lp_m[:t, i].clone(),
+                    entropy=ent_m[:t, i].clone(),
+                    self_certainty=cert_m[:t, i].clone(),
+                    confidence=conf_m[:t, i].clone(),
+                    extra=extra,
+                )
+            )
+        results.append(
+            PromptResult(prompt=p, answers=answers, prompt_hidden=ph[b] if ph is not None else None)
+        )
+    return results
 
 
-def _eos_ids(lm: LoadedModel) -> list[int]:
-    ids = set()
-    tok = lm.tokenizer
-    if tok.eos_token_id is not None:
-        ids.add(int(tok.eos_token_id))
-    gen_eos = getattr(getattr(lm.model, "generation_config", None), "eos_token_id", None)
-    if isinstance(gen_eos, int):
-        ids.add(gen_eos)
-    elif isinstance(gen_eos, list | tuple):
-        ids.update(int(x) for x in gen_eos)
-    for special in ("<|im_end|>", "<end_of_turn>", "<|eot_id|>"):
-        tid = tok.convert_tokens_to_ids(special) if special in tok.get_vocab() else None
-        if tid is not None:
-            ids.add(int(tid))
-    if not ids:
-        raise HsrmError("the tokenizer has no end-of-sequence token")
-    return sorted(ids)
+def _check_stops(
+    tok: Any,
+    stops: Sequence[str],
+    tok_buf: torch.Tensor,
+    steps: int,
+    active: torch.Tensor,
+    alive: torch.Tensor,
+    lengths: torch.Tensor,
+    reason: torch.Tensor,
+) -> torch.Tensor:
+    """Stop rows whose text so far contains a stop string (the cut itself is made at the end)."""
+    rows = active[alive].tolist()
+    if not rows:
+        return alive
+    toks = tok_buf[:steps].cpu()
+    lens = lengths.cpu()
+    hit = [
+        any(s in tok.decode(toks[: lens[r], r].tolist(), skip_special_tokens=True) for s in stops)
+        for r in rows
+    ]
+    if not any(hit):
+        return alive
+    hit_rows = torch.tensor([r for r, h in zip(rows, hit) if h], device=active.device)
+    cut = alive & torch.isin(active, hit_rows)
+    reason[active] = torch.where(cut, _STOP, reason[active]).to(torch.int8)
+    return alive & ~cut
+
+
+def sample_prompt(
+    lm: LoadedModel,
+    prompt: Prompt,
+    cfg: SampleConfig,
+    layers: tuple[int, ...] | None = None,
+    capture: bool = True,
+    prune: PruneHook | None = None,
+) -> PromptResult:
+    """Draw ``cfg.n`` answers to one prompt (``sample_prompts`` with a batch of one)."""
+    return sample_prompts(lm, [prompt], cfg, layers, capture, prune)[0]
 
 
 @torch.inference_mode()
@@ -462,44 +533,31 @@ def teacher_force(
     ``answers`` are strings (tokenised after the prompt text) or token-id lists. The LM head runs
     only on the positions that predict answer tokens (``logits_to_keep`` in spirit).
     """
-    model, tok = lm.model, lm.tokenizer
+    tok = lm.tokenizer
     if isinstance(layers, str):
         layers = parse_layers(layers, lm.fingerprint.n_layers)
-    decoder, head, softcap = _lm_parts(model)
+    _, head, softcap = lmx.lm_parts(lm.model)
     device = lm.device
     ptext = prompt if isinstance(prompt, str) else prompt_text(tok, prompt)
-    p_ids = _encode(tok, ptext)
-    eos = set(_eos_ids(lm))
+    p_ids = lmx.encode(tok, ptext)
+    eos = set(lmx.eos_ids(lm))
     seqs = []
     for a in answers:
-        a_ids = _encode(tok, a) if isinstance(a, str) else list(a)
+        a_ids = lmx.encode(tok, a) if isinstance(a, str) else list(a)
         if not a_ids:
             raise HsrmError("teacher_force: an answer has no tokens (empty answer)")
         seqs.append(a_ids)
     out_answers: list[Answer] = []
     P = len(p_ids)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    padv = tok.pad_token_id if tok.pad_token_id is not None else 0
     for b0 in range(0, len(seqs), batch_size):
         chunk = seqs[b0 : b0 + batch_size]
         T = max(len(s) for s in chunk)
-        ids = torch.full((len(chunk), P + T), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, s in enumerate(chunk):
-            ids[i, : P + len(s)] = torch.tensor(p_ids + s)
-            mask[i, : P + len(s)] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        tap = _PrenormTap(decoder, layers, lm.fingerprint.n_layers)
-        try:
-            out = decoder(
-                input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False
-            )
-        finally:
-            tap.close()
-        hidden_states = tap.states(out.hidden_states)
+        ids, mask, _ = lmx.pad([p_ids + s for s in chunk], padv, "right", device)
+        out = lmx.forward(lm, ids, mask, layers=layers)
         # Positions P-1 .. P+T-2 predict the answer tokens.
-        logits = _logits(head, softcap, out.last_hidden_state[:, P - 1 : P + T - 1])
-        logp = torch.log_softmax(logits, -1)
-        hs = torch.stack([hidden_states[i][:, P : P + T] for i in layers], dim=2)  # (B, T, L, d)
+        logp = torch.log_softmax(lmx.head_logits(head, softcap, out.last[:, P - 1 : P + T - 1]), -1)
+        hs = out.stack(layers, slice(P, P + T))  # (B, T, L, d)
         for i, s in enumerate(chunk):
             t = len(s)
             tgt = torch.tensor(s, device=device)

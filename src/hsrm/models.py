@@ -234,26 +234,35 @@ def load_model(
     *,
     gguf_file: str | None = None,
     device: str | None = None,
-    dtype: str = "float32",
+    dtype: str = "auto",
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer, in eval mode, with its fingerprint.
 
     ``name_or_path``: an embedded name (``smollm2-135m-instruct``), a hub id, a local folder,
     a ``.gguf`` file, or ``tiny:SEED`` (a random 2-layer Llama, for tests). GGUF models are de-quantised once and cached under ``$HSRM_CACHE``.
+    ``device``: auto (None) | cpu | cuda[:i] | mps; ``dtype``: auto | float32 | bfloat16 | float16
+    (auto: float32 on cpu, bfloat16 elsewhere). Unknown devices and dtypes the device lacks raise
+    HsrmError.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from hsrm.lm import resolve_device, resolve_dtype
+
+    device = resolve_device(device)
+    if dtype == "auto":  # float32 on cpu (bf16 matmuls are slow there), bfloat16 on gpus
+        dtype = "float32" if device == "cpu" else "bfloat16"
+    torch_dtype = resolve_dtype(dtype, device)
     if name_or_path.startswith("tiny:"):  # a random tiny Llama for tests and dry runs
         try:
-            return tiny_model(seed=int(name_or_path.split(":", 1)[1]))
+            seed = int(name_or_path.split(":", 1)[1])
         except ValueError:
             raise HsrmError(
                 f"model {name_or_path!r}: expected tiny:SEED with an integer seed"
             ) from None
+        lm = tiny_model(seed=seed)
+        lm.model.to(device=device, dtype=torch_dtype)
+        return lm
     folder, gguf, revision = resolve(name_or_path, gguf_file)
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
-        dtype
-    ]
     kw: dict[str, Any] = {"dtype": torch_dtype}
     if gguf:
         kw["gguf_file"] = gguf
@@ -262,8 +271,6 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(folder, **kw)
     except OSError as e:
         raise HsrmError(f"could not load model {name_or_path!r}: {e}") from e
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     model = model.to(device).eval()  # type: ignore[arg-type]
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token

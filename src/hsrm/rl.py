@@ -18,10 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from hsrm.capture import _eos_ids, teacher_force
+from hsrm.capture import teacher_force
 from hsrm.errors import HsrmError
 from hsrm.features import TokenFeatures
 from hsrm.heads.base import Head
+from hsrm.lm import eos_ids as _eos_ids
 from hsrm.models import LoadedModel
 
 log = logging.getLogger(__name__)

@@ -388,7 +388,7 @@ def _layer_states(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One right-padded forward pass: (B, T, d) float32 states of hidden-state index ``layer``
     (``prenorm_index`` included) on CPU and the (B, T) 0/1 mask of real tokens."""
-    from hsrm.capture import _PrenormTap
+    from hsrm.lm import PrenormTap as _PrenormTap
 
     T = max(len(e) for e in encs)
     ids = torch.full((len(encs), T), lm.tokenizer.pad_token_id or 0, dtype=torch.long)

@@ -23,11 +23,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from hsrm.capture import Answer, _encode, _eos_ids, prompt_text, teacher_force
+from hsrm.capture import Answer, teacher_force
 from hsrm.config import field
 from hsrm.errors import HsrmError
 from hsrm.features import TokenFeatures
 from hsrm.heads.base import Head
+from hsrm.lm import encode as _encode
+from hsrm.lm import eos_ids as _eos_ids
+from hsrm.lm import prompt_text
 from hsrm.models import DEFAULT_MODEL, LoadedModel
 from hsrm.tasks.base import Prompt
 

@@ -50,6 +50,7 @@ from hsrm.io import (
     read_json,
 )
 from hsrm.models import ModelFingerprint
+from hsrm.projection import Projection
 from hsrm.tasks.base import Task
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ _RESUME_KEYS = (
     "dtype",
     "pool",
     "shard_prompts",
+    "projection",
 )
 
 
@@ -105,6 +107,10 @@ class StoreWriter:
             raise HsrmError(f"unknown pooling {self.meta['pool']!r}; use one of {POOLS}")
         self.meta.setdefault("dtype", "float16")
         self.meta.setdefault("pool", "none")
+        # A compact store keeps each layer's states projected to k dims (hsrm.projection).
+        self.projection = Projection.from_dict(self.meta.get("projection"))
+        if self.projection is None:
+            self.meta.pop("projection", None)
         mp = self.path / "meta.json"
         check_out(self.path, "store")
         # One writer per store, held until finish()/close(): the settings check, the meta write
@@ -128,7 +134,7 @@ class StoreWriter:
                             f"{k}={self.meta.get(k)!r}; use another --out or the same settings "
                             "to resume"
                         )
-                self.meta = {**old, **{k: self.meta[k] for k in _RESUME_KEYS}}
+                self.meta = {**old, **{k: self.meta[k] for k in _RESUME_KEYS if k in self.meta}}
             else:
                 if hsrm.config.COMMAND:
                     self.meta.setdefault("command", shlex.join(hsrm.config.COMMAND))
@@ -215,6 +221,9 @@ class StoreWriter:
         L = len(self.meta["layers"])
         d = self.meta["fingerprint"]["hidden_size"]
         H = torch.cat(hidden) if hidden else torch.zeros(0, L, d)
+        layers = self.meta["layers"]
+        if self.projection is not None:
+            H = self.projection.apply(H, layers)
         tensors = _encode_hidden(H, dtype)
         tensors["logprobs"] = torch.cat(lps) if lps else torch.zeros(0)
         tensors["entropy"] = torch.cat(ents) if ents else torch.zeros(0)
@@ -222,7 +231,10 @@ class StoreWriter:
         tensors["confidence"] = torch.cat(confs) if confs else torch.zeros(0)
         tensors["token_ids"] = torch.cat(tids) if tids else torch.zeros(0, dtype=torch.int32)
         if prompt_hidden:
-            tensors["prompt_hidden"] = torch.stack(prompt_hidden).to(torch.float16)
+            ph = torch.stack(prompt_hidden)
+            if self.projection is not None:
+                ph = self.projection.apply(ph, layers)
+            tensors["prompt_hidden"] = ph.to(torch.float16)
         atomic_write_bytes(self.path / f"shard-{k:05d}.safetensors", save(tensors))
         atomic_write_json(
             self.path / f"shard-{k:05d}.json",
@@ -264,11 +276,21 @@ class Store:
                 f"{mp}: format_version {self.meta.get('format_version')} is not supported "
                 f"(this hsrm reads {FORMAT_VERSION})"
             )
+        #: the model's own fingerprint; ``fingerprint`` is what the features carry (projected
+        #: stores: width k and the projection's tag, so heads cannot mix projected and raw states)
         try:
-            self.fingerprint = ModelFingerprint.from_dict(self.meta["fingerprint"])
+            self.model_fingerprint = ModelFingerprint.from_dict(self.meta["fingerprint"])
+            self.projection = Projection.from_dict(self.meta.get("projection"))
             self.layers: tuple[int, ...] = tuple(int(v) for v in self.meta["layers"])
         except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise HsrmError(f"{mp}: field 'fingerprint' or 'layers' is damaged ({e})") from None
+            raise HsrmError(
+                f"{mp}: field 'fingerprint', 'projection' or 'layers' is damaged ({e})"
+            ) from None
+        self.fingerprint = (
+            self.projection.fingerprint(self.model_fingerprint)
+            if self.projection is not None
+            else self.model_fingerprint
+        )
         self.records: list[dict[str, Any]] = []
         self._shards: list[Path] = []
         self._prompt_rows: dict[str, tuple[int, int]] = {}

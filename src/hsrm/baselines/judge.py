@@ -14,8 +14,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from hsrm.capture import _lm_parts, _logits
 from hsrm.errors import HsrmError
+from hsrm.lm import head_logits as _logits
+from hsrm.lm import lm_parts as _lm_parts
 from hsrm.models import LoadedModel
 
 TEMPLATE = (

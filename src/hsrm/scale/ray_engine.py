@@ -167,18 +167,23 @@ class ShardSampler:
                 f"worker loaded {self.lm.fingerprint.short()} but the store expects {want}"
             )
         self.plan, self.api_log = plan, api_log
+        self.batch_prompts = int(plan.writer.meta.get("batch_prompts", 1))
         self.fault_after, self.done = fault_after, 0
 
-    def sample_shard(self, k: int, prompts: list) -> tuple[int, int, bool]:
-        """Sample and write shard k; returns (k, samples written, whether this actor was
-        restarted after a death)."""
-        from hsrm.capture import sample_prompts
-        from hsrm.pipeline import save_shard
+    def sample_shard(
+        self, k: int, window: list, start: int, lo: int, hi: int
+    ) -> tuple[int, int, bool]:
+        """Sample and write shard k (prompts at positions [lo, hi); ``window``: the prompts of the
+        aligned batches that cover it, from position ``start``); returns (k, samples written,
+        whether this actor was restarted after a death)."""
+        from hsrm.pipeline import sample_window, save_shard
 
         plan = self.plan
         if 0 <= self.fault_after <= self.done and not _restarted():
             self._die_mid_write(k)
-        results = sample_prompts(self.lm, prompts, plan.scfg, plan.layers)
+        results = sample_window(
+            self.lm, window, start, lo, hi, self.batch_prompts, plan.scfg, plan.layers
+        )
         save_shard(plan, k, results, self.lm, self.api_log)
         self.done += 1
         return k, sum(len(r.answers) for r in results), _restarted()
@@ -211,7 +216,7 @@ def _restarted() -> bool:
 
 
 def sample_ray(cfg: Any, progress: bool = True) -> Any:
-    from hsrm.pipeline import finish_sample, plan_sample, sample_inputs
+    from hsrm.pipeline import batch_window, finish_sample, plan_sample, sample_inputs
     from hsrm.scale.fingerprint import model_fingerprint
 
     if cfg.workers < 1:
@@ -265,7 +270,11 @@ def sample_ray(cfg: Any, progress: bool = True) -> Any:
                     warned = True
 
             try:
-                items = [(k, plan.shards[k]) for k in plan.todo]
+                S, B, N = cfg.shard_prompts, cfg.batch_prompts, len(plan.prompts)
+                items = []
+                for k in plan.todo:
+                    a, b = batch_window(k, S, B, N)
+                    items.append((k, plan.prompts[a:b], a, k * S, min((k + 1) * S, N)))
                 _run_pool(make, n_workers, items, "sample_shard", done)
             finally:
                 bar.close()

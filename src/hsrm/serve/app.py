@@ -23,8 +23,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from hsrm.capture import SampleConfig, _encode, prompt_text
+from hsrm.capture import SampleConfig
 from hsrm.errors import HsrmError
+from hsrm.lm import encode as _encode
+from hsrm.lm import prompt_text
 from hsrm.score import Scorer, as_messages
 from hsrm.serve.config import ServeConfig
 from hsrm.serve.engine import Engine, QueueFull, Sample

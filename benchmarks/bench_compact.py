@@ -1,0 +1,168 @@
+"""Compact stores: what a seeded per-layer random projection (+ int8) costs in best-of-N quality.
+
+One demo-like store (the embedded SmolLM2-135M-Instruct, synthetic arith+compare, 320 prompts x 16
+samples, all 31 hidden states, float16) is sampled once; every compact mode is the same states
+passed through the code a compact store uses (``Projection.apply`` and the store's int8 codec), so
+all modes see identical answers and labels. ELHSR with the demo settings (``DEMO_ELHSR``, all
+layers) is cross-fit by prompt (3 folds) for 3 fold seeds; BoN@16 and within-prompt AUROC are
+computed on the out-of-fold scores. Bytes per token are also given for the Llama-3.1-8B shape.
+
+    PYTHONPATH=src python benchmarks/bench_compact.py [--prompts 320] [--threads 1]
+
+Writes benchmarks/results/compact.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hsrm.evaluate import bon_report
+from hsrm.features import TokenFeatures
+from hsrm.heads.base import make_head
+from hsrm.io import atomic_write_json, atomic_write_text
+from hsrm.pipeline import DEMO_ELHSR, SampleRunConfig, prompt_folds, sample
+from hsrm.projection import Projection, bytes_per_token, project_features
+from hsrm.store import Store, _decode_hidden, _encode_hidden
+
+RESULTS = Path(__file__).parent / "results"
+# (name, k or 0 for full, storage dtype)
+MODES = [
+    ("full float16", 0, "float16"),
+    ("proj k=256 int8", 256, "int8"),
+    ("proj k=128 float16", 128, "float16"),
+    ("proj k=128 int8", 128, "int8"),
+    ("proj k=64 float16", 64, "float16"),
+]
+
+
+def codec(X: TokenFeatures, dtype: str) -> TokenFeatures:
+    """Features as the store would return them after writing them in ``dtype``."""
+    ts = []
+    for i in range(len(X)):
+        enc = _encode_hidden(X[i], dtype)
+        ts.append(_decode_hidden(enc["hidden"], enc.get("hidden_scale")))
+    return TokenFeatures.from_tensors(ts, X.layers, X.fingerprint)
+
+
+def write(args, store, rows, y, pids, t_sample) -> None:
+    """Results so far (written after every mode, so a cut-off run still leaves them)."""
+    full = rows[0]
+    for r in rows:
+        r["bon_delta_vs_full"] = r["bon_at_n"] - full["bon_at_n"]
+    out = {
+        "machine": "2-core CPU box shared with other jobs",
+        "store": {
+            "prompts": int(len(set(pids.tolist()))),
+            "samples": len(store),
+            "layers": len(store.layers),
+            "d": store.fingerprint.hidden_size,
+            "accuracy": float(y.mean()),
+            "sampling_s": t_sample,
+        },
+        "head": {"elhsr": DEMO_ELHSR, "layers": "all"},
+        "fold_seeds": args.seeds,
+        "N": args.n,
+        "rows": rows,
+        "command": "PYTHONPATH=src python benchmarks/bench_compact.py "
+        + " ".join(__import__("sys").argv[1:]),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    atomic_write_json(RESULTS / f"{args.out}.json", out)
+    md = [
+        f"# Compact stores: ELHSR quality vs storage ({out['store']['prompts']} prompts x {args.n}, "
+        f"{out['store']['layers']} layers, d={out['store']['d']}, fold seeds done: "
+        f"{[r['seed'] for r in rows[0]['per_seed']]})",
+        "",
+        f"| mode | BoN@{args.n} | delta vs full | within-prompt AUROC | bytes/token (demo) | "
+        "bytes/token (8B, 33 layers) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        md.append(
+            f"| {r['mode']} | {r['bon_at_n']:.3f} | {r['bon_delta_vs_full']:+.3f} | "
+            f"{r['within_auroc']:.3f} | {r['bytes_per_token_demo']:,} | {r['bytes_per_token_8b']:,} |"
+        )
+    md += ["", f"Command: `{out['command']}`; {out['machine']}.", ""]
+    atomic_write_text(RESULTS / f"{args.out}.md", "\n".join(md))
+    print("\n".join(md))
+    print(json.dumps({r["mode"]: round(r["bon_at_n"], 4) for r in rows}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--prompts", type=int, default=320)
+    ap.add_argument("--n", type=int, default=16)
+    ap.add_argument("--store", default="runs/bench_compact/samples")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default="compact")
+    ap.add_argument(
+        "--no-sample", action="store_true", help="use the store as it is (e.g. a cut-short run)"
+    )
+    ap.add_argument(
+        "--modes", nargs="+", default=[m[0] for m in MODES], help="subset of the mode names"
+    )
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    if not args.no_sample:
+        sample(
+            SampleRunConfig(out=args.store, n_prompts=args.prompts, n=args.n, threads=args.threads),
+            progress=False,
+        )
+    t_sample = time.perf_counter() - t0
+    store = Store(args.store)
+    raw = store.features()  # float16 states as stored, memory-mapped
+    y, pids = store.labels, store.prompt_ids
+    rows = []
+    modes = [m for m in MODES if m[0] in args.modes]
+    feats = {}
+    for name, k, dtype in modes:
+        X = raw if not k else project_features(raw, Projection(k, seed=0))
+        feats[name] = codec(X, dtype) if (dtype != "float16" or k) else X
+    L, d = len(store.layers), store.fingerprint.hidden_size
+    # Seeds outer, modes inner: a run cut short still compares every mode on the seeds it did.
+    for seed in args.seeds:
+        fold = prompt_folds(pids, 3, seed)
+        for name, k, dtype in modes:
+            t1 = time.perf_counter()
+            X = feats[name]
+            s = np.zeros(len(store))
+            for f in range(3):
+                tr, te = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
+                head = make_head("elhsr", layers=list(store.layers), **DEMO_ELHSR)
+                head.fit(X.subset(tr), y[tr], pids[tr])
+                s[te] = head.score(X.subset(te))
+            rep = bon_report({"elhsr": s}, y, pids, ks=[args.n], n_boot=200, seed=seed)
+            res = {
+                "seed": seed,
+                "bon": rep["bon"]["elhsr"][str(args.n)],
+                "within_auroc": rep["within_prompt_auroc"]["elhsr"],
+                "fit_seconds": time.perf_counter() - t1,
+            }
+            print(name, res, flush=True)
+            row = next((r for r in rows if r["mode"] == name), None)
+            if row is None:
+                row = {
+                    "mode": name,
+                    "k": k,
+                    "store_dtype": dtype,
+                    "per_seed": [],
+                    "bytes_per_token_demo": bytes_per_token(L, d, dtype, k),
+                    "bytes_per_token_8b": bytes_per_token(33, 4096, dtype, k),
+                }
+                rows.append(row)
+            row["per_seed"].append(res)
+            row["bon_at_n"] = float(np.mean([r["bon"] for r in row["per_seed"]]))
+            row["within_auroc"] = float(np.mean([r["within_auroc"] for r in row["per_seed"]]))
+            write(args, store, rows, y, pids, t_sample)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,300 @@
+"""The batched engine: B prompts x N samples decoded together equal one prompt at a time; capture
+equals teacher forcing in a batch with rows of different lengths; sampling options; prune hook."""
+
+import pytest
+import torch
+
+from hsrm import lm as lmx
+from hsrm.capture import SampleConfig, parse_layers, sample_prompt, sample_prompts, teacher_force
+from hsrm.errors import HsrmError
+from hsrm.tasks import get_task
+
+
+def _rel(a, b):
+    return float((a - b).norm() / b.norm().clamp_min(1e-12))
+
+
+def _prompts(n=5):
+    # prompts of different lengths, so the batch is really padded
+    return get_task("synthetic", n=n, families="arith,compare,count").prompts()
+
+
+def test_batched_equals_unbatched(tiny_lm):
+    ps = _prompts(5)
+    lens = {len(lmx.prompt_ids(tiny_lm.tokenizer, p)) for p in ps}
+    assert len(lens) > 1, "the test needs prompts of different lengths"
+    cfg = SampleConfig(n=4, max_new_tokens=8, temperature=1.0, seed=2, top_logprobs=3)
+    layers = parse_layers("all,prenorm", tiny_lm.fingerprint.n_layers)
+    batched = sample_prompts(tiny_lm, ps, cfg, layers)
+    for p, rb in zip(ps, batched):
+        ru = sample_prompt(tiny_lm, p, cfg, layers)
+        assert rb.prompt.id == p.id
+        assert _rel(rb.prompt_hidden, ru.prompt_hidden) < 1e-4
+        for a, b in zip(rb.answers, ru.answers):
+            assert a.token_ids == b.token_ids
+            assert a.extra["stop"] == b.extra["stop"]
+            assert a.hidden.shape == b.hidden.shape
+            if a.token_ids:
+                assert _rel(a.hidden, b.hidden) < 1e-4
+                assert torch.allclose(a.logprobs, b.logprobs, atol=1e-4)
+                assert torch.allclose(a.confidence, b.confidence, atol=1e-4)
+                assert torch.equal(a.extra["top_ids"], b.extra["top_ids"])
+
+
+def test_batched_capture_equals_teacher_forcing(tiny_lm):
+    ps = _prompts(4)
+    layers = parse_layers("all,prenorm", tiny_lm.fingerprint.n_layers)
+    cfg = SampleConfig(n=6, max_new_tokens=10, temperature=1.5, seed=5)
+    res = sample_prompts(tiny_lm, ps, cfg, layers)
+    n_lengths = set()
+    for r in res:
+        answers = [a for a in r.answers if a.token_ids]
+        n_lengths |= {len(a.token_ids) for a in answers}
+        tf = teacher_force(tiny_lm, r.prompt, [a.token_ids for a in answers], layers)
+        for a, b in zip(answers, tf):
+            assert a.hidden.shape == b.hidden.shape
+            assert _rel(a.hidden, b.hidden) < 1e-3
+            assert _rel(a.logprobs, b.logprobs) < 1e-3
+    assert len(n_lengths) > 1, "rows of different lengths must be in the batch"
+
+
+def test_stream_independent_of_batch_neighbours(tiny_lm):
+    ps = _prompts(6)
+    cfg = SampleConfig(n=3, max_new_tokens=6, seed=4)
+    a = sample_prompts(tiny_lm, ps, cfg)
+    b = sample_prompts(tiny_lm, ps[3:] + ps[:3], cfg)  # other neighbours and positions
+    by_id = {r.prompt.id: [x.token_ids for x in r.answers] for r in b}
+    for r in a:
+        assert [x.token_ids for x in r.answers] == by_id[r.prompt.id]
+
+
+def test_options_change_the_draws_as_they_should(tiny_lm):
+    p = _prompts(1)[0]
+    greedy = sample_prompt(tiny_lm, p, SampleConfig(n=3, max_new_tokens=5, temperature=0))
+    assert len({tuple(a.token_ids) for a in greedy.answers}) == 1
+    top1 = sample_prompt(tiny_lm, p, SampleConfig(n=3, max_new_tokens=5, top_k=1, temperature=2))
+    assert [a.token_ids for a in top1.answers] == [a.token_ids for a in greedy.answers]
+    minp1 = sample_prompt(tiny_lm, p, SampleConfig(n=3, max_new_tokens=5, min_p=1.0))
+    assert [a.token_ids for a in minp1.answers] == [a.token_ids for a in greedy.answers]
+    free = sample_prompt(tiny_lm, p, SampleConfig(n=8, max_new_tokens=5, temperature=2))
+    assert len({tuple(a.token_ids) for a in free.answers}) > 1
+
+
+def test_stop_strings(tiny_lm):
+    p = _prompts(1)[0]
+    cfg = SampleConfig(n=8, max_new_tokens=12, temperature=1.5, seed=1)
+    free = sample_prompt(tiny_lm, p, cfg)
+    # a stop string that occurs in at least one free answer
+    text = next(a.text for a in free.answers if len(a.text) >= 3)
+    stop = text[1:3]
+    cfg2 = SampleConfig(n=8, max_new_tokens=12, temperature=1.5, seed=1, stop=(stop,))
+    stopped = sample_prompt(tiny_lm, p, cfg2)
+    hits = 0
+    for a, b in zip(free.answers, stopped.answers):
+        assert a.token_ids[: len(b.token_ids)] == b.token_ids  # same stream, cut earlier
+        if b.extra["stop"] == "stop":
+            hits += 1
+            assert stop not in b.text
+            assert b.hidden.shape[0] == len(b.token_ids)
+    assert hits >= 1
+
+
+def test_prune_hook_stops_rows(tiny_lm):
+    ps = _prompts(2)
+    cfg = SampleConfig(n=4, max_new_tokens=8, temperature=1.0, seed=3)
+    full = sample_prompts(tiny_lm, ps, cfg)
+    seen = []
+
+    def prune(step, view):
+        seen.append((step, tuple(view.tokens.shape), tuple(view.states.shape)))
+        stop = torch.zeros(view.alive.shape[0], dtype=torch.bool)
+        if step == 1:
+            stop[::2] = True  # stop every even row after 2 tokens
+        return stop
+
+    pruned = sample_prompts(tiny_lm, ps, cfg, prune=prune)
+    n_pruned = 0
+    assert seen[0][1] == (1, 8) and seen[0][2][:2] == (1, 8)
+    for rf, rp in zip(full, pruned):
+        for j, (a, b) in enumerate(zip(rf.answers, rp.answers)):
+            if j % 2 == 0 and len(a.token_ids) >= 2:  # alive after step 1: cut there
+                n_pruned += 1
+                assert b.token_ids == a.token_ids[:2]
+                assert b.extra["stop"] == "pruned"
+                assert b.hidden.shape[0] == 2
+            else:  # odd rows, and rows that had ended before the hook asked, are untouched
+                assert b.token_ids == a.token_ids
+                assert b.extra["stop"] == a.extra["stop"]
+    assert n_pruned >= 1
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"top_k": -1}, "top_k"),
+        ({"min_p": 1.5}, "min_p"),
+        ({"min_p": -0.1}, "min_p"),
+        ({"stop": ("",)}, "stop"),
+    ],
+)
+def test_bad_sampling_options(kw, match):
+    with pytest.raises(HsrmError, match=match):
+        SampleConfig(**kw).validate()
+
+
+def test_bad_device_and_dtype():
+    with pytest.raises(HsrmError, match="unknown device"):
+        lmx.resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(HsrmError, match="no CUDA"):
+            lmx.resolve_device("cuda")
+    with pytest.raises(HsrmError, match="unknown model dtype"):
+        lmx.resolve_dtype("float8", "cpu")
+    with pytest.raises(HsrmError, match="float16 is not supported"):
+        lmx.resolve_dtype("float16", "cpu")
+    assert lmx.resolve_device("cpu") == "cpu"
+
+
+def test_pad_sides():
+    ids, mask, pos = lmx.pad([[1, 2, 3], [4]], 0, "left")
+    assert ids.tolist() == [[1, 2, 3], [0, 0, 4]] and pos[1, -1] == 0
+    ids, mask, pos = lmx.pad([[1, 2, 3], [4]], 0, "right")
+    assert ids.tolist() == [[1, 2, 3], [4, 0, 0]] and mask.tolist()[1] == [1, 0, 0]
+    with pytest.raises(HsrmError, match="padding side"):
+        lmx.pad([[1]], 0, "middle")
+
+
+# ----------------------------------------------------------------------------------------------
+# the store pipeline
+def _sample_cfg(out, **kw):
+    from hsrm.pipeline import SampleRunConfig
+
+    base = dict(
+        out=str(out),
+        model="tiny:0",
+        n_prompts=10,
+        n=3,
+        max_new_tokens=5,
+        shard_prompts=4,
+        layers="all",
+        families="arith,compare,count",
+    )
+    return SampleRunConfig(**{**base, **kw})
+
+
+def test_batched_store_equals_unbatched_store(tmp_path, tiny_lm):
+    from hsrm.pipeline import sample
+
+    one = sample(_sample_cfg(tmp_path / "b1", batch_prompts=1, writer_queue=0), tiny_lm, False)
+    many = sample(_sample_cfg(tmp_path / "b3", batch_prompts=3), tiny_lm, False)
+    big = sample(_sample_cfg(tmp_path / "b16", batch_prompts=16), tiny_lm, False)
+    assert len(one) == len(many) == len(big) == 30
+    for st in (many, big):
+        assert [r["prompt_id"] for r in st.records] == [r["prompt_id"] for r in one.records]
+        assert [r["text"] for r in st.records] == [r["text"] for r in one.records]
+        for i in range(len(one)):
+            assert st.token_ids(i) == one.token_ids(i)
+            if one.records[i]["n_tokens"]:
+                assert _rel(st.hidden(i), one.hidden(i)) < 2e-3  # float16 store
+                assert torch.allclose(st.logprobs(i), one.logprobs(i), atol=1e-4)
+
+
+def test_old_storage_dtype_key_is_an_alias(tmp_path):
+    from hsrm.config import from_sources
+    from hsrm.pipeline import SampleRunConfig
+
+    cfg = from_sources(SampleRunConfig, {"dtype": "int8"})
+    assert cfg.store_dtype == "int8" and cfg.dtype == "auto"
+    with pytest.raises(HsrmError, match="batch_prompts"):
+        SampleRunConfig(batch_prompts=0)
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [({"min_p": 2.0}, "min_p"), ({"device": "tpu"}, "unknown device"), ({"top_k": -3}, "top_k")],
+)
+def test_pipeline_bad_options_write_nothing(tmp_path, kw, match):
+    from hsrm.pipeline import sample
+
+    with pytest.raises(HsrmError, match=match):
+        sample(_sample_cfg(tmp_path / "o", **kw), progress=False)
+    assert not (tmp_path / "o" / "meta.json").exists()
+
+
+def test_cli_bad_options_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    base = [sys.executable, "-m", "hsrm", "sample", "--model", "tiny:0", "--n-prompts", "2"]
+    for extra, msg in [
+        (["--top-k", "-1"], "top_k"),
+        (["--dtype", "float16", "--device", "cpu"], "float16 is not supported"),
+    ]:
+        out = tmp_path / f"o{len(msg)}"
+        r = subprocess.run(base + ["--out", str(out)] + extra, capture_output=True, text=True)
+        assert r.returncode == 2, r.stderr
+        assert msg in r.stderr and "Traceback" not in r.stderr
+        assert not (out / "meta.json").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# compact (projected) stores
+def test_projected_store_and_heads_refuse_mixing(tmp_path, tiny_lm):
+    from hsrm.heads.base import make_head
+    from hsrm.pipeline import sample
+    from hsrm.projection import Projection, project_features
+
+    full = sample(_sample_cfg(tmp_path / "full", n=4), tiny_lm, False)
+    proj = sample(_sample_cfg(tmp_path / "proj", n=4, project=8, project_seed=1), tiny_lm, False)
+    assert proj.meta["projection"] == {"k": 8, "seed": 1, "kind": "gaussian"}
+    assert proj.fingerprint.hidden_size == 8 and "+proj:gaussian:k8:s1" in proj.fingerprint.revision
+    assert proj.model_fingerprint == full.fingerprint
+    # the store holds exactly the projection of the full states (float16 both ways)
+    P = Projection(8, 1)
+    Xf, Xp = full.features(), proj.features()
+    view = project_features(Xf, P)
+    assert view.fingerprint == Xp.fingerprint and view.layers == Xp.layers
+    for i in range(len(full)):
+        if full.records[i]["n_tokens"]:
+            assert Xp[i].shape[-1] == 8
+            assert _rel(Xp[i], view[i]) < 5e-3
+    assert Xp.padded(range(3))[0].shape[-1] == 8
+    y, g = proj.labels, proj.prompt_ids
+    y = (torch.arange(len(y)) % 2).numpy() if len(set(y)) < 2 else y
+    head = make_head("probe").fit(Xp, y, g)
+    head.score(view)  # raw states + the same projection: accepted
+    with pytest.raises(HsrmError, match="trained on"):
+        head.score(Xf)  # raw states: refused
+    other = sample(_sample_cfg(tmp_path / "p2", n=4, project=8, project_seed=2), tiny_lm, False)
+    with pytest.raises(HsrmError, match="trained on"):
+        head.score(other.features())  # another projection: refused
+    with pytest.raises(HsrmError, match="projection"):
+        sample(_sample_cfg(tmp_path / "proj", n=4, project=16), tiny_lm, False)  # no mixing
+
+
+def test_capture_in_host_flushed_chunks_equals_one_buffer(tiny_lm, monkeypatch):
+    import hsrm.capture as cap
+
+    ps = _prompts(3)
+    cfg = SampleConfig(n=3, max_new_tokens=9, temperature=1.5, seed=6)
+    whole = sample_prompts(tiny_lm, ps, cfg)
+    L = tiny_lm.fingerprint.n_layers + 1
+    monkeypatch.setattr(
+        cap, "CAPTURE_BUFFER_BYTES", 2 * 9 * L * tiny_lm.fingerprint.hidden_size * 4
+    )
+    chunked = sample_prompts(tiny_lm, ps, cfg)  # 2 steps per on-device chunk
+    for ra, rb in zip(whole, chunked):
+        for a, b in zip(ra.answers, rb.answers):
+            assert a.token_ids == b.token_ids
+            assert torch.equal(a.hidden, b.hidden)
+
+
+def test_resume_in_process(tmp_path, tiny_lm):
+    from hsrm.pipeline import sample
+
+    a = sample(_sample_cfg(tmp_path / "r", n_prompts=6), tiny_lm, False)
+    for p in sorted((tmp_path / "r").glob("shard-00001.*")):
+        p.unlink()  # as if killed before shard 1 was written
+    b = sample(_sample_cfg(tmp_path / "r", n_prompts=6), tiny_lm, False)
+    assert len(b) == len(a) == 18
+    assert [r["text"] for r in b.records] == [r["text"] for r in a.records]
