@@ -227,7 +227,7 @@ def test_cli_bad_options_exit_2(tmp_path):
 
     base = [sys.executable, "-m", "hsrm", "sample", "--model", "tiny:0", "--n-prompts", "2"]
     for extra, msg in [
-        (["--top-k", "-1"], "top_k"),
+        (["--top-k", "-1"], "--top-k"),
         (["--dtype", "float16", "--device", "cpu"], "float16 is not supported"),
     ]:
         out = tmp_path / f"o{len(msg)}"
