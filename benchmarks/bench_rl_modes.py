@@ -6,8 +6,8 @@
 One ELHSR head is fit once (examples/grpo_hsrm.py's recipe: 32 synthetic prompts x 4 answers);
 then each mode runs examples/grpo_hsrm.py in its own process (so peak RSS is that run's), the same
 GRPO settings and seed: LoRA r=8 on q/k/v/o of the top 4 blocks of the embedded
-SmolLM2-135M-Instruct, 2 prompts x 4 completions of <= 6 tokens per step, one torch thread. Runs
-alternate (copy, adapters_off, ...) to spread the shared machine's load over both modes.
+SmolLM2-135M-Instruct, 2 prompts x 4 completions of <= 6 tokens per step, one torch thread. The two
+modes run at the same time (two processes), so that both see the same load of a shared machine.
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ def write_results(runs: list[dict], args: argparse.Namespace) -> None:
     out = {
         "command": "python benchmarks/bench_rl_modes.py "
         + " ".join(f"--{k} {v}" for k, v in (("steps", steps), ("repeats", repeats))),
-        "machine": f"{platform.machine()} CPU, {platform.node()}; 1 torch thread; a shared 2-core "
-        "box with other jobs running",
+        "machine": f"{platform.machine()} CPU, {platform.node()}; 1 torch thread each; a shared "
+        "2-core box with other jobs running (load average about 20), both modes at once",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "summary": summary,
         "runs": runs,
@@ -115,17 +115,26 @@ def main() -> int:
         _example().fit_head(load_model(device="cpu"), tmp, 1)
     runs = []
     for r in range(args.repeats):
+        # both modes at once: on a shared machine they then see the same background load
+        procs = {}
         for mode in ("copy", "adapters_off"):
             js = tmp / f"{mode}-{r}.json"
             cmd = [sys.executable, str(EXAMPLE), "--head", head, "--mode", mode]
             cmd += ["--steps", str(args.steps), "--threads", "1", "--json", str(js)]
-            t = time.perf_counter()
-            subprocess.run(cmd, check=True, capture_output=True, text=True)
+            procs[mode] = (
+                subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE),
+                js,
+            )
+        t = time.perf_counter()
+        for mode, (p, js) in procs.items():
+            _, err = p.communicate()
+            if p.returncode:
+                raise SystemExit(f"{mode} run failed:\n{err.decode()[-3000:]}")
             res = json.loads(js.read_text())
             res["cost"]["wall_s"] = time.perf_counter() - t
             runs.append(res)
             print(mode, r, json.dumps(res["cost"]), flush=True)
-            write_results(runs, args)  # after every run: a cut-off run still leaves results
+        write_results(runs, args)  # after every repeat: a cut-off run still leaves results
     return 0
 
 

@@ -109,6 +109,9 @@ def test_bon_figure_one_panel_per_family_and_small_store_warning():
     assert all(len(ax.collections) == 1 for ax in fig.axes)
     w = small_store_warnings(rep)
     assert any("only 8 held-out prompts" in x for x in w)
+    assert not any("mixed" in x or "both right and wrong" in x for x in w)
+    flat = bon_report(scores, np.repeat([0, 1], 16)[: len(y)], groups, n_boot=5)  # no mixed prompt
+    assert any("both right and wrong" in x for x in small_store_warnings(flat))
 
 
 @pytest.fixture(scope="module")

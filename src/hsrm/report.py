@@ -103,6 +103,11 @@ def small_store_warnings(rep: dict[str, Any]) -> list[str]:
             f"only {n} held-out prompts (< {MIN_PROMPTS}): the 95% CIs are wide; "
             "read the curves as anecdotes"
         )
+    if rep.get("n_mixed_prompts", 1) == 0:
+        out.append(
+            "no held-out prompt has both right and wrong answers: every scorer's best-of-N equals "
+            "the mean accuracy"
+        )
     if len(rep.get("pass_at_k", {})) < 2:
         out.append("fewer than 2 values of N (samples per prompt < 2): no best-of-N curve to draw")
     for fam, sub in rep.get("per_family", {}).items():
