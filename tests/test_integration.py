@@ -12,7 +12,9 @@ pytestmark = pytest.mark.integration
 def test_demo_embedded_small(tmp_path, embedded_lm, monkeypatch):
     import hsrm.pipeline as pl
 
-    monkeypatch.setattr(pl, "load_model", lambda name: embedded_lm)  # reuse the session's model
+    monkeypatch.setattr(
+        pl, "load_model", lambda name, **kw: embedded_lm
+    )  # reuse the session's model
     rep = demo(DemoConfig(out=str(tmp_path / "demo"), n_prompts=24, n=4, folds=2, n_boot=50))
     saved = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert saved["model"]["name"] == "smollm2-135m-instruct"

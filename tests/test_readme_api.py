@@ -36,6 +36,26 @@ def test_readme_python_api_runs_as_printed(tmp_path, monkeypatch):
     for old, new in SHRINK.items():
         code = code.replace(old, new)
     monkeypatch.chdir(tmp_path)  # its relative runs/ paths land here
+    # No network here: the Hub is a local folder (upload = copy, download = that folder).
+    import shutil
+
+    import hsrm.heads.base as base
+
+    hub = tmp_path / "hub"
+
+    def push(folder, repo_id, **kw):
+        shutil.copytree(folder, hub / repo_id)
+        return f"https://huggingface.co/{repo_id}/commit/local"
+
+    real_resolve = base.resolve
+    monkeypatch.setattr(base, "push_folder", push)
+    monkeypatch.setattr(
+        base,
+        "resolve",
+        lambda ref, revision=None, **kw: (
+            hub / str(ref) if (hub / str(ref)).is_dir() else real_resolve(ref, revision, **kw)
+        ),
+    )
     torch.set_num_threads(1)
     ns: dict = {}
     exec(compile(code, "README.md", "exec"), ns)
@@ -44,3 +64,5 @@ def test_readme_python_api_runs_as_printed(tmp_path, monkeypatch):
     assert len(ns["scores"]) == len(ns["store"].labels)
     assert (tmp_path / "runs" / "my_head" / "config.json").exists()
     assert "bon" in ns["report"] and ns["report"]["n_prompts"] > 0
+    assert (hub / "me" / "hsrm-elhsr-smollm2" / "model.safetensors").exists()  # pushed
+    assert ns["head"].architecture == "elhsr"  # and loaded back by repo id

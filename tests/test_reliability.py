@@ -132,8 +132,8 @@ DAMAGE: dict[str, Callable[[Path], None]] = {
     "shard_header_cut": lambda ws: _cut(ws / "run" / "shard-00000.safetensors", 20),
     "shard_json": lambda ws: _cut(ws / "run" / "shard-00000.json", 0.5),
     "meta_json": lambda ws: _cut(ws / "run" / "meta.json", 0.5),
-    "head_truncated": lambda ws: _cut(ws / "head" / "head.safetensors", 0.5),
-    "head_missing": lambda ws: (ws / "head" / "head.safetensors").unlink(),
+    "head_truncated": lambda ws: _cut(ws / "head" / "model.safetensors", 0.5),
+    "head_missing": lambda ws: (ws / "head" / "model.safetensors").unlink(),
     "head_unknown_param": lambda ws: _edit_json(
         ws / "head" / "config.json", lambda d: d["params"].update(bogus=1)
     ),
@@ -228,8 +228,8 @@ CASES = [
         ["meta.json"],
         "meta_json",
     ),
-    Case("evaluate_head_truncated", EVAL, ["head.safetensors", "truncated"], "head_truncated"),
-    Case("evaluate_head_missing", EVAL, ["head.safetensors", "missing"], "head_missing"),
+    Case("evaluate_head_truncated", EVAL, ["model.safetensors", "truncated"], "head_truncated"),
+    Case("evaluate_head_missing", EVAL, ["model.safetensors", "missing"], "head_missing"),
     Case(
         "evaluate_head_unknown_param",
         EVAL,
@@ -247,7 +247,7 @@ CASES = [
     Case(
         "detect_evaluate_head_truncated",
         "detect evaluate --store {run} --head {head} --n-boot 10",
-        ["head.safetensors"],
+        ["model.safetensors"],
         "head_truncated",
     ),
     Case(
@@ -287,7 +287,7 @@ CASES = [
     Case(
         "params_malformed",
         "train {run} --params {{bad --out {ws}/o",
-        ["--params", "malformed JSON"],
+        ["--params", "not valid JSON"],
     ),
     Case("params_not_object", "train {run} --params [1] --out {ws}/o", ["--params", "object"]),
     Case(
@@ -532,8 +532,9 @@ def test_same_kind_replaced_in_one_swap(ws):
     assert first["config"]["test_frac"] == 0.3 and second["config"]["test_frac"] == 0.5
     assert sorted(os.listdir(ws / "h")) == [
         ".hsrm",
+        "README.md",
         "config.json",
-        "head.safetensors",
+        "model.safetensors",
         "training.json",
     ]
     assert not [p for p in ws.iterdir() if p.name.startswith(".")]

@@ -352,7 +352,20 @@ def test_50_concurrent_requests_are_micro_batched(lm, head_dir):
         s.close()
 
 
-def test_queue_full_429_and_disconnect_stops_costing(lm, head_dir):
+def test_queue_full_429_and_disconnect_stops_costing(lm, head_dir, monkeypatch):
+    import hsrm.serve.engine as engine_mod
+
+    # A gate in front of the sampler: while it is closed a request stays "being sampled", so the
+    # queue fills and a client can leave while queued, however fast the sampler is.
+    gate = threading.Event()
+    gate.set()
+    real = engine_mod.sample_prompts
+
+    def gated(*a, **kw):
+        gate.wait(120)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(engine_mod, "sample_prompts", gated)
     s = Live(
         create_app(
             _cfg(head_dir, max_queue=1, max_batch=1, max_best_of=64, max_tokens=400),
@@ -384,13 +397,15 @@ def test_queue_full_429_and_disconnect_stops_costing(lm, head_dir):
 
         # a client that leaves while queued is never sampled
         before = _metric(_http.get(f"{s.url}/metrics").text, "hsrm_samples_generated_total")
+        gate.clear()
         t = threading.Thread(
             target=lambda: _http.post(f"{s.url}/v1/completions", json=heavy, timeout=120)
         )
         t.start()
-        time.sleep(0.3)  # the heavy request is being sampled; the next one queues behind it
+        time.sleep(0.3)  # the heavy request is being sampled (held at the gate); the next queues
         with pytest.raises(httpx.TimeoutException):
             _http.post(f"{s.url}/v1/completions", json=heavy, timeout=0.3)
+        gate.set()
         t.join()
         for _ in range(300):  # the engine drops the abandoned job once the heavy one is done
             text = _http.get(f"{s.url}/metrics").text

@@ -53,6 +53,20 @@ def parse_params(value: str | Sequence[str] | dict[str, Any] | None) -> dict[str
     return out
 
 
+def file_params(values: dict[str, Any]) -> dict[str, Any]:
+    """Pop ``params`` from a ``--config`` section (``hsrm.config.load_yaml``'s mapping, which knows
+    its file and lines): it must be a mapping there, and the message names the file and line."""
+    v = values.pop("params", None)
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        src = getattr(values, "source", "config")
+        line = getattr(values, "lines", {}).get("params")
+        at = f"{src}:{line}" if line else src
+        raise HsrmError(f"{at}: field 'params' must be a mapping (key: value lines), got {v!r}")
+    return parse_params(v)
+
+
 def check_params(head_type: str, params: dict[str, Any]) -> dict[str, Any]:
     """``params`` unchanged, or ``HsrmError`` naming the unknown keys and the head's parameters."""
     from hsrm.heads import get_head_class

@@ -11,7 +11,7 @@ import logging
 import numpy as np
 
 from hsrm.cli._common import add_common, file_values
-from hsrm.cli._params import add_params_argument, check_params, parse_params
+from hsrm.cli._params import add_params_argument, check_params, file_params, parse_params
 from hsrm.config import add_arguments, from_sources
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         log.warning("detect train: --head NAME is deprecated; use --head-type NAME")
         args.head_type = args.head_type or args.head_alias
     values = file_values(args, "train")
-    params = {**parse_params(values.pop("params", None)), **parse_params(args.params)}
+    params = {**file_params(values), **parse_params(args.params)}
     args.params = None
     cfg = from_sources(DetectTrainConfig, values, args, params=params or None)
     check_params(cfg.head_type, cfg.params)

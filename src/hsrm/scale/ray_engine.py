@@ -201,10 +201,12 @@ def _shard_writer(path: str, meta: dict[str, Any]) -> Any:
     else. Built without ``StoreWriter.__init__``, whose job (checking the run's settings, cleaning
     stale temporaries, holding the store for one writer) is the driver's: it holds the store for
     the whole job, and a worker cleaning temporaries would delete another worker's."""
+    from hsrm.projection import Projection
     from hsrm.store import StoreWriter
 
     w = StoreWriter.__new__(StoreWriter)
     w.path, w.meta = Path(path), meta
+    w.projection = Projection.from_dict(meta.get("projection"))
     return w
 
 
