@@ -17,14 +17,25 @@ from hsrm.errors import HsrmError
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """AUROC (scikit-learn's ``roc_auc_score``: ties between a positive and a negative count half,
-    the Mann-Whitney U statistic); NaN when only one class is present."""
-    from sklearn.metrics import roc_auc_score
-
+    """AUROC as the Mann-Whitney U statistic (ties between a positive and a negative count half);
+    NaN when only one class is present. Equal to scikit-learn's ``roc_auc_score`` (tested), computed
+    from average ranks here because reports call it tens of thousands of times (within-prompt AUROC
+    under the bootstrap): ``roc_auc_score``'s input validation alone cost ~8 ms a call, 165 s of a
+    275 s demo report."""
     s, y = np.asarray(scores, float), np.asarray(labels).astype(bool)
-    if y.all() or not y.any():
+    n_pos = int(y.sum())
+    n_neg = len(y) - n_pos
+    if n_pos == 0 or n_neg == 0:
         return float("nan")
-    return float(roc_auc_score(y, s))
+    order = np.argsort(s, kind="mergesort")
+    ss = s[order]
+    # average rank (1-based) of each run of tied scores
+    starts = np.flatnonzero(np.r_[True, ss[1:] != ss[:-1]])
+    ends = np.r_[starts[1:], len(ss)]
+    avg = (starts + ends + 1) / 2.0
+    ranks = np.empty(len(s))
+    ranks[order] = np.repeat(avg, ends - starts)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 def by_group(groups: np.ndarray) -> dict[object, np.ndarray]:

@@ -82,9 +82,10 @@ class _Req(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
-class CompletionRequest(_Req):
+class _SamplingReq(_Req):
+    """The sampling fields the completions and chat schemas share."""
+
     model: str | None = None
-    prompt: str | list[str]
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
@@ -92,11 +93,15 @@ class CompletionRequest(_Req):
     best_of: int | None = None
     stream: bool | None = False
     stream_options: dict[str, Any] | None = None
-    logprobs: int | None = None
-    echo: bool | None = False
     stop: str | list[str] | None = None
     seed: int | None = None
     user: str | None = None
+
+
+class CompletionRequest(_SamplingReq):
+    prompt: str | list[str]
+    logprobs: int | None = None
+    echo: bool | None = False
 
 
 class ChatMessage(_Req):
@@ -104,22 +109,11 @@ class ChatMessage(_Req):
     content: str | list[dict[str, Any]] | None = None
 
 
-class ChatRequest(_Req):
-    model: str | None = None
+class ChatRequest(_SamplingReq):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = None
     max_completion_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    n: int | None = None
-    best_of: int | None = None
-    stream: bool | None = False
-    stream_options: dict[str, Any] | None = None
     logprobs: bool | None = False
     top_logprobs: int | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    user: str | None = None
 
 
 class ScoreRequest(_Req):
