@@ -78,3 +78,18 @@ def check_params(head_type: str, params: dict[str, Any]) -> dict[str, Any]:
             f"--params: head {head_type!r} has no parameter(s) {bad}; it takes {sorted(valid)}"
         )
     return params
+
+
+def head_config(
+    cls: type, args: argparse.Namespace, values: dict[str, Any], head_field: str
+) -> Any:
+    """The config of a command that builds a head (``train``, ``detect train``, ``prefs train``):
+    the ``--config`` section and the flags, with ``params`` merged from both (flags win per key)
+    and checked against the head named by ``head_field``."""
+    from hsrm.config import from_sources
+
+    params = {**file_params(values), **parse_params(args.params)}
+    args.params = None
+    cfg: Any = from_sources(cls, values, args, params=params or None)
+    check_params(getattr(cfg, head_field), cfg.params)
+    return cfg

@@ -11,7 +11,10 @@ import logging
 import numpy as np
 
 from hsrm.cli._common import add_common, file_values
-from hsrm.cli._params import add_params_argument, check_params, file_params, parse_params
+from hsrm.cli._params import (
+    add_params_argument,
+    head_config,
+)
 from hsrm.config import add_arguments, from_sources
 
 log = logging.getLogger(__name__)
@@ -46,10 +49,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         log.warning("detect train: --head NAME is deprecated; use --head-type NAME")
         args.head_type = args.head_type or args.head_alias
     values = file_values(args, "train")
-    params = {**file_params(values), **parse_params(args.params)}
-    args.params = None
-    cfg = from_sources(DetectTrainConfig, values, args, params=params or None)
-    check_params(cfg.head_type, cfg.params)
+    cfg = head_config(DetectTrainConfig, args, values, "head_type")
     head, data = train_detector(cfg)
     _out(
         f"trained {cfg.head_type} on {len(data)} answers ({len(np.unique(data.groups))} questions)"

@@ -9,7 +9,10 @@ import argparse
 import logging
 
 from hsrm.cli._common import add_common, file_values
-from hsrm.cli._params import add_params_argument, check_params, file_params, parse_params
+from hsrm.cli._params import (
+    add_params_argument,
+    head_config,
+)
 from hsrm.config import add_arguments, from_sources
 
 log = logging.getLogger(__name__)
@@ -24,10 +27,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         log.warning("prefs train: --head NAME is deprecated; use --head-type NAME")
         args.head_type = args.head_type or args.head_alias
     values = file_values(args, "prefs_train")
-    params = {**file_params(values), **parse_params(args.params)}
-    args.params = None
-    cfg = from_sources(PrefsTrainConfig, values, args, params=params or None)
-    check_params(cfg.head_type, cfg.params)
+    cfg = head_config(PrefsTrainConfig, args, values, "head_type")
     head, ps = train_prefs(cfg)
     Console().print(
         f"{cfg.head_type}: fit on {len(ps)} pairs ({len(set(ps.pair_groups))} questions), "

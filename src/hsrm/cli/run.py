@@ -91,7 +91,7 @@ def _require_run(args: argparse.Namespace, values: dict, command: str) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from hsrm.cli._common import file_values
-    from hsrm.cli._params import check_params, file_params, parse_params
+    from hsrm.cli._params import head_config
     from hsrm.pipeline import TrainConfig, train
 
     if args.head_alias is not None:
@@ -103,10 +103,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     _require_run(args, values, "train")
     if "head_type" in values:  # the vocabulary's name for TrainConfig.head
         values["head"] = values.pop("head_type")
-    params = {**file_params(values), **parse_params(args.params)}
-    args.params = None
-    cfg = from_sources(TrainConfig, values, args, params=params or None)
-    check_params(cfg.head, cfg.params)
+    cfg = head_config(TrainConfig, args, values, "head")
     head = train(cfg)
     _console().print(f"saved {cfg.head} head ({head.n_parameters():,} parameters) to {cfg.out}")
     return 0
