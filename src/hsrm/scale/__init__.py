@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from hsrm.errors import HsrmError
 
 if TYPE_CHECKING:
-    from hsrm.pipeline import SampleRunConfig
+    from hsrm.sampling import SampleRunConfig
     from hsrm.store import Store
 
 __all__ = ["model_fingerprint", "sample_ray", "score_store"]

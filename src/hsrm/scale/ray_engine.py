@@ -4,7 +4,7 @@ Design (docs/scale.md has the long form):
 
 * The driver does every check that needs no weights (settings, task file, model fingerprint from the
   config, an out folder holding a different run) with the local engine's own functions
-  (``pipeline.sample_inputs`` / ``plan_sample``), so bad input fails with the same message before a
+  (``sampling.sample_inputs`` / ``plan_sample``), so bad input fails with the same message before a
   worker starts.
 * Workers write their shard files themselves, into the store folder, which must be on a file
   system every worker sees. Hidden states are the bulk of a store (an 8B model: ~270 KB per token at
@@ -176,7 +176,7 @@ class ShardSampler:
         """Sample and write shard k (prompts at positions [lo, hi); ``window``: the prompts of the
         aligned batches that cover it, from position ``start``); returns (k, samples written,
         whether this actor was restarted after a death)."""
-        from hsrm.pipeline import sample_window, save_shard
+        from hsrm.sampling import sample_window, save_shard
 
         plan = self.plan
         if 0 <= self.fault_after <= self.done and not _restarted():
@@ -218,7 +218,7 @@ def _restarted() -> bool:
 
 
 def sample_ray(cfg: Any, progress: bool = True) -> Any:
-    from hsrm.pipeline import batch_window, finish_sample, plan_sample, sample_inputs
+    from hsrm.sampling import batch_window, finish_sample, plan_sample, sample_inputs
     from hsrm.scale.fingerprint import model_fingerprint
 
     if cfg.workers < 1:
