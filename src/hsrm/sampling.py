@@ -196,9 +196,11 @@ def plan_sample(
 
 def save_shard(plan: SamplePlan, k: int, results: list, lm: Any, api_log: str) -> None:
     """Write shard k (atomically) and, with an API log, its part of the log."""
-    plan.writer.write_shard(k, results, plan.task)
+    grades = plan.task.grade(results)
+    plan.writer.write_shard(k, results, grades)
     if api_log:
-        _write_api_shard(plan.writer.path / f"apilog-{k:05d}.jsonl", results, plan.task, lm)
+        labels = [[int(label) for _, label in g] for g in grades]
+        _write_api_shard(plan.writer.path / f"apilog-{k:05d}.jsonl", results, labels, lm)
 
 
 def finish_sample(
@@ -339,13 +341,9 @@ def sample_window(
     return out
 
 
-def _write_api_shard(path: Path, results: list, task: Task, lm: Any) -> None:
+def _write_api_shard(path: Path, results: list, labels: list[list[int]], lm: Any) -> None:
     from hsrm.apilog import api_log_records
 
-    labels = [
-        [int(task.check(task.extract(a.text, r.prompt), r.prompt)) for a in r.answers]
-        for r in results
-    ]
     fp = lm.fingerprint
     recs = api_log_records(results, lm.tokenizer, fp.name, fp.revision, labels)
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in recs))
