@@ -31,7 +31,7 @@ from hsrm.heads.base import Head
 from hsrm.lm import encode as _encode
 from hsrm.lm import eos_ids as _eos_ids
 from hsrm.lm import prompt_text
-from hsrm.models import DEFAULT_MODEL, LoadedModel
+from hsrm.models import DEFAULT_MODEL, LoadedModel, ModelFingerprint
 from hsrm.tasks.base import Prompt
 
 log = logging.getLogger(__name__)
@@ -64,15 +64,23 @@ def as_messages(messages: Any, where: str = "messages") -> tuple[dict[str, str],
 def check_head_matches(lm: LoadedModel, head: Head, head_path: str | Path | None = None) -> None:
     """Refuse a head fit on another model (naming both fingerprints) or on pseudo-layers (logit
     features) that sampling cannot capture."""
+    check_head_fingerprint(lm.fingerprint, head, head_path)
+
+
+def check_head_fingerprint(
+    fp: ModelFingerprint, head: Head, head_path: str | Path | None = None
+) -> None:
+    """``check_head_matches`` against a model's fingerprint alone (the Ray driver's check, before
+    any worker loads the weights)."""
     head._check_fitted()
     where = f"head {head_path}" if head_path else "the head"
-    if not head.fingerprint_.compatible(lm.fingerprint):
+    if not head.fingerprint_.compatible(fp):
         raise HsrmError(
             f"{where} was fit on {head.fingerprint_.short()} but the model is "
-            f"{lm.fingerprint.short()}; fit a head on this model's features"
+            f"{fp.short()}; fit a head on this model's features"
         )
     layers = head.required_layers()
-    top = lm.fingerprint.n_layers + 1  # prenorm pseudo-layer included
+    top = fp.n_layers + 1  # prenorm pseudo-layer included
     bad = [lay for lay in layers if not 0 <= lay <= top]
     if bad:
         raise HsrmError(
@@ -189,6 +197,13 @@ class ScoreConfig:
     device: str | None = field(None, "device (default: cuda if available, else cpu)")
     batch_size: int = field(16, "completions per forward pass")
     threads: int | None = field(None, "torch CPU threads")
+    engine: str = field("local", "local (this process) | ray (Ray workers; docs/scale.md)")
+    workers: int = field(
+        1, "engine=ray: model replicas (Ray actors), each scoring one prompt's batches"
+    )
+    cpus_per_worker: float = field(1.0, "engine=ray: CPUs per worker (also its torch threads)")
+    gpus_per_worker: float = field(0.0, "engine=ray: GPUs per worker (0.5 = two workers a GPU)")
+    ray_address: str = field("", "engine=ray: cluster to join (default $RAY_ADDRESS, else local)")
 
     def validate(self) -> None:
         if not self.head:
@@ -197,6 +212,10 @@ class ScoreConfig:
             raise HsrmError("score: --input answers.jsonl is required")
         if self.batch_size < 1:
             raise HsrmError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.engine not in ("local", "ray"):
+            raise HsrmError(f"engine: unknown engine {self.engine!r}; use local or ray")
+        if self.workers < 1:
+            raise HsrmError(f"workers must be >= 1, got {self.workers}")
 
 
 def read_score_input(path: str | Path) -> list[dict[str, Any]]:
@@ -225,22 +244,30 @@ def read_score_input(path: str | Path) -> list[dict[str, Any]]:
 
 def score(cfg: ScoreConfig, lm: LoadedModel | None = None) -> list[dict[str, Any]]:
     """Score every line of ``cfg.input``; returns the rows with ``score`` added and writes them to
-    ``cfg.out`` (atomically) when given."""
+    ``cfg.out`` (atomically) when given. ``cfg.engine="ray"`` spreads the prompts over Ray workers
+    (``hsrm.scale``), each holding one model; the scores are the local engine's."""
     import json
 
     from hsrm.io import atomic_write_text
     from hsrm.models import load_model
 
     cfg.validate()
+    if cfg.engine == "ray" and lm is not None:
+        raise HsrmError("engine='ray' loads the model in each worker from cfg.model; pass no lm")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     rows = read_score_input(cfg.input)
     head = Head.load(cfg.head)
-    if lm is None:
-        lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
-    scorer = Scorer(lm, head, batch_size=cfg.batch_size)
     prompts = [r["prompt"] if "prompt" in r else r["messages"] for r in rows]
-    scores = scorer.score_pairs(prompts, [r["completion"] for r in rows])
+    completions = [r["completion"] for r in rows]
+    if cfg.engine == "ray":
+        from hsrm.scale import score_pairs_ray
+
+        scores = score_pairs_ray(cfg, head, prompts, completions)
+    else:
+        if lm is None:
+            lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+        scores = Scorer(lm, head, batch_size=cfg.batch_size).score_pairs(prompts, completions)
     out = []
     for r, s in zip(rows, scores):
         row = {k: v for k, v in r.items() if k != "_line"}
@@ -252,4 +279,11 @@ def score(cfg: ScoreConfig, lm: LoadedModel | None = None) -> list[dict[str, Any
     return out
 
 
-__all__ = ["ScoreConfig", "Scorer", "as_messages", "check_head_matches", "score"]
+__all__ = [
+    "ScoreConfig",
+    "Scorer",
+    "as_messages",
+    "check_head_fingerprint",
+    "check_head_matches",
+    "score",
+]

@@ -24,13 +24,15 @@ Design (docs/scale.md has the long form):
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
+import json
 import logging
 import os
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,28 @@ def _connect(address: str, num_cpus: float) -> bool:
         # interface (its node is this machine; other machines join a cluster started by `ray start`).
         ray.init(num_cpus=max(1, int(num_cpus + 0.999)), _node_ip_address=LOOPBACK, **kw)
     return True
+
+
+@contextlib.contextmanager
+def _cluster(address: str, workers: int, cpus: float, gpus: float) -> Iterator[None]:
+    """Connected to a cluster that can place ``workers`` actors of ``cpus`` CPUs and ``gpus`` GPUs
+    each (refused with a message otherwise); disconnects after if this call connected."""
+    connected = _connect(address, workers * cpus)
+    try:
+        _check_resources(workers, cpus, gpus)
+        yield
+    finally:
+        if connected:
+            ray.shutdown()
+
+
+def _check_pool_args(workers: int, cpus: float, gpus: float) -> None:
+    if workers < 1:
+        raise HsrmError(f"workers must be >= 1, got {workers}")
+    if cpus <= 0 or gpus < 0:
+        raise HsrmError(
+            f"cpus_per_worker must be > 0 and gpus_per_worker >= 0, got {cpus} and {gpus}"
+        )
 
 
 def _check_resources(workers: int, cpus: float, gpus: float) -> None:
@@ -221,22 +245,14 @@ def sample_ray(cfg: Any, progress: bool = True) -> Any:
     from hsrm.sampling import batch_window, finish_sample, plan_sample, sample_inputs
     from hsrm.scale.fingerprint import model_fingerprint
 
-    if cfg.workers < 1:
-        raise HsrmError(f"workers must be >= 1, got {cfg.workers}")
-    if cfg.cpus_per_worker <= 0 or cfg.gpus_per_worker < 0:
-        raise HsrmError(
-            f"cpus_per_worker must be > 0 and gpus_per_worker >= 0, got "
-            f"{cfg.cpus_per_worker} and {cfg.gpus_per_worker}"
-        )
+    _check_pool_args(cfg.workers, cfg.cpus_per_worker, cfg.gpus_per_worker)
     # Every check the local engine makes, with its messages, before any worker starts.
     scfg, task, prompts = sample_inputs(cfg)
     plan = plan_sample(cfg, model_fingerprint(cfg.model), scfg, task, prompts)
     t0, n_done = time.perf_counter(), 0
     if plan.todo:
         n_workers = min(cfg.workers, len(plan.todo))
-        connected = _connect(cfg.ray_address, n_workers * cfg.cpus_per_worker)
-        try:
-            _check_resources(n_workers, cfg.cpus_per_worker, cfg.gpus_per_worker)
+        with _cluster(cfg.ray_address, n_workers, cfg.cpus_per_worker, cfg.gpus_per_worker):
             threads = cfg.threads or max(1, int(cfg.cpus_per_worker))
             fault = int(os.environ.get(FAULT_ENV, "-1"))
             slim = dataclasses.replace(
@@ -281,9 +297,6 @@ def sample_ray(cfg: Any, progress: bool = True) -> Any:
             finally:
                 bar.close()
                 _remove_temporaries(plan.writer.path)
-        finally:
-            if connected:
-                ray.shutdown()
     return finish_sample(cfg, plan, n_done, time.perf_counter() - t0)
 
 
@@ -324,8 +337,7 @@ def score_store(
     from hsrm.io import atomic_write_text
     from hsrm.store import Store
 
-    if workers < 1:
-        raise HsrmError(f"workers must be >= 1, got {workers}")
+    _check_pool_args(workers, cpus_per_worker, gpus_per_worker)
     store = Store(store_path)
     head = Head.load(head_path)
     head.check_compatible(store.fingerprint, store.layers)  # before any worker starts
@@ -338,9 +350,7 @@ def score_store(
     scores = np.full(len(store), np.nan)
     n_workers = max(1, min(workers, len(items)))
     if items:
-        connected = _connect(ray_address, n_workers * cpus_per_worker)
-        try:
-            _check_resources(n_workers, cpus_per_worker, gpus_per_worker)
+        with _cluster(ray_address, n_workers, cpus_per_worker, gpus_per_worker):
             bar = tqdm(total=len(store), desc="scoring", unit="answer", disable=not progress)
 
             def make(i: int) -> Any:
@@ -359,9 +369,6 @@ def score_store(
                 _run_pool(make, n_workers, items, "score", done)
             finally:
                 bar.close()
-        finally:
-            if connected:
-                ray.shutdown()
     lines = [
         json.dumps({"prompt_id": r["prompt_id"], "sample": r["sample"], "score": float(s)})
         for r, s in zip(store.records, scores)
@@ -369,3 +376,85 @@ def score_store(
     atomic_write_text(out, "".join(line + "\n" for line in lines))
     log.info("scored %d answers with %s -> %s", len(store), head_path, out)
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# scoring given completions (teacher forcing)
+@ray.remote
+class PairScorer:
+    """One model replica and the head: teacher-forces (prompt, completion) pairs and scores them
+    (``hsrm.score.Scorer``, the local engine's code)."""
+
+    def __init__(
+        self,
+        model: str,
+        head_path: str,
+        dtype: str,
+        device: str | None,
+        batch_size: int,
+        threads: int,
+    ):
+        from hsrm.models import load_model
+        from hsrm.score import Scorer
+
+        torch.set_num_threads(threads)
+        lm = load_model(model, device=device, dtype=dtype)
+        self.scorer = Scorer(lm, head_path, batch_size=batch_size)
+
+    def score(
+        self, idx: list[int], prompts: list[Any], completions: list[str]
+    ) -> tuple[list[int], list[float]]:
+        return idx, self.scorer.score_pairs(prompts, completions)
+
+
+def pair_items(
+    prompts: Sequence[Any], completions: Sequence[str], batch_size: int
+) -> list[tuple[list[int], list[Any], list[str]]]:
+    """Work items of (row indices, prompts, completions): one prompt's completions in input order,
+    cut every ``batch_size`` rows, so each item is one of the local engine's forward passes."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, p in enumerate(prompts):
+        key = ("text", p) if isinstance(p, str) else ("messages", json.dumps(p, sort_keys=True))
+        groups.setdefault(key, []).append(i)
+    items = []
+    for rows in groups.values():
+        for c in range(0, len(rows), batch_size):
+            idx = rows[c : c + batch_size]
+            items.append((idx, [prompts[i] for i in idx], [completions[i] for i in idx]))
+    return items
+
+
+def score_pairs(
+    cfg: Any, head: Any, prompts: Sequence[Any], completions: Sequence[str], progress: bool = True
+) -> list[float]:
+    from hsrm.scale.fingerprint import model_fingerprint
+    from hsrm.score import check_head_fingerprint
+
+    _check_pool_args(cfg.workers, cfg.cpus_per_worker, cfg.gpus_per_worker)
+    # the head against the model, from its config alone, before any worker loads the weights
+    check_head_fingerprint(model_fingerprint(cfg.model), head, cfg.head)
+    items = pair_items(prompts, completions, cfg.batch_size)
+    scores = [float("nan")] * len(prompts)
+    n_workers = max(1, min(cfg.workers, len(items)))
+    threads = cfg.threads or max(1, int(cfg.cpus_per_worker))
+    with _cluster(cfg.ray_address, n_workers, cfg.cpus_per_worker, cfg.gpus_per_worker):
+        bar = tqdm(total=len(prompts), desc="scoring", unit="completion", disable=not progress)
+
+        def make(i: int) -> Any:
+            return PairScorer.options(  # type: ignore[attr-defined]
+                num_cpus=cfg.cpus_per_worker,
+                num_gpus=cfg.gpus_per_worker,
+                max_restarts=MAX_RESTARTS,
+                max_task_retries=MAX_RESTARTS,
+            ).remote(cfg.model, str(cfg.head), cfg.dtype, cfg.device, cfg.batch_size, threads)
+
+        def done(res: tuple[list[int], list[float]]) -> None:
+            for i, v in zip(*res):
+                scores[i] = v
+            bar.update(len(res[0]))
+
+        try:
+            _run_pool(make, n_workers, items, "score", done)
+        finally:
+            bar.close()
+    return scores
