@@ -182,6 +182,23 @@ def test_score_store_over_workers(cluster, local_store, tmp_path):
     np.testing.assert_allclose([r["score"] for r in rows], want, rtol=1e-5, atol=1e-6)
     assert np.std(want) > 0  # the comparison is not between constants
 
+    # the same through `hsrm score --store`, local and over Ray, into STORE/scores-probe.jsonl
+    import shutil
+
+    from hsrm.cli import main
+
+    copy = tmp_path / "store"
+    shutil.copytree(local_store, copy)
+    base = ["score", "--head", str(tmp_path / "probe"), "--store", str(copy), "--threads", "1"]
+    for engine in (["--engine", "local"], ["--engine", "ray", "--workers", "2"]):
+        (copy / "scores-probe.jsonl").unlink(missing_ok=True)
+        assert main([*base, *engine]) == 0
+        got = [json.loads(line) for line in (copy / "scores-probe.jsonl").read_text().splitlines()]
+        assert [(r["prompt_id"], r["sample"]) for r in got] == [
+            (r["prompt_id"], r["sample"]) for r in rows
+        ]
+        np.testing.assert_allclose([r["score"] for r in got], want, rtol=1e-5, atol=1e-6)
+
 
 def test_score_cli_engine_ray(cluster, local_store, tmp_path, monkeypatch, capsys):
     """`hsrm score --engine ray --workers 2`: text and chat prompts, several completions each, cut

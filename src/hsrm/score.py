@@ -14,6 +14,7 @@ as sampling does not count the terminating EOS as an answer token.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -191,7 +192,12 @@ class ScoreConfig:
 
     head: str = field("", "saved head folder (required)")
     input: str = field("", "JSONL: per line 'prompt' (text) or 'messages', and 'completion'")
-    out: str | None = field(None, "output JSONL (default: print to standard output)")
+    store: str = field(
+        "", "a sample store to score every answer of instead (its captured states; no model run)"
+    )
+    out: str | None = field(
+        None, "output JSONL (--input: else standard output; --store: else STORE/scores-HEAD.jsonl)"
+    )
     model: str = field(DEFAULT_MODEL, "model the head was fit on")
     dtype: str = field("float32", "model dtype: float32, bfloat16 or float16")
     device: str | None = field(None, "device (default: cuda if available, else cpu)")
@@ -208,8 +214,8 @@ class ScoreConfig:
     def validate(self) -> None:
         if not self.head:
             raise HsrmError("score: --head HEAD/ is required")
-        if not self.input:
-            raise HsrmError("score: --input answers.jsonl is required")
+        if bool(self.input) == bool(self.store):
+            raise HsrmError("score: give one of --input answers.jsonl or --store RUN/")
         if self.batch_size < 1:
             raise HsrmError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.engine not in ("local", "ray"):
@@ -243,15 +249,16 @@ def read_score_input(path: str | Path) -> list[dict[str, Any]]:
 
 
 def score(cfg: ScoreConfig, lm: LoadedModel | None = None) -> list[dict[str, Any]]:
-    """Score every line of ``cfg.input``; returns the rows with ``score`` added and writes them to
-    ``cfg.out`` (atomically) when given. ``cfg.engine="ray"`` spreads the prompts over Ray workers
+    """Score every line of ``cfg.input`` (or, with ``cfg.store``, every answer of a store:
+    ``score_store``); returns the rows with ``score`` added and writes them to ``cfg.out``
+    (atomically) when given. ``cfg.engine="ray"`` spreads the prompts over Ray workers
     (``hsrm.scale``), each holding one model; the scores are the local engine's."""
-    import json
-
     from hsrm.io import atomic_write_text
     from hsrm.models import load_model
 
     cfg.validate()
+    if cfg.store:
+        return score_store(cfg)
     if cfg.engine == "ray" and lm is not None:
         raise HsrmError("engine='ray' loads the model in each worker from cfg.model; pass no lm")
     if cfg.threads:
@@ -279,6 +286,51 @@ def score(cfg: ScoreConfig, lm: LoadedModel | None = None) -> list[dict[str, Any
     return out
 
 
+def store_scores_path(store: str | Path, head: str | Path) -> Path:
+    """Where a store's scores go by default: ``STORE/scores-<head folder name>.jsonl``."""
+    return Path(store) / f"scores-{Path(head).resolve().name}.jsonl"
+
+
+def write_store_scores(records: Sequence[Mapping[str, Any]], scores: Any, out: str | Path) -> None:
+    """One JSON line per store record, in store order: ``prompt_id``, ``sample``, ``score``."""
+    from hsrm.io import atomic_write_text
+
+    lines = [
+        json.dumps({"prompt_id": r["prompt_id"], "sample": r["sample"], "score": float(s)}) + "\n"
+        for r, s in zip(records, scores)
+    ]
+    atomic_write_text(out, "".join(lines))
+
+
+def score_store(cfg: ScoreConfig) -> list[dict[str, Any]]:
+    """``hsrm score --store RUN``: the head's score of every answer of a store, from the states
+    captured while sampling (``engine="ray"``: over Ray workers, ``hsrm.scale.score_store``);
+    written to ``cfg.out`` or ``STORE/scores-HEAD.jsonl``; returns the rows."""
+    from hsrm.store import Store
+
+    out = Path(cfg.out) if cfg.out else store_scores_path(cfg.store, cfg.head)
+    if cfg.engine == "ray":
+        from hsrm.scale import score_store as score_store_ray
+
+        score_store_ray(
+            cfg.store,
+            cfg.head,
+            cfg.workers,
+            out=out,
+            cpus_per_worker=cfg.cpus_per_worker,
+            gpus_per_worker=cfg.gpus_per_worker,
+            ray_address=cfg.ray_address,
+        )
+        return [json.loads(line) for line in out.read_text().splitlines()]
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    store = Store(cfg.store)
+    head = Head.load(cfg.head)
+    head.check_compatible(store.fingerprint, store.layers)
+    write_store_scores(store.records, head.score(store.features()), out)
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
 __all__ = [
     "ScoreConfig",
     "Scorer",
@@ -286,4 +338,7 @@ __all__ = [
     "check_head_fingerprint",
     "check_head_matches",
     "score",
+    "score_store",
+    "store_scores_path",
+    "write_store_scores",
 ]

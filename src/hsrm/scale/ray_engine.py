@@ -107,6 +107,14 @@ def _check_resources(workers: int, cpus: float, gpus: float) -> None:
             )
 
 
+def _actor(cls: Any, cpus: float, gpus: float) -> Any:
+    """An actor class placed with ``cpus`` / ``gpus`` each, restarted by Ray when it dies (its
+    call retried) up to ``MAX_RESTARTS`` times."""
+    return cls.options(
+        num_cpus=cpus, num_gpus=gpus, max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS
+    )
+
+
 def _unwrap(e: Exception) -> Exception:
     cause = getattr(e, "cause", None)
     if isinstance(cause, HsrmError):
@@ -270,12 +278,9 @@ def sample_ray(cfg: Any, progress: bool = True) -> Any:
             )
 
             def make(i: int) -> Any:
-                return ShardSampler.options(  # type: ignore[attr-defined]
-                    num_cpus=cfg.cpus_per_worker,
-                    num_gpus=cfg.gpus_per_worker,
-                    max_restarts=MAX_RESTARTS,
-                    max_task_retries=MAX_RESTARTS,
-                ).remote(cfg.model, slim, cfg.api_log, threads, fault if i == 0 else -1)
+                return _actor(ShardSampler, cfg.cpus_per_worker, cfg.gpus_per_worker).remote(
+                    cfg.model, slim, cfg.api_log, threads, fault if i == 0 else -1
+                )
 
             warned = False
 
@@ -329,19 +334,17 @@ def score_store(
     ray_address: str = "",
     progress: bool = True,
 ) -> Path:
-    import json
-
     import numpy as np
 
     from hsrm.heads.base import Head
-    from hsrm.io import atomic_write_text
+    from hsrm.score import store_scores_path, write_store_scores
     from hsrm.store import Store
 
     _check_pool_args(workers, cpus_per_worker, gpus_per_worker)
     store = Store(store_path)
     head = Head.load(head_path)
     head.check_compatible(store.fingerprint, store.layers)  # before any worker starts
-    out = Path(out) if out else Path(store_path) / f"scores-{Path(head_path).resolve().name}.jsonl"
+    out = Path(out) if out else store_scores_path(store_path, head_path)
     # One work item per shard: the records a worker reads then sit in one file.
     by_shard: dict[int, list[int]] = collections.defaultdict(list)
     for i, r in enumerate(store.records):
@@ -354,12 +357,9 @@ def score_store(
             bar = tqdm(total=len(store), desc="scoring", unit="answer", disable=not progress)
 
             def make(i: int) -> Any:
-                return StoreScorer.options(  # type: ignore[attr-defined]
-                    num_cpus=cpus_per_worker,
-                    num_gpus=gpus_per_worker,
-                    max_restarts=MAX_RESTARTS,
-                    max_task_retries=MAX_RESTARTS,
-                ).remote(str(store_path), str(head_path), max(1, int(cpus_per_worker)))
+                return _actor(StoreScorer, cpus_per_worker, gpus_per_worker).remote(
+                    str(store_path), str(head_path), max(1, int(cpus_per_worker))
+                )
 
             def done(res: tuple[list[int], list[float]]) -> None:
                 scores[res[0]] = res[1]
@@ -369,11 +369,7 @@ def score_store(
                 _run_pool(make, n_workers, items, "score", done)
             finally:
                 bar.close()
-    lines = [
-        json.dumps({"prompt_id": r["prompt_id"], "sample": r["sample"], "score": float(s)})
-        for r, s in zip(store.records, scores)
-    ]
-    atomic_write_text(out, "".join(line + "\n" for line in lines))
+    write_store_scores(store.records, scores, out)
     log.info("scored %d answers with %s -> %s", len(store), head_path, out)
     return out
 
@@ -441,12 +437,9 @@ def score_pairs(
         bar = tqdm(total=len(prompts), desc="scoring", unit="completion", disable=not progress)
 
         def make(i: int) -> Any:
-            return PairScorer.options(  # type: ignore[attr-defined]
-                num_cpus=cfg.cpus_per_worker,
-                num_gpus=cfg.gpus_per_worker,
-                max_restarts=MAX_RESTARTS,
-                max_task_retries=MAX_RESTARTS,
-            ).remote(cfg.model, str(cfg.head), cfg.dtype, cfg.device, cfg.batch_size, threads)
+            return _actor(PairScorer, cfg.cpus_per_worker, cfg.gpus_per_worker).remote(
+                cfg.model, str(cfg.head), cfg.dtype, cfg.device, cfg.batch_size, threads
+            )
 
         def done(res: tuple[list[int], list[float]]) -> None:
             for i, v in zip(*res):
