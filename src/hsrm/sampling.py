@@ -1,9 +1,10 @@
 """``hsrm sample``: sample answers with capture into a store (the capture -> store floor).
 
-Every use reads the store this writes: best-of-N (``hsrm.bon``), the server's training data, the
-preference and RL tools. ``sample`` is the local engine; ``hsrm.scale`` (``engine="ray"``) reuses
-``sample_inputs`` / ``plan_sample`` / ``save_shard`` / ``finish_sample`` and the aligned batch
-windows here, so both engines write byte-identical shards.
+A task's prompts are sampled with capture (``hsrm.capture``), graded by the task
+(``Task.grade``) and written shard by shard (``hsrm.store``). The heads of every use are fit on
+such stores (best-of-N: ``hsrm.bon``; ``hsrm score --store``). ``sample`` is the local engine;
+``hsrm.scale`` (``engine="ray"``) reuses ``sample_inputs`` / ``plan_sample`` / ``save_shard`` /
+``finish_sample`` and the aligned batch windows here, so both engines write byte-identical shards.
 """
 
 from __future__ import annotations
