@@ -25,6 +25,8 @@ def store_report(
     seed: int = 0,
     protocol: str = "random",
 ) -> dict[str, Any]:
+    """``bon_report`` of store samples ``idx`` under ``scores`` (one array per scorer, aligned
+    with ``idx``), with the store's labels, prompts, extracted answers and families."""
     recs = store.records
     return bon_report(
         scores,
