@@ -29,10 +29,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from hsrm.evaluate import bon_report
+from hsrm.bon.baselines import baseline_scores
+from hsrm.bon.demo import DEMO_ELHSR
+from hsrm.bon.quality import POOLED_DEFAULT, PooledProbe, StackedSelector, pooled_states
+from hsrm.bon.report import bon_report
 from hsrm.heads import make_head
-from hsrm.pipeline import DEMO_ELHSR, baseline_scores, prompt_folds
-from hsrm.quality import POOLED_DEFAULT, PooledProbe, StackedSelector, pooled_states
+from hsrm.splits import prompt_folds
 from hsrm.store import Store
 
 RESULTS = Path(__file__).parent / "results"
@@ -203,7 +205,7 @@ def main() -> None:
         ]
 
     if "cot" not in skip or "prune" not in skip:
-        from hsrm.prune import prefix_probe_scores, pruning_curve
+        from hsrm.bon.prune import prefix_probe_scores, pruning_curve
 
         cot = Store(args.cot)
         c = _whole_prompts(cot, args.n)

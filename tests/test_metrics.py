@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from hsrm import metrics as M
-from hsrm.evaluate import bon_report
+from hsrm.bon.report import bon_report
 
 
 def _brute_bon(s, y, k, rng):

@@ -45,7 +45,7 @@ def by_group(groups: np.ndarray) -> dict[object, np.ndarray]:
     return {u: np.flatnonzero(inv == i) for i, u in enumerate(uniq)}
 
 
-_by_group = by_group  # the old private name, still used by hsrm.evaluate
+_by_group = by_group  # the old private name, still used by hsrm.bon.prune
 
 
 def vote_counts(

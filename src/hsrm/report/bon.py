@@ -36,7 +36,7 @@ def bon_rows(rep: dict[str, Any], ks: list[str] | None = None) -> tuple[list[str
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    from hsrm.tables import markdown_table
+    from hsrm.report.tables import markdown_table
 
     return markdown_table(header, rows)
 

@@ -20,7 +20,7 @@ three scores with a 16-token window and tail, scaled to these answers (our choic
 Vote-style selectors (``VOTES``) do not rank answers one by one: within each k-subset of a prompt's
 answers, the answer string with the largest summed trace confidence wins (DeepConf's
 confidence-weighted majority vote), after keeping only the top-eta share of the subset's traces by
-confidence (DeepConf-high: eta = 90%, DeepConf-low: eta = 10%). ``hsrm.evaluate`` counts them
+confidence (DeepConf-high: eta = 90%, DeepConf-low: eta = 10%). ``hsrm.bon.report`` counts them
 within each subset, like ``majority``.
 """
 
