@@ -74,6 +74,10 @@ class Task:
     def describe(self) -> dict[str, Any]:
         return {"name": self.name}
 
+    def label(self, text: str, prompt: Any) -> bool:
+        """Is this completion of ``prompt`` right? (extract, then check)."""
+        return bool(self.check(self.extract(text, prompt), prompt))
+
     def grade(self, results: Sequence[Any]) -> list[list[tuple[str | None, bool]]]:
         """(extracted answer, label) of every answer of every sampled prompt: ``results`` are
         ``hsrm.capture.PromptResult`` s (``.prompt``, ``.answers[i].text``). The store records
