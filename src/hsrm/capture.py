@@ -635,7 +635,9 @@ def _sample_refill(
                 cache.batch_select_indices(keep)
                 active, alive, rstep, nxt = active[keep], alive[keep], rstep[keep], nxt[keep]
                 mask, next_pos = mask[keep], next_pos[keep]
-        while free > 0 and todo:
+        # Joining copies the whole cache, so slots are refilled a half batch at a time (or when
+        # the batch ran dry), not one prompt at a time.
+        while todo and (free >= max(1, B // 2) or (free > 0 and not len(active))):
             bs, todo = todo[:free], todo[free:]
             ids, pmask, pos = lmx.pad([seqs[b] for b in bs], padv, "left", dev)
             pc = lmx.new_cache(lm, reserve=T)
