@@ -1,6 +1,8 @@
 """The batched engine: B prompts x N samples decoded together equal one prompt at a time; capture
 equals teacher forcing in a batch with rows of different lengths; sampling options; prune hook."""
 
+import collections
+
 import pytest
 import torch
 
@@ -298,3 +300,107 @@ def test_resume_in_process(tmp_path, tiny_lm):
     b = sample(_sample_cfg(tmp_path / "r", n_prompts=6), tiny_lm, False)
     assert len(b) == len(a) == 18
     assert [r["text"] for r in b.records] == [r["text"] for r in a.records]
+
+
+# ----------------------------------------------------------------------------------------------
+# refill: a finished prompt's slot goes to the next prompt
+@pytest.mark.parametrize("capture", [True, False])
+def test_refill_equals_one_batch(tiny_lm, capture):
+    ps = _prompts(7)
+    layers = parse_layers("all,prenorm", tiny_lm.fingerprint.n_layers)
+    for kw in (
+        dict(n=3, max_new_tokens=9, temperature=1.5, seed=3, top_logprobs=2),
+        dict(n=2, max_new_tokens=1, seed=1),  # every prompt ends at its first step
+    ):
+        cfg = SampleConfig(**kw)
+        ref = sample_prompts(tiny_lm, ps, cfg, layers, capture=capture)
+        lengths = {len(a.token_ids) for r in ref for a in r.answers}
+        for B in (1, 3):
+            got = sample_prompts(tiny_lm, ps, cfg, layers, capture=capture, batch_prompts=B)
+            assert [r.prompt.id for r in got] == [p.id for p in ps]
+            for ra, rb in zip(ref, got):
+                if capture:
+                    assert _rel(rb.prompt_hidden, ra.prompt_hidden) < 1e-4
+                for a, b in zip(ra.answers, rb.answers):
+                    assert a.token_ids == b.token_ids  # each prompt's own stream
+                    assert a.extra["stop"] == b.extra["stop"]
+                    assert a.extra["eos_logprob"] == pytest.approx(b.extra["eos_logprob"], abs=1e-4)
+                    if capture:
+                        assert a.hidden.shape == b.hidden.shape
+                    if a.token_ids:
+                        if capture:
+                            assert _rel(b.hidden, a.hidden) < 1e-4
+                        assert torch.allclose(a.logprobs, b.logprobs, atol=1e-4)
+                        assert torch.allclose(a.entropy, b.entropy, atol=1e-4)
+    assert len(lengths) > 1 or kw["max_new_tokens"] == 1
+
+
+def test_refill_rows_match_teacher_forcing(tiny_lm):
+    # rows of prompts that joined the batch late (left-padded into a running batch) still get
+    # the states a teacher-forced pass gives
+    ps = _prompts(5)
+    layers = parse_layers("all", tiny_lm.fingerprint.n_layers)
+    cfg = SampleConfig(n=3, max_new_tokens=10, temperature=1.5, seed=5)
+    for r in sample_prompts(tiny_lm, ps, cfg, layers, batch_prompts=2):
+        answers = [a for a in r.answers if a.token_ids]
+        tf = teacher_force(tiny_lm, r.prompt, [a.token_ids for a in answers], layers)
+        for a, b in zip(answers, tf):
+            assert _rel(a.hidden, b.hidden) < 1e-3
+
+
+@pytest.mark.parametrize("batch_prompts", [0, 1])
+def test_stop_token_state_is_captured(tiny_lm, batch_prompts):
+    # The token that completes a stop string is part of the answer; its state must be the real
+    # one (it used to be left zero when its row was dropped from the batch at that step).
+    ps = _prompts(3)
+    layers = parse_layers("all", tiny_lm.fingerprint.n_layers)
+    cfg0 = SampleConfig(n=6, max_new_tokens=12, temperature=1.5, seed=1)
+    free = sample_prompts(tiny_lm, ps, cfg0, layers)
+    # the most common character: most rows stop, at the same steps, so rows are dropped from
+    # the batch right when they stop (and when all have, the loop ends)
+    stop = collections.Counter(ch for r in free for a in r.answers for ch in a.text).most_common(1)
+    stop = stop[0][0]
+    cfg = SampleConfig(n=6, max_new_tokens=12, temperature=1.5, seed=1, stop=(stop,))
+    hits = 0
+    for r in sample_prompts(tiny_lm, ps, cfg, layers, batch_prompts=batch_prompts):
+        for a in r.answers:
+            if a.extra["stop"] != "stop":
+                continue
+            hits += 1
+            (tf,) = teacher_force(tiny_lm, r.prompt, [a.token_ids], layers)
+            assert _rel(a.hidden, tf.hidden) < 1e-3
+            assert float(a.hidden[-1].norm()) > 0
+    assert hits >= 3
+
+
+def test_refill_store_equals_plain_store_and_resumes(tmp_path, tiny_lm):
+    from hsrm.sampling import batch_window, sample, sample_window, window_prompts
+
+    plain = sample(_sample_cfg(tmp_path / "plain", batch_prompts=2), tiny_lm, False)
+    kw = dict(batch_prompts=2, refill_window=3)
+    refill = sample(_sample_cfg(tmp_path / "refill", **kw), tiny_lm, False)
+    assert refill.meta["refill_window"] == 3
+    assert [r["text"] for r in refill.records] == [r["text"] for r in plain.records]
+    for i in range(len(plain)):
+        assert refill.token_ids(i) == plain.token_ids(i)
+        if plain.records[i]["n_tokens"]:
+            assert _rel(refill.hidden(i), plain.hidden(i)) < 2e-3  # float16 store
+    # resume: windows of 3 straddle the 4-prompt shards; the redone shard is byte-identical
+    shard = tmp_path / "refill" / "shard-00001.safetensors"
+    before = shard.read_bytes()
+    for p in sorted((tmp_path / "refill").glob("shard-00001.*")):
+        p.unlink()
+    sample(_sample_cfg(tmp_path / "refill", **kw), tiny_lm, False)
+    assert shard.read_bytes() == before
+    # what another engine (Ray) samples for shard 1 alone is the same prompts' same results
+    from hsrm.sampling import sample_inputs
+
+    scfg, _, prompts = sample_inputs(_sample_cfg(tmp_path / "x", **kw))
+    W = window_prompts(2, 3)
+    a, b = batch_window(1, 4, W, len(prompts))
+    res = sample_window(tiny_lm, prompts[a:b], a, 4, 8, W, scfg, refill.layers, 2)
+    assert [r.prompt.id for r in res] == [p.id for p in prompts[4:8]]
+    for r in res:
+        for j, ans in enumerate(r.answers):
+            i = next(k for k, rec in enumerate(refill.records) if rec["prompt_id"] == r.prompt.id)
+            assert ans.token_ids == refill.token_ids(i + j)

@@ -104,10 +104,16 @@ def _digest(folder: Path) -> dict[str, str]:
     }
 
 
-def test_resume_after_real_kill(tmp_path):
-    # Batched (3 prompts per batch) with the background writer; batches straddle the 2-prompt
-    # shards, so a resume re-samples prompts of finished shards and must drop them.
-    args = ["--batch-prompts", "3", "--writer-queue", "1"] + [
+@pytest.mark.parametrize(
+    "engine_args",
+    [["--batch-prompts", "3"], ["--batch-prompts", "2", "--refill-window", "3"]],
+    ids=["batched", "refill"],
+)
+def test_resume_after_real_kill(tmp_path, engine_args):
+    # Batched (3 prompts per batch, or refill windows of 3 with 2 decoding at once) with the
+    # background writer; batches straddle the 2-prompt shards, so a resume re-samples prompts of
+    # finished shards and must drop them.
+    args = [*engine_args, "--writer-queue", "1"] + [
         "--model",
         "tiny:0",
         "--n-prompts",

@@ -177,7 +177,9 @@ def token_stats(logp: torch.Tensor, k: int = CONFIDENCE_TOP_K) -> dict[str, torc
     V = logp.shape[-1]
     finite = logp.clamp_min(torch.finfo(logp.dtype).min)  # -inf (masked vocab) would poison a mean
     return {
-        "entropy": -(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(-1),
+        # exp(-inf) = 0 multiplies the clamped value instead of -inf: the same sum as replacing
+        # -inf by 0, without another vocabulary-sized pass
+        "entropy": -(logp.exp() * finite).sum(-1),
         "self_certainty": -finite.mean(-1) - float(torch.log(torch.tensor(float(V)))),
         "confidence": -logp.topk(min(k, V), dim=-1).values.mean(-1),
     }
@@ -277,8 +279,16 @@ def sample_prompts(
     layers: tuple[int, ...] | None = None,
     capture: bool = True,
     prune: PruneHook | None = None,
+    batch_prompts: int = 0,
 ) -> list[PromptResult]:
     """Draw ``cfg.n`` answers to each prompt, all ``len(prompts) * cfg.n`` rows decoded together.
+
+    ``batch_prompts`` = B > 0 (and < the number of prompts): at most B prompts decode together,
+    and when all of a prompt's rows have finished the next prompt is prefilled and joins the batch
+    in its place (refill), so the batch stays full. Same tokens as without (each prompt's own
+    stream), states within floating-point tolerance. Refill needs an in-place KV cache and a
+    capture buffer for all the prompts' states within ``CAPTURE_BUFFER_BYTES``, and no ``prune``
+    hook; otherwise the prompts are sampled B at a time without refill.
 
     One ``PromptResult`` per prompt, in order. Each prompt draws from its own seeded stream, so
     its answers do not depend on which other prompts share the call (tokens identical; states
@@ -293,6 +303,14 @@ def sample_prompts(
         return []
     model, tok = lm.model, lm.tokenizer
     layers = layers if layers is not None else parse_layers(cfg.layers, lm.fingerprint.n_layers)
+    if 0 < batch_prompts < len(prompts):
+        if prune is None and _refill_fits(lm, len(prompts), cfg, layers, capture):
+            return _sample_refill(lm, prompts, cfg, layers, capture, batch_prompts)
+        return [
+            r
+            for c in range(0, len(prompts), batch_prompts)
+            for r in sample_prompts(lm, prompts[c : c + batch_prompts], cfg, layers, capture, prune)
+        ]
     cap_layers = layers if capture else ()
     dev = lm.device
     B, N, T = len(prompts), cfg.n, cfg.max_new_tokens
@@ -315,7 +333,7 @@ def sample_prompts(
     every = cfg.check_every or (1 if dev.type == "cpu" else 8)
 
     ids, mask, pos = lmx.pad(seqs, padv, "left", dev)
-    cache = lmx.new_cache(lm)
+    cache = lmx.new_cache(lm, reserve=T)
     out = lmx.forward(lm, ids, mask, layers=cap_layers, position_ids=pos, cache=cache)
     prompt_hidden = _to_host(out.stack(layers, -1)) if capture else None  # (B, L, d)
     _, head, softcap = lmx.lm_parts(model)
@@ -375,13 +393,18 @@ def sample_prompts(
         if last and not capture:
             break
         if (step + 1) % every == 0 or last:
+            feed = alive
             if cfg.stop:
+                pre = alive
                 alive = _check_stops(tok, cfg.stop, tok_buf, steps, active, alive, lengths, reason)
-            n_alive = int(alive.sum())
-            if n_alive == 0:
+                # The token that completed a stop string is part of the answer: with capture it is
+                # fed once more for its state.
+                feed = pre if capture else alive
+            n_feed = int(feed.sum())
+            if n_feed == 0:
                 break
-            if n_alive <= 3 * len(active) // 4:  # compact: finished rows stop costing
-                keep = alive.nonzero().squeeze(1)
+            if n_feed <= 3 * len(active) // 4:  # compact: finished rows stop costing
+                keep = feed.nonzero().squeeze(1)
                 cache.batch_select_indices(keep)
                 active, alive, nxt = active[keep], alive[keep], nxt[keep]
                 mask, next_pos = mask[keep], next_pos[keep]
@@ -429,6 +452,23 @@ def sample_prompts(
         st_h = _to_host(st_buf[:steps]) if st_buf is not None else None
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
+    return _results(lm, prompts, cfg, host, tops, st_h, prompt_hidden, capture, (L, d))
+
+
+def _results(
+    lm: LoadedModel,
+    prompts: Sequence[Prompt],
+    cfg: SampleConfig,
+    host: list[torch.Tensor],
+    tops: tuple[torch.Tensor, torch.Tensor] | None,
+    st_h: torch.Tensor | None,
+    prompt_hidden: torch.Tensor | None,
+    capture: bool,
+    Ld: tuple[int, int],
+) -> list[PromptResult]:
+    """PromptResults from the host copies of the per-step buffers (T', R[, ...])."""
+    tok, N, R = lm.tokenizer, cfg.n, len(prompts) * cfg.n
+    L, d = Ld
     tok_m, lp_m, ent_m, cert_m, conf_m, len_h, why_h = host
     lens: list[int] = len_h.tolist()
     why: list[int] = why_h.tolist()
@@ -478,6 +518,193 @@ def sample_prompts(
             PromptResult(prompt=p, answers=answers, prompt_hidden=ph[b] if ph is not None else None)
         )
     return results
+
+
+def _refill_fits(
+    lm: LoadedModel, n_prompts: int, cfg: SampleConfig, layers: tuple[int, ...], capture: bool
+) -> bool:
+    """Refill keeps every prompt's per-step buffers on the device for the whole call (rows start
+    at different steps, so the chunked host flush of the one-batch loop does not apply)."""
+    if not lmx.is_reserved(lmx.new_cache(lm, reserve=1)):  # e.g. sliding-window layers
+        return False
+    if not capture:
+        return True
+    fp = lm.fingerprint
+    esize = torch.finfo(next(lm.model.parameters()).dtype).bits // 8
+    need = cfg.max_new_tokens * n_prompts * cfg.n * len(layers) * fp.hidden_size * esize
+    return need <= CAPTURE_BUFFER_BYTES
+
+
+def _sample_refill(
+    lm: LoadedModel,
+    prompts: Sequence[Prompt],
+    cfg: SampleConfig,
+    layers: tuple[int, ...],
+    capture: bool,
+    B: int,
+) -> list[PromptResult]:
+    """``sample_prompts`` with at most B prompts in the decode batch and refill (see there).
+
+    Every row keeps its own step counter (all rows of a prompt share it): a row's token, stats and
+    state at its step t go to column (t, row) of the per-call buffers, its uniform is U[t, row].
+    Each iteration: draw for every row in the batch; drop the prompts none of whose rows needs
+    another forward (and dead rows, whenever the cache is copied anyway); prefill the next prompts
+    into the free slots (their first draw comes from the prefill's logits) and join them to the
+    batch, left-padded; feed the drawn tokens; rows fed their last allowed token leave.
+    """
+    model, tok = lm.model, lm.tokenizer
+    dev = lm.device
+    W, N, T = len(prompts), cfg.n, cfg.max_new_tokens
+    R = W * N
+    seqs = [lmx.prompt_ids(tok, p) for p in prompts]
+    for p, sq in zip(prompts, seqs):
+        if not sq:
+            raise HsrmError(f"prompt {p.id!r} has no tokens")
+    eos_t = torch.tensor(lmx.eos_ids(lm), device=dev)
+    padv = lmx.pad_id(lm)
+    U = torch.stack(
+        [
+            torch.rand(T, N, generator=_prompt_generator(cfg.seed, p.id, dev), device=dev)
+            for p in prompts
+        ],
+        1,
+    ).reshape(T, R)
+    cap_layers = layers if capture else ()
+    _, head, softcap = lmx.lm_parts(model)
+    L, d = len(layers), lm.fingerprint.hidden_size
+    f32: dict[str, Any] = {"dtype": torch.float32, "device": dev}
+    tok_buf = torch.full((T, R), padv, dtype=torch.long, device=dev)
+    lp_buf, ent_buf = torch.zeros(T, R, **f32), torch.zeros(T, R, **f32)
+    cert_buf, conf_buf = torch.zeros(T, R, **f32), torch.zeros(T, R, **f32)
+    K = cfg.top_logprobs
+    topv_buf = torch.zeros(T, R, K, **f32) if K else None
+    topi_buf = torch.zeros(T, R, K, dtype=torch.long, device=dev) if K else None
+    lengths = torch.zeros(R, dtype=torch.long, device=dev)
+    reason = torch.zeros(R, dtype=torch.int8, device=dev)
+    st_buf: torch.Tensor | None = None
+    prompt_hidden: torch.Tensor | None = None
+
+    def draw(logits: torch.Tensor, rows: torch.Tensor, rstep: torch.Tensor, alive: torch.Tensor):
+        """Draw rows' tokens at their steps, record them; returns (tokens, alive, rows to feed)."""
+        logp = torch.log_softmax(logits, dim=-1)
+        nxt = _draw(logits, cfg, U[rstep, rows])
+        nxt = torch.where(alive, nxt, torch.full_like(nxt, padv))
+        tok_buf[rstep, rows] = nxt
+        lp_buf[rstep, rows] = logp.gather(-1, nxt[:, None]).squeeze(-1)
+        st_ = token_stats(logp)
+        ent_buf[rstep, rows] = st_["entropy"]
+        cert_buf[rstep, rows] = st_["self_certainty"]
+        conf_buf[rstep, rows] = st_["confidence"]
+        if K:
+            tv, ti = logp.topk(K, dim=-1)
+            topv_buf[rstep, rows] = tv  # type: ignore[index]
+            topi_buf[rstep, rows] = ti  # type: ignore[index]
+        ended = alive & torch.isin(nxt, eos_t)
+        lengths[rows] += (alive & ~ended).long()
+        reason[rows] = torch.where(ended, _EOS, reason[rows]).to(torch.int8)
+        alive = alive & ~ended
+        feed = alive
+        if cfg.stop:
+            pre = alive
+            alive = _check_stops(tok, cfg.stop, tok_buf, T, rows, alive, lengths, reason)
+            feed = pre if capture else alive  # a stop string's last token is fed for its state
+        return nxt, alive, feed
+
+    # The batch: cache rows <-> original rows ``active``; per-row mask, next position, step.
+    cache = lmx.new_cache(lm, reserve=T)
+    long0 = torch.zeros(0, dtype=torch.long, device=dev)
+    active, rstep, nxt, next_pos = long0, long0, long0, long0
+    alive = torch.zeros(0, dtype=torch.bool, device=dev)
+    mask = torch.zeros(0, 1, dtype=torch.long, device=dev)
+    logits = torch.zeros(0, 1, device=dev)  # (rows, V) of the batch, from the last forward
+    todo = list(range(W))
+    while True:
+        feed = alive
+        if len(active):
+            nxt, alive, feed = draw(logits, active, rstep, alive)
+        # rows that still need a forward: alive, and not past their last step (with capture, the
+        # last drawn token is fed once more for its state)
+        need = feed & ((rstep < T - 1) | capture)
+        n_need = int(need.sum())
+        in_flight = set((active // N).tolist())
+        busy = set((active[need] // N).tolist())
+        free = B - len(busy)
+        if len(busy) < len(in_flight) or n_need <= 3 * len(active) // 4:
+            keep = need.nonzero().squeeze(1)
+            if len(keep) < len(active):
+                cache.batch_select_indices(keep)
+                active, alive, rstep, nxt = active[keep], alive[keep], rstep[keep], nxt[keep]
+                mask, next_pos = mask[keep], next_pos[keep]
+        # Joining copies the whole cache, so slots are refilled a half batch at a time (or when
+        # the batch ran dry), not one prompt at a time.
+        while todo and (free >= max(1, B // 2) or (free > 0 and not len(active))):
+            bs, todo = todo[:free], todo[free:]
+            ids, pmask, pos = lmx.pad([seqs[b] for b in bs], padv, "left", dev)
+            pc = lmx.new_cache(lm, reserve=T)
+            out = lmx.forward(lm, ids, pmask, layers=cap_layers, position_ids=pos, cache=pc)
+            if capture:
+                ph = out.stack(layers, -1)  # (len(bs), L, d)
+                if prompt_hidden is None:
+                    prompt_hidden = ph.new_zeros(W, L, d)
+                    st_buf = ph.new_zeros(T, R, L, d)
+                prompt_hidden[bs] = ph
+            lg = lmx.head_logits(head, softcap, out.last[:, -1]).repeat_interleave(N, 0)
+            pc.batch_repeat_interleave(N)
+            pmask = pmask.repeat_interleave(N, 0)
+            rows = torch.tensor(bs, device=dev)[:, None] * N + torch.arange(N, device=dev)
+            rows = rows.reshape(-1)
+            r0 = torch.zeros(len(rows), dtype=torch.long, device=dev)
+            ones = torch.ones(len(rows), dtype=torch.bool, device=dev)
+            n_nxt, n_alive, n_feed = draw(lg, rows, r0, ones)
+            n_need = n_feed & ((r0 < T - 1) | capture)
+            keep = n_need.nonzero().squeeze(1)
+            free -= len(set((rows[keep] // N).tolist()))
+            if not len(keep):
+                continue
+            if len(keep) < len(rows):
+                pc.batch_select_indices(keep)
+            pmask = pmask[keep]
+            a_cols = int(mask.sum(-1).max()) if len(active) else 0
+            b_cols = int(pmask.sum(-1).max())
+            n = max(a_cols, b_cols)
+            lmx.cache_join(cache, pc, a_cols, b_cols, n)
+            m = mask.new_zeros(len(active) + len(keep), n)
+            if a_cols:
+                m[: len(active), n - a_cols :] = mask[:, mask.shape[1] - a_cols :]
+            m[len(active) :, n - b_cols :] = pmask[:, pmask.shape[1] - b_cols :]
+            mask = m
+            next_pos = torch.cat([next_pos, pmask.sum(-1)])
+            active, rstep = torch.cat([active, rows[keep]]), torch.cat([rstep, r0[keep]])
+            alive, nxt = torch.cat([alive, n_alive[keep]]), torch.cat([nxt, n_nxt[keep]])
+        if not len(active):
+            break
+        mask = torch.cat([mask, mask.new_ones(len(active), 1)], 1)
+        out = lmx.forward(
+            lm, nxt[:, None], mask, layers=cap_layers, position_ids=next_pos[:, None], cache=cache
+        )
+        next_pos = next_pos + 1
+        if st_buf is not None:
+            st_buf[rstep, active] = out.stack(layers, -1)
+        rstep = rstep + 1
+        more = rstep < T  # rows fed their last token leave now (whole prompts: steps are shared)
+        last = out.last[:, -1]
+        if not bool(more.all()):
+            keep = more.nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            active, alive, rstep, nxt = active[keep], alive[keep], rstep[keep], nxt[keep]
+            mask, next_pos, last = mask[keep], next_pos[keep], last[keep]
+        logits = lmx.head_logits(head, softcap, last)
+
+    host = [_to_host(x) for x in (tok_buf, lp_buf, ent_buf, cert_buf, conf_buf)]
+    host += [_to_host(lengths), _to_host(reason)]
+    tops = (_to_host(topv_buf), _to_host(topi_buf)) if K else None  # type: ignore[arg-type]
+    st_h = _to_host(st_buf) if st_buf is not None else None
+    ph_h = _to_host(prompt_hidden) if prompt_hidden is not None else None
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    if capture and st_h is None:  # no prompt needed a forward (cannot happen with capture)
+        st_h = torch.zeros(T, R, L, d)
+    return _results(lm, prompts, cfg, host, tops, st_h, ph_h, capture, (L, d))
 
 
 def _check_stops(

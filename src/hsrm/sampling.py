@@ -70,6 +70,12 @@ class SampleRunConfig:
     )
     device: str = field("auto", "device: auto | cpu | cuda | cuda:N | mps")
     batch_prompts: int = field(8, "prompts decoded together (x n samples each = rows per step)")
+    refill_window: int = field(
+        0,
+        "refill: sample prompts in aligned windows of this many; at most batch_prompts decode at "
+        "once and a finished prompt's slot goes to the window's next prompt (0 = off)",
+        min=0,
+    )
     writer_queue: int = field(
         2, "shards that may wait for the background writer (0 = write synchronously)"
     )
@@ -180,6 +186,7 @@ def plan_sample(
                 else {}
             ),
             "batch_prompts": cfg.batch_prompts,  # states differ across B within fp tolerance
+            **({"refill_window": cfg.refill_window} if cfg.refill_window else {}),
         },
     )
     S = cfg.shard_prompts
@@ -279,12 +286,13 @@ def sample(cfg: SampleRunConfig, lm: Any = None, progress: bool = True) -> Store
         disable=not progress,
     )
     S, B, n_prompts = cfg.shard_prompts, cfg.batch_prompts, len(prompts)
-    # Batches are aligned to absolute prompt positions ([c*B, (c+1)*B)), so a prompt always shares
-    # its batch with the same neighbours (whichever engine samples it) and a resumed run writes
-    # byte-identical shards; on resume a batch that straddles a finished shard re-samples (and
-    # drops) at most B-1 prompts.
+    W = window_prompts(cfg.batch_prompts, cfg.refill_window)
+    # Batches (refill windows) are aligned to absolute prompt positions ([c*W, (c+1)*W)), so a
+    # prompt always shares its batch with the same neighbours (whichever engine samples it) and a
+    # resumed run writes byte-identical shards; on resume a window that straddles a finished
+    # shard re-samples (and drops) at most W-1 prompts.
     need = {i for k in plan.todo for i in range(k * S, min((k + 1) * S, n_prompts))}
-    chunks = [c for c in range(0, n_prompts, B) if need & set(range(c, c + B))]
+    chunks = [c for c in range(0, n_prompts, W) if need & set(range(c, c + W))]
     got: dict[int, Any] = {}
     pending = list(plan.todo)
     bg = BackgroundWriter(
@@ -292,12 +300,11 @@ def sample(cfg: SampleRunConfig, lm: Any = None, progress: bool = True) -> Store
     )
     try:
         for c in chunks:
-            for i, r in zip(
-                range(c, c + B), sample_prompts(lm, prompts[c : c + B], scfg, plan.layers)
-            ):
+            res = sample_prompts(lm, prompts[c : c + W], scfg, plan.layers, batch_prompts=B)
+            for i, r in zip(range(c, c + W), res):
                 if i in need:
                     got[i] = r
-            n_new = sum(1 for i in range(c, min(c + B, n_prompts)) if i in need) * cfg.n
+            n_new = sum(1 for i in range(c, min(c + W, n_prompts)) if i in need) * cfg.n
             bar.update(n_new)
             n_done += n_new
             while pending:  # hand every shard whose prompts are all sampled to the writer
@@ -312,6 +319,12 @@ def sample(cfg: SampleRunConfig, lm: Any = None, progress: bool = True) -> Store
         bar.close()
     log.info("writer: sampling waited %.2f s for the disk", bg.idle_s)
     return finish_sample(cfg, plan, n_done, time.perf_counter() - t0, {"writer_wait_s": bg.idle_s})
+
+
+def window_prompts(batch_prompts: int, refill_window: int = 0) -> int:
+    """Prompts per aligned sampling window: the refill window if set (at least one batch), else
+    one batch."""
+    return max(refill_window, batch_prompts) if refill_window else batch_prompts
 
 
 def batch_window(k: int, shard_prompts: int, batch_prompts: int, n_prompts: int) -> tuple[int, int]:
@@ -330,13 +343,16 @@ def sample_window(
     B: int,
     scfg: SampleConfig,
     layers: tuple[int, ...],
+    batch_prompts: int = 0,
 ) -> list[PromptResult]:
-    """Results of prompts at positions [lo, hi), sampled in the same aligned batches of B as the
-    local engine (``window`` = the prompts at positions [start, start + len(window))), so another
-    engine sampling one shard at a time writes byte-identical shards."""
+    """Results of prompts at positions [lo, hi), sampled in the same aligned batches (windows) of
+    B as the local engine (``window`` = the prompts at positions [start, start + len(window))),
+    with at most ``batch_prompts`` decoding at once (refill), so another engine sampling one shard
+    at a time writes byte-identical shards."""
     out = []
     for c in range(0, len(window), B):
-        for j, r in enumerate(sample_prompts(lm, window[c : c + B], scfg, layers)):
+        res = sample_prompts(lm, window[c : c + B], scfg, layers, batch_prompts=batch_prompts)
+        for j, r in enumerate(res):
             if lo <= start + c + j < hi:
                 out.append(r)
     return out

@@ -199,7 +199,12 @@ class ShardSampler:
                 f"worker loaded {self.lm.fingerprint.short()} but the store expects {want}"
             )
         self.plan, self.api_log = plan, api_log
+        from hsrm.sampling import window_prompts
+
         self.batch_prompts = int(plan.writer.meta.get("batch_prompts", 1))
+        self.window = window_prompts(
+            self.batch_prompts, int(plan.writer.meta.get("refill_window", 0))
+        )
         self.fault_after, self.done = fault_after, 0
 
     def sample_shard(
@@ -214,7 +219,7 @@ class ShardSampler:
         if 0 <= self.fault_after <= self.done and not _restarted():
             self._die_mid_write(k)
         results = sample_window(
-            self.lm, window, start, lo, hi, self.batch_prompts, plan.scfg, plan.layers
+            self.lm, window, start, lo, hi, self.window, plan.scfg, plan.layers, self.batch_prompts
         )
         save_shard(plan, k, results, self.lm, self.api_log)
         self.done += 1
@@ -250,7 +255,13 @@ def _restarted() -> bool:
 
 
 def sample_ray(cfg: Any, progress: bool = True) -> Any:
-    from hsrm.sampling import batch_window, finish_sample, plan_sample, sample_inputs
+    from hsrm.sampling import (
+        batch_window,
+        finish_sample,
+        plan_sample,
+        sample_inputs,
+        window_prompts,
+    )
     from hsrm.scale.fingerprint import model_fingerprint
 
     _check_pool_args(cfg.workers, cfg.cpus_per_worker, cfg.gpus_per_worker)
@@ -293,7 +304,8 @@ def sample_ray(cfg: Any, progress: bool = True) -> Any:
                     warned = True
 
             try:
-                S, B, N = cfg.shard_prompts, cfg.batch_prompts, len(plan.prompts)
+                S, N = cfg.shard_prompts, len(plan.prompts)
+                B = window_prompts(cfg.batch_prompts, cfg.refill_window)
                 items = []
                 for k in plan.todo:
                     a, b = batch_window(k, S, B, N)
