@@ -159,8 +159,18 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--no-elhsr", action="store_true", help="skip ELHSR (slow on a busy CPU)")
     ap.add_argument("--skip", default="", help="comma list of sections to skip: fresh,cot,prune")
+    ap.add_argument(
+        "--levers", action="store_true", help="only the lever sweep (quality_levers.py)"
+    )
+    ap.add_argument("--levers-elhsr", action="store_true", help="only ELHSR's layer/decay sweep")
+    ap.add_argument("--val", default="runs/val", help="--levers: the validation store")
+    ap.add_argument("--cache", default="runs/cache", help="--levers: pooled-state caches")
+    ap.add_argument("--rank-epochs", type=int, default=200)
+    ap.add_argument("--n-boot", type=int, default=1000)
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.levers or args.levers_elhsr:
+        return _levers_main(args)
     skip = set(args.skip.split(","))
     out: dict[str, Any] = {"machine": "2-core CPU box shared with other jobs", "config": vars(args)}
     md = ["# Selection quality (`benchmarks/bench_quality.py`)", ""]
@@ -270,6 +280,32 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.tag}.json").write_text(json.dumps(out, indent=1))
     (RESULTS / f"{args.tag}.md").write_text("\n".join(md))
+    print("\n".join(md))
+
+
+def _levers_main(args) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import quality_levers as QL  # type: ignore[import-not-found]
+
+    tag = args.tag if args.tag != "quality" else "quality_levers"
+    if args.levers_elhsr:
+        out = QL.levers_elhsr(args)
+        tag += "_elhsr"
+        md = ["# ELHSR levers (`bench_quality.py --levers-elhsr`)", "", QL.elhsr_md(out)]
+    else:
+        out = QL.levers(args)
+        md = ["# Selection levers (`bench_quality.py --levers`)", "", QL.sweep_md(out)]
+        for t, title in (
+            ("val", "validation store (task seed 2; settings chosen here)"),
+            ("fresh", "fresh store (task seed 1; nothing fitted or chosen here)"),
+        ):
+            md.append(table_md(f"Each lever's val-chosen setting on the {title}", out["full"][t]))
+    out = {"machine": "2-core CPU box shared with other jobs", "config": vars(args), **out}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{tag}.json").write_text(json.dumps(out, indent=1))
+    (RESULTS / f"{tag}.md").write_text("\n".join(md))
     print("\n".join(md))
 
 

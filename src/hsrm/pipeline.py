@@ -835,6 +835,9 @@ def _demo(cfg: DemoConfig, out: Path) -> dict[str, Any]:
     specs = {
         "elhsr": ("elhsr", {"layers": list(layers), **DEMO_ELHSR}),
         "probe": ("probe", {}),
+        # within-prompt ranker (last 8 layers, pairwise loss), settings chosen on another task
+        # seed's store: benchmarks/results/quality_levers.md
+        "rank": ("rank", {}),
     }
     fitted: dict[tuple[str, int], Head] = {}
     scores, folds = cross_fit(store, cfg.folds, cfg.seed, specs, keep_heads=fitted)
