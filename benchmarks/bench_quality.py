@@ -163,6 +163,10 @@ def main() -> None:
         "--levers", action="store_true", help="only the lever sweep (quality_levers.py)"
     )
     ap.add_argument("--levers-elhsr", action="store_true", help="only ELHSR's layer/decay sweep")
+    ap.add_argument("--prune-online", action="store_true", help="only online CoT pruning")
+    ap.add_argument("--cot-train", default="runs/cot_train", help="--prune-online: head's store")
+    ap.add_argument("--cot-prompts", type=int, default=64, help="--prune-online: test prompts")
+    ap.add_argument("--cot-task-seed", type=int, default=11, help="--prune-online: test seed")
     ap.add_argument("--val", default="runs/val", help="--levers: the validation store")
     ap.add_argument("--cache", default="runs/cache", help="--levers: pooled-state caches")
     ap.add_argument("--rank-epochs", type=int, default=200)
@@ -171,6 +175,8 @@ def main() -> None:
     torch.set_num_threads(1)
     if args.levers or args.levers_elhsr:
         return _levers_main(args)
+    if args.prune_online:
+        return _prune_online_main(args)
     skip = set(args.skip.split(","))
     out: dict[str, Any] = {"machine": "2-core CPU box shared with other jobs", "config": vars(args)}
     md = ["# Selection quality (`benchmarks/bench_quality.py`)", ""]
@@ -297,6 +303,10 @@ def _levers_main(args) -> None:
     else:
         out = QL.levers(args)
         md = ["# Selection levers (`bench_quality.py --levers`)", "", QL.sweep_md(out)]
+        md.append(
+            "Rows marked `train+val` are trained on the validation store too: their val numbers"
+            " are in-sample, only their fresh numbers are a test.\n"
+        )
         for t, title in (
             ("val", "validation store (task seed 2; settings chosen here)"),
             ("fresh", "fresh store (task seed 1; nothing fitted or chosen here)"),
@@ -306,6 +316,23 @@ def _levers_main(args) -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{tag}.json").write_text(json.dumps(out, indent=1))
     (RESULTS / f"{tag}.md").write_text("\n".join(md))
+    print("\n".join(md))
+
+
+def _prune_online_main(args) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import quality_pruning_online as QP  # type: ignore[import-not-found]
+
+    tag = args.tag if args.tag != "quality" else "quality_pruning_online"
+    out = QP.prune_online(args)
+    out = {"machine": "2-core CPU box shared with other jobs", "config": vars(args), **out}
+    md = ["# Online early pruning (`bench_quality.py --prune-online`)", "", QP.online_md(out)]
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{tag}.json").write_text(json.dumps(out, indent=1))
+    (RESULTS / f"{tag}.md").write_text("\n".join(md))
+    QP.plot_online(out, RESULTS / f"{tag}.png")
     print("\n".join(md))
 
 
