@@ -329,6 +329,7 @@ def _prune_online_main(args) -> None:
     out = QP.prune_online(args)
     out = {"machine": "2-core CPU box shared with other jobs", "config": vars(args), **out}
     md = ["# Online early pruning (`bench_quality.py --prune-online`)", "", QP.online_md(out)]
+    md.append(QP.replay_md(out))
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{tag}.json").write_text(json.dumps(out, indent=1))
     (RESULTS / f"{tag}.md").write_text("\n".join(md))

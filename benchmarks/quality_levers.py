@@ -258,29 +258,51 @@ def _crossfit_stage2(
 
 
 def levers_elhsr(args) -> dict[str, Any]:
-    """ELHSR (the demo's settings) with other layer bands / weight decay, trained on --train."""
+    """ELHSR (the demo's settings) with other layer bands / weight decay, trained on --train;
+    the setting with the best val within-prompt AUROC gets a full report (CIs, per family, the
+    baselines and controls) on val and on fresh."""
     from hsrm.heads import make_head
     from hsrm.pipeline import DEMO_ELHSR
 
     st = _stores(args)
-    out: dict[str, Any] = {}
-    for name, kw in (
-        ("all (demo)", {}),
-        ("last8", {"layers": list(range(23, 31))}),
-        ("20-30", {"layers": list(range(20, 31))}),
-        ("10-19", {"layers": list(range(10, 20))}),
-        ("all, weight decay 1e-2", {"weight_decay": 1e-2}),
-    ):
+    T, V, F = _tables(args, st)
+    band = lambda a, b: {"layers": list(range(a, b + 1))}  # noqa: E731
+    settings = {
+        "all (demo)": {},
+        "last8 (23-30)": band(23, 30),
+        "16-30": band(16, 30),
+        "18-30": band(18, 30),
+        "20-30": band(20, 30),
+        "22-30": band(22, 30),
+        "20-27": band(20, 27),
+        "10-19": band(10, 19),
+        "all, weight decay 1e-2": {"weight_decay": 1e-2},
+    }
+    out: dict[str, Any] = {"settings": {}}
+    scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for name, kw in settings.items():
         t0 = time.perf_counter()
         h = make_head("elhsr", **{**DEMO_ELHSR, **kw}).fit(
             st[0].features(), st[0].labels, st[0].prompt_ids
         )
-        r: dict[str, Any] = {"fit_s": time.perf_counter() - t0}
+        r: dict[str, Any] = {"fit_s": time.perf_counter() - t0, "params": kw}
+        sc = []
         for tag, s in (("val", st[1]), ("fresh", st[2])):
-            t = {"y": s.labels, "g": s.prompt_ids}
-            r[tag] = _row(t, h.score(s.features()))
-        out[name] = r
+            v = h.score(s.features())
+            sc.append(v)
+            r[tag] = _row({"y": s.labels, "g": s.prompt_ids}, v)
+        scores[name] = (sc[0], sc[1])
+        out["settings"][name] = r
         print(name, r, flush=True)
+    best = max(out["settings"], key=lambda n: out["settings"][n]["val"]["wauroc"])
+    out["chosen"] = best
+    free_v, free_f = _free(st[0], st[1]), _free(st[0], st[2])
+    out["full"] = {}
+    for tag, s, t, free, j in (("val", st[1], V, free_v, 0), ("fresh", st[2], F, free_f, 1)):
+        sc_ = {k: free[k] for k in FREE if k in free}
+        sc_[f"elhsr {best}"] = scores[best][j]
+        sc_["elhsr all (demo)"] = scores["all (demo)"][j]
+        out["full"][tag] = _full(s, t, sc_, args.n_boot)
     return out
 
 
@@ -303,15 +325,22 @@ def sweep_md(rep: dict[str, Any]) -> str:
 
 
 def elhsr_md(out: dict[str, Any]) -> str:
+    from bench_quality import table_md  # type: ignore[import-not-found]
+
     lines = [
         "### ELHSR layer bands and weight decay (trained on --train)",
         "",
         "| setting | fit s | val BoN@16 | val wAUROC | fresh BoN@16 | fresh wAUROC |",
         "|---|---|---|---|---|---|",
     ]
-    for n, r in out.items():
+    for n, r in out["settings"].items():
         lines.append(
             f"| {n} | {r['fit_s']:.0f} | {r['val']['bon']:.3f} | {r['val']['wauroc']:.3f}"
             f" | {r['fresh']['bon']:.3f} | {r['fresh']['wauroc']:.3f} |"
         )
+    lines += ["", f"Chosen on val (best within-prompt AUROC): **{out['chosen']}**.", ""]
+    lines.append(table_md("Validation store (task seed 2)", out["full"]["val"]))
+    lines.append(
+        table_md("Fresh store (task seed 1; nothing fitted or chosen here)", out["full"]["fresh"])
+    )
     return "\n".join(lines) + "\n"

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from hsrm import metrics as M
 from hsrm.pipeline import SampleRunConfig, sample
@@ -92,12 +93,14 @@ def prune_online(args) -> dict[str, Any]:
     }
     for name, kw in runs.items():
         cfg = SampleRunConfig(out=str(Path(args.cache) / f"cot_online_{name}"), **base, **kw)
-        meta_p = Path(cfg.out) / "meta.json"
-        before = json.loads(meta_p.read_text()).get("last_run", {}) if meta_p.exists() else {}
         st = sample(cfg, progress=False)
         last = st.meta.get("last_run", {})
-        # sampling seconds of the run that drew the samples (a finished store is not redrawn)
-        wall = float((last if last.get("samples") else before).get("seconds", float("nan")))
+        # sampling seconds of the run that drew the samples; a finished store is not redrawn (its
+        # meta then says 0 samples), so the first run's seconds are kept beside the store
+        side = Path(cfg.out).with_suffix(".wall.json")
+        if last.get("samples"):
+            json.dump({"seconds": last["seconds"]}, open(side, "w"))
+        wall = json.loads(side.read_text())["seconds"] if side.exists() else float("nan")
         recs = st.records
         r = {
             "config": kw,
@@ -122,7 +125,96 @@ def prune_online(args) -> dict[str, Any]:
     full = out["runs"]["none"]["tokens"]
     for r in out["runs"].values():
         r["saved"] = 1 - r["tokens"] / full
+    out["replay"] = replay(args)
     return out
+
+
+def _samples(st: Store) -> dict[tuple[str, int], dict]:
+    return {(r["prompt_id"], r["sample"]): r for r in st.records}
+
+
+def replay(args) -> dict[str, Any]:
+    """Each pruned online run against the unpruned one: is every sample that was not pruned the
+    same as in the unpruned run (same text)? If so, replaying a policy over the unpruned store is
+    exact, and ``hsrm.prune.pruning_curve`` gives the whole tokens-vs-BoN curve (the prefix head
+    fitted on ``--cot-train``, random pruning averaged over 20 draws at each head setting)."""
+    from hsrm.prune import pruning_curve
+    from hsrm.prune_online import fit_prefix_head
+    from hsrm.quality import pooled_states
+
+    cache = Path(args.cache)
+    none = Store(cache / "cot_online_none")
+    ref = _samples(none)
+    same: dict[str, Any] = {}
+    for name in ("head", "random", "deepconf"):
+        st = Store(cache / f"cot_online_{name}")
+        kept = [r for r in st.records if r.get("stop") != "pruned"]
+        cut = [r for r in st.records if r.get("stop") == "pruned"]
+        same[name] = {
+            "finished": len(kept),
+            "finished_identical": int(
+                sum(r["text"] == ref[(r["prompt_id"], r["sample"])]["text"] for r in kept)
+            ),
+            "pruned_prefix_of_full": int(
+                sum(ref[(r["prompt_id"], r["sample"])]["text"].startswith(r["text"]) for r in cut)
+            ),
+            "pruned": len(cut),
+        }
+    cps = (4, 8, 12, 16)
+    head = fit_prefix_head(Store(args.cot_train), checkpoints=cps)
+    idx = np.arange(len(none))
+    scores = {}
+    for t in cps:
+        P = pooled_states(none, idx, prefix=t)  # (n, L, d)
+        scores[t] = head.score(t, torch.as_tensor(P)).numpy()
+    curve = pruning_curve(
+        none,
+        idx,
+        scores,
+        selectors=SELECTORS,
+        head_settings=(
+            ((8,), 0.5),
+            ((4,), 0.5),
+            ((4, 8), 0.5),
+            ((4,), 0.75),
+            ((8,), 0.75),
+            ((4, 8, 12), 0.5),
+        ),
+    )
+    return {"online_vs_unpruned": same, "curve": curve}
+
+
+def replay_md(out: dict[str, Any]) -> str:
+    rp = out["replay"]
+    lines = [
+        "### Online runs against the unpruned run, and the replayed curve",
+        "",
+        "| run | finished samples | identical to the unpruned run | pruned | pruned = prefix "
+        "of the unpruned sample |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r in rp["online_vs_unpruned"].items():
+        lines.append(
+            f"| {name} | {r['finished']} | {r['finished_identical']} | {r['pruned']} | "
+            f"{r['pruned_prefix_of_full']} |"
+        )
+    c = rp["curve"]
+    lines += [
+        "",
+        f"Replayed over the unpruned run ({c['n_prompts']} prompts x {c['n']}, "
+        f"{c['full_tokens']} tokens); random = mean of 20 draws at the head's budget; DeepConf "
+        "here is the paper's offline form (thresholds from the finished warm-up traces).",
+        "",
+        "| policy | tokens | saved | " + " | ".join(f"BoN@16 {s}" for s in c["selectors"]) + " |",
+        "|" + "---|" * (3 + len(c["selectors"])),
+    ]
+    for p in c["points"]:
+        lines.append(
+            f"| {p['policy']} | {p['tokens']} | {p['saved']:.0%} | "
+            + " | ".join(f"{p['bon'][s]:.3f}" for s in c["selectors"])
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def online_md(out: dict[str, Any]) -> str:
