@@ -170,6 +170,7 @@ def main() -> None:
     ap.add_argument("--val", default="runs/val", help="--levers: the validation store")
     ap.add_argument("--cache", default="runs/cache", help="--levers: pooled-state caches")
     ap.add_argument("--rank-epochs", type=int, default=200)
+    ap.add_argument("--elhsr-seeds", type=int, default=3, help="--levers-elhsr: seeds per setting")
     ap.add_argument("--n-boot", type=int, default=1000)
     args = ap.parse_args()
     torch.set_num_threads(1)

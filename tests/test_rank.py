@@ -121,7 +121,32 @@ def test_demo_head_layers_top_k():
     assert demo_head_layers("top:11", 30) == tuple(range(20, 31))
     assert demo_head_layers("top:3", 2) == (0, 1, 2)
     assert demo_head_layers("0,2", 4) == (0, 2)
-    assert DemoConfig().head_layers == "top:11"
+    assert DemoConfig(head_layers="top:11").head_layers == "top:11"
     for bad in ("top:0", "top:4", "top:x"):
         with pytest.raises(HsrmError, match="head_layers"):
             demo_head_layers(bad, 2)
+
+
+def test_concat_features_dispatches_to_each_store():
+    from hsrm.errors import HsrmError
+    from hsrm.rank import concat_features
+    from tests.conftest import FP
+
+    class Fake:
+        def __init__(self, n, base, layers=(0, 1), fp=FP):
+            self.n, self.base, self.layers, self.fingerprint, self.path = n, base, layers, fp, "f"
+
+        def __len__(self):
+            return self.n
+
+        def hidden(self, i):
+            return torch.full((2, len(self.layers), 16), float(self.base + i))
+
+        def logprobs(self, i):
+            return torch.zeros(2)
+
+    X = concat_features([Fake(3, 0), Fake(2, 100)])
+    assert len(X) == 5
+    assert [float(X[i][0, 0, 0]) for i in range(5)] == [0, 1, 2, 100, 101]
+    with pytest.raises(HsrmError, match="other model or layers"):
+        concat_features([Fake(1, 0), Fake(1, 0, layers=(0,))])
