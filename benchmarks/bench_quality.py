@@ -163,6 +163,7 @@ def main() -> None:
         "--levers", action="store_true", help="only the lever sweep (quality_levers.py)"
     )
     ap.add_argument("--levers-elhsr", action="store_true", help="only ELHSR's layer/decay sweep")
+    ap.add_argument("--levers-more", action="store_true", help="only ELHSR trained on train+val")
     ap.add_argument("--prune-online", action="store_true", help="only online CoT pruning")
     ap.add_argument("--cot-train", default="runs/cot_train", help="--prune-online: head's store")
     ap.add_argument("--cot-prompts", type=int, default=64, help="--prune-online: test prompts")
@@ -174,7 +175,7 @@ def main() -> None:
     ap.add_argument("--n-boot", type=int, default=1000)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    if args.levers or args.levers_elhsr:
+    if args.levers or args.levers_elhsr or args.levers_more:
         return _levers_main(args)
     if args.prune_online:
         return _prune_online_main(args)
@@ -297,7 +298,11 @@ def _levers_main(args) -> None:
     import quality_levers as QL  # type: ignore[import-not-found]
 
     tag = args.tag if args.tag != "quality" else "quality_levers"
-    if args.levers_elhsr:
+    if args.levers_more:
+        out = QL.levers_more(args)
+        tag += "_more"
+        md = ["# More contexts (`bench_quality.py --levers-more`)", "", QL.more_md(out)]
+    elif args.levers_elhsr:
         out = QL.levers_elhsr(args)
         tag += "_elhsr"
         md = ["# ELHSR levers (`bench_quality.py --levers-elhsr`)", "", QL.elhsr_md(out)]

@@ -121,7 +121,7 @@ def test_demo_head_layers_top_k():
     assert demo_head_layers("top:11", 30) == tuple(range(20, 31))
     assert demo_head_layers("top:3", 2) == (0, 1, 2)
     assert demo_head_layers("0,2", 4) == (0, 2)
-    assert DemoConfig(head_layers="top:11").head_layers == "top:11"
+    assert DemoConfig().head_layers == "top:11"
     for bad in ("top:0", "top:4", "top:x"):
         with pytest.raises(HsrmError, match="head_layers"):
             demo_head_layers(bad, 2)

@@ -759,9 +759,10 @@ class DemoConfig:
         3, "prompt splits (k-fold by prompt: every prompt is tested exactly once)", min=2
     )
     head_layers: str = field(
-        "all",
-        "layers ELHSR reads: all | top:K (the last K hidden states) | every:K | 0,4,8 (all vs "
-        "top:11 across seeds: benchmarks/results/quality_levers_elhsr.md)",
+        "top:11",
+        "layers ELHSR reads: top:K (the last K hidden states; top:11 = 20-30 of the embedded "
+        "model, chosen on another task seed's store: benchmarks/results/quality_levers_elhsr.md, "
+        "quality_levers_more.md) | all | every:K | 0,4,8",
     )
     seed: int = field(0, "seed for sampling and splits")
     n_boot: int = field(1000, "bootstrap resamples over prompts", min=1)

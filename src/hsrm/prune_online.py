@@ -131,7 +131,10 @@ def fit_prefix_head(
         X = pooled_states(store, sel, prefix=t).reshape(len(sel), -1)  # (n, L*d)
         mu, sd = X.mean(0), X.std(0) + 1e-6
         clf = LogisticRegression(C=C, max_iter=200, tol=1e-3).fit((X - mu) / sd, ys)
-        mean.append(mu), std.append(sd), coef.append(clf.coef_[0]), icpt.append(clf.intercept_[0])
+        mean.append(mu)
+        std.append(sd)
+        coef.append(clf.coef_[0])
+        icpt.append(clf.intercept_[0])
     fp = store.fingerprint
     return PrefixHead(
         [int(t) for t in checkpoints],

@@ -195,7 +195,7 @@ class RankProbe:
             lo = rank_loss(Xt @ w + b, yt, groups, self.loss) + self.l2 * (w * w).sum()
             lo.backward()
             opt.step()
-            if Xv is not None and (ep % 5 == 4 or ep == self.epochs - 1):
+            if val is not None and Xv is not None and (ep % 5 == 4 or ep == self.epochs - 1):
                 with torch.no_grad():
                     a = M.within_prompt_auroc((Xv @ w + b).numpy(), val[1], val[2])
                 self.history_.append((ep + 1, a))
