@@ -16,11 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hsrm.bon.baselines import baseline_scores
+from hsrm.bon.demo import DEMO_ELHSR
+from hsrm.bon.report import bon_report
 from hsrm.capture import parse_layers
-from hsrm.evaluate import bon_report
 from hsrm.features import TokenFeatures
 from hsrm.heads import make_head
-from hsrm.pipeline import DEMO_ELHSR, baseline_scores, prompt_folds
+from hsrm.splits import prompt_folds
 from hsrm.store import Store
 
 RESULTS = Path(__file__).parent / "results"

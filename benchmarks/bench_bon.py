@@ -98,7 +98,7 @@ def main() -> None:
                     "shard_prompts": len(prompts),
                 },
             )
-            w.write_shard(0, results, task)
+            w.write_shard(0, results, task.grade(results))
             b = Store(d).bytes_on_disk()
             sizes[f"{dtype}/{pool}"] = {
                 "bytes_per_answer": b / n_samples,

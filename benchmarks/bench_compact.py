@@ -22,12 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hsrm.evaluate import bon_report
+from hsrm.bon.demo import DEMO_ELHSR
+from hsrm.bon.report import bon_report
 from hsrm.features import TokenFeatures
 from hsrm.heads.base import make_head
 from hsrm.io import atomic_write_json, atomic_write_text
-from hsrm.pipeline import DEMO_ELHSR, SampleRunConfig, prompt_folds, sample
 from hsrm.projection import Projection, bytes_per_token, project_features
+from hsrm.sampling import SampleRunConfig, sample
+from hsrm.splits import prompt_folds
 from hsrm.store import Store, _decode_hidden, _encode_hidden
 
 RESULTS = Path(__file__).parent / "results"

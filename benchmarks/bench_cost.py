@@ -37,15 +37,15 @@ from hsrm.baselines.controls import TextOnlyScorer
 from hsrm.baselines.fusion import minmax_fusion, rank_fusion, vote_counts
 from hsrm.baselines.judge import LLMJudge
 from hsrm.baselines.text_rm import TextRewardModel, rm_text
+from hsrm.bon.report import bon_report
 from hsrm.capture import SampleConfig, parse_layers, sample_prompt, teacher_force
 from hsrm.cost import CostRow, Timer, cost_markdown, count_flops, count_parameters
-from hsrm.evaluate import bon_report
 from hsrm.features import TokenFeatures
 from hsrm.heads import make_head
 from hsrm.heads.logits import logit_features, toplogprob_features
 from hsrm.io import atomic_write_json, atomic_write_text
 from hsrm.models import load_model
-from hsrm.report import bon_markdown
+from hsrm.report.bon import bon_markdown
 from hsrm.tasks import get_task
 
 log = logging.getLogger("bench_cost")

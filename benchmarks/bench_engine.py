@@ -248,7 +248,7 @@ def writer_bench(lm, args) -> dict[str, Any]:
     import shutil
     import tempfile
 
-    from hsrm.pipeline import SampleRunConfig, sample
+    from hsrm.sampling import SampleRunConfig, sample
     from hsrm.store import Store
 
     out: dict[str, Any] = {}

@@ -12,7 +12,7 @@ head or control is fitted on it) and ``--cot`` (the chain-of-thought family). A 
    trained on all of ``--train`` then applied to ``--fresh``. Controls and training-free scorers in
    every table; BoN@16 with bootstrap CIs over prompts, gap closed, within-prompt AUROC, per family.
 2. CoT table: the same selectors out-of-fold on ``--cot``.
-3. Pruning curve (``hsrm.prune``, offline over the fully sampled CoT store): tokens generated vs
+3. Pruning curve (``hsrm.bon.prune``, offline over the fully sampled CoT store): tokens generated vs
    BoN@16 for no pruning, hsrm-head pruning, DeepConf online stopping, random at the same budget.
 
 Writes benchmarks/results/<tag>.json, <tag>.md and <tag>_pruning.png.
@@ -29,10 +29,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from hsrm.evaluate import bon_report
+from hsrm.bon.baselines import baseline_scores
+from hsrm.bon.demo import DEMO_ELHSR
+from hsrm.bon.quality import POOLED_DEFAULT, PooledProbe, StackedSelector, pooled_states
+from hsrm.bon.report import bon_report
 from hsrm.heads import make_head
-from hsrm.pipeline import DEMO_ELHSR, baseline_scores, prompt_folds
-from hsrm.quality import POOLED_DEFAULT, PooledProbe, StackedSelector, pooled_states
+from hsrm.splits import prompt_folds
 from hsrm.store import Store
 
 RESULTS = Path(__file__).parent / "results"
@@ -221,7 +223,7 @@ def main() -> None:
         ]
 
     if "cot" not in skip or "prune" not in skip:
-        from hsrm.prune import prefix_probe_scores, pruning_curve
+        from hsrm.bon.prune import prefix_probe_scores, pruning_curve
 
         cot = Store(args.cot)
         c = _whole_prompts(cot, args.n)

@@ -35,7 +35,7 @@ import ray
 import torch
 
 from hsrm.io import atomic_write_json, atomic_write_text
-from hsrm.pipeline import SampleRunConfig, sample
+from hsrm.sampling import SampleRunConfig, sample
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -35,10 +35,11 @@ import numpy as np
 import psutil
 import torch
 
+from hsrm.bon.train import TrainConfig, train
 from hsrm.capture import prompt_text, sample_prompts
 from hsrm.io import atomic_write_json, atomic_write_text
 from hsrm.models import load_model
-from hsrm.pipeline import SampleRunConfig, TrainConfig, make_task, sample, train
+from hsrm.sampling import SampleRunConfig, make_task, sample
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"

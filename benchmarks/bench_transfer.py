@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hsrm.evaluate import bon_report
+from hsrm.bon.demo import DEMO_ELHSR
+from hsrm.bon.report import bon_report
 from hsrm.heads import make_head
-from hsrm.pipeline import DEMO_ELHSR, prompt_folds
+from hsrm.splits import prompt_folds
 from hsrm.store import Store
 
 RESULTS = Path(__file__).parent / "results"

@@ -6,9 +6,9 @@ Three stores with per-prompt few-shot contexts: ``--train`` (the demo's, task se
 ``--train``; "train+val" rows are trained on both (more contexts) with the settings chosen on val.
 
 Levers: layer choice (single layers, bands) and L2 strength of the pooled probe; the loss
-(pointwise / listwise / pairwise within a prompt, ``hsrm.rank.RankProbe``) with early stopping on
+(pointwise / listwise / pairwise within a prompt, ``hsrm.bon.rank.RankProbe``) with early stopping on
 val; a second stage over head score + vote share + mean log-prob + DeepConf fitted on val
-(``hsrm.rank.SecondStage``); training on train+val; ELHSR layer bands and weight decay
+(``hsrm.bon.rank.SecondStage``); training on train+val; ELHSR layer bands and weight decay
 (``--levers-elhsr``, slow). Selection rule: within a lever, the setting with the best val
 within-prompt AUROC (less noisy than BoN@16 on 192 prompts).
 """
@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 
 from hsrm import metrics as M
-from hsrm.evaluate import bon_report
-from hsrm.pipeline import baseline_scores
-from hsrm.quality import PooledProbe
-from hsrm.rank import RankProbe, SecondStage, bon_all, cached_table, concat_tables
-from hsrm.scorers import VOTES, weighted_vote_share
+from hsrm.bon.baselines import baseline_scores
+from hsrm.bon.quality import PooledProbe
+from hsrm.bon.rank import RankProbe, SecondStage, bon_all, cached_table, concat_tables
+from hsrm.bon.report import bon_report
+from hsrm.bon.scorers import VOTES, weighted_vote_share
 from hsrm.store import Store
 
 FREE = (
@@ -239,7 +239,7 @@ def _crossfit_stage2(
     V: dict, head: np.ndarray | None, cols, loss: str, folds: int = 5
 ) -> np.ndarray:
     """Second-stage scores of val's answers, each fitted on the other val prompts (by prompt)."""
-    from hsrm.pipeline import prompt_folds
+    from hsrm.splits import prompt_folds
 
     fold = prompt_folds(V["g"], folds, 0)
     out = np.zeros(len(V["y"]))
@@ -265,9 +265,9 @@ def levers_elhsr(args) -> dict[str, Any]:
     ``--elhsr-seeds`` seeds: the mean over seeds picks the setting (val within-prompt AUROC), and
     the full reports (CIs, per family, baselines and controls) show the seed ensemble (within-prompt
     z-scores summed over seeds) of the chosen setting and of the demo's."""
+    from hsrm.bon.demo import DEMO_ELHSR
+    from hsrm.bon.quality import zscore_by_prompt
     from hsrm.heads import make_head
-    from hsrm.pipeline import DEMO_ELHSR
-    from hsrm.quality import zscore_by_prompt
 
     st = _stores(args)
     T, V, F = _tables(args, st)
@@ -376,10 +376,10 @@ def elhsr_md(out: dict[str, Any]) -> str:
 def levers_more(args) -> dict[str, Any]:
     """More contexts: ELHSR (all layers, and 20-30) trained on --train + --val (512 prompts) vs
     on --train alone, over ``--elhsr-seeds`` seeds, tested on --fresh only (val is in-sample)."""
+    from hsrm.bon.demo import DEMO_ELHSR
+    from hsrm.bon.quality import zscore_by_prompt
+    from hsrm.bon.rank import concat_features
     from hsrm.heads import make_head
-    from hsrm.pipeline import DEMO_ELHSR
-    from hsrm.quality import zscore_by_prompt
-    from hsrm.rank import concat_features
 
     st = _stores(args)
     F = {"y": st[2].labels, "g": st[2].prompt_ids}

@@ -27,7 +27,9 @@ from pathlib import Path
 
 def fit_head(lm, out: Path, threads: int):
     """A small ELHSR head on the embedded model: 32 synthetic prompts x 4 sampled answers."""
-    from hsrm.pipeline import DEMO_ELHSR, SampleRunConfig, TrainConfig, sample, train
+    from hsrm.bon.demo import DEMO_ELHSR
+    from hsrm.bon.train import TrainConfig, train
+    from hsrm.sampling import SampleRunConfig, sample
 
     run = out / "sample"
     store = sample(

@@ -167,7 +167,7 @@ def test_pad_sides():
 # ----------------------------------------------------------------------------------------------
 # the store pipeline
 def _sample_cfg(out, **kw):
-    from hsrm.pipeline import SampleRunConfig
+    from hsrm.sampling import SampleRunConfig
 
     base = dict(
         out=str(out),
@@ -183,7 +183,7 @@ def _sample_cfg(out, **kw):
 
 
 def test_batched_store_equals_unbatched_store(tmp_path, tiny_lm):
-    from hsrm.pipeline import sample
+    from hsrm.sampling import sample
 
     one = sample(_sample_cfg(tmp_path / "b1", batch_prompts=1, writer_queue=0), tiny_lm, False)
     many = sample(_sample_cfg(tmp_path / "b3", batch_prompts=3), tiny_lm, False)
@@ -201,7 +201,7 @@ def test_batched_store_equals_unbatched_store(tmp_path, tiny_lm):
 
 def test_old_storage_dtype_key_is_an_alias(tmp_path):
     from hsrm.config import from_sources
-    from hsrm.pipeline import SampleRunConfig
+    from hsrm.sampling import SampleRunConfig
 
     cfg = from_sources(SampleRunConfig, {"dtype": "int8"})
     assert cfg.store_dtype == "int8" and cfg.dtype == "auto"
@@ -214,7 +214,7 @@ def test_old_storage_dtype_key_is_an_alias(tmp_path):
     [({"min_p": 2.0}, "min_p"), ({"device": "tpu"}, "unknown device"), ({"top_k": -3}, "top_k")],
 )
 def test_pipeline_bad_options_write_nothing(tmp_path, kw, match):
-    from hsrm.pipeline import sample
+    from hsrm.sampling import sample
 
     with pytest.raises(HsrmError, match=match):
         sample(_sample_cfg(tmp_path / "o", **kw), progress=False)
@@ -241,8 +241,8 @@ def test_cli_bad_options_exit_2(tmp_path):
 # compact (projected) stores
 def test_projected_store_and_heads_refuse_mixing(tmp_path, tiny_lm):
     from hsrm.heads.base import make_head
-    from hsrm.pipeline import sample
     from hsrm.projection import Projection, project_features
+    from hsrm.sampling import sample
 
     full = sample(_sample_cfg(tmp_path / "full", n=4), tiny_lm, False)
     proj = sample(_sample_cfg(tmp_path / "proj", n=4, project=8, project_seed=1), tiny_lm, False)
@@ -290,7 +290,7 @@ def test_capture_in_host_flushed_chunks_equals_one_buffer(tiny_lm, monkeypatch):
 
 
 def test_resume_in_process(tmp_path, tiny_lm):
-    from hsrm.pipeline import sample
+    from hsrm.sampling import sample
 
     a = sample(_sample_cfg(tmp_path / "r", n_prompts=6), tiny_lm, False)
     for p in sorted((tmp_path / "r").glob("shard-00001.*")):

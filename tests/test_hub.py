@@ -23,7 +23,7 @@ def fitted():
 @pytest.fixture(scope="module")
 def EVAL(fitted):
     """A real `hsrm evaluate` report: the head and two controls on held-out prompts."""
-    from hsrm.evaluate import bon_report
+    from hsrm.bon.report import bon_report
 
     _, head = fitted
     Xt, yt, gt = make_features(n_prompts=12, seed=2)

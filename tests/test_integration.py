@@ -4,17 +4,16 @@ import json
 
 import pytest
 
-from hsrm.pipeline import DemoConfig, demo
+from hsrm.bon.demo import DemoConfig, demo
 
 pytestmark = pytest.mark.integration
 
 
 def test_demo_embedded_small(tmp_path, embedded_lm, monkeypatch):
-    import hsrm.pipeline as pl
+    import hsrm.sampling
 
-    monkeypatch.setattr(
-        pl, "load_model", lambda name, **kw: embedded_lm
-    )  # reuse the session's model
+    # reuse the session's model: sampling is the one place the pipeline loads it
+    monkeypatch.setattr(hsrm.sampling, "load_model", lambda name, **kw: embedded_lm)
     rep = demo(DemoConfig(out=str(tmp_path / "demo"), n_prompts=24, n=4, folds=2, n_boot=50))
     saved = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert saved["model"]["name"] == "smollm2-135m-instruct"

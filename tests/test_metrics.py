@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from hsrm import metrics as M
-from hsrm.evaluate import bon_report
+from hsrm.bon.report import bon_report
 
 
 def _brute_bon(s, y, k, rng):
@@ -119,3 +119,41 @@ def test_first_k_protocol():
     assert rep["bon"]["s"]["2"] == pytest.approx(0.5)
     with pytest.raises(Exception, match="protocol"):
         bon_report({"s": s}, y, g, protocol="bogus")
+
+
+def _vote_reference(answers, y, w, keep):
+    """One subset, plainly: keep the heaviest ceil(keep*k), sum weights per answer, split ties."""
+    k = len(answers)
+    m = max(1, int(np.ceil(keep * k - 1e-9)))
+    order = sorted(range(k), key=lambda i: -w[i])[:m]
+    tot: dict = {}
+    for i in order:
+        if answers[i] is not None:
+            tot[answers[i]] = tot.get(answers[i], 0.0) + w[i]
+    if not tot:
+        return float(np.mean([y[i] for i in order]))
+    best = max(tot.values())
+    wins = [a for a, v in tot.items() if v >= best - 1e-12]
+    return float(np.mean([y[answers.index(a)] for a in wins]))
+
+
+def test_vote_prompt_matches_enumeration_of_subsets():
+    from itertools import combinations
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        n = int(rng.integers(3, 8))
+        ans = [None if rng.random() < 0.2 else int(rng.integers(0, 3)) for _ in range(n)]
+        grade = {a: float(rng.random() < 0.5) for a in range(3)}
+        y = np.array([grade[a] if a is not None else 0.0 for a in ans])
+        w = rng.random(n).round(1)
+        for k, keep in ((n, 1.0), (n, 0.5), (2, 1.0), (3, 0.6)):
+            exact = np.mean(
+                [
+                    _vote_reference([ans[i] for i in s], y[list(s)], w[list(s)], keep)
+                    for s in combinations(range(n), k)
+                ]
+            )
+            got = M.vote_prompt(ans, y, w, k, np.random.default_rng(0), keep, n_sub=8000)
+            tol = 1e-12 if k == n else 0.03
+            assert abs(got - exact) <= tol, (ans, y, w, k, keep, got, exact)

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hsrm.bon.demo import DemoConfig, demo
 from hsrm.cli import main
-from hsrm.pipeline import DemoConfig, demo, prompt_folds
+from hsrm.splits import prompt_folds
 
 
 @pytest.fixture(autouse=True)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import yaml
 
+from hsrm.bon.prune_online import PrefixHead, fit_prefix_head, prune_hook
 from hsrm.cli import main
 from hsrm.errors import HsrmError
-from hsrm.pipeline import SampleRunConfig, sample
-from hsrm.prune_online import PrefixHead, fit_prefix_head, prune_hook
+from hsrm.sampling import SampleRunConfig, sample
 from hsrm.store import Store
 
 

@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from hsrm.cli import main
-from hsrm.evaluate import bon_report
-from hsrm.scorers import (
+from hsrm.bon.report import bon_report
+from hsrm.bon.scorers import (
     bottom_group_confidence,
     group_confidences,
     lowest_group_confidence,
@@ -17,6 +16,7 @@ from hsrm.scorers import (
     tail_confidence,
     weighted_vote_prompt,
 )
+from hsrm.cli import main
 from hsrm.tasks import get_task
 
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from hsrm import metrics as M
+from hsrm.bon.rank import RankProbe, SecondStage, bon_all, concat_tables, group_matrix, rank_loss
 from hsrm.heads import make_head
-from hsrm.rank import RankProbe, SecondStage, bon_all, concat_tables, group_matrix, rank_loss
 from tests.conftest import make_features
 
 
@@ -115,8 +115,8 @@ def test_rank_head_fits_saves_and_loads(tmp_path):
 
 
 def test_demo_head_layers_top_k():
+    from hsrm.bon.demo import DemoConfig, demo_head_layers
     from hsrm.errors import HsrmError
-    from hsrm.pipeline import DemoConfig, demo_head_layers
 
     assert demo_head_layers("top:11", 30) == tuple(range(20, 31))
     assert demo_head_layers("top:3", 2) == (0, 1, 2)
@@ -128,8 +128,8 @@ def test_demo_head_layers_top_k():
 
 
 def test_concat_features_dispatches_to_each_store():
+    from hsrm.bon.rank import concat_features
     from hsrm.errors import HsrmError
-    from hsrm.rank import concat_features
     from tests.conftest import FP
 
     class Fake:

@@ -16,8 +16,8 @@ SHRINK = {
 
 def readme_api_block() -> str:
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    api = [b for b in blocks if "from hsrm.pipeline import" in b and "make_head" in b]
-    assert len(api) == 1, "README: expected one Python API block (pipeline + make_head)"
+    api = [b for b in blocks if "from hsrm.sampling import" in b and "make_head" in b]
+    assert len(api) == 1, "README: expected one Python API block (sampling + make_head)"
     return api[0]
 
 

@@ -9,13 +9,13 @@ import subprocess
 import numpy as np
 import pytest
 
-from hsrm.evaluate import bon_report
+from hsrm.bon.demo import DemoConfig, demo
+from hsrm.bon.report import bon_report
 from hsrm.features import TokenFeatures
 from hsrm.heads import make_head
 from hsrm.models import tiny_model
-from hsrm.pipeline import DemoConfig, demo
-from hsrm.report import bon_figure, small_store_warnings
-from hsrm.report_html import (
+from hsrm.report.bon import bon_figure, small_store_warnings
+from hsrm.report.html import (
     ScoreData,
     TokenExample,
     pairs_score_data,

@@ -17,7 +17,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from hsrm.errors import HsrmError  # noqa: E402
-from hsrm.pipeline import SampleRunConfig, sample  # noqa: E402
+from hsrm.sampling import SampleRunConfig, sample  # noqa: E402
 
 # 12 one-prompt shards, so a run can be cut between shards.
 TINY = dict(
@@ -181,6 +181,71 @@ def test_score_store_over_workers(cluster, local_store, tmp_path):
     ]
     np.testing.assert_allclose([r["score"] for r in rows], want, rtol=1e-5, atol=1e-6)
     assert np.std(want) > 0  # the comparison is not between constants
+
+    # the same through `hsrm score --store`, local and over Ray, into STORE/scores-probe.jsonl
+    import shutil
+
+    from hsrm.cli import main
+
+    copy = tmp_path / "store"
+    shutil.copytree(local_store, copy)
+    base = ["score", "--head", str(tmp_path / "probe"), "--store", str(copy), "--threads", "1"]
+    for engine in (["--engine", "local"], ["--engine", "ray", "--workers", "2"]):
+        (copy / "scores-probe.jsonl").unlink(missing_ok=True)
+        assert main([*base, *engine]) == 0
+        got = [json.loads(line) for line in (copy / "scores-probe.jsonl").read_text().splitlines()]
+        assert [(r["prompt_id"], r["sample"]) for r in got] == [
+            (r["prompt_id"], r["sample"]) for r in rows
+        ]
+        np.testing.assert_allclose([r["score"] for r in got], want, rtol=1e-5, atol=1e-6)
+
+
+def test_score_cli_engine_ray(cluster, local_store, tmp_path, monkeypatch, capsys):
+    """`hsrm score --engine ray --workers 2`: text and chat prompts, several completions each, cut
+    into batches of 2; the rows come back in input order with the local engine's scores. A head
+    from another model is refused before any worker starts."""
+    import hsrm.scale.ray_engine as eng
+    from hsrm.cli import main
+    from hsrm.heads.base import make_head
+    from hsrm.store import Store
+
+    store = Store(local_store)
+    y = np.arange(len(store)) % 2  # any labels: this checks the plumbing, not the head
+    make_head("probe", layer=2).fit(store.features(), y, store.prompt_ids).save(tmp_path / "probe")
+    rows = []
+    for i in range(11):
+        if i % 2:
+            p = {"prompt": f"Q: {i % 3} + 1 =\nA:"}
+        else:
+            p = {"messages": [{"role": "user", "content": f"count to {i % 3}"}]}
+        rows.append({"id": i, **p, "completion": f" {i} and {11 - i} apples"})
+    inp = tmp_path / "answers.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    base = ["score", "--head", str(tmp_path / "probe"), "--input", str(inp), "--threads", "1"]
+    base += ["--model", "tiny:0", "--batch-size", "2"]
+    assert main([*base, "--out", str(tmp_path / "local.jsonl")]) == 0
+    ray_args = ["--engine", "ray", "--workers", "2", "--out", str(tmp_path / "ray.jsonl")]
+    assert main([*base, *ray_args]) == 0
+    local, got = (
+        [json.loads(line) for line in (tmp_path / n).read_text().splitlines()]
+        for n in ("local.jsonl", "ray.jsonl")
+    )
+    assert [r["id"] for r in got] == list(range(11))
+    assert [{k: v for k, v in r.items() if k != "score"} for r in got] == rows
+    want = [r["score"] for r in local]
+    np.testing.assert_allclose([r["score"] for r in got], want, rtol=1e-5, atol=1e-6)
+    assert np.std(want) > 0  # the comparison is not between constants
+
+    def no_workers(*a, **k):
+        raise AssertionError("a Ray worker was started for a mismatched head")
+
+    monkeypatch.setattr(eng, "_connect", no_workers)
+    bad = [*base, "--engine", "ray", "--workers", "2", "--out", str(tmp_path / "bad.jsonl")]
+    bad[bad.index("tiny:0")] = "tiny:1"
+    capsys.readouterr()
+    assert main(bad) == 2
+    assert "was fit on tiny-llama-0" in capsys.readouterr().err
+    assert not (tmp_path / "bad.jsonl").exists()
 
 
 @pytest.mark.integration

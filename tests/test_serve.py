@@ -500,7 +500,8 @@ def test_score_config_from_yaml_and_stdout(head_dir, tmp_path, capsys):
 @pytest.mark.integration
 def test_embedded_model_with_a_trained_head(embedded_lm, tmp_path):
     """SmolLM2-135M with a probe trained on a small store of its own answers to the demo task."""
-    from hsrm.pipeline import SampleRunConfig, TrainConfig, sample, train
+    from hsrm.bon.train import TrainConfig, train
+    from hsrm.sampling import SampleRunConfig, sample
 
     run, head_out = tmp_path / "run", tmp_path / "head"
     sample(

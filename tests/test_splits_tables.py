@@ -5,8 +5,8 @@ import pytest
 
 from hsrm import metrics as M
 from hsrm.errors import HsrmError
-from hsrm.splits import split_groups
-from hsrm.tables import markdown_table
+from hsrm.report.tables import markdown_table
+from hsrm.splits import is_test_prompt, prompt_folds, split_groups
 
 
 def _auroc_by_ranks(scores, labels):
@@ -88,3 +88,15 @@ def test_markdown_table():
     assert t.splitlines() == ["| a | b |", "|---|---:|", "| 1 | x |", "| 2.5 | y |"]
     with pytest.raises(ValueError, match="cells"):
         markdown_table(["a", "b"], [[1]])
+
+
+def test_bon_splitters_pinned():
+    """``hsrm train``'s hash split and ``hsrm demo``'s folds, as they were in hsrm.pipeline: heads
+    on disk list their training prompts by these, so a changed value would mix train and test."""
+    ids = np.array([f"arith-{i:05d}" for i in range(8)] + ["compare-00001", "arith-00002"])
+    assert prompt_folds(ids, 3, 0).tolist() == [1, 2, 2, 1, 0, 1, 0, 0, 2, 2]
+    assert prompt_folds(ids, 2, 7).tolist() == [1, 1, 0, 0, 1, 0, 1, 0, 0, 0]
+    held = [i for i in range(20) if is_test_prompt(f"arith-{i:05d}", 0.3, 0)]
+    assert held == [5, 6, 7, 9, 11, 16]
+    held = [i for i in range(20) if is_test_prompt(f"q{i}", 0.5, 3)]
+    assert held == [1, 2, 4, 6, 8, 9, 12, 13, 14, 16, 17, 19]

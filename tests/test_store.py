@@ -34,8 +34,8 @@ def _write(tmp, lm, dtype="float16", pool="none", n_prompts=4):
     w = StoreWriter(tmp, meta)
     ps = task.prompts()
     results = [sample_prompt(lm, p, cfg, layers) for p in ps]
-    w.write_shard(0, results[:2], task)
-    w.write_shard(1, results[2:], task)
+    w.write_shard(0, results[:2], task.grade(results[:2]))
+    w.write_shard(1, results[2:], task.grade(results[2:]))
     w.finish()
     return results
 

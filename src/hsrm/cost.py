@@ -116,7 +116,7 @@ class CostRow:
 
 def cost_markdown(rows: list[CostRow]) -> str:
     """The cost table as Markdown."""
-    from hsrm.tables import markdown_table
+    from hsrm.report.tables import markdown_table
 
     header = [
         "scorer",

@@ -45,7 +45,7 @@ def by_group(groups: np.ndarray) -> dict[object, np.ndarray]:
     return {u: np.flatnonzero(inv == i) for i, u in enumerate(uniq)}
 
 
-_by_group = by_group  # the old private name, still used by hsrm.evaluate
+_by_group = by_group  # the old private name, still used by hsrm.bon.prune
 
 
 def vote_counts(
@@ -114,6 +114,60 @@ def bon_first_k(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
     return float(y[s == s.max()].mean())
 
 
+def vote_prompt(
+    answers: Sequence[object],
+    labels: np.ndarray,
+    weights: np.ndarray | None,
+    k: int,
+    rng: np.random.Generator,
+    keep: float = 1.0,
+    n_sub: int = 200,
+) -> float:
+    """A (weighted) majority vote within random k-subsets of one prompt's answers: keep the
+    ``ceil(keep * k)`` heaviest traces of each subset (stable order), sum their weights per answer
+    (``weights=None``: one vote each), the heaviest answer wins, ties split evenly. ``None`` (no
+    answer) never wins unless the whole subset is ``None`` (then the subset's mean label). Monte
+    Carlo over ``n_sub`` subsets, exact when k = n. Vectorised over subsets: the per-subset Python
+    loop it replaces was ~90 s of a 100 s demo report."""
+    n = len(answers)
+    y = np.asarray(labels, float)
+    w = np.ones(n) if weights is None else np.asarray(weights, float)
+    if k > n:
+        raise HsrmError(f"vote: k={k} > n={n} samples")
+    codes_of: dict[object, int] = {}
+    codes = np.array(
+        [-1 if a is None else codes_of.setdefault(a, len(codes_of)) for a in answers],
+        dtype=np.int64,
+    )
+    n_ans = max(len(codes_of), 1)
+    # label of an answer = label of its first sample (an extracted answer is graded one way)
+    ya = np.zeros(n_ans)
+    for i in range(n - 1, -1, -1):
+        if codes[i] >= 0:
+            ya[codes[i]] = y[i]
+    if k == n:
+        sub = np.arange(n)[None, :]  # (1, n)
+    else:
+        # a uniform k-subset per row: the first k of a random permutation
+        sub = np.argsort(rng.random((n_sub, n)), axis=1)[:, :k]  # (n_sub, k)
+    m = max(1, int(np.ceil(keep * k - 1e-9)))
+    if m < k:
+        order = np.argsort(-w[sub], axis=1, kind="stable")[:, :m]
+        sub = np.take_along_axis(sub, order, axis=1)  # (rows, m)
+    rows = np.broadcast_to(np.arange(sub.shape[0])[:, None], sub.shape)
+    c, valid = codes[sub], codes[sub] >= 0
+    tally = np.zeros((sub.shape[0], n_ans))
+    present = np.zeros((sub.shape[0], n_ans), dtype=bool)
+    np.add.at(tally, (rows[valid], c[valid]), w[sub][valid])
+    present[rows[valid], c[valid]] = True
+    best = np.where(present, tally, -np.inf).max(axis=1, keepdims=True)
+    win = present & (tally >= best - 1e-12)
+    n_win = win.sum(axis=1)
+    voted = n_win > 0
+    acc = np.where(voted, (win * ya).sum(axis=1) / np.maximum(n_win, 1), y[sub].mean(axis=1))
+    return float(acc.mean())
+
+
 def majority_prompt(
     answers: Sequence[object],
     labels: np.ndarray,
@@ -123,24 +177,7 @@ def majority_prompt(
 ) -> float:
     """Majority vote over extracted answers within random k-subsets (None = no answer, never wins
     unless all are None); ties between answers broken uniformly. Monte Carlo over ``n_sub`` subsets."""
-    n = len(answers)
-    y = np.asarray(labels, float)
-    subsets = (
-        [np.arange(n)] if k == n else [rng.choice(n, size=k, replace=False) for _ in range(n_sub)]
-    )
-    acc = 0.0
-    for sub in subsets:
-        counts: dict[object, list[int]] = {}
-        for i in sub:
-            if answers[i] is not None:
-                counts.setdefault(answers[i], []).append(int(i))
-        if not counts:
-            acc += float(y[sub].mean())
-            continue
-        best = max(len(v) for v in counts.values())
-        winners = [v for v in counts.values() if len(v) == best]
-        acc += float(np.mean([y[v[0]] for v in winners]))
-    return acc / len(subsets)
+    return vote_prompt(answers, labels, None, k, rng, 1.0, n_sub)
 
 
 def ks_for(n: int) -> list[int]:

@@ -14,6 +14,7 @@ as sampling does not count the terminating EOS as an answer token.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from hsrm.heads.base import Head
 from hsrm.lm import encode as _encode
 from hsrm.lm import eos_ids as _eos_ids
 from hsrm.lm import prompt_text
-from hsrm.models import DEFAULT_MODEL, LoadedModel
+from hsrm.models import DEFAULT_MODEL, LoadedModel, ModelFingerprint
 from hsrm.tasks.base import Prompt
 
 log = logging.getLogger(__name__)
@@ -64,15 +65,23 @@ def as_messages(messages: Any, where: str = "messages") -> tuple[dict[str, str],
 def check_head_matches(lm: LoadedModel, head: Head, head_path: str | Path | None = None) -> None:
     """Refuse a head fit on another model (naming both fingerprints) or on pseudo-layers (logit
     features) that sampling cannot capture."""
+    check_head_fingerprint(lm.fingerprint, head, head_path)
+
+
+def check_head_fingerprint(
+    fp: ModelFingerprint, head: Head, head_path: str | Path | None = None
+) -> None:
+    """``check_head_matches`` against a model's fingerprint alone (the Ray driver's check, before
+    any worker loads the weights)."""
     head._check_fitted()
     where = f"head {head_path}" if head_path else "the head"
-    if not head.fingerprint_.compatible(lm.fingerprint):
+    if not head.fingerprint_.compatible(fp):
         raise HsrmError(
             f"{where} was fit on {head.fingerprint_.short()} but the model is "
-            f"{lm.fingerprint.short()}; fit a head on this model's features"
+            f"{fp.short()}; fit a head on this model's features"
         )
     layers = head.required_layers()
-    top = lm.fingerprint.n_layers + 1  # prenorm pseudo-layer included
+    top = fp.n_layers + 1  # prenorm pseudo-layer included
     bad = [lay for lay in layers if not 0 <= lay <= top]
     if bad:
         raise HsrmError(
@@ -183,20 +192,36 @@ class ScoreConfig:
 
     head: str = field("", "saved head folder (required)")
     input: str = field("", "JSONL: per line 'prompt' (text) or 'messages', and 'completion'")
-    out: str | None = field(None, "output JSONL (default: print to standard output)")
+    store: str = field(
+        "", "a sample store to score every answer of instead (its captured states; no model run)"
+    )
+    out: str | None = field(
+        None, "output JSONL (--input: else standard output; --store: else STORE/scores-HEAD.jsonl)"
+    )
     model: str = field(DEFAULT_MODEL, "model the head was fit on")
     dtype: str = field("float32", "model dtype: float32, bfloat16 or float16")
     device: str | None = field(None, "device (default: cuda if available, else cpu)")
     batch_size: int = field(16, "completions per forward pass")
     threads: int | None = field(None, "torch CPU threads")
+    engine: str = field("local", "local (this process) | ray (Ray workers; docs/scale.md)")
+    workers: int = field(
+        1, "engine=ray: model replicas (Ray actors), each scoring one prompt's batches"
+    )
+    cpus_per_worker: float = field(1.0, "engine=ray: CPUs per worker (also its torch threads)")
+    gpus_per_worker: float = field(0.0, "engine=ray: GPUs per worker (0.5 = two workers a GPU)")
+    ray_address: str = field("", "engine=ray: cluster to join (default $RAY_ADDRESS, else local)")
 
     def validate(self) -> None:
         if not self.head:
             raise HsrmError("score: --head HEAD/ is required")
-        if not self.input:
-            raise HsrmError("score: --input answers.jsonl is required")
+        if bool(self.input) == bool(self.store):
+            raise HsrmError("score: give one of --input answers.jsonl or --store RUN/")
         if self.batch_size < 1:
             raise HsrmError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.engine not in ("local", "ray"):
+            raise HsrmError(f"engine: unknown engine {self.engine!r}; use local or ray")
+        if self.workers < 1:
+            raise HsrmError(f"workers must be >= 1, got {self.workers}")
 
 
 def read_score_input(path: str | Path) -> list[dict[str, Any]]:
@@ -224,23 +249,32 @@ def read_score_input(path: str | Path) -> list[dict[str, Any]]:
 
 
 def score(cfg: ScoreConfig, lm: LoadedModel | None = None) -> list[dict[str, Any]]:
-    """Score every line of ``cfg.input``; returns the rows with ``score`` added and writes them to
-    ``cfg.out`` (atomically) when given."""
-    import json
-
+    """Score every line of ``cfg.input`` (or, with ``cfg.store``, every answer of a store:
+    ``score_store``); returns the rows with ``score`` added and writes them to ``cfg.out``
+    (atomically) when given. ``cfg.engine="ray"`` spreads the prompts over Ray workers
+    (``hsrm.scale``), each holding one model; the scores are the local engine's."""
     from hsrm.io import atomic_write_text
     from hsrm.models import load_model
 
     cfg.validate()
+    if cfg.store:
+        return score_store(cfg)
+    if cfg.engine == "ray" and lm is not None:
+        raise HsrmError("engine='ray' loads the model in each worker from cfg.model; pass no lm")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     rows = read_score_input(cfg.input)
     head = Head.load(cfg.head)
-    if lm is None:
-        lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
-    scorer = Scorer(lm, head, batch_size=cfg.batch_size)
     prompts = [r["prompt"] if "prompt" in r else r["messages"] for r in rows]
-    scores = scorer.score_pairs(prompts, [r["completion"] for r in rows])
+    completions = [r["completion"] for r in rows]
+    if cfg.engine == "ray":
+        from hsrm.scale import score_pairs_ray
+
+        scores = score_pairs_ray(cfg, head, prompts, completions)
+    else:
+        if lm is None:
+            lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+        scores = Scorer(lm, head, batch_size=cfg.batch_size).score_pairs(prompts, completions)
     out = []
     for r, s in zip(rows, scores):
         row = {k: v for k, v in r.items() if k != "_line"}
@@ -252,4 +286,59 @@ def score(cfg: ScoreConfig, lm: LoadedModel | None = None) -> list[dict[str, Any
     return out
 
 
-__all__ = ["ScoreConfig", "Scorer", "as_messages", "check_head_matches", "score"]
+def store_scores_path(store: str | Path, head: str | Path) -> Path:
+    """Where a store's scores go by default: ``STORE/scores-<head folder name>.jsonl``."""
+    return Path(store) / f"scores-{Path(head).resolve().name}.jsonl"
+
+
+def write_store_scores(records: Sequence[Mapping[str, Any]], scores: Any, out: str | Path) -> None:
+    """One JSON line per store record, in store order: ``prompt_id``, ``sample``, ``score``."""
+    from hsrm.io import atomic_write_text
+
+    lines = [
+        json.dumps({"prompt_id": r["prompt_id"], "sample": r["sample"], "score": float(s)}) + "\n"
+        for r, s in zip(records, scores)
+    ]
+    atomic_write_text(out, "".join(lines))
+
+
+def score_store(cfg: ScoreConfig) -> list[dict[str, Any]]:
+    """``hsrm score --store RUN``: the head's score of every answer of a store, from the states
+    captured while sampling (``engine="ray"``: over Ray workers, ``hsrm.scale.score_store``);
+    written to ``cfg.out`` or ``STORE/scores-HEAD.jsonl``; returns the rows."""
+    from hsrm.store import Store
+
+    out = Path(cfg.out) if cfg.out else store_scores_path(cfg.store, cfg.head)
+    if cfg.engine == "ray":
+        from hsrm.scale import score_store as score_store_ray
+
+        score_store_ray(
+            cfg.store,
+            cfg.head,
+            cfg.workers,
+            out=out,
+            cpus_per_worker=cfg.cpus_per_worker,
+            gpus_per_worker=cfg.gpus_per_worker,
+            ray_address=cfg.ray_address,
+        )
+        return [json.loads(line) for line in out.read_text().splitlines()]
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    store = Store(cfg.store)
+    head = Head.load(cfg.head)
+    head.check_compatible(store.fingerprint, store.layers)
+    write_store_scores(store.records, head.score(store.features()), out)
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+__all__ = [
+    "ScoreConfig",
+    "Scorer",
+    "as_messages",
+    "check_head_fingerprint",
+    "check_head_matches",
+    "score",
+    "score_store",
+    "store_scores_path",
+    "write_store_scores",
+]

@@ -1,12 +1,19 @@
-"""The one prompt / question splitter: hold out whole groups, never single samples.
+"""The prompt / question splitters: hold out whole groups, never single samples.
 
 Every train / held-out split in hsrm (a head's validation split, ``hsrm detect``'s question split,
 ``hsrm prefs``' pair split) goes through ``split_groups`` so that they all behave the same way: the
 held-out share is rounded to whole groups and clamped to at least one group on each side.
+
+Best-of-N keeps two splitters of its own, because stores and heads on disk were split by them (a
+head's ``training.json`` lists its prompts; evaluate holds out the rest): ``is_test_prompt``, a
+hash of the prompt id, so a prompt's side does not depend on which other prompts a store holds
+(``hsrm train``), and ``prompt_folds``, k folds by prompt (``hsrm demo``'s cross-fitting).
+Both must stay byte-identical (tests/test_splits_tables.py pins them).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import numpy as np
@@ -49,3 +56,19 @@ def split_groups(
             if len(np.unique(y[m])) < 2:
                 log.warning("split: the %s side holds one class only (%d samples)", name, m.sum())
     return ~held, held
+
+
+def prompt_folds(prompt_ids: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Fold index (0..k-1) of each sample, assigned per *prompt* (never per sample)."""
+    uniq = np.unique(prompt_ids)
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(uniq))
+    fold_of = {uniq[j]: i % k for i, j in enumerate(perm)}
+    return np.array([fold_of[p] for p in prompt_ids])
+
+
+def is_test_prompt(prompt_id: str, test_frac: float, seed: int) -> bool:
+    """Whether ``prompt_id`` is held out: the first 8 bytes of sha256("seed:id") as a uniform
+    in [0, 1), below ``test_frac``."""
+    h = int.from_bytes(hashlib.sha256(f"{seed}:{prompt_id}".encode()).digest()[:8], "little")
+    return (h / 2**64) < test_frac

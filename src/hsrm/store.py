@@ -51,7 +51,6 @@ from hsrm.io import (
 )
 from hsrm.models import ModelFingerprint
 from hsrm.projection import Projection
-from hsrm.tasks.base import Task
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
@@ -161,7 +160,16 @@ class StoreWriter:
         recs = json.loads(j.read_text())["prompts"]
         return list(recs) == list(prompt_ids)
 
-    def write_shard(self, k: int, results: Sequence[PromptResult], task: Task) -> None:
+    def write_shard(
+        self,
+        k: int,
+        results: Sequence[PromptResult],
+        grades: Sequence[Sequence[tuple[Any, bool]]],
+    ) -> None:
+        """Write shard k. ``grades[i][s]``: (extracted answer, label) of answer s of prompt i, as
+        the task judged it (``Task.grade``); the store records labels, it does not make them."""
+        if [len(g) for g in grades] != [len(r.answers) for r in results]:
+            raise HsrmError(f"write_shard: grades do not match the answers of shard {k}")
         dtype, pool = self.meta["dtype"], self.meta["pool"]
         hidden: list[torch.Tensor] = []
         lps: list[torch.Tensor] = []
@@ -172,12 +180,11 @@ class StoreWriter:
         records: list[dict[str, Any]] = []
         prompt_hidden: list[torch.Tensor] = []
         offset = tok_offset = 0
-        for r in results:
+        for r, graded in zip(results, grades):
             if r.prompt_hidden is not None:
                 prompt_hidden.append(r.prompt_hidden)
             for s, a in enumerate(r.answers):
-                extracted = task.extract(a.text, r.prompt)
-                label = bool(task.check(extracted, r.prompt))
+                extracted, label = graded[s][0], bool(graded[s][1])
                 h = a.hidden
                 if h is None:
                     raise HsrmError("write_shard needs captured hidden states")

@@ -1,4 +1,5 @@
-"""``hsrm demo``, ``hsrm sample``, ``hsrm train``, ``hsrm evaluate``: the best-of-N pipeline."""
+"""``hsrm demo``, ``hsrm sample``, ``hsrm train``, ``hsrm evaluate``: sampling (``hsrm.sampling``) and
+best-of-N selection (``hsrm.bon``)."""
 
 from __future__ import annotations
 
@@ -21,8 +22,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from hsrm.pipeline import DemoConfig, demo
-    from hsrm.report import rich_table
+    from hsrm.bon.demo import DemoConfig, demo
+    from hsrm.report.bon import rich_table
 
     cfg = from_sources(DemoConfig, load_yaml(args.config, "demo"), args)
     con = _console()
@@ -69,7 +70,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    from hsrm.pipeline import SampleRunConfig, sample
+    from hsrm.sampling import SampleRunConfig, sample
 
     cfg = from_sources(SampleRunConfig, load_yaml(args.config, "sample"), args)
     store = sample(cfg)
@@ -90,9 +91,9 @@ def _require_run(args: argparse.Namespace, values: dict, command: str) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from hsrm.bon.train import TrainConfig, train
     from hsrm.cli._common import file_values
     from hsrm.cli._params import head_config
-    from hsrm.pipeline import TrainConfig, train
 
     if args.head_alias is not None:
         logging.getLogger(__name__).warning(
@@ -110,9 +111,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from hsrm.bon.evaluate import EvaluateConfig, evaluate
     from hsrm.cli._common import file_values
-    from hsrm.pipeline import EvaluateConfig, evaluate
-    from hsrm.report import rich_table
+    from hsrm.report.bon import rich_table
 
     values = file_values(args, "evaluate")
     _require_run(args, values, "evaluate")
@@ -131,9 +132,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def register(sub, groups) -> None:
+    from hsrm.bon.demo import DemoConfig
+    from hsrm.bon.evaluate import EvaluateConfig
+    from hsrm.bon.train import TrainConfig
     from hsrm.cli._common import add_common
     from hsrm.cli._params import add_params_argument
-    from hsrm.pipeline import DemoConfig, EvaluateConfig, SampleRunConfig, TrainConfig
+    from hsrm.sampling import SampleRunConfig
 
     p = sub.add_parser("demo", help="the whole best-of-N pipeline on the embedded model and task")
     _common(p)

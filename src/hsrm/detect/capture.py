@@ -98,7 +98,7 @@ def capture(lm: LoadedModel, cfg: CaptureConfig, out: str | Path | None = None) 
             else:
                 results.append(sample_prompt(lm, p, scfg, layers))
             bar.update(1)
-        writer.write_shard(k, results, task)
+        writer.write_shard(k, results, task.grade(results))
     bar.close()
     writer.finish()
     return Store(out)

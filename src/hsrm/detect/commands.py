@@ -88,7 +88,7 @@ def evaluate_store(cfg: DetectEvalConfig) -> list[dict[str, Any]]:
     """AUROC rows of every saved head in ``cfg.heads``, then perplexity, length-normalised
     entropy and (test split only) the text-only control; written to ``cfg.out`` as JSON if set."""
     from hsrm.heads import Head
-    from hsrm.report_html import CALIBRATED, ScoreData, write_detect_html
+    from hsrm.report.html import CALIBRATED, ScoreData, write_detect_html
 
     full = load_labelled(cfg.store)
     data = select_split(full, cfg.split, cfg.test_frac, cfg.seed)

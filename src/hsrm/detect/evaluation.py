@@ -98,8 +98,8 @@ def evaluate(
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], title: str | None = None) -> str:
-    """The AUROC rows as a Markdown table (``hsrm.tables.markdown_table``), under a bold title."""
-    from hsrm.tables import markdown_table as table
+    """The AUROC rows as a Markdown table (``hsrm.report.tables.markdown_table``), under a bold title."""
+    from hsrm.report.tables import markdown_table as table
 
     cells = [
         [

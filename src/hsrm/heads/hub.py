@@ -118,7 +118,7 @@ def evaluation_markdown(ev: dict[str, Any]) -> str:
     """Markdown of an hsrm results.json: best-of-N tables for ``evaluate`` / ``demo`` results,
     else a table of its scalar metrics per scorer (``prefs`` / ``detect evaluate``)."""
     if "bon" in ev and "pass_at_k" in ev:
-        from hsrm.report import bon_markdown
+        from hsrm.report.bon import bon_markdown
 
         try:
             return bon_markdown(ev)

@@ -1,4 +1,4 @@
-"""``rank``: a linear within-prompt ranker on mean-pooled hidden states (``hsrm.rank.RankProbe``).
+"""``rank``: a linear within-prompt ranker on mean-pooled hidden states (``hsrm.bon.rank.RankProbe``).
 
 Trained with a pairwise logistic loss over each prompt's (right, wrong) answer pairs (RankNet;
 Burges et al., ICML 2005), so it only learns to order one prompt's answers and cannot score a
@@ -53,13 +53,13 @@ class RankHead(Head):
         )
 
     def _pick(self, X: TokenFeatures) -> list[int]:
-        from hsrm.quality import _layer_pos
+        from hsrm.bon.quality import _layer_pos
 
         pos = _layer_pos(self.layers, list(X.layers), X.fingerprint.n_layers)
         return [X.layers[j] for j in pos]
 
     def _fit(self, X: TokenFeatures, y: np.ndarray, groups: np.ndarray | None) -> None:
-        from hsrm.rank import LOSSES, RankProbe
+        from hsrm.bon.rank import LOSSES, RankProbe
 
         if self.loss not in LOSSES:
             raise HsrmError(f"rank: unknown loss {self.loss!r}; use one of {', '.join(LOSSES)}")

@@ -97,7 +97,7 @@ def sample_and_score(
             scores = head.score(TokenFeatures.from_tensors(hidden, layers, fp))
         labels = None
         if task is not None:
-            labels = np.array([int(task.check(task.extract(t, p), p)) for t in texts])
+            labels = np.array([int(task.label(t, p)) for t in texts])
         out.append(PromptSamples(p, prompt_text(lm.tokenizer, p), texts, scores, labels))
     return out
 

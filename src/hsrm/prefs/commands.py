@@ -151,7 +151,7 @@ def evaluate_prefs(cfg: PrefsEvalConfig, lm: Any = None) -> dict[str, dict[str, 
     }
     if cfg.out:
         from hsrm.io import atomic_write_json
-        from hsrm.report_html import pairs_score_data, write_pairs_html
+        from hsrm.report.html import pairs_score_data, write_pairs_html
 
         atomic_write_json(cfg.out, res)
         scores = {"head": head.score(ps.feats), "log-prob": ps.mean_logprob()}

@@ -123,10 +123,10 @@ def evaluate_policy(
     last = (lm.fingerprint.n_layers,)
     for p in prompts:
         res = sample_prompt(lm, p, scfg, layers=last, capture=False)
-        per[p.id] = float(np.mean([task.check(task.extract(a.text, p), p) for a in res.answers]))
+        per[p.id] = float(np.mean([task.label(a.text, p) for a in res.answers]))
         if greedy:
             g = sample_prompt(lm, p, gcfg, layers=last, capture=False).answers[0]
-            gre[p.id] = float(task.check(task.extract(g.text, p), p))
+            gre[p.id] = float(task.label(g.text, p))
     acc = float(np.mean(list(per.values())))
     lo, hi = bootstrap_ci(np.array(list(per.values())), seed=seed)
     out: dict[str, Any] = {

@@ -1,6 +1,7 @@
 """Scale-out on Ray: sampling with capture, and scoring, over many workers into one ordinary store.
 
 ``sample_ray(cfg)`` is what ``hsrm sample --engine ray`` (``SampleRunConfig(engine="ray")``) runs;
+``score_pairs_ray`` is what ``hsrm score --engine ray`` runs (given completions, teacher-forced);
 ``score_store(store, head, workers)`` scores every record of a store with a saved head and writes
 ``RUN/scores-<head>.jsonl``. See docs/scale.md for the design and its bounds.
 
@@ -9,16 +10,19 @@ Ray is imported only here (extra ``hsrm[scale]``), never on the local engine's p
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hsrm.errors import HsrmError
 
 if TYPE_CHECKING:
-    from hsrm.pipeline import SampleRunConfig
+    from hsrm.heads.base import Head
+    from hsrm.sampling import SampleRunConfig
+    from hsrm.score import ScoreConfig
     from hsrm.store import Store
 
-__all__ = ["model_fingerprint", "sample_ray", "score_store"]
+__all__ = ["model_fingerprint", "sample_ray", "score_pairs_ray", "score_store"]
 
 
 def _engine():
@@ -64,6 +68,21 @@ def score_store(
         ray_address=ray_address,
         progress=progress,
     )
+
+
+def score_pairs_ray(
+    cfg: ScoreConfig,
+    head: Head,
+    prompts: Sequence[Any],
+    completions: Sequence[str],
+    progress: bool = True,
+) -> list[float]:
+    """Teacher-forced head scores of (prompt, completion) pairs over ``cfg.workers`` Ray actors,
+    each holding one model (``hsrm score --engine ray``); one score per pair, in input order.
+
+    The head is checked against the model's fingerprint (from its config) before any worker
+    starts; each prompt's completions go to one worker in the local engine's batches."""
+    return _engine().score_pairs(cfg, head, prompts, completions, progress=progress)
 
 
 def model_fingerprint(name: str) -> Any:

@@ -4,7 +4,7 @@ Design (docs/scale.md has the long form):
 
 * The driver does every check that needs no weights (settings, task file, model fingerprint from the
   config, an out folder holding a different run) with the local engine's own functions
-  (``pipeline.sample_inputs`` / ``plan_sample``), so bad input fails with the same message before a
+  (``sampling.sample_inputs`` / ``plan_sample``), so bad input fails with the same message before a
   worker starts.
 * Workers write their shard files themselves, into the store folder, which must be on a file
   system every worker sees. Hidden states are the bulk of a store (an 8B model: ~270 KB per token at
@@ -24,13 +24,15 @@ Design (docs/scale.md has the long form):
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
+import json
 import logging
 import os
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +73,28 @@ def _connect(address: str, num_cpus: float) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def _cluster(address: str, workers: int, cpus: float, gpus: float) -> Iterator[None]:
+    """Connected to a cluster that can place ``workers`` actors of ``cpus`` CPUs and ``gpus`` GPUs
+    each (refused with a message otherwise); disconnects after if this call connected."""
+    connected = _connect(address, workers * cpus)
+    try:
+        _check_resources(workers, cpus, gpus)
+        yield
+    finally:
+        if connected:
+            ray.shutdown()
+
+
+def _check_pool_args(workers: int, cpus: float, gpus: float) -> None:
+    if workers < 1:
+        raise HsrmError(f"workers must be >= 1, got {workers}")
+    if cpus <= 0 or gpus < 0:
+        raise HsrmError(
+            f"cpus_per_worker must be > 0 and gpus_per_worker >= 0, got {cpus} and {gpus}"
+        )
+
+
 def _check_resources(workers: int, cpus: float, gpus: float) -> None:
     """Refuse a pool the cluster can never place (Ray would wait for it forever)."""
     have = ray.cluster_resources()
@@ -81,6 +105,14 @@ def _check_resources(workers: int, cpus: float, gpus: float) -> None:
                 f"workers: {workers} workers x {per:g} {name} = {need:g} {name}s, but the Ray "
                 f"cluster has {have.get(name, 0):g}; lower --workers or --{name.lower()}s-per-worker"
             )
+
+
+def _actor(cls: Any, cpus: float, gpus: float) -> Any:
+    """An actor class placed with ``cpus`` / ``gpus`` each, restarted by Ray when it dies (its
+    call retried) up to ``MAX_RESTARTS`` times."""
+    return cls.options(
+        num_cpus=cpus, num_gpus=gpus, max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS
+    )
 
 
 def _unwrap(e: Exception) -> Exception:
@@ -176,7 +208,7 @@ class ShardSampler:
         """Sample and write shard k (prompts at positions [lo, hi); ``window``: the prompts of the
         aligned batches that cover it, from position ``start``); returns (k, samples written,
         whether this actor was restarted after a death)."""
-        from hsrm.pipeline import sample_window, save_shard
+        from hsrm.sampling import sample_window, save_shard
 
         plan = self.plan
         if 0 <= self.fault_after <= self.done and not _restarted():
@@ -218,25 +250,17 @@ def _restarted() -> bool:
 
 
 def sample_ray(cfg: Any, progress: bool = True) -> Any:
-    from hsrm.pipeline import batch_window, finish_sample, plan_sample, sample_inputs
+    from hsrm.sampling import batch_window, finish_sample, plan_sample, sample_inputs
     from hsrm.scale.fingerprint import model_fingerprint
 
-    if cfg.workers < 1:
-        raise HsrmError(f"workers must be >= 1, got {cfg.workers}")
-    if cfg.cpus_per_worker <= 0 or cfg.gpus_per_worker < 0:
-        raise HsrmError(
-            f"cpus_per_worker must be > 0 and gpus_per_worker >= 0, got "
-            f"{cfg.cpus_per_worker} and {cfg.gpus_per_worker}"
-        )
+    _check_pool_args(cfg.workers, cfg.cpus_per_worker, cfg.gpus_per_worker)
     # Every check the local engine makes, with its messages, before any worker starts.
     scfg, task, prompts = sample_inputs(cfg)
     plan = plan_sample(cfg, model_fingerprint(cfg.model), scfg, task, prompts)
     t0, n_done = time.perf_counter(), 0
     if plan.todo:
         n_workers = min(cfg.workers, len(plan.todo))
-        connected = _connect(cfg.ray_address, n_workers * cfg.cpus_per_worker)
-        try:
-            _check_resources(n_workers, cfg.cpus_per_worker, cfg.gpus_per_worker)
+        with _cluster(cfg.ray_address, n_workers, cfg.cpus_per_worker, cfg.gpus_per_worker):
             threads = cfg.threads or max(1, int(cfg.cpus_per_worker))
             fault = int(os.environ.get(FAULT_ENV, "-1"))
             slim = dataclasses.replace(
@@ -254,12 +278,9 @@ def sample_ray(cfg: Any, progress: bool = True) -> Any:
             )
 
             def make(i: int) -> Any:
-                return ShardSampler.options(  # type: ignore[attr-defined]
-                    num_cpus=cfg.cpus_per_worker,
-                    num_gpus=cfg.gpus_per_worker,
-                    max_restarts=MAX_RESTARTS,
-                    max_task_retries=MAX_RESTARTS,
-                ).remote(cfg.model, slim, cfg.api_log, threads, fault if i == 0 else -1)
+                return _actor(ShardSampler, cfg.cpus_per_worker, cfg.gpus_per_worker).remote(
+                    cfg.model, slim, cfg.api_log, threads, fault if i == 0 else -1
+                )
 
             warned = False
 
@@ -281,9 +302,6 @@ def sample_ray(cfg: Any, progress: bool = True) -> Any:
             finally:
                 bar.close()
                 _remove_temporaries(plan.writer.path)
-        finally:
-            if connected:
-                ray.shutdown()
     return finish_sample(cfg, plan, n_done, time.perf_counter() - t0)
 
 
@@ -316,20 +334,17 @@ def score_store(
     ray_address: str = "",
     progress: bool = True,
 ) -> Path:
-    import json
-
     import numpy as np
 
     from hsrm.heads.base import Head
-    from hsrm.io import atomic_write_text
+    from hsrm.score import store_scores_path, write_store_scores
     from hsrm.store import Store
 
-    if workers < 1:
-        raise HsrmError(f"workers must be >= 1, got {workers}")
+    _check_pool_args(workers, cpus_per_worker, gpus_per_worker)
     store = Store(store_path)
     head = Head.load(head_path)
     head.check_compatible(store.fingerprint, store.layers)  # before any worker starts
-    out = Path(out) if out else Path(store_path) / f"scores-{Path(head_path).resolve().name}.jsonl"
+    out = Path(out) if out else store_scores_path(store_path, head_path)
     # One work item per shard: the records a worker reads then sit in one file.
     by_shard: dict[int, list[int]] = collections.defaultdict(list)
     for i, r in enumerate(store.records):
@@ -338,18 +353,13 @@ def score_store(
     scores = np.full(len(store), np.nan)
     n_workers = max(1, min(workers, len(items)))
     if items:
-        connected = _connect(ray_address, n_workers * cpus_per_worker)
-        try:
-            _check_resources(n_workers, cpus_per_worker, gpus_per_worker)
+        with _cluster(ray_address, n_workers, cpus_per_worker, gpus_per_worker):
             bar = tqdm(total=len(store), desc="scoring", unit="answer", disable=not progress)
 
             def make(i: int) -> Any:
-                return StoreScorer.options(  # type: ignore[attr-defined]
-                    num_cpus=cpus_per_worker,
-                    num_gpus=gpus_per_worker,
-                    max_restarts=MAX_RESTARTS,
-                    max_task_retries=MAX_RESTARTS,
-                ).remote(str(store_path), str(head_path), max(1, int(cpus_per_worker)))
+                return _actor(StoreScorer, cpus_per_worker, gpus_per_worker).remote(
+                    str(store_path), str(head_path), max(1, int(cpus_per_worker))
+                )
 
             def done(res: tuple[list[int], list[float]]) -> None:
                 scores[res[0]] = res[1]
@@ -359,13 +369,85 @@ def score_store(
                 _run_pool(make, n_workers, items, "score", done)
             finally:
                 bar.close()
-        finally:
-            if connected:
-                ray.shutdown()
-    lines = [
-        json.dumps({"prompt_id": r["prompt_id"], "sample": r["sample"], "score": float(s)})
-        for r, s in zip(store.records, scores)
-    ]
-    atomic_write_text(out, "".join(line + "\n" for line in lines))
+    write_store_scores(store.records, scores, out)
     log.info("scored %d answers with %s -> %s", len(store), head_path, out)
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# scoring given completions (teacher forcing)
+@ray.remote
+class PairScorer:
+    """One model replica and the head: teacher-forces (prompt, completion) pairs and scores them
+    (``hsrm.score.Scorer``, the local engine's code)."""
+
+    def __init__(
+        self,
+        model: str,
+        head_path: str,
+        dtype: str,
+        device: str | None,
+        batch_size: int,
+        threads: int,
+    ):
+        from hsrm.models import load_model
+        from hsrm.score import Scorer
+
+        torch.set_num_threads(threads)
+        lm = load_model(model, device=device, dtype=dtype)
+        self.scorer = Scorer(lm, head_path, batch_size=batch_size)
+
+    def score(
+        self, idx: list[int], prompts: list[Any], completions: list[str]
+    ) -> tuple[list[int], list[float]]:
+        return idx, self.scorer.score_pairs(prompts, completions)
+
+
+def pair_items(
+    prompts: Sequence[Any], completions: Sequence[str], batch_size: int
+) -> list[tuple[list[int], list[Any], list[str]]]:
+    """Work items of (row indices, prompts, completions): one prompt's completions in input order,
+    cut every ``batch_size`` rows, so each item is one of the local engine's forward passes."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, p in enumerate(prompts):
+        key = ("text", p) if isinstance(p, str) else ("messages", json.dumps(p, sort_keys=True))
+        groups.setdefault(key, []).append(i)
+    items = []
+    for rows in groups.values():
+        for c in range(0, len(rows), batch_size):
+            idx = rows[c : c + batch_size]
+            items.append((idx, [prompts[i] for i in idx], [completions[i] for i in idx]))
+    return items
+
+
+def score_pairs(
+    cfg: Any, head: Any, prompts: Sequence[Any], completions: Sequence[str], progress: bool = True
+) -> list[float]:
+    from hsrm.scale.fingerprint import model_fingerprint
+    from hsrm.score import check_head_fingerprint
+
+    _check_pool_args(cfg.workers, cfg.cpus_per_worker, cfg.gpus_per_worker)
+    # the head against the model, from its config alone, before any worker loads the weights
+    check_head_fingerprint(model_fingerprint(cfg.model), head, cfg.head)
+    items = pair_items(prompts, completions, cfg.batch_size)
+    scores = [float("nan")] * len(prompts)
+    n_workers = max(1, min(cfg.workers, len(items)))
+    threads = cfg.threads or max(1, int(cfg.cpus_per_worker))
+    with _cluster(cfg.ray_address, n_workers, cfg.cpus_per_worker, cfg.gpus_per_worker):
+        bar = tqdm(total=len(prompts), desc="scoring", unit="completion", disable=not progress)
+
+        def make(i: int) -> Any:
+            return _actor(PairScorer, cfg.cpus_per_worker, cfg.gpus_per_worker).remote(
+                cfg.model, str(cfg.head), cfg.dtype, cfg.device, cfg.batch_size, threads
+            )
+
+        def done(res: tuple[list[int], list[float]]) -> None:
+            for i, v in zip(*res):
+                scores[i] = v
+            bar.update(len(res[0]))
+
+        try:
+            _run_pool(make, n_workers, items, "score", done)
+        finally:
+            bar.close()
+    return scores

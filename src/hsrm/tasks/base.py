@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,3 +73,20 @@ class Task:
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name}
+
+    def label(self, text: str, prompt: Any) -> bool:
+        """Is this completion of ``prompt`` right? (extract, then check)."""
+        return bool(self.check(self.extract(text, prompt), prompt))
+
+    def grade(self, results: Sequence[Any]) -> list[list[tuple[str | None, bool]]]:
+        """(extracted answer, label) of every answer of every sampled prompt: ``results`` are
+        ``hsrm.capture.PromptResult`` s (``.prompt``, ``.answers[i].text``). The store records
+        these; judging answers is the task's job, not the store's."""
+        out = []
+        for r in results:
+            row = []
+            for a in r.answers:
+                extracted = self.extract(a.text, r.prompt)
+                row.append((extracted, bool(self.check(extracted, r.prompt))))
+            out.append(row)
+        return out

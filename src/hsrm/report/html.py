@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from hsrm.io import atomic_write_bytes
-from hsrm.report import _scorers, bon_figure, bon_rows, small_store_warnings
+from hsrm.report.bon import _scorers, bon_figure, bon_rows, small_store_warnings
 
 MIN_CALIBRATION = 30  # answers: fewer make a reliability diagram of 10 bins mostly empty
 # Heads trained with a logistic loss, whose sigmoid(score) is meant as P(correct) (HARP's is the

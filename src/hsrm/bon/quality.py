@@ -108,8 +108,8 @@ _FREE = ("mean_logprob", "self_certainty", "deepconf_lowest_group", "neg_mean_en
 
 
 def _free_features(store, idx: np.ndarray) -> dict[str, np.ndarray]:
-    from hsrm.evaluate import vote_counts
-    from hsrm.scorers import store_scores
+    from hsrm.bon.scorers import store_scores
+    from hsrm.metrics import vote_counts
 
     recs = store.records
     s = store_scores(store, idx, ["self_certainty", "deepconf_lowest_group", "neg_mean_entropy"])
@@ -138,7 +138,8 @@ class StackedSelector:
         from sklearn.linear_model import LogisticRegression
         from sklearn.preprocessing import StandardScaler
 
-        from hsrm.pipeline import control_scores, prompt_folds
+        from hsrm.bon.baselines import control_scores
+        from hsrm.splits import prompt_folds
 
         y, g = store.labels[idx], store.prompt_ids[idx]
         fold = prompt_folds(g, self.inner_folds, self.seed)
@@ -160,7 +161,7 @@ class StackedSelector:
         return self
 
     def score(self, store, idx: np.ndarray, P: np.ndarray) -> np.ndarray:
-        from hsrm.pipeline import control_scores
+        from hsrm.bon.baselines import control_scores
 
         tstore, tidx = self.train_
         prior = control_scores(tstore, tidx, store, idx)["answer_prior"]

@@ -3,7 +3,7 @@ gap closed, bootstrap CIs over prompts, and the same per task family.
 
 ``majority`` is special: its best-of-k is a vote *within* each k-subset (Monte Carlo), so it needs the
 extracted answers; ``random`` is the mean accuracy; ``oracle`` is unbiased pass@k. So are the vote
-scorers of ``hsrm.scorers.VOTES`` (DeepConf's confidence-weighted vote): their score array holds each
+scorers of ``hsrm.bon.scorers.VOTES`` (DeepConf's confidence-weighted vote): their score array holds each
 trace's confidence weight, and the weighted vote is counted within each k-subset; their AUROCs
 rank samples by the weighted vote share of their answer.
 """
@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from hsrm import metrics as M
+from hsrm.bon.scorers import VOTES, weighted_vote_prompt, weighted_vote_share
 from hsrm.errors import HsrmError
 from hsrm.metrics import vote_counts
-from hsrm.scorers import VOTES, weighted_vote_prompt, weighted_vote_share
 
 MAJORITY = "majority"
 
@@ -35,7 +35,7 @@ def _summary(
     vote_weights: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     vote_weights = vote_weights or {}
-    by = M._by_group(groups)
+    by = M.by_group(groups)
     y = np.asarray(labels, float)
     per_prompt_acc = {g: float(y[i].mean()) for g, i in by.items()}
     n_per = {len(i) for i in by.values()}
@@ -124,7 +124,7 @@ def bon_report(
     vote_weights = {k: np.asarray(v, float) for k, v in scores.items() if k in VOTES}
     for name, w in vote_weights.items():
         scores = {**scores, name: weighted_vote_share(extracted, groups, w)}
-    n = min(len(i) for i in M._by_group(groups).values())
+    n = min(len(i) for i in M.by_group(groups).values())
     ks = ks or M.ks_for(n)
     rep = _summary(scores, labels, groups, extracted, ks, n_boot, seed, protocol, vote_weights)
     if families is not None:

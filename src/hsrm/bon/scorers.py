@@ -20,7 +20,7 @@ three scores with a 16-token window and tail, scaled to these answers (our choic
 Vote-style selectors (``VOTES``) do not rank answers one by one: within each k-subset of a prompt's
 answers, the answer string with the largest summed trace confidence wins (DeepConf's
 confidence-weighted majority vote), after keeping only the top-eta share of the subset's traces by
-confidence (DeepConf-high: eta = 90%, DeepConf-low: eta = 10%). ``hsrm.evaluate`` counts them
+confidence (DeepConf-high: eta = 90%, DeepConf-low: eta = 10%). ``hsrm.bon.report`` counts them
 within each subset, like ``majority``.
 """
 
@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from hsrm.errors import HsrmError
+from hsrm.metrics import vote_prompt
 
 log = logging.getLogger(__name__)
 
@@ -149,30 +150,8 @@ def weighted_vote_prompt(
     """DeepConf's confidence-weighted majority vote within random k-subsets of one prompt's answers:
     keep the ``ceil(keep * k)`` most confident traces of the subset, sum their weights per answer
     (None never wins unless all are None), pick the heaviest (ties split). Monte Carlo over
-    ``n_sub`` subsets (exact when k = n)."""
-    n = len(answers)
-    y = np.asarray(labels, float)
-    w = np.asarray(weights, float)
-    subsets = (
-        [np.arange(n)] if k == n else [rng.choice(n, size=k, replace=False) for _ in range(n_sub)]
-    )
-    m = max(1, int(np.ceil(keep * k - 1e-9)))
-    acc = 0.0
-    for sub in subsets:
-        sub = sub[np.argsort(-w[sub], kind="stable")[:m]]
-        tot: dict[object, float] = {}
-        first: dict[object, int] = {}
-        for i in sub:
-            if answers[i] is not None:
-                tot[answers[i]] = tot.get(answers[i], 0.0) + w[i]
-                first.setdefault(answers[i], int(i))
-        if not tot:
-            acc += float(y[sub].mean())
-            continue
-        best = max(tot.values())
-        winners = [a for a, v in tot.items() if v >= best - 1e-12]
-        acc += float(np.mean([y[first[a]] for a in winners]))
-    return acc / len(subsets)
+    ``n_sub`` subsets (exact when k = n); the one vote counter is ``metrics.vote_prompt``."""
+    return vote_prompt(answers, labels, weights, k, rng, keep, n_sub)
 
 
 def weighted_vote_share(

@@ -5,7 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-ORDER = ["elhsr", "probe", "rank", "text_only", "answer_prior", "majority", "mean_logprob", "random"]
+ORDER = [
+    "elhsr",
+    "probe",
+    "rank",
+    "text_only",
+    "answer_prior",
+    "majority",
+    "mean_logprob",
+    "random",
+]
 
 
 def _scorers(rep: dict[str, Any]) -> list[str]:
@@ -36,7 +45,7 @@ def bon_rows(rep: dict[str, Any], ks: list[str] | None = None) -> tuple[list[str
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    from hsrm.tables import markdown_table
+    from hsrm.report.tables import markdown_table
 
     return markdown_table(header, rows)
 

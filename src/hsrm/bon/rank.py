@@ -14,7 +14,7 @@ invisible to it:
 
 Prompts whose answers are all right or all wrong carry no ranking signal and are dropped by the two
 ranking losses. ``RankProbe`` is linear on standardised mean-pooled states of chosen layers
-(``hsrm.quality.pooled_states``), L2-regularised, trained full-batch with Adam; with ``val`` given
+(``hsrm.bon.quality.pooled_states``), L2-regularised, trained full-batch with Adam; with ``val`` given
 it keeps the epoch whose validation within-prompt AUROC was best (early stopping on another store's
 prompts).
 
@@ -32,11 +32,11 @@ import numpy as np
 import torch
 
 from hsrm import metrics as M
-from hsrm.quality import _layer_pos, zscore_by_prompt
+from hsrm.bon.quality import _layer_pos, zscore_by_prompt
 
 LOSSES = ("listwise", "pairwise", "pointwise")
 
-#: training-free columns kept per answer (``hsrm.scorers`` names) besides mean log-prob
+#: training-free columns kept per answer (``hsrm.bon.scorers`` names) besides mean log-prob
 FREE_COLS = ("self_certainty", "deepconf_lowest_group", "neg_mean_entropy")
 
 
@@ -44,8 +44,8 @@ def answer_table(store, idx: np.ndarray | None = None) -> dict[str, Any]:
     """Everything the levers need about records ``idx`` of a store, in memory: ``P`` (n, L, d)
     mean-pooled states, labels, prompt ids, families, extracted answers, mean log-prob, vote
     share and the training-free scores."""
-    from hsrm.quality import pooled_states
-    from hsrm.scorers import store_scores
+    from hsrm.bon.quality import pooled_states
+    from hsrm.bon.scorers import store_scores
 
     idx = np.arange(len(store)) if idx is None else np.asarray(idx)
     recs = store.records

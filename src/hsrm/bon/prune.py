@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from hsrm import metrics as M
-from hsrm.scorers import group_confidences, lowest_group_confidence, weighted_vote_prompt
+from hsrm.bon.scorers import group_confidences, lowest_group_confidence, weighted_vote_prompt
 
 CHECKPOINTS = (4, 8, 12, 16)
 
@@ -39,8 +39,8 @@ def prefix_probe_scores(
     store, idx: np.ndarray, checkpoints: Sequence[int] = CHECKPOINTS, folds: int = 3, seed: int = 0
 ) -> dict[int, np.ndarray]:
     """Out-of-fold (by prompt) prefix-probe scores of records ``idx`` at every checkpoint."""
-    from hsrm.pipeline import prompt_folds
-    from hsrm.quality import POOLED_DEFAULT, PooledProbe, pooled_states
+    from hsrm.bon.quality import POOLED_DEFAULT, PooledProbe, pooled_states
+    from hsrm.splits import prompt_folds
 
     y, g = store.labels[idx], store.prompt_ids[idx]
     fold = prompt_folds(g, folds, seed)

@@ -3,7 +3,7 @@
 ``prune_hook(...)`` builds the per-step ``prune(step, view)`` hook the sampler calls (see
 ``capture.PruneHook``); ``hsrm sample --prune POLICY`` and ``SampleRunConfig.prune`` use it. A
 stopped row keeps its tokens so far and is stored with ``"stop": "pruned"``; best-of-N is then
-taken over the samples that finished. Policies (the offline versions are in ``hsrm.prune``):
+taken over the samples that finished. Policies (the offline versions are in ``hsrm.bon.prune``):
 
 - ``head``: at each checkpoint t (answer tokens generated), a ``PrefixHead`` scores every running
   sample from its hidden states averaged over its first t tokens, and the lowest ``frac`` of each
@@ -19,7 +19,7 @@ taken over the samples that finished. Policies (the offline versions are in ``hs
   the end and stricter early on.
 
 ``PrefixHead``: one standardised logistic regression per checkpoint on prefix-averaged states
-(the pooled probe of ``hsrm.quality``, C = 0.01), fitted on a fully sampled store of the same task
+(the pooled probe of ``hsrm.bon.quality``, C = 0.01), fitted on a fully sampled store of the same task
 with ``fit_prefix_head`` and saved as safetensors + JSON.
 """
 
@@ -114,7 +114,7 @@ def fit_prefix_head(
     the samples at least t tokens long (the ones still running there) with their final label."""
     from sklearn.linear_model import LogisticRegression
 
-    from hsrm.quality import pooled_states
+    from hsrm.bon.quality import pooled_states
 
     idx = np.arange(len(store)) if idx is None else np.asarray(idx)
     lens = np.array([store.records[i]["n_tokens"] for i in idx])

@@ -1,0 +1,374 @@
+"""``hsrm sample``: sample answers with capture into a store (the capture -> store floor).
+
+A task's prompts are sampled with capture (``hsrm.capture``), graded by the task
+(``Task.grade``) and written shard by shard (``hsrm.store``). The heads of every use are fit on
+such stores (best-of-N: ``hsrm.bon``; ``hsrm score --store``). ``sample`` is the local engine;
+``hsrm.scale`` (``engine="ray"``) reuses ``sample_inputs`` / ``plan_sample`` / ``save_shard`` /
+``finish_sample`` and the aligned batch windows here, so both engines write byte-identical shards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from hsrm.capture import PromptResult, SampleConfig, parse_layers, sample_prompts
+from hsrm.config import field, validate
+from hsrm.errors import HsrmError
+from hsrm.io import atomic_write_text, check_out
+from hsrm.models import DEFAULT_MODEL, ModelFingerprint, load_model
+from hsrm.projection import Projection
+from hsrm.shardwriter import BackgroundWriter
+from hsrm.store import Store, StoreWriter
+from hsrm.tasks import Task, get_task
+from hsrm.tasks.base import Prompt
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SampleRunConfig:
+    out: str = field("runs/sample", "output folder of the sample store (resumes if it exists)")
+    model: str = field(DEFAULT_MODEL, "embedded name, hub id, local folder or .gguf file")
+    task: str = field("synthetic", "synthetic[:FAMILIES] | gsm8k:PATH | bbh:PATH | jsonl:PATH")
+    n_prompts: int = field(
+        320, "prompts to sample (synthetic: generated; files: the first N)", min=1
+    )
+    families: str = field(
+        "arith,compare", "synthetic task families (comma list of arith, compare, count)"
+    )
+    task_seed: int = field(0, "seed of the synthetic task generator")
+    fewshot: str = field(
+        "fixed", "synthetic few-shot examples: fixed (one set per family) | per_prompt (own stream)"
+    )
+    n: int = field(16, "samples per prompt", min=1)
+    temperature: float = field(0.8, "sampling temperature", min=0.0)
+    top_p: float = field(1.0, "nucleus sampling threshold", min=0.0, max=1.0)
+    top_k: int = field(0, "keep only the k most likely tokens (0 = off)", min=0)
+    min_p: float = field(
+        0.0, "drop tokens below min_p x the top token's probability (0 = off)", min=0.0, max=1.0
+    )
+    stop: list[str] = field([], "stop strings: an answer ends where one appears")
+    max_new_tokens: int = field(6, "maximum answer tokens", min=1)
+    seed: int = field(0, "sampling seed (each prompt draws from its own stream)")
+    layers: str = field("all", "hidden states to capture: all | every:K | mid | last | 0,4,8")
+    store_dtype: str = field("float16", "storage dtype: float16 | bfloat16 | int8 | fp8")
+    project: int = field(
+        0, "compact store: keep a seeded random projection of each layer to k dims (0 = full)"
+    )
+    project_seed: int = field(0, "seed of the per-layer projection matrices (with --project)")
+    dtype: str = field(
+        "auto",
+        "model dtype: auto (float32 on cpu, bfloat16 on gpus) | float32 | bfloat16 | float16",
+    )
+    device: str = field("auto", "device: auto | cpu | cuda | cuda:N | mps")
+    batch_prompts: int = field(8, "prompts decoded together (x n samples each = rows per step)")
+    writer_queue: int = field(
+        2, "shards that may wait for the background writer (0 = write synchronously)"
+    )
+    pool: str = field("none", "none (per token) | mean | last (one vector per answer)")
+    shard_prompts: int = field(16, "prompts per shard (the unit of resumption)", min=1)
+    threads: int = field(0, "torch CPU threads (0 = torch's default)", min=0)
+    api_log: str = field("", "also write the samples as OpenAI-style chat.completion JSONL here")
+    top_logprobs: int = field(
+        20, "top-k log-probs per token in the API log (k <= 20)", min=0, max=20
+    )
+    engine: str = field("local", "local (this process) | ray (Ray workers; docs/scale.md)")
+    workers: int = field(
+        1, "engine=ray: model replicas (Ray actors), each sampling whole shards", min=1
+    )
+    cpus_per_worker: float = field(1.0, "engine=ray: CPUs per worker (also its torch threads)")
+    gpus_per_worker: float = field(0.0, "engine=ray: GPUs per worker (0.5 = two workers a GPU)")
+    ray_address: str = field("", "engine=ray: cluster to join (default $RAY_ADDRESS, else local)")
+    # early pruning while sampling (hsrm.bon.prune_online; docs/quality.md)
+    prune: str = field("none", "stop samples early: none | head | deepconf | random")
+    prune_head: str = field("", "prune=head: prefix-head folder (prune_online.fit_prefix_head)")
+    prune_checkpoints: str = field(
+        "4,8", "prune=head|random: answer-token counts at which samples are stopped"
+    )
+    prune_frac: float = field(
+        0.5, "prune=head|random: share of each prompt's running samples stopped per checkpoint"
+    )
+    prune_eta: float = field(90.0, "prune=deepconf: percent of warm-up confidence kept (90 | 10)")
+    prune_warmup: int = field(4, "prune=deepconf: samples per prompt that set the threshold")
+    prune_window: int = field(8, "prune=deepconf: sliding window of the group confidence")
+    prune_seed: int = field(0, "prune=random: seed of the random choice")
+
+    def __post_init__(self) -> None:
+        # Before the model dtype existed, `dtype` was the storage dtype: old configs saying
+        # int8/fp8 there mean the store (float16/bfloat16 are read as the model dtype now).
+        if self.dtype in ("int8", "fp8"):
+            self.store_dtype, self.dtype = self.dtype, "auto"
+        if self.batch_prompts < 1:
+            raise HsrmError(f"batch_prompts must be >= 1, got {self.batch_prompts}")
+        if self.project < 0:
+            raise HsrmError(f"project must be >= 0 (0 = full states), got {self.project}")
+        if self.writer_queue < 0:
+            raise HsrmError(f"writer_queue must be >= 0, got {self.writer_queue}")
+
+
+def make_task(cfg: SampleRunConfig) -> Task:
+    if cfg.task.split(":", 1)[0] == "synthetic":
+        fams = cfg.task.split(":", 1)[1] if ":" in cfg.task else cfg.families
+        return get_task(
+            "synthetic", n=cfg.n_prompts, families=fams, seed=cfg.task_seed, fewshot=cfg.fewshot
+        )
+    return get_task(cfg.task, limit=cfg.n_prompts)
+
+
+@dataclass
+class SamplePlan:
+    """What every engine shares: checked settings, prompts cut into shards, the open store and the
+    shards still to do. Shard k always holds prompts [k*S, (k+1)*S), whichever engine samples it."""
+
+    scfg: SampleConfig
+    task: Task
+    prompts: list[Prompt]
+    layers: tuple[int, ...]
+    writer: StoreWriter
+    shards: list[list[Prompt]]
+    todo: list[int]
+
+
+def sample_inputs(cfg: SampleRunConfig) -> tuple[SampleConfig, Task, list[Prompt]]:
+    """The checks that need no model: every setting, the output folder, the task (file) and its
+    prompts. Everything is checked before anything is written; StoreWriter then locks the store."""
+    validate(cfg, "sample")
+    check_out(cfg.out, "store")
+    scfg = SampleConfig(
+        n=cfg.n,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        top_k=cfg.top_k,
+        min_p=cfg.min_p,
+        stop=tuple(cfg.stop),
+        max_new_tokens=cfg.max_new_tokens,
+        seed=cfg.seed,
+        layers=cfg.layers,
+        top_logprobs=cfg.top_logprobs if cfg.api_log else 0,
+    )
+    scfg.validate()
+    from hsrm.bon.prune_online import check_prune_config
+
+    check_prune_config(cfg)
+    task = make_task(cfg)
+    prompts = task.prompts()
+    if not prompts:
+        raise HsrmError(f"task {cfg.task!r} has no prompts")
+    return scfg, task, prompts
+
+
+def plan_sample(
+    cfg: SampleRunConfig,
+    fp: ModelFingerprint,
+    scfg: SampleConfig,
+    task: Task,
+    prompts: list[Prompt],
+) -> SamplePlan:
+    """Open (or resume) the store for a model with fingerprint ``fp``; refuses a folder that holds
+    a different run. Shards already written are left out of ``todo``."""
+    layers = parse_layers(cfg.layers, fp.n_layers)
+    sampling = asdict(scfg)
+    sampling.pop("check_every")  # changes when the host looks, never what is sampled
+    # Per-prompt uniforms + inverse CDF (docs/engine.md); stores drawn the older way (multinomial)
+    # are refused on resume instead of being mixed with this one.
+    sampling["draw"] = "inverse-cdf"
+    if getattr(cfg, "prune", "none") != "none":  # a pruned store is never resumed unpruned
+        from hsrm.bon.prune_online import prune_settings
+
+        sampling["prune"] = prune_settings(cfg)
+    writer = StoreWriter(
+        cfg.out,
+        {
+            "fingerprint": fp.to_dict(),
+            "layers": list(layers),
+            "task": task.describe(),
+            "sampling": sampling,
+            "dtype": cfg.store_dtype,
+            "pool": cfg.pool,
+            "shard_prompts": cfg.shard_prompts,
+            **(
+                {"projection": Projection(cfg.project, cfg.project_seed).to_dict()}
+                if cfg.project
+                else {}
+            ),
+            "batch_prompts": cfg.batch_prompts,  # states differ across B within fp tolerance
+        },
+    )
+    S = cfg.shard_prompts
+    shards = [prompts[i : i + S] for i in range(0, len(prompts), S)]
+    todo = [k for k, sh in enumerate(shards) if not writer.shard_done(k, [p.id for p in sh])]
+    if len(todo) < len(shards):
+        log.info(
+            "resuming %s: %d of %d shards already done",
+            cfg.out,
+            len(shards) - len(todo),
+            len(shards),
+        )
+    return SamplePlan(scfg, task, prompts, layers, writer, shards, todo)
+
+
+def save_shard(plan: SamplePlan, k: int, results: list, lm: Any, api_log: str) -> None:
+    """Write shard k (atomically) and, with an API log, its part of the log."""
+    grades = plan.task.grade(results)
+    plan.writer.write_shard(k, results, grades)
+    if api_log:
+        labels = [[int(label) for _, label in g] for g in grades]
+        _write_api_shard(plan.writer.path / f"apilog-{k:05d}.jsonl", results, labels, lm)
+
+
+def finish_sample(
+    cfg: SampleRunConfig,
+    plan: SamplePlan,
+    n_done: int,
+    seconds: float,
+    extra: dict[str, Any] | None = None,
+) -> Store:
+    """Join the API log parts, mark the store complete, and open it."""
+    if cfg.api_log:
+        parts = sorted(Path(cfg.out).glob("apilog-*.jsonl"))
+        atomic_write_text(cfg.api_log, "".join(p.read_text() for p in parts))
+        log.info("API log of %d prompts -> %s", len(plan.prompts), cfg.api_log)
+    plan.writer.finish({"last_run": {"samples": n_done, "seconds": seconds, **(extra or {})}})
+    store = Store(cfg.out)
+    log.info(
+        "store %s: %d samples over %d prompts, %.1f MB (%.0f samples/s this run)",
+        cfg.out,
+        len(store),
+        len(plan.prompts),
+        store.bytes_on_disk() / 1e6,
+        n_done / seconds if seconds > 0 else 0,
+    )
+    return store
+
+
+def check_prompt_lengths(lm: Any, prompts: list, max_new_tokens: int, task: str) -> None:
+    """Refuse a prompt that, with its answer, would not fit the model's context (before sampling:
+    a 10 MB prompt line otherwise tries to allocate gigabytes)."""
+    from hsrm.capture import prompt_text
+
+    ctx = getattr(getattr(lm.model, "config", None), "max_position_embeddings", None)
+    if not isinstance(ctx, int) or ctx <= 0:
+        return
+    for p in prompts:
+        text = prompt_text(lm.tokenizer, p)
+        # Characters bound tokens from above only loosely; tokenise unless clearly short.
+        n = len(text) if len(text) > 20 * ctx else len(lm.tokenizer(text)["input_ids"])
+        unit = "characters" if len(text) > 20 * ctx else "tokens"
+        if n + max_new_tokens > ctx:
+            where = p.meta.get("source", task) if isinstance(p.meta, dict) else task
+            raise HsrmError(
+                f"{where}: prompt {p.id!r} is {n} {unit}; with max_new_tokens={max_new_tokens} it "
+                f"exceeds the model's context of {ctx} tokens"
+            )
+
+
+def sample(cfg: SampleRunConfig, lm: Any = None, progress: bool = True) -> Store:
+    """Sample ``cfg.n`` answers per prompt with capture into ``cfg.out``; resumes a killed run.
+
+    ``cfg.engine="ray"`` spreads the shards over Ray workers (``hsrm.scale``, docs/scale.md); the
+    store it writes is the same."""
+    if cfg.engine == "ray":
+        if lm is not None:
+            raise HsrmError(
+                "engine='ray' loads the model in each worker from cfg.model; pass no lm"
+            )
+        from hsrm.scale import sample_ray
+
+        return sample_ray(cfg, progress=progress)
+    if cfg.engine != "local":
+        raise HsrmError(f"engine: unknown engine {cfg.engine!r}; use local or ray")
+    scfg, task, prompts = sample_inputs(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    lm = lm or load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    check_prompt_lengths(lm, prompts, cfg.max_new_tokens, cfg.task)
+    plan = plan_sample(cfg, lm.fingerprint, scfg, task, prompts)
+    from hsrm.bon.prune_online import hook_from_config
+
+    prune = hook_from_config(cfg, plan.layers)
+    t0, n_done = time.perf_counter(), 0
+    bar = tqdm(
+        total=sum(len(plan.shards[k]) for k in plan.todo) * cfg.n,
+        desc="sampling",
+        unit="sample",
+        disable=not progress,
+    )
+    S, B, n_prompts = cfg.shard_prompts, cfg.batch_prompts, len(prompts)
+    # Batches are aligned to absolute prompt positions ([c*B, (c+1)*B)), so a prompt always shares
+    # its batch with the same neighbours (whichever engine samples it) and a resumed run writes
+    # byte-identical shards; on resume a batch that straddles a finished shard re-samples (and
+    # drops) at most B-1 prompts.
+    need = {i for k in plan.todo for i in range(k * S, min((k + 1) * S, n_prompts))}
+    chunks = [c for c in range(0, n_prompts, B) if need & set(range(c, c + B))]
+    got: dict[int, Any] = {}
+    pending = list(plan.todo)
+    bg = BackgroundWriter(
+        lambda k, results: save_shard(plan, k, results, lm, cfg.api_log), depth=cfg.writer_queue
+    )
+    try:
+        for c in chunks:
+            for i, r in zip(
+                range(c, c + B),
+                sample_prompts(lm, prompts[c : c + B], scfg, plan.layers, prune=prune),
+            ):
+                if i in need:
+                    got[i] = r
+            n_new = sum(1 for i in range(c, min(c + B, n_prompts)) if i in need) * cfg.n
+            bar.update(n_new)
+            n_done += n_new
+            while pending:  # hand every shard whose prompts are all sampled to the writer
+                k = pending[0]
+                idx = range(k * S, min((k + 1) * S, n_prompts))
+                if not all(i in got for i in idx):
+                    break
+                bg.submit(k, [got.pop(i) for i in idx])
+                pending.pop(0)
+    finally:
+        bg.close()
+        bar.close()
+    log.info("writer: sampling waited %.2f s for the disk", bg.idle_s)
+    return finish_sample(cfg, plan, n_done, time.perf_counter() - t0, {"writer_wait_s": bg.idle_s})
+
+
+def batch_window(k: int, shard_prompts: int, batch_prompts: int, n_prompts: int) -> tuple[int, int]:
+    """Prompt positions [a, b) of the aligned batches (``sample``'s) that cover shard k."""
+    lo, hi = k * shard_prompts, min((k + 1) * shard_prompts, n_prompts)
+    B = batch_prompts
+    return (lo // B) * B, min(-(-hi // B) * B, n_prompts)
+
+
+def sample_window(
+    lm: Any,
+    window: list[Prompt],
+    start: int,
+    lo: int,
+    hi: int,
+    B: int,
+    scfg: SampleConfig,
+    layers: tuple[int, ...],
+) -> list[PromptResult]:
+    """Results of prompts at positions [lo, hi), sampled in the same aligned batches of B as the
+    local engine (``window`` = the prompts at positions [start, start + len(window))), so another
+    engine sampling one shard at a time writes byte-identical shards."""
+    out = []
+    for c in range(0, len(window), B):
+        for j, r in enumerate(sample_prompts(lm, window[c : c + B], scfg, layers)):
+            if lo <= start + c + j < hi:
+                out.append(r)
+    return out
+
+
+def _write_api_shard(path: Path, results: list, labels: list[list[int]], lm: Any) -> None:
+    from hsrm.apilog import api_log_records
+
+    fp = lm.fingerprint
+    recs = api_log_records(results, lm.tokenizer, fp.name, fp.revision, labels)
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in recs))
