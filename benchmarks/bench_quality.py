@@ -12,7 +12,7 @@ head or control is fitted on it) and ``--cot`` (the chain-of-thought family). A 
    trained on all of ``--train`` then applied to ``--fresh``. Controls and training-free scorers in
    every table; BoN@16 with bootstrap CIs over prompts, gap closed, within-prompt AUROC, per family.
 2. CoT table: the same selectors out-of-fold on ``--cot``.
-3. Pruning curve (``hsrm.prune``, offline over the fully sampled CoT store): tokens generated vs
+3. Pruning curve (``hsrm.bon.prune``, offline over the fully sampled CoT store): tokens generated vs
    BoN@16 for no pruning, hsrm-head pruning, DeepConf online stopping, random at the same budget.
 
 Writes benchmarks/results/<tag>.json, <tag>.md and <tag>_pruning.png.
@@ -161,8 +161,26 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--no-elhsr", action="store_true", help="skip ELHSR (slow on a busy CPU)")
     ap.add_argument("--skip", default="", help="comma list of sections to skip: fresh,cot,prune")
+    ap.add_argument(
+        "--levers", action="store_true", help="only the lever sweep (quality_levers.py)"
+    )
+    ap.add_argument("--levers-elhsr", action="store_true", help="only ELHSR's layer/decay sweep")
+    ap.add_argument("--levers-more", action="store_true", help="only ELHSR trained on train+val")
+    ap.add_argument("--prune-online", action="store_true", help="only online CoT pruning")
+    ap.add_argument("--cot-train", default="runs/cot_train", help="--prune-online: head's store")
+    ap.add_argument("--cot-prompts", type=int, default=64, help="--prune-online: test prompts")
+    ap.add_argument("--cot-task-seed", type=int, default=11, help="--prune-online: test seed")
+    ap.add_argument("--val", default="runs/val", help="--levers: the validation store")
+    ap.add_argument("--cache", default="runs/cache", help="--levers: pooled-state caches")
+    ap.add_argument("--rank-epochs", type=int, default=200)
+    ap.add_argument("--elhsr-seeds", type=int, default=3, help="--levers-elhsr: seeds per setting")
+    ap.add_argument("--n-boot", type=int, default=1000)
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.levers or args.levers_elhsr or args.levers_more:
+        return _levers_main(args)
+    if args.prune_online:
+        return _prune_online_main(args)
     skip = set(args.skip.split(","))
     out: dict[str, Any] = {"machine": "2-core CPU box shared with other jobs", "config": vars(args)}
     md = ["# Selection quality (`benchmarks/bench_quality.py`)", ""]
@@ -272,6 +290,58 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.tag}.json").write_text(json.dumps(out, indent=1))
     (RESULTS / f"{args.tag}.md").write_text("\n".join(md))
+    print("\n".join(md))
+
+
+def _levers_main(args) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import quality_levers as QL  # type: ignore[import-not-found]
+
+    tag = args.tag if args.tag != "quality" else "quality_levers"
+    if args.levers_more:
+        out = QL.levers_more(args)
+        tag += "_more"
+        md = ["# More contexts (`bench_quality.py --levers-more`)", "", QL.more_md(out)]
+    elif args.levers_elhsr:
+        out = QL.levers_elhsr(args)
+        tag += "_elhsr"
+        md = ["# ELHSR levers (`bench_quality.py --levers-elhsr`)", "", QL.elhsr_md(out)]
+    else:
+        out = QL.levers(args)
+        md = ["# Selection levers (`bench_quality.py --levers`)", "", QL.sweep_md(out)]
+        md.append(
+            "Rows marked `train+val` are trained on the validation store too: their val numbers"
+            " are in-sample, only their fresh numbers are a test.\n"
+        )
+        for t, title in (
+            ("val", "validation store (task seed 2; settings chosen here)"),
+            ("fresh", "fresh store (task seed 1; nothing fitted or chosen here)"),
+        ):
+            md.append(table_md(f"Each lever's val-chosen setting on the {title}", out["full"][t]))
+    out = {"machine": "2-core CPU box shared with other jobs", "config": vars(args), **out}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{tag}.json").write_text(json.dumps(out, indent=1))
+    (RESULTS / f"{tag}.md").write_text("\n".join(md))
+    print("\n".join(md))
+
+
+def _prune_online_main(args) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import quality_pruning_online as QP  # type: ignore[import-not-found]
+
+    tag = args.tag if args.tag != "quality" else "quality_pruning_online"
+    out = QP.prune_online(args)
+    out = {"machine": "2-core CPU box shared with other jobs", "config": vars(args), **out}
+    md = ["# Online early pruning (`bench_quality.py --prune-online`)", "", QP.online_md(out)]
+    md.append(QP.replay_md(out))
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{tag}.json").write_text(json.dumps(out, indent=1))
+    (RESULTS / f"{tag}.md").write_text("\n".join(md))
+    QP.plot_online(out, RESULTS / f"{tag}.png")
     print("\n".join(md))
 
 

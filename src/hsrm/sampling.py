@@ -93,6 +93,19 @@ class SampleRunConfig:
     cpus_per_worker: float = field(1.0, "engine=ray: CPUs per worker (also its torch threads)")
     gpus_per_worker: float = field(0.0, "engine=ray: GPUs per worker (0.5 = two workers a GPU)")
     ray_address: str = field("", "engine=ray: cluster to join (default $RAY_ADDRESS, else local)")
+    # early pruning while sampling (hsrm.bon.prune_online; docs/quality.md)
+    prune: str = field("none", "stop samples early: none | head | deepconf | random")
+    prune_head: str = field("", "prune=head: prefix-head folder (prune_online.fit_prefix_head)")
+    prune_checkpoints: str = field(
+        "4,8", "prune=head|random: answer-token counts at which samples are stopped"
+    )
+    prune_frac: float = field(
+        0.5, "prune=head|random: share of each prompt's running samples stopped per checkpoint"
+    )
+    prune_eta: float = field(90.0, "prune=deepconf: percent of warm-up confidence kept (90 | 10)")
+    prune_warmup: int = field(4, "prune=deepconf: samples per prompt that set the threshold")
+    prune_window: int = field(8, "prune=deepconf: sliding window of the group confidence")
+    prune_seed: int = field(0, "prune=random: seed of the random choice")
 
     def __post_init__(self) -> None:
         # Before the model dtype existed, `dtype` was the storage dtype: old configs saying
@@ -148,6 +161,9 @@ def sample_inputs(cfg: SampleRunConfig) -> tuple[SampleConfig, Task, list[Prompt
         top_logprobs=cfg.top_logprobs if cfg.api_log else 0,
     )
     scfg.validate()
+    from hsrm.bon.prune_online import check_prune_config
+
+    check_prune_config(cfg)
     task = make_task(cfg)
     prompts = task.prompts()
     if not prompts:
@@ -170,6 +186,10 @@ def plan_sample(
     # Per-prompt uniforms + inverse CDF (docs/engine.md); stores drawn the older way (multinomial)
     # are refused on resume instead of being mixed with this one.
     sampling["draw"] = "inverse-cdf"
+    if getattr(cfg, "prune", "none") != "none":  # a pruned store is never resumed unpruned
+        from hsrm.bon.prune_online import prune_settings
+
+        sampling["prune"] = prune_settings(cfg)
     writer = StoreWriter(
         cfg.out,
         {
@@ -278,6 +298,9 @@ def sample(cfg: SampleRunConfig, lm: Any = None, progress: bool = True) -> Store
     lm = lm or load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     check_prompt_lengths(lm, prompts, cfg.max_new_tokens, cfg.task)
     plan = plan_sample(cfg, lm.fingerprint, scfg, task, prompts)
+    from hsrm.bon.prune_online import hook_from_config
+
+    prune = hook_from_config(cfg, plan.layers)
     t0, n_done = time.perf_counter(), 0
     bar = tqdm(
         total=sum(len(plan.shards[k]) for k in plan.todo) * cfg.n,
@@ -300,7 +323,9 @@ def sample(cfg: SampleRunConfig, lm: Any = None, progress: bool = True) -> Store
     )
     try:
         for c in chunks:
-            res = sample_prompts(lm, prompts[c : c + W], scfg, plan.layers, batch_prompts=B)
+            res = sample_prompts(
+                lm, prompts[c : c + W], scfg, plan.layers, batch_prompts=B, prune=prune
+            )
             for i, r in zip(range(c, c + W), res):
                 if i in need:
                     got[i] = r

@@ -213,6 +213,8 @@ class StoreWriter:
                         if n_tok and a.self_certainty is not None
                         else 0.0,
                         "eos_logprob": a.extra.get("eos_logprob"),
+                        # why decoding stopped: eos | length | stop | pruned (``--prune``)
+                        "stop": a.extra.get("stop"),
                         "tok_offset": tok_offset,
                     }
                 )

@@ -16,6 +16,7 @@ from hsrm.bon.outputs import html_data, store_report, write_outputs
 from hsrm.bon.report import bon_report
 from hsrm.capture import parse_layers
 from hsrm.config import field, validate
+from hsrm.errors import HsrmError
 from hsrm.heads.base import Head, make_head
 from hsrm.io import check_out, exclusive, mark_output
 from hsrm.models import DEFAULT_MODEL
@@ -35,7 +36,10 @@ class DemoConfig:
         3, "prompt splits (k-fold by prompt: every prompt is tested exactly once)", min=2
     )
     head_layers: str = field(
-        "all", "layers ELHSR reads (all beat every:4 in benchmarks/results/ablations.md)"
+        "top:11",
+        "layers ELHSR reads: top:K (the last K hidden states; top:11 = 20-30 of the embedded "
+        "model, chosen on another task seed's store: benchmarks/results/quality_levers_elhsr.md, "
+        "quality_levers_more.md) | all | every:K | 0,4,8",
     )
     seed: int = field(0, "seed for sampling and splits")
     n_boot: int = field(1000, "bootstrap resamples over prompts", min=1)
@@ -56,6 +60,19 @@ class DemoConfig:
 # The demo's ELHSR settings: SWIFT's, plus two changes measured in benchmarks/results/ablations.md
 # (standardised inputs; early stopping on the validation prompts' within-prompt AUROC).
 DEMO_ELHSR: dict[str, Any] = {"standardize": True, "early_stop": "within_auroc", "patience": 5}
+
+
+def demo_head_layers(spec: str, n_layers: int) -> tuple[int, ...]:
+    """``top:K``: the last K of the n_layers + 1 hidden states; anything else: ``parse_layers``."""
+    if spec.startswith("top:"):
+        try:
+            k = int(spec[4:])
+        except ValueError:
+            raise HsrmError(f"head_layers: {spec!r}: top:K needs an integer K") from None
+        if not 1 <= k <= n_layers + 1:
+            raise HsrmError(f"head_layers: {spec!r}: K must be in 1..{n_layers + 1}")
+        return tuple(range(n_layers + 1 - k, n_layers + 1))
+    return tuple(parse_layers(spec, n_layers))
 
 
 def cross_fit(
@@ -108,6 +125,8 @@ def cross_fit(
 def demo(cfg: DemoConfig, console: Any = None) -> dict[str, Any]:
     """Sample on the embedded synthetic task, cross-fit ELHSR and the probe by prompt, report."""
     validate(cfg, "demo")
+    # the layer spec's form, before minutes of sampling (its range is checked on the store)
+    demo_head_layers(cfg.head_layers, 1 << 20 if cfg.head_layers.startswith("top:") else 10**3)
     out = Path(cfg.out)
     check_out(out, "demo", overwrite=cfg.overwrite)
     with exclusive(out):
@@ -131,10 +150,13 @@ def _demo(cfg: DemoConfig, out: Path) -> dict[str, Any]:
     )
     store = sample(scfg)
     t_sample = time.perf_counter() - t_start
-    layers = parse_layers(cfg.head_layers, store.fingerprint.n_layers)
+    layers = demo_head_layers(cfg.head_layers, store.fingerprint.n_layers)
     specs = {
         "elhsr": ("elhsr", {"layers": list(layers), **DEMO_ELHSR}),
         "probe": ("probe", {}),
+        # within-prompt ranker (last 8 layers, pairwise loss), settings chosen on another task
+        # seed's store: benchmarks/results/quality_levers.md
+        "rank": ("rank", {}),
     }
     fitted: dict[tuple[str, int], Head] = {}
     scores, folds = cross_fit(store, cfg.folds, cfg.seed, specs, keep_heads=fitted)

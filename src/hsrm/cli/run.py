@@ -39,7 +39,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     for fam, sub in rep.get("per_family", {}).items():
         con.print(rich_table(sub, f"family {fam}: {sub['n_prompts']} prompts"))
     N = str(cfg.n)
-    best = max(("elhsr", "probe"), key=lambda s: rep["bon"][s][N])
+    best = max(("elhsr", "probe", "rank"), key=lambda s: rep["bon"][s][N])
     con.print(
         f"mean accuracy {rep['mean_accuracy']:.3f}, pass@{N} {rep['pass_at_k'][N]:.3f}; "
         f"{best} closes {100 * rep['gap_closed'][best][N]:.0f}% of the gap at N={N}. "
@@ -55,7 +55,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         )
         for fam, sub in fr.get("per_family", {}).items():
             con.print(rich_table(sub, f"fresh, family {fam}: {sub['n_prompts']} prompts"))
-        best = max(("elhsr", "probe"), key=lambda s: fr["bon"][s][N])
+        best = max(("elhsr", "probe", "rank"), key=lambda s: fr["bon"][s][N])
         con.print(
             f"fresh prompts: mean accuracy {fr['mean_accuracy']:.3f}, pass@{N} "
             f"{fr['pass_at_k'][N]:.3f}; {best} closes {100 * fr['gap_closed'][best][N]:.0f}% "

@@ -5,6 +5,7 @@ from hsrm.heads.elhsr import ELHSRHead
 from hsrm.heads.harp import HARPHead
 from hsrm.heads.logits import LogitsELHSRHead, TopLogprobsELHSRHead
 from hsrm.heads.probe import ProbeHead
+from hsrm.heads.rank import RankHead
 from hsrm.heads.sparserm import DenseRMHead, SparseRMHead
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "LogitsELHSRHead",
     "TopLogprobsELHSRHead",
     "ProbeHead",
+    "RankHead",
     "SparseRMHead",
     "DenseRMHead",
     "get_head_class",

@@ -5,7 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-ORDER = ["elhsr", "probe", "text_only", "answer_prior", "majority", "mean_logprob", "random"]
+ORDER = [
+    "elhsr",
+    "probe",
+    "rank",
+    "text_only",
+    "answer_prior",
+    "majority",
+    "mean_logprob",
+    "random",
+]
 
 
 def _scorers(rep: dict[str, Any]) -> list[str]:

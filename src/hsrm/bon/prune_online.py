@@ -1,0 +1,342 @@
+"""Online early pruning: policies that stop samples while ``capture.sample_prompts`` decodes them.
+
+``prune_hook(...)`` builds the per-step ``prune(step, view)`` hook the sampler calls (see
+``capture.PruneHook``); ``hsrm sample --prune POLICY`` and ``SampleRunConfig.prune`` use it. A
+stopped row keeps its tokens so far and is stored with ``"stop": "pruned"``; best-of-N is then
+taken over the samples that finished. Policies (the offline versions are in ``hsrm.bon.prune``):
+
+- ``head``: at each checkpoint t (answer tokens generated), a ``PrefixHead`` scores every running
+  sample from its hidden states averaged over its first t tokens, and the lowest ``frac`` of each
+  prompt's running samples stop (at least one sample of a prompt is always kept).
+- ``random``: the same number of samples stopped at the same checkpoints, chosen at random (the
+  control at the same budget).
+- ``deepconf``: DeepConf's online stopping (arXiv 2508.15260, Alg. 2). The first ``warmup``
+  samples of each prompt are never stopped; the threshold is the (100 - eta)th percentile of their
+  lowest sliding-window group confidence, and any other sample stops as soon as its current window
+  confidence falls below it. The paper runs the warm-up traces first; here all samples of a prompt
+  decode together, so the warm-up traces' lowest confidence *so far* is used at every step. Their
+  lowest-so-far only falls as they decode, so the threshold is at most as strict as the paper's at
+  the end and stricter early on.
+
+``PrefixHead``: one standardised logistic regression per checkpoint on prefix-averaged states
+(the pooled probe of ``hsrm.bon.quality``, C = 0.01), fitted on a fully sampled store of the same task
+with ``fit_prefix_head`` and saved as safetensors + JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hsrm.errors import HsrmError
+
+POLICIES = ("none", "head", "deepconf", "random")
+PREFIX_HEAD_FILES = ("prefix_head.safetensors", "prefix_head.json")
+
+
+@dataclass
+class PrefixHead:
+    """Per checkpoint t: ``(mean, std, coef, intercept)`` over the flattened (layers x d) average of
+    a sample's first t answer-token states; ``layers`` are model layer indices."""
+
+    checkpoints: list[int]
+    layers: list[int]
+    mean: np.ndarray  # (K, L*d)
+    std: np.ndarray  # (K, L*d)
+    coef: np.ndarray  # (K, L*d)
+    intercept: np.ndarray  # (K,)
+    fingerprint: dict[str, Any]
+
+    def score(self, t: int, pooled: torch.Tensor) -> torch.Tensor:
+        """(rows,) scores at checkpoint ``t`` of (rows, L, d) prefix-averaged states."""
+        k = self.checkpoints.index(t)
+        x = pooled.reshape(len(pooled), -1).float().cpu().numpy()
+        z = (x - self.mean[k]) / self.std[k]
+        return torch.as_tensor(z @ self.coef[k] + self.intercept[k])
+
+    def save(self, path: str | Path) -> None:
+        from safetensors.numpy import save_file
+
+        from hsrm.io import atomic_write_json
+
+        p = Path(path)
+        p.mkdir(parents=True, exist_ok=True)
+        arrs = {
+            k: np.ascontiguousarray(getattr(self, k), np.float32)
+            for k in ("mean", "std", "coef", "intercept")
+        }
+        tmp = p / (PREFIX_HEAD_FILES[0] + ".tmp")
+        save_file(arrs, str(tmp))
+        tmp.replace(p / PREFIX_HEAD_FILES[0])
+        atomic_write_json(
+            p / PREFIX_HEAD_FILES[1],
+            {
+                "checkpoints": self.checkpoints,
+                "layers": self.layers,
+                "fingerprint": self.fingerprint,
+            },
+        )
+
+    @staticmethod
+    def load(path: str | Path) -> PrefixHead:
+        from safetensors.numpy import load_file
+
+        from hsrm.io import read_json
+
+        p = Path(path)
+        if not (p / PREFIX_HEAD_FILES[0]).exists() or not (p / PREFIX_HEAD_FILES[1]).exists():
+            raise HsrmError(
+                f"{p}: not a prefix head folder (needs {' and '.join(PREFIX_HEAD_FILES)}; "
+                "make one with hsrm.prune_online.fit_prefix_head(store).save(PATH))"
+            )
+        meta = read_json(p / PREFIX_HEAD_FILES[1], "prefix head")
+        a = load_file(str(p / PREFIX_HEAD_FILES[0]))
+        return PrefixHead(
+            [int(t) for t in meta["checkpoints"]],
+            [int(x) for x in meta["layers"]],
+            a["mean"],
+            a["std"],
+            a["coef"],
+            a["intercept"],
+            meta.get("fingerprint", {}),
+        )
+
+
+def fit_prefix_head(
+    store, idx: np.ndarray | None = None, checkpoints: Sequence[int] = (4, 8), C: float = 0.01
+) -> PrefixHead:
+    """A ``PrefixHead`` over every captured layer of ``store``, trained at each checkpoint t on
+    the samples at least t tokens long (the ones still running there) with their final label."""
+    from sklearn.linear_model import LogisticRegression
+
+    from hsrm.bon.quality import pooled_states
+
+    idx = np.arange(len(store)) if idx is None else np.asarray(idx)
+    lens = np.array([store.records[i]["n_tokens"] for i in idx])
+    y = store.labels[idx]
+    mean, std, coef, icpt = [], [], [], []
+    for t in checkpoints:
+        sel = idx[lens >= t]
+        ys = y[lens >= t]
+        if len(np.unique(ys)) < 2:
+            raise HsrmError(
+                f"{store.path}: samples at least {t} tokens long are all right or all wrong; "
+                "cannot fit a prefix head at that checkpoint"
+            )
+        X = pooled_states(store, sel, prefix=t).reshape(len(sel), -1)  # (n, L*d)
+        mu, sd = X.mean(0), X.std(0) + 1e-6
+        clf = LogisticRegression(C=C, max_iter=200, tol=1e-3).fit((X - mu) / sd, ys)
+        mean.append(mu)
+        std.append(sd)
+        coef.append(clf.coef_[0])
+        icpt.append(clf.intercept_[0])
+    fp = store.fingerprint
+    return PrefixHead(
+        [int(t) for t in checkpoints],
+        [int(x) for x in store.layers],
+        np.stack(mean),
+        np.stack(std),
+        np.stack(coef),
+        np.array(icpt),
+        {"name": fp.name, "n_layers": fp.n_layers, "hidden_size": fp.hidden_size},
+    )
+
+
+def _checkpoints(spec: str | Sequence[int]) -> list[int]:
+    if isinstance(spec, str):
+        try:
+            cps = [int(x) for x in spec.split(",") if x.strip()]
+        except ValueError:
+            raise HsrmError(
+                f"prune_checkpoints: {spec!r} is not a comma list of token counts"
+            ) from None
+    else:
+        cps = [int(x) for x in spec]
+    if not cps or any(c < 1 for c in cps) or cps != sorted(set(cps)):
+        raise HsrmError(f"prune_checkpoints: {spec!r} must be increasing token counts >= 1")
+    return cps
+
+
+def prune_hook(
+    policy: str,
+    n: int,
+    *,
+    head: PrefixHead | None = None,
+    captured_layers: Sequence[int] = (),
+    checkpoints: str | Sequence[int] = "4,8",
+    frac: float = 0.5,
+    eta: float = 90.0,
+    warmup: int = 4,
+    window: int = 8,
+    seed: int = 0,
+):
+    """The ``prune(step, view)`` hook of ``policy`` for calls that draw ``n`` samples per prompt,
+    or None for ``none``. ``captured_layers``: the layers the sampler captures (``head`` reads its
+    own subset of them)."""
+    if policy not in POLICIES:
+        raise HsrmError(f"prune: unknown policy {policy!r}; use one of {', '.join(POLICIES)}")
+    if policy == "none":
+        return None
+    if not 0 < frac < 1:
+        raise HsrmError(f"prune_frac: {frac} must be in (0, 1)")
+    cps = _checkpoints(checkpoints)
+    if policy == "head":
+        if head is None:
+            raise HsrmError("prune: policy 'head' needs a prefix head (prune_head: FOLDER)")
+        missing = [c for c in cps if c not in head.checkpoints]
+        if missing:
+            raise HsrmError(
+                f"prune_checkpoints: the prefix head was fitted at {head.checkpoints}, not {missing}"
+            )
+        lost = [x for x in head.layers if x not in captured_layers]
+        if lost:
+            raise HsrmError(f"prune: the prefix head reads layers {lost}, which are not captured")
+        pos = [list(captured_layers).index(x) for x in head.layers]
+        return _RankPrune(n, cps, frac, seed, head, pos)
+    if policy == "random":
+        return _RankPrune(n, cps, frac, seed, None, [])
+    if not 0 < eta < 100:
+        raise HsrmError(f"prune_eta: {eta} must be in (0, 100)")
+    if not 0 < warmup < n:
+        raise HsrmError(f"prune_warmup: {warmup} must be in [1, n={n})")
+    if window < 1:
+        raise HsrmError(f"prune_window: {window} must be >= 1")
+    return _DeepConfPrune(n, eta, warmup, window)
+
+
+class _RankPrune:
+    """``head`` (scores from ``head``) or ``random`` (head None) pruning at checkpoints."""
+
+    def __init__(self, n, cps, frac, seed, head, pos):
+        self.n, self.cps, self.frac, self.head, self.pos = n, cps, frac, head, pos
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, step: int, view) -> torch.Tensor | None:
+        if step == 0:
+            self.pruned = torch.zeros_like(view.alive, device="cpu")
+        t = step + 1
+        if t not in self.cps:
+            return None
+        alive = view.alive.cpu()
+        R = len(alive)
+        if self.head is not None:
+            if view.states is None:
+                raise HsrmError("prune: policy 'head' needs the sampler to capture hidden states")
+            pooled = view.states[:t, :, self.pos].float().mean(0)  # (R, L, d)
+            s = self.head.score(t, pooled).numpy()
+        else:
+            s = self.rng.random(R)
+        stop = torch.zeros(R, dtype=torch.bool)
+        for b in range(R // self.n):
+            rows = np.arange(b * self.n, (b + 1) * self.n)
+            live = rows[alive[rows].numpy()]
+            kept = int((~self.pruned[rows]).sum())  # running or finished, not pruned
+            m = min(int(np.floor(self.frac * len(live))), kept - 1)
+            if m > 0:
+                worst = live[np.argsort(s[live], kind="stable")[:m]]
+                stop[worst] = True
+        self.pruned |= stop
+        return stop
+
+
+class _DeepConfPrune:
+    def __init__(self, n, eta, warmup, window):
+        self.n, self.eta, self.warmup, self.w = n, eta, warmup, window
+
+    def __call__(self, step: int, view) -> torch.Tensor | None:
+        conf = view.confidence  # (step + 1, R): token confidence, higher = surer
+        R = conf.shape[1]
+        if step == 0:
+            self.lowest = torch.full((R,), float("inf"))
+        if step + 1 < self.w:
+            return None
+        lengths = view.lengths.cpu()
+        real = lengths >= step + 1  # token `step` is an answer token (not EOS / padding)
+        g = conf[step + 1 - self.w : step + 1].float().mean(0).cpu()  # (R,) current window
+        self.lowest = torch.where(real, torch.minimum(self.lowest, g), self.lowest)
+        alive = view.alive.cpu()
+        stop = torch.zeros(R, dtype=torch.bool)
+        for b in range(R // self.n):
+            warm = self.lowest[b * self.n : b * self.n + self.warmup]
+            warm = warm[torch.isfinite(warm)]
+            if len(warm) == 0:
+                continue
+            thr = float(np.percentile(warm.numpy(), 100 - self.eta))
+            rows = torch.arange(b * self.n + self.warmup, (b + 1) * self.n)
+            cut = rows[alive[rows] & real[rows] & (g[rows] < thr)]
+            stop[cut] = True
+        return stop
+
+
+def check_prune_config(cfg) -> PrefixHead | None:
+    """Check ``cfg``'s ``prune*`` fields (a ``SampleRunConfig``) before anything is sampled or
+    written; returns the loaded prefix head for ``prune=head``."""
+    if cfg.prune not in POLICIES:
+        raise HsrmError(f"prune: unknown policy {cfg.prune!r}; use one of {', '.join(POLICIES)}")
+    if cfg.prune == "none":
+        return None
+    if cfg.engine != "local":
+        raise HsrmError("prune: early pruning runs with engine=local only")
+    head = None
+    if cfg.prune == "head":
+        if not cfg.prune_head:
+            raise HsrmError("prune_head: policy 'head' needs a prefix head folder (--prune-head)")
+        head = PrefixHead.load(cfg.prune_head)
+        from hsrm.capture import parse_layers
+
+        n_layers = int(head.fingerprint.get("n_layers", max(head.layers)))
+        captured = parse_layers(cfg.layers, n_layers)
+        lost = [x for x in head.layers if x not in captured]
+        if lost:
+            raise HsrmError(
+                f"prune_head: {cfg.prune_head} reads layers {lost}, which layers={cfg.layers!r} "
+                "does not capture"
+            )
+    elif cfg.prune_head:
+        raise HsrmError(f"prune_head: only used with prune=head, not prune={cfg.prune}")
+    # every value check the hook does, without a model (captured layers are checked later)
+    prune_hook(
+        cfg.prune,
+        cfg.n,
+        head=head,
+        captured_layers=head.layers if head is not None else (),
+        checkpoints=cfg.prune_checkpoints,
+        frac=cfg.prune_frac,
+        eta=cfg.prune_eta,
+        warmup=cfg.prune_warmup,
+        window=cfg.prune_window,
+        seed=cfg.prune_seed,
+    )
+    return head
+
+
+def hook_from_config(cfg, captured_layers: Sequence[int]):
+    """The sampler's ``prune`` hook for ``cfg`` (None for ``prune=none``)."""
+    head = check_prune_config(cfg)
+    return prune_hook(
+        cfg.prune,
+        cfg.n,
+        head=head,
+        captured_layers=captured_layers,
+        checkpoints=cfg.prune_checkpoints,
+        frac=cfg.prune_frac,
+        eta=cfg.prune_eta,
+        warmup=cfg.prune_warmup,
+        window=cfg.prune_window,
+        seed=cfg.prune_seed,
+    )
+
+
+def prune_settings(cfg) -> dict[str, Any]:
+    """The ``prune*`` fields that change what is sampled (kept in the store's meta)."""
+    keys = {
+        "head": ("prune_head", "prune_checkpoints", "prune_frac"),
+        "random": ("prune_checkpoints", "prune_frac", "prune_seed"),
+        "deepconf": ("prune_eta", "prune_warmup", "prune_window"),
+    }[cfg.prune]
+    return {"policy": cfg.prune, **{k[6:]: getattr(cfg, k) for k in keys}}

@@ -1,0 +1,142 @@
+"""``hsrm sample --prune``: online pruning policies wired to the sampler's per-step hook."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from hsrm.bon.prune_online import PrefixHead, fit_prefix_head, prune_hook
+from hsrm.cli import main
+from hsrm.errors import HsrmError
+from hsrm.sampling import SampleRunConfig, sample
+from hsrm.store import Store
+
+
+def _cfg(tmp_path: Path, name: str, **kw) -> SampleRunConfig:
+    base = dict(
+        out=str(tmp_path / name),
+        model="tiny:0",
+        n_prompts=3,
+        n=8,
+        max_new_tokens=8,
+        temperature=1.0,
+        shard_prompts=3,
+        threads=1,
+    )
+    return SampleRunConfig(**{**base, **kw})
+
+
+def _by_prompt(st: Store) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for r in st.records:
+        out.setdefault(r["prompt_id"], []).append(r)
+    return out
+
+
+def test_random_pruning_stops_rows_and_marks_them(tmp_path, tiny_lm):
+    st = sample(_cfg(tmp_path, "r", prune="random", prune_checkpoints="2,4"), lm=tiny_lm)
+    assert st.meta["sampling"]["prune"]["policy"] == "random"
+    full = sample(_cfg(tmp_path, "f"), lm=tiny_lm)
+    assert all(r["stop"] != "pruned" for r in full.records)
+    n_pruned = 0
+    for recs in _by_prompt(st).values():
+        pr = [r for r in recs if r["stop"] == "pruned"]
+        n_pruned += len(pr)
+        assert all(r["n_tokens"] in (2, 4) for r in pr)
+        assert any(r["stop"] != "pruned" for r in recs)  # a prompt always keeps one sample
+        # 8 running -> 4 stopped at token 2, then half of the <= 4 left at token 4
+        assert sum(r["n_tokens"] == 2 for r in pr) <= 4
+    assert n_pruned >= 3
+    gen = sum(r["n_tokens"] for r in st.records)
+    assert gen < sum(r["n_tokens"] for r in full.records)
+
+
+def test_head_pruning_stops_the_lowest_scored(tmp_path, tiny_lm):
+    fp = tiny_lm.fingerprint
+    layers = list(range(fp.n_layers + 1))
+    D = len(layers) * fp.hidden_size
+    rng = np.random.default_rng(0)
+    head = PrefixHead(
+        [3], layers, np.zeros((1, D)), np.ones((1, D)), rng.normal(size=(1, D)), np.zeros(1),
+        {"name": fp.name, "n_layers": fp.n_layers, "hidden_size": fp.hidden_size},
+    )  # fmt: skip
+    head.save(tmp_path / "ph")
+    cfg = _cfg(tmp_path, "h", prune="head", prune_head=str(tmp_path / "ph"), prune_checkpoints="3")
+    st = sample(cfg, lm=tiny_lm)
+    loaded = PrefixHead.load(tmp_path / "ph")
+    import torch
+
+    n_pruned = 0
+    for recs in _by_prompt(st).values():
+        idx = [st.records.index(r) for r in recs if r["n_tokens"] >= 3]
+        s = {
+            i: float(loaded.score(3, st.hidden(i)[:3].mean(0, keepdim=True).to(torch.float32))[0])
+            for i in idx
+        }
+        cut = [i for i in idx if st.records[i]["stop"] == "pruned"]
+        kept = [i for i in idx if st.records[i]["stop"] != "pruned"]
+        n_pruned += len(cut)
+        if cut and kept:
+            assert max(s[i] for i in cut) <= min(s[i] for i in kept) + 1e-4
+        assert all(st.records[i]["n_tokens"] == 3 for i in cut)
+    assert n_pruned >= 3
+
+
+def test_deepconf_pruning_keeps_the_warmup(tmp_path, tiny_lm):
+    cfg = _cfg(tmp_path, "d", prune="deepconf", prune_warmup=3, prune_window=2, prune_eta=50.0)
+    st = sample(cfg, lm=tiny_lm)
+    pr = [r for r in st.records if r["stop"] == "pruned"]
+    assert pr  # eta 50: the median of the warm-up cuts some of the other samples
+    assert all(r["sample"] >= 3 and r["n_tokens"] >= 2 for r in pr)
+
+
+def test_fit_prefix_head_refuses_one_class(tmp_path, tiny_lm):
+    st = sample(_cfg(tmp_path, "s"), lm=tiny_lm)
+    if len(np.unique(st.labels)) == 2:
+        h = fit_prefix_head(st, checkpoints=(2,))
+        assert h.coef.shape == (1, len(st.layers) * st.fingerprint.hidden_size)
+    else:
+        with pytest.raises(HsrmError, match="all right or all wrong"):
+            fit_prefix_head(st, checkpoints=(2,))
+
+
+def test_hook_checks_its_options():
+    with pytest.raises(HsrmError, match="unknown policy"):
+        prune_hook("worst", 8)
+    with pytest.raises(HsrmError, match="prefix head"):
+        prune_hook("head", 8)
+    with pytest.raises(HsrmError, match="prune_frac"):
+        prune_hook("random", 8, frac=1.5)
+    with pytest.raises(HsrmError, match="increasing"):
+        prune_hook("random", 8, checkpoints="8,4")
+    with pytest.raises(HsrmError, match="prune_warmup"):
+        prune_hook("deepconf", 8, warmup=8)
+    assert prune_hook("none", 8) is None
+
+
+@pytest.mark.parametrize(
+    "args, msg",
+    [
+        (["--prune", "worst"], "unknown policy"),
+        (["--prune", "head"], "prune_head"),
+        (["--prune", "head", "--prune-head", "nowhere"], "not a prefix head folder"),
+        (["--prune", "random", "--prune-frac", "1.5"], "prune_frac"),
+        (["--prune", "random", "--prune-checkpoints", "a,b"], "prune_checkpoints"),
+        (["--prune", "deepconf", "--prune-head", "x"], "only used with prune=head"),
+    ],
+)
+def test_bad_prune_options_exit_2(tmp_path, capsys, args, msg):
+    out = tmp_path / "x"
+    assert main(["sample", "--out", str(out), "--model", "tiny:0", *args]) == 2
+    assert msg in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_prune_from_config_file(tmp_path, capsys):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump({"prune": "random", "prune_frac": 2.0}))
+    out = tmp_path / "x"
+    assert main(["sample", "--config", str(cfg), "--out", str(out), "--model", "tiny:0"]) == 2
+    assert "prune_frac" in capsys.readouterr().err
+    assert not out.exists()
