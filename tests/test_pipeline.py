@@ -267,3 +267,43 @@ def test_sample_writes_api_log(tmp_path):
     assert main(args) == 0
     samples = read_api_log(log, 4)
     assert len(samples) == 6
+
+
+def test_pick_by_family_takes_each_familys_best_ranker():
+    from hsrm.bon.demo import pick_by_family, picked_scores
+
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(20), 8)
+    y = rng.random(len(groups)) < 0.5
+    fams = np.where(groups < 10, "arith", "compare")
+    noise = rng.random(len(groups))
+    # head a ranks arith perfectly and compare at random; head b the other way round
+    a = np.where(fams == "arith", y + 0.1 * noise, noise)
+    b = np.where(fams == "compare", y + 0.1 * noise, noise)
+    pick = pick_by_family({"a": a, "b": b}, y, groups, fams, ["a", "b"])
+    assert pick == {"arith": "a", "compare": "b"}
+    s = picked_scores({"a": a, "b": b}, fams, pick)
+    assert np.array_equal(s[fams == "arith"], a[fams == "arith"])
+    assert np.array_equal(s[fams == "compare"], b[fams == "compare"])
+
+
+def test_demo_reports_the_picked_head(tmp_path):
+    demo(
+        DemoConfig(
+            out=str(tmp_path / "demo"),
+            model="tiny:0",
+            n_prompts=12,
+            n=4,
+            folds=2,
+            head_layers="all",
+            n_boot=20,
+            fresh_prompts=6,
+        )
+    )
+    saved = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert "picked" in saved["bon"] and "picked" in saved["fresh"]["bon"]
+    # chosen on the first store, per family, among the demo's heads
+    assert set(saved["fresh"]["picked"]) <= {"arith", "compare"}
+    assert set(saved["fresh"]["picked"].values()) <= {"elhsr", "probe", "rank"}
+    for split in saved["splits"]:
+        assert set(split["picked"].values()) <= {"elhsr", "probe", "rank"}

@@ -19,6 +19,7 @@ from hsrm.config import field, validate
 from hsrm.errors import HsrmError
 from hsrm.heads.base import Head, make_head
 from hsrm.io import check_out, exclusive, mark_output
+from hsrm.metrics import within_prompt_auroc
 from hsrm.models import DEFAULT_MODEL
 from hsrm.sampling import SampleRunConfig, sample
 from hsrm.splits import prompt_folds
@@ -29,7 +30,7 @@ from hsrm.store import Store
 class DemoConfig:
     out: str = field("runs/demo", "output folder")
     model: str = field(DEFAULT_MODEL, "model (default: the embedded SmolLM2-135M-Instruct)")
-    n_prompts: int = field(320, "synthetic prompts", min=1)
+    n_prompts: int = field(512, "synthetic prompts", min=1)
     families: str = field("arith,compare", "shortcut-controlled synthetic families")
     n: int = field(16, "samples per prompt", min=1)
     folds: int = field(
@@ -59,6 +60,9 @@ class DemoConfig:
 
 # The demo's ELHSR settings: SWIFT's, plus two changes measured in benchmarks/results/ablations.md
 # (standardised inputs; early stopping on the validation prompts' within-prompt AUROC).
+#: scorer name of the per-family pick among the demo's heads
+PICKED = "picked"
+
 DEMO_ELHSR: dict[str, Any] = {"standardize": True, "early_stop": "within_auroc", "patience": 5}
 
 
@@ -122,6 +126,38 @@ def cross_fit(
     return scores, info
 
 
+def pick_by_family(
+    scores: dict[str, np.ndarray],
+    labels: np.ndarray,
+    groups: np.ndarray,
+    families: np.ndarray,
+    candidates: list[str],
+) -> dict[str, str]:
+    """Per task family, the candidate scorer with the best within-prompt AUROC (what best-of-N
+    needs) on the given samples' scores, which must be out of fold. A family is known when a prompt
+    arrives, so choosing its head this way uses nothing of the prompts it is then applied to."""
+    out = {}
+    for fam in sorted(set(families.tolist())):
+        m = families == fam
+        wp = {c: within_prompt_auroc(scores[c][m], labels[m], groups[m]) for c in candidates}
+        out[str(fam)] = max(
+            candidates, key=lambda c: (np.nan_to_num(wp[c], nan=-1.0), -candidates.index(c))
+        )
+    return out
+
+
+def picked_scores(
+    scores: dict[str, np.ndarray], families: np.ndarray, pick: dict[str, str]
+) -> np.ndarray:
+    """Each sample gets the score of the head picked for its family (BoN and within-prompt AUROC
+    compare samples of one prompt, so heads' different scales do not mix within a ranking)."""
+    out = np.zeros(len(families))
+    for fam, name in pick.items():
+        m = families == fam
+        out[m] = scores[name][m]
+    return out
+
+
 def demo(cfg: DemoConfig, console: Any = None) -> dict[str, Any]:
     """Sample on the embedded synthetic task, cross-fit ELHSR and the probe by prompt, report."""
     validate(cfg, "demo")
@@ -161,9 +197,21 @@ def _demo(cfg: DemoConfig, out: Path) -> dict[str, Any]:
     fitted: dict[tuple[str, int], Head] = {}
     scores, folds = cross_fit(store, cfg.folds, cfg.seed, specs, keep_heads=fitted)
     idx = np.arange(len(store))
+    fams = np.array([r["family"] for r in store.records])
+    fold = prompt_folds(store.prompt_ids, cfg.folds, cfg.seed)
+    # "picked": per family, the head with the best out-of-fold within-prompt AUROC; for each split
+    # chosen on the other splits' prompts only, so no prompt helps pick the head that scores it
+    heads_ = list(specs)
+    y, pids = store.labels, store.prompt_ids
+    scores[PICKED] = np.zeros(len(store))
+    for f in range(cfg.folds):
+        tr, te = fold != f, fold == f
+        pick = pick_by_family({h: scores[h][tr] for h in heads_}, y[tr], pids[tr], fams[tr], heads_)
+        folds[f]["picked"] = pick
+        scores[PICKED][te] = picked_scores({h: scores[h][te] for h in heads_}, fams[te], pick)
+    pick_all = pick_by_family(scores, y, pids, fams, heads_)
     rep = store_report(store, idx, scores, cfg.n_boot, cfg.seed)
     # per-split numbers, to show the spread across splits
-    fold = prompt_folds(store.prompt_ids, cfg.folds, cfg.seed)
     # the token view explains each example with the head that had not seen its prompt
     data = html_data(store, idx, scores, lambda i: fitted[("elhsr", int(fold[i]))])
     N = str(cfg.n)
@@ -197,7 +245,7 @@ def _demo(cfg: DemoConfig, out: Path) -> dict[str, Any]:
         }
     )
     if cfg.fresh_prompts:
-        rep["fresh"] = _demo_fresh(cfg, scfg, store, specs)
+        rep["fresh"] = _demo_fresh(cfg, scfg, store, specs, pick_all)
         t_sample += rep["fresh"].pop("sampling_s")
     rep["timing"] = {"sampling_s": t_sample, "total_s": time.perf_counter() - t_start}
     write_outputs(out, rep, data, title="hsrm demo: best-of-N with hidden-state heads")
@@ -214,9 +262,11 @@ def _demo_fresh(
     scfg: SampleRunConfig,
     store: Store,
     specs: dict[str, tuple[str, dict[str, Any]]],
+    pick: dict[str, str],
 ) -> dict[str, Any]:
     """Heads and controls fitted on every prompt of ``store``, scored on a store sampled from
-    another task seed (other questions, other few-shot contexts) that nothing was fitted on."""
+    another task seed (other questions, other few-shot contexts) that nothing was fitted on.
+    ``pick``: the head per family chosen on ``store``'s out-of-fold scores."""
     fcfg = SampleRunConfig(
         **{
             **asdict(scfg),
@@ -237,9 +287,12 @@ def _demo_fresh(
         .score(fresh.features(te))
         for name, (arch, params) in specs.items()
     }
+    fams = np.array([r["family"] for r in fresh.records])
+    scores[PICKED] = picked_scores(scores, fams, {f: h for f, h in pick.items() if f in set(fams)})
     scores.update(baseline_scores(fresh, tr, te, train_store=store))
     rep = store_report(fresh, te, scores, cfg.n_boot, cfg.seed)
     rep["task"] = fresh.meta["task"]
+    rep["picked"] = pick
     write_outputs(Path(cfg.out) / "fresh", rep)
     rep["sampling_s"] = t_sample
     return rep

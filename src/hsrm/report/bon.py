@@ -9,6 +9,7 @@ ORDER = [
     "elhsr",
     "probe",
     "rank",
+    "picked",
     "text_only",
     "answer_prior",
     "majority",
