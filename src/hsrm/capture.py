@@ -250,6 +250,54 @@ CAPTURE_BUFFER_BYTES = 8 << 30
 _STOP_NAMES = {_RUNNING: "length", _EOS: "eos", _PRUNED: "pruned", _STOP: "stop"}
 
 
+@dataclass
+class _StepBuffers:
+    """The per-token records both decode loops fill: (T, R) tokens, log-probs and the training-free
+    statistics, top-K log-probs (T, R, K), and per-row answer length and stop reason (R,)."""
+
+    tok: torch.Tensor
+    lp: torch.Tensor
+    ent: torch.Tensor
+    cert: torch.Tensor
+    conf: torch.Tensor
+    topv: torch.Tensor | None
+    topi: torch.Tensor | None
+    lengths: torch.Tensor
+    reason: torch.Tensor
+
+    def record(
+        self,
+        logits: torch.Tensor,  # (rows, V)
+        cfg: SampleConfig,
+        u: torch.Tensor,  # (rows,) each row's uniform for this step, from its prompt's stream
+        rows: torch.Tensor,  # (rows,) original row indices
+        rstep: Any,  # the step (int) or each row's step (rows,)
+        alive: torch.Tensor,  # (rows,) bool
+        padv: int,
+        eos_t: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw the rows' next tokens and record them and their statistics; returns (tokens, alive
+        after EOS). The terminating EOS is not an answer token: its log-prob is kept apart, and its
+        state is never needed, so a row that stops costs no extra step."""
+        logp = torch.log_softmax(logits, dim=-1)
+        nxt = _draw(logits, cfg, u)
+        nxt = torch.where(alive, nxt, torch.full_like(nxt, padv))
+        self.tok[rstep, rows] = nxt
+        self.lp[rstep, rows] = logp.gather(-1, nxt[:, None]).squeeze(-1)
+        st_ = token_stats(logp)
+        self.ent[rstep, rows] = st_["entropy"]
+        self.cert[rstep, rows] = st_["self_certainty"]
+        self.conf[rstep, rows] = st_["confidence"]
+        if self.topv is not None and self.topi is not None:
+            tv, ti = logp.topk(self.topv.shape[-1], dim=-1)
+            self.topv[rstep, rows] = tv
+            self.topi[rstep, rows] = ti
+        ended = alive & torch.isin(nxt, eos_t)
+        self.lengths[rows] += (alive & ~ended).long()
+        self.reason[rows] = torch.where(ended, _EOS, self.reason[rows]).to(torch.int8)
+        return nxt, alive & ~ended
+
+
 def _to_host(x: torch.Tensor) -> torch.Tensor:
     """A device tensor on the host: one pinned, non-blocking copy on CUDA (sync once after all)."""
     if x.device.type != "cuda":
@@ -365,29 +413,14 @@ def sample_prompts(
             st_host = torch.zeros(T, R, L, d, dtype=out.last.dtype, pin_memory=dev.type == "cuda")
     lengths = torch.zeros(R, dtype=torch.long, device=dev)
     reason = torch.zeros(R, dtype=torch.int8, device=dev)
+    bufs = _StepBuffers(
+        tok_buf, lp_buf, ent_buf, cert_buf, conf_buf, topv_buf, topi_buf, lengths, reason
+    )
     active = torch.arange(R, device=dev)  # original row index of each row in the batch
     alive = torch.ones(R, dtype=torch.bool, device=dev)  # over the rows in the batch
     steps = 0
     for step in range(T):
-        logp = torch.log_softmax(logits, dim=-1)
-        nxt = _draw(logits, cfg, U[step, active])
-        nxt = torch.where(alive, nxt, torch.full_like(nxt, padv))
-        tok_buf[step, active] = nxt
-        lp_buf[step, active] = logp.gather(-1, nxt[:, None]).squeeze(-1)
-        st_ = token_stats(logp)
-        ent_buf[step, active] = st_["entropy"]
-        cert_buf[step, active] = st_["self_certainty"]
-        conf_buf[step, active] = st_["confidence"]
-        if K:
-            tv, ti = logp.topk(K, dim=-1)
-            topv_buf[step, active] = tv  # type: ignore[index]
-            topi_buf[step, active] = ti  # type: ignore[index]
-        # The terminating EOS is not an answer token: its log-prob is kept apart, and its state
-        # is never needed, so a row that stops costs no extra step.
-        ended = alive & torch.isin(nxt, eos_t)
-        lengths[active] += (alive & ~ended).long()
-        reason[active] = torch.where(ended, _EOS, reason[active]).to(torch.int8)
-        alive = alive & ~ended
+        nxt, alive = bufs.record(logits, cfg, U[step, active], active, step, alive, padv, eos_t)
         steps = step + 1
         last = step == T - 1
         if last and not capture:
@@ -581,28 +614,15 @@ def _sample_refill(
     topi_buf = torch.zeros(T, R, K, dtype=torch.long, device=dev) if K else None
     lengths = torch.zeros(R, dtype=torch.long, device=dev)
     reason = torch.zeros(R, dtype=torch.int8, device=dev)
+    bufs = _StepBuffers(
+        tok_buf, lp_buf, ent_buf, cert_buf, conf_buf, topv_buf, topi_buf, lengths, reason
+    )
     st_buf: torch.Tensor | None = None
     prompt_hidden: torch.Tensor | None = None
 
     def draw(logits: torch.Tensor, rows: torch.Tensor, rstep: torch.Tensor, alive: torch.Tensor):
         """Draw rows' tokens at their steps, record them; returns (tokens, alive, rows to feed)."""
-        logp = torch.log_softmax(logits, dim=-1)
-        nxt = _draw(logits, cfg, U[rstep, rows])
-        nxt = torch.where(alive, nxt, torch.full_like(nxt, padv))
-        tok_buf[rstep, rows] = nxt
-        lp_buf[rstep, rows] = logp.gather(-1, nxt[:, None]).squeeze(-1)
-        st_ = token_stats(logp)
-        ent_buf[rstep, rows] = st_["entropy"]
-        cert_buf[rstep, rows] = st_["self_certainty"]
-        conf_buf[rstep, rows] = st_["confidence"]
-        if K:
-            tv, ti = logp.topk(K, dim=-1)
-            topv_buf[rstep, rows] = tv  # type: ignore[index]
-            topi_buf[rstep, rows] = ti  # type: ignore[index]
-        ended = alive & torch.isin(nxt, eos_t)
-        lengths[rows] += (alive & ~ended).long()
-        reason[rows] = torch.where(ended, _EOS, reason[rows]).to(torch.int8)
-        alive = alive & ~ended
+        nxt, alive = bufs.record(logits, cfg, U[rstep, rows], rows, rstep, alive, padv, eos_t)
         feed = alive
         if cfg.stop:
             pre = alive

@@ -300,24 +300,11 @@ def check_prune_config(cfg) -> PrefixHead | None:
     elif cfg.prune_head:
         raise HsrmError(f"prune_head: only used with prune=head, not prune={cfg.prune}")
     # every value check the hook does, without a model (captured layers are checked later)
-    prune_hook(
-        cfg.prune,
-        cfg.n,
-        head=head,
-        captured_layers=head.layers if head is not None else (),
-        checkpoints=cfg.prune_checkpoints,
-        frac=cfg.prune_frac,
-        eta=cfg.prune_eta,
-        warmup=cfg.prune_warmup,
-        window=cfg.prune_window,
-        seed=cfg.prune_seed,
-    )
+    _hook(cfg, head, head.layers if head is not None else ())
     return head
 
 
-def hook_from_config(cfg, captured_layers: Sequence[int]):
-    """The sampler's ``prune`` hook for ``cfg`` (None for ``prune=none``)."""
-    head = check_prune_config(cfg)
+def _hook(cfg, head: PrefixHead | None, captured_layers: Sequence[int]):
     return prune_hook(
         cfg.prune,
         cfg.n,
@@ -330,6 +317,11 @@ def hook_from_config(cfg, captured_layers: Sequence[int]):
         window=cfg.prune_window,
         seed=cfg.prune_seed,
     )
+
+
+def hook_from_config(cfg, captured_layers: Sequence[int]):
+    """The sampler's ``prune`` hook for ``cfg`` (None for ``prune=none``)."""
+    return _hook(cfg, check_prune_config(cfg), captured_layers)
 
 
 def prune_settings(cfg) -> dict[str, Any]:
