@@ -265,6 +265,28 @@ class _StepBuffers:
     lengths: torch.Tensor
     reason: torch.Tensor
 
+    @classmethod
+    def alloc(cls, T: int, R: int, K: int, padv: int, dev: torch.device) -> _StepBuffers:
+        """Preallocated on the device: (T, R[, K]) per step and row, (R,) per row."""
+        f32: dict[str, Any] = {"dtype": torch.float32, "device": dev}
+        return cls(
+            tok=torch.full((T, R), padv, dtype=torch.long, device=dev),
+            lp=torch.zeros(T, R, **f32),
+            ent=torch.zeros(T, R, **f32),
+            cert=torch.zeros(T, R, **f32),
+            conf=torch.zeros(T, R, **f32),
+            topv=torch.zeros(T, R, K, **f32) if K else None,
+            topi=torch.zeros(T, R, K, dtype=torch.long, device=dev) if K else None,
+            lengths=torch.zeros(R, dtype=torch.long, device=dev),
+            reason=torch.zeros(R, dtype=torch.int8, device=dev),
+        )
+
+    def parts(self) -> tuple[Any, ...]:
+        return (
+            self.tok, self.lp, self.ent, self.cert, self.conf,
+            self.topv, self.topi, self.lengths, self.reason,
+        )  # fmt: skip
+
     def record(
         self,
         logits: torch.Tensor,  # (rows, V)
@@ -391,13 +413,9 @@ def sample_prompts(
     next_pos = mask.sum(-1)  # (R,) position of the next fed token: the prompt's length
 
     # Per-step outputs for every row, preallocated on the device: (T, R[, ...]).
-    f32: dict[str, Any] = {"dtype": torch.float32, "device": dev}
-    tok_buf = torch.full((T, R), padv, dtype=torch.long, device=dev)
-    lp_buf, ent_buf = torch.zeros(T, R, **f32), torch.zeros(T, R, **f32)
-    cert_buf, conf_buf = torch.zeros(T, R, **f32), torch.zeros(T, R, **f32)
     K = cfg.top_logprobs
-    topv_buf = torch.zeros(T, R, K, **f32) if K else None
-    topi_buf = torch.zeros(T, R, K, dtype=torch.long, device=dev) if K else None
+    bufs = _StepBuffers.alloc(T, R, K, padv, dev)
+    tok_buf, lp_buf, ent_buf, cert_buf, conf_buf, topv_buf, topi_buf, lengths, reason = bufs.parts()
     L, d = len(layers), lm.fingerprint.hidden_size
     # Captured states: one on-device buffer of C steps. C = T unless that exceeds
     # CAPTURE_BUFFER_BYTES (e.g. 8B shape, 1024 rows x 256 steps x 33 layers = 70 GB); then every C
@@ -411,11 +429,6 @@ def sample_prompts(
         st_buf = torch.zeros(C, R, L, d, dtype=out.last.dtype, device=dev)
         if C < T:
             st_host = torch.zeros(T, R, L, d, dtype=out.last.dtype, pin_memory=dev.type == "cuda")
-    lengths = torch.zeros(R, dtype=torch.long, device=dev)
-    reason = torch.zeros(R, dtype=torch.int8, device=dev)
-    bufs = _StepBuffers(
-        tok_buf, lp_buf, ent_buf, cert_buf, conf_buf, topv_buf, topi_buf, lengths, reason
-    )
     active = torch.arange(R, device=dev)  # original row index of each row in the batch
     alive = torch.ones(R, dtype=torch.bool, device=dev)  # over the rows in the batch
     steps = 0
@@ -605,18 +618,9 @@ def _sample_refill(
     cap_layers = layers if capture else ()
     _, head, softcap = lmx.lm_parts(model)
     L, d = len(layers), lm.fingerprint.hidden_size
-    f32: dict[str, Any] = {"dtype": torch.float32, "device": dev}
-    tok_buf = torch.full((T, R), padv, dtype=torch.long, device=dev)
-    lp_buf, ent_buf = torch.zeros(T, R, **f32), torch.zeros(T, R, **f32)
-    cert_buf, conf_buf = torch.zeros(T, R, **f32), torch.zeros(T, R, **f32)
     K = cfg.top_logprobs
-    topv_buf = torch.zeros(T, R, K, **f32) if K else None
-    topi_buf = torch.zeros(T, R, K, dtype=torch.long, device=dev) if K else None
-    lengths = torch.zeros(R, dtype=torch.long, device=dev)
-    reason = torch.zeros(R, dtype=torch.int8, device=dev)
-    bufs = _StepBuffers(
-        tok_buf, lp_buf, ent_buf, cert_buf, conf_buf, topv_buf, topi_buf, lengths, reason
-    )
+    bufs = _StepBuffers.alloc(T, R, K, padv, dev)
+    tok_buf, lp_buf, ent_buf, cert_buf, conf_buf, topv_buf, topi_buf, lengths, reason = bufs.parts()
     st_buf: torch.Tensor | None = None
     prompt_hidden: torch.Tensor | None = None
 
