@@ -320,6 +320,29 @@ class _StepBuffers:
         return nxt, alive & ~ended
 
 
+def _batch_inputs(
+    lm: Any, prompts: Sequence[Any], cfg: SampleConfig
+) -> tuple[list[list[int]], torch.Tensor, int, torch.Tensor]:
+    """What both decode loops start from: each prompt's token ids (refused if empty), the EOS ids
+    and pad id, and U (T, R): row b*N+j's uniform at each step, drawn from prompt b's own
+    generator, so a prompt's samples never depend on its batch neighbours."""
+    dev = lm.device
+    seqs = [lmx.prompt_ids(lm.tokenizer, p) for p in prompts]
+    for p, sq in zip(prompts, seqs):
+        if not sq:
+            raise HsrmError(f"prompt {p.id!r} has no tokens")
+    eos_t = torch.tensor(lmx.eos_ids(lm), device=dev)
+    T, N = cfg.max_new_tokens, cfg.n
+    U = torch.stack(
+        [
+            torch.rand(T, N, generator=_prompt_generator(cfg.seed, p.id, dev), device=dev)
+            for p in prompts
+        ],
+        1,
+    ).reshape(T, len(prompts) * N)
+    return seqs, eos_t, lmx.pad_id(lm), U
+
+
 def _to_host(x: torch.Tensor) -> torch.Tensor:
     """A device tensor on the host: one pinned, non-blocking copy on CUDA (sync once after all)."""
     if x.device.type != "cuda":
@@ -385,21 +408,7 @@ def sample_prompts(
     dev = lm.device
     B, N, T = len(prompts), cfg.n, cfg.max_new_tokens
     R = B * N
-    seqs = [lmx.prompt_ids(tok, p) for p in prompts]
-    for p, s in zip(prompts, seqs):
-        if not s:
-            raise HsrmError(f"prompt {p.id!r} has no tokens")
-    eos = lmx.eos_ids(lm)
-    eos_t = torch.tensor(eos, device=dev)
-    padv = lmx.pad_id(lm)
-    # (T, R): row b*N+j's uniform at each step, drawn from prompt b's own generator.
-    U = torch.stack(
-        [
-            torch.rand(T, N, generator=_prompt_generator(cfg.seed, p.id, dev), device=dev)
-            for p in prompts
-        ],
-        1,
-    ).reshape(T, R)
+    seqs, eos_t, padv, U = _batch_inputs(lm, prompts, cfg)
     every = cfg.check_every or (1 if dev.type == "cpu" else 8)
 
     ids, mask, pos = lmx.pad(seqs, padv, "left", dev)
@@ -602,19 +611,7 @@ def _sample_refill(
     dev = lm.device
     W, N, T = len(prompts), cfg.n, cfg.max_new_tokens
     R = W * N
-    seqs = [lmx.prompt_ids(tok, p) for p in prompts]
-    for p, sq in zip(prompts, seqs):
-        if not sq:
-            raise HsrmError(f"prompt {p.id!r} has no tokens")
-    eos_t = torch.tensor(lmx.eos_ids(lm), device=dev)
-    padv = lmx.pad_id(lm)
-    U = torch.stack(
-        [
-            torch.rand(T, N, generator=_prompt_generator(cfg.seed, p.id, dev), device=dev)
-            for p in prompts
-        ],
-        1,
-    ).reshape(T, R)
+    seqs, eos_t, padv, U = _batch_inputs(lm, prompts, cfg)
     cap_layers = layers if capture else ()
     _, head, softcap = lmx.lm_parts(model)
     L, d = len(layers), lm.fingerprint.hidden_size
