@@ -266,8 +266,8 @@ def levers_elhsr(args) -> dict[str, Any]:
     the full reports (CIs, per family, baselines and controls) show the seed ensemble (within-prompt
     z-scores summed over seeds) of the chosen setting and of the demo's."""
     from hsrm.bon.demo import DEMO_ELHSR
-    from hsrm.bon.quality import zscore_by_prompt
     from hsrm.heads import make_head
+    from hsrm.metrics import zscore_by_prompt
 
     st = _stores(args)
     T, V, F = _tables(args, st)
@@ -377,9 +377,9 @@ def levers_more(args) -> dict[str, Any]:
     """More contexts: ELHSR (all layers, and 20-30) trained on --train + --val (512 prompts) vs
     on --train alone, over ``--elhsr-seeds`` seeds, tested on --fresh only (val is in-sample)."""
     from hsrm.bon.demo import DEMO_ELHSR
-    from hsrm.bon.quality import zscore_by_prompt
     from hsrm.bon.rank import concat_features
     from hsrm.heads import make_head
+    from hsrm.metrics import zscore_by_prompt
 
     st = _stores(args)
     F = {"y": st[2].labels, "g": st[2].prompt_ids}

@@ -157,3 +157,29 @@ def test_vote_prompt_matches_enumeration_of_subsets():
             got = M.vote_prompt(ans, y, w, k, np.random.default_rng(0), keep, n_sub=8000)
             tol = 1e-12 if k == n else 0.03
             assert abs(got - exact) <= tol, (ans, y, w, k, keep, got, exact)
+
+
+def test_temperature_zero_vote_is_best_of_k_and_softmax_vote_interpolates():
+    from hsrm.metrics import bon_prompt, score_vote_weights, vote_prompt, zscore_by_prompt
+
+    rng = np.random.default_rng(3)
+    groups = np.repeat(np.arange(30), 8)
+    s = np.round(rng.normal(size=len(groups)), 1)  # rounded: ties occur
+    y = rng.random(len(groups)) < 0.4
+    ex = [str(i) for i in range(len(groups))]  # distinct answers: a vote ranks single traces
+    w0 = score_vote_weights(s, groups, 0.0)
+    for g in range(30):
+        i = np.flatnonzero(groups == g)
+        got = vote_prompt([ex[j] for j in i], y[i], w0[i], 8, rng)
+        assert abs(got - bon_prompt(s[i], y[i], 8)) < 1e-12
+    # temperature 1: weights are the exp of within-prompt z-scores
+    z = zscore_by_prompt(s, groups)
+    assert np.allclose(score_vote_weights(s, groups), np.exp(z))
+    assert np.allclose([z[groups == g].mean() for g in range(30)], 0)
+    # with shared answers, a high temperature is plain majority vote
+    shared = ["a", "a", "a", "b", "b", "c", "c", "d"]
+    yy = np.array([1, 1, 1, 0, 0, 0, 0, 0])
+    ss = np.array([0.0, 0.1, 0.2, 5.0, 4.0, 0.0, 0.0, 0.1])
+    hot = score_vote_weights(ss, np.zeros(8), 100.0)
+    assert vote_prompt(shared, yy, hot, 8, rng) == 1.0  # "a": 3 votes
+    assert vote_prompt(shared, yy, score_vote_weights(ss, np.zeros(8), 0.0), 8, rng) == 0.0

@@ -212,8 +212,11 @@ def test_demo_tiny(tmp_path):
         "answer_prior",
         "self_certainty",
         "deepconf_vote",
+        "elhsr_vote",
+        "rank_vote",
     ):
         assert scorer in saved["fresh"]["bon"], scorer
+        assert scorer in saved["bon"], scorer
     for key in (
         "mean_accuracy",
         "pass_at_k",
@@ -280,11 +283,39 @@ def test_pick_by_family_takes_each_familys_best_ranker():
     # head a ranks arith perfectly and compare at random; head b the other way round
     a = np.where(fams == "arith", y + 0.1 * noise, noise)
     b = np.where(fams == "compare", y + 0.1 * noise, noise)
-    pick = pick_by_family({"a": a, "b": b}, y, groups, fams, ["a", "b"])
+    ex = [str(i) for i in range(len(groups))]  # every answer distinct: a vote is best-of-k
+    pick = pick_by_family({"a": a, "b": b}, y, groups, fams, ["a", "b"], ex, 8)
     assert pick == {"arith": "a", "compare": "b"}
-    s = picked_scores({"a": a, "b": b}, fams, pick)
-    assert np.array_equal(s[fams == "arith"], a[fams == "arith"])
-    assert np.array_equal(s[fams == "compare"], b[fams == "compare"])
+    s = picked_scores({"a": a, "b": b}, fams, pick, groups)
+    # the pick as vote weights: within a prompt, the order of the picked head's scores
+    for g in np.unique(groups):
+        m = groups == g
+        src = a if fams[m][0] == "arith" else b
+        assert np.array_equal(np.argsort(s[m]), np.argsort(src[m]))
+    # and its best-of-k, counted as a vote, is the picked head's best-of-k
+    from hsrm.bon.report import bon_report
+
+    rep = bon_report(
+        {"a": a, "b": b, "picked": s}, y, groups, ex, fams, ks=[4], n_boot=5, votes=["picked"]
+    )
+    for fam, head in pick.items():
+        sub = rep["per_family"][fam]["bon"]
+        assert abs(sub["picked"]["4"] - sub[head]["4"]) < 0.03  # Monte Carlo subsets vs exact
+
+
+def test_pick_by_family_takes_a_vote_where_the_vote_wins():
+    from hsrm.bon.demo import pick_by_family
+    from hsrm.bon.scorers import add_head_votes
+
+    # every prompt: 6 samples; the right answer "1" given 3 times with middling scores, three wrong
+    # answers once each, one of them with the top score -> the head's best-of-6 is wrong, its vote right
+    groups = np.repeat(np.arange(10), 6)
+    ex = ["1", "1", "1", "2", "3", "4"] * 10
+    y = np.array([1, 1, 1, 0, 0, 0] * 10)
+    h = np.array([0.9, 0.85, 0.8, 1.0, 0.0, 0.0] * 10)
+    fams = np.array(["arith"] * 60)
+    sc = add_head_votes({"h": h}, ["h"], groups)
+    assert pick_by_family(sc, y, groups, fams, ["h", "h_vote"], ex, 6) == {"arith": "h_vote"}
 
 
 def test_demo_reports_the_picked_head(tmp_path):

@@ -48,6 +48,42 @@ def by_group(groups: np.ndarray) -> dict[object, np.ndarray]:
 _by_group = by_group  # the old private name, still used by hsrm.bon.prune
 
 
+def zscore_by_prompt(v: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """``v`` standardised within each group (mean 0, std 1; a constant group gives 0)."""
+    v = np.asarray(v, float)
+    out = np.zeros(len(v))
+    for i in by_group(groups).values():
+        sd = v[i].std()
+        out[i] = (v[i] - v[i].mean()) / sd if sd > 1e-9 else 0.0
+    return out
+
+
+def score_vote_weights(
+    scores: np.ndarray, groups: np.ndarray, temperature: float = 1.0
+) -> np.ndarray:
+    """Per-sample weights for a score-weighted majority vote (``vote_prompt``): within each prompt,
+    ``exp(z / temperature)`` of the scores' within-prompt z-score, i.e. a softmax over the prompt's
+    answers, so a head's scale and a prompt's offset do not matter. ``temperature=0`` gives best-of-k
+    as a vote: weight ``(n + 1) ** rank``, so the top-scored trace of any subset outweighs all the
+    others together (an answer-less top trace is then skipped, where best-of-k would count it
+    wrong). Large temperatures tend to plain majority vote."""
+    s = np.asarray(scores, float)
+    if temperature < 0:
+        raise HsrmError(f"vote temperature must be >= 0, got {temperature}")
+    if temperature > 0:
+        return np.exp(zscore_by_prompt(s, groups) / temperature)
+    out = np.zeros(len(s))
+    for i in by_group(groups).values():
+        if len(i) > 128:  # (n + 1) ** (n - 1) must stay a finite float64
+            raise HsrmError(
+                f"a temperature-0 vote takes at most 128 samples a prompt, got {len(i)}"
+            )
+        # dense ranks: tied scores get the same weight, so the vote splits them like best-of-k
+        _, rank = np.unique(s[i], return_inverse=True)
+        out[i] = float(len(i) + 1) ** rank
+    return out
+
+
 def vote_counts(
     answers: Sequence[object], groups: np.ndarray, fraction: bool = False
 ) -> np.ndarray:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -13,13 +14,14 @@ from tqdm.auto import tqdm
 
 from hsrm.bon.baselines import baseline_scores
 from hsrm.bon.outputs import html_data, store_report, write_outputs
-from hsrm.bon.report import bon_report
+from hsrm.bon.report import bon_per_prompt, bon_report
+from hsrm.bon.scorers import VOTE_SUFFIX, add_head_votes, vote_keep
 from hsrm.capture import parse_layers
 from hsrm.config import field, validate
 from hsrm.errors import HsrmError
 from hsrm.heads.base import Head, make_head
 from hsrm.io import check_out, exclusive, mark_output
-from hsrm.metrics import within_prompt_auroc
+from hsrm.metrics import score_vote_weights
 from hsrm.models import DEFAULT_MODEL
 from hsrm.sampling import SampleRunConfig, sample
 from hsrm.splits import prompt_folds
@@ -132,29 +134,39 @@ def pick_by_family(
     groups: np.ndarray,
     families: np.ndarray,
     candidates: list[str],
+    extracted: Sequence[object],
+    k: int,
 ) -> dict[str, str]:
-    """Per task family, the candidate scorer with the best within-prompt AUROC (what best-of-N
-    needs) on the given samples' scores, which must be out of fold. A family is known when a prompt
-    arrives, so choosing its head this way uses nothing of the prompts it is then applied to."""
+    """Per task family, the candidate scorer with the best BoN@k (a head, or a head's weighted vote:
+    ``hsrm.bon.scorers.vote_keep``) on the given samples' scores, which must be out of fold; ties go
+    to the earlier candidate. A family is known when a prompt arrives, so choosing its scorer this
+    way uses nothing of the prompts it is then applied to."""
     out = {}
+    rng = np.random.default_rng(0)
+    ex = np.asarray(extracted, dtype=object)
     for fam in sorted(set(families.tolist())):
         m = families == fam
-        wp = {c: within_prompt_auroc(scores[c][m], labels[m], groups[m]) for c in candidates}
-        out[str(fam)] = max(
-            candidates, key=lambda c: (np.nan_to_num(wp[c], nan=-1.0), -candidates.index(c))
-        )
+        bon = {}
+        for c in candidates:
+            keep = vote_keep(c)
+            vote = None if keep is None else (scores[c][m], keep)
+            per = bon_per_prompt(c, scores[c][m], labels[m], groups[m], ex[m], k, rng, vote=vote)
+            bon[c] = float(np.mean(list(per.values())))
+        out[str(fam)] = max(candidates, key=lambda c: (bon[c], -candidates.index(c)))
     return out
 
 
 def picked_scores(
-    scores: dict[str, np.ndarray], families: np.ndarray, pick: dict[str, str]
+    scores: dict[str, np.ndarray], families: np.ndarray, pick: dict[str, str], groups: np.ndarray
 ) -> np.ndarray:
-    """Each sample gets the score of the head picked for its family (BoN and within-prompt AUROC
-    compare samples of one prompt, so heads' different scales do not mix within a ranking)."""
+    """The picked selector as one vote scorer's per-trace weights: a family whose pick is a vote
+    gets that vote's weights; one whose pick ranks answers gets weights under which the top-scored
+    trace of any subset wins (``score_vote_weights(..., temperature=0)``), i.e. its best-of-k."""
     out = np.zeros(len(families))
     for fam, name in pick.items():
         m = families == fam
-        out[m] = scores[name][m]
+        w = scores[name][m]
+        out[m] = w if vote_keep(name) is not None else score_vote_weights(w, groups[m], 0.0)
     return out
 
 
@@ -199,18 +211,25 @@ def _demo(cfg: DemoConfig, out: Path) -> dict[str, Any]:
     idx = np.arange(len(store))
     fams = np.array([r["family"] for r in store.records])
     fold = prompt_folds(store.prompt_ids, cfg.folds, cfg.seed)
-    # "picked": per family, the head with the best out-of-fold within-prompt AUROC; for each split
-    # chosen on the other splits' prompts only, so no prompt helps pick the head that scores it
-    heads_ = list(specs)
+    # "picked": per family, the head or head vote with the best out-of-fold BoN@N; for each split
+    # chosen on the other splits' prompts only, so no prompt helps pick the scorer that scores it
     y, pids = store.labels, store.prompt_ids
+    scores = add_head_votes(scores, list(specs), pids)
+    cands = [*specs, *(h + VOTE_SUFFIX for h in specs)]
+    ex = [r["extracted"] for r in store.records]
     scores[PICKED] = np.zeros(len(store))
     for f in range(cfg.folds):
         tr, te = fold != f, fold == f
-        pick = pick_by_family({h: scores[h][tr] for h in heads_}, y[tr], pids[tr], fams[tr], heads_)
+        sub = {c: scores[c][tr] for c in cands}
+        pick = pick_by_family(
+            sub, y[tr], pids[tr], fams[tr], cands, [e for e, t in zip(ex, tr) if t], cfg.n
+        )
         folds[f]["picked"] = pick
-        scores[PICKED][te] = picked_scores({h: scores[h][te] for h in heads_}, fams[te], pick)
-    pick_all = pick_by_family(scores, y, pids, fams, heads_)
-    rep = store_report(store, idx, scores, cfg.n_boot, cfg.seed)
+        scores[PICKED][te] = picked_scores(
+            {c: scores[c][te] for c in cands}, fams[te], pick, pids[te]
+        )
+    pick_all = pick_by_family(scores, y, pids, fams, cands, ex, cfg.n)
+    rep = store_report(store, idx, scores, cfg.n_boot, cfg.seed, votes=(PICKED,))
     # per-split numbers, to show the spread across splits
     # the token view explains each example with the head that had not seen its prompt
     data = html_data(store, idx, scores, lambda i: fitted[("elhsr", int(fold[i]))])
@@ -224,6 +243,7 @@ def _demo(cfg: DemoConfig, out: Path) -> dict[str, Any]:
             extracted=[store.records[i]["extracted"] for i in te],
             ks=[cfg.n],
             n_boot=200,
+            votes=(PICKED,),
         )
         finfo["bon_at_n"] = {k: v[N] for k, v in r["bon"].items()}
         finfo["within_prompt_auroc"] = r["within_prompt_auroc"]
@@ -288,9 +308,12 @@ def _demo_fresh(
         for name, (arch, params) in specs.items()
     }
     fams = np.array([r["family"] for r in fresh.records])
-    scores[PICKED] = picked_scores(scores, fams, {f: h for f, h in pick.items() if f in set(fams)})
+    scores = add_head_votes(scores, list(specs), fresh.prompt_ids)
+    scores[PICKED] = picked_scores(
+        scores, fams, {f: h for f, h in pick.items() if f in set(fams)}, fresh.prompt_ids
+    )
     scores.update(baseline_scores(fresh, tr, te, train_store=store))
-    rep = store_report(fresh, te, scores, cfg.n_boot, cfg.seed)
+    rep = store_report(fresh, te, scores, cfg.n_boot, cfg.seed, votes=(PICKED,))
     rep["task"] = fresh.meta["task"]
     rep["picked"] = pick
     write_outputs(Path(cfg.out) / "fresh", rep)

@@ -12,6 +12,7 @@ import numpy as np
 
 from hsrm.bon.baselines import baseline_scores
 from hsrm.bon.outputs import html_data, store_report, write_outputs
+from hsrm.bon.scorers import add_head_votes
 from hsrm.config import field, validate
 from hsrm.errors import HsrmError
 from hsrm.heads.base import Head
@@ -74,6 +75,8 @@ def evaluate(cfg: EvaluateConfig, store: Store | None = None) -> dict[str, Any]:
     if len(test_idx) == 0:
         raise HsrmError(f"{cfg.run}: every prompt was used to train these heads; nothing held out")
     scores = {n: h.score(store.features(test_idx)) for n, h in heads.items()}
+    # each head's score-weighted majority vote beside its best-of-N
+    scores = add_head_votes(scores, list(heads), pids[test_idx])
     if len(train_idx):
         scores.update(baseline_scores(store, train_idx, test_idx))
     elif ctrl_from and Path(ctrl_from[0], "meta.json").exists():

@@ -4,6 +4,7 @@ per-sample scores and the ELHSR token view) from a store and per-sample scores."
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,11 @@ def store_report(
     n_boot: int,
     seed: int = 0,
     protocol: str = "random",
+    votes: Sequence[str] = (),
 ) -> dict[str, Any]:
     """``bon_report`` of store samples ``idx`` under ``scores`` (one array per scorer, aligned
-    with ``idx``), with the store's labels, prompts, extracted answers and families."""
+    with ``idx``), with the store's labels, prompts, extracted answers and families; ``votes``:
+    more scorers whose arrays are vote weights (``bon_report``)."""
     recs = store.records
     return bon_report(
         scores,
@@ -37,6 +40,7 @@ def store_report(
         n_boot=n_boot,
         seed=seed,
         protocol=protocol,
+        votes=votes,
     )
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from hsrm.capture import parse_layers
+from hsrm.metrics import zscore_by_prompt
 
 #: Settings of the pooled probe the issue found to transfer (every 2nd layer, C = 0.01).
 POOLED_DEFAULT: dict[str, Any] = {"layers": "every:2", "C": 0.01}
@@ -49,15 +50,6 @@ def center_by_prompt(X: np.ndarray, groups: np.ndarray) -> np.ndarray:
     for g in np.unique(groups):
         m = groups == g
         out[m] -= X[m].mean(0)
-    return out
-
-
-def zscore_by_prompt(v: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    out = np.zeros(len(v))
-    for g in np.unique(groups):
-        m = groups == g
-        sd = v[m].std()
-        out[m] = (v[m] - v[m].mean()) / sd if sd > 1e-9 else 0.0
     return out
 
 

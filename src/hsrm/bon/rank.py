@@ -31,7 +31,6 @@ from typing import Any
 import numpy as np
 
 from hsrm import metrics as M
-from hsrm.bon.quality import zscore_by_prompt
 from hsrm.heads.rank import (  # noqa: F401  (the model lives with the registered head)
     LOSSES,
     RankProbe,
@@ -39,6 +38,7 @@ from hsrm.heads.rank import (  # noqa: F401  (the model lives with the registere
     group_matrix,
     rank_loss,
 )
+from hsrm.metrics import zscore_by_prompt
 
 #: training-free columns kept per answer (``hsrm.bon.scorers`` names) besides mean log-prob
 FREE_COLS = ("self_certainty", "deepconf_lowest_group", "neg_mean_entropy")

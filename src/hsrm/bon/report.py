@@ -3,9 +3,9 @@ gap closed, bootstrap CIs over prompts, and the same per task family.
 
 ``majority`` is special: its best-of-k is a vote *within* each k-subset (Monte Carlo), so it needs the
 extracted answers; ``random`` is the mean accuracy; ``oracle`` is unbiased pass@k. So are the vote
-scorers of ``hsrm.bon.scorers.VOTES`` (DeepConf's confidence-weighted vote): their score array holds each
-trace's confidence weight, and the weighted vote is counted within each k-subset; their AUROCs
-rank samples by the weighted vote share of their answer.
+scorers (``hsrm.bon.scorers.vote_keep``: DeepConf's confidence-weighted votes, a head's ``<head>_vote``,
+and any name passed in ``votes``): their score array holds each trace's weight, and the weighted vote
+is counted within each k-subset; their AUROCs rank samples by the weighted vote share of their answer.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from hsrm import metrics as M
-from hsrm.bon.scorers import VOTES, weighted_vote_prompt, weighted_vote_share
+from hsrm.bon.scorers import vote_keep, weighted_vote_prompt, weighted_vote_share
 from hsrm.errors import HsrmError
 from hsrm.metrics import vote_counts
 
@@ -32,7 +32,7 @@ def _summary(
     n_boot: int,
     seed: int,
     protocol: str = "random",
-    vote_weights: dict[str, np.ndarray] | None = None,
+    vote_weights: dict[str, tuple[np.ndarray, float]] | None = None,
 ) -> dict[str, Any]:
     vote_weights = vote_weights or {}
     by = M.by_group(groups)
@@ -65,22 +65,9 @@ def _summary(
         s = np.asarray(s, float)
         out["bon"][name], out["bon_ci"][name], out["gap_closed"][name] = {}, {}, {}
         for k in ks:
-            if name == MAJORITY:
-                # "first": the vote among the first k samples (one subset of size k)
-                sub = {g: (i[:k] if protocol == "first" else i) for g, i in by.items()}
-                per = {
-                    g: M.majority_prompt([extracted[j] for j in i], y[i], k, rng)
-                    for g, i in sub.items()
-                }
-            elif name in vote_weights:
-                w, keep = vote_weights[name], VOTES[name][1]
-                sub = {g: (i[:k] if protocol == "first" else i) for g, i in by.items()}
-                per = {
-                    g: weighted_vote_prompt([extracted[j] for j in i], y[i], w[i], k, rng, keep)
-                    for g, i in sub.items()
-                }
-            else:
-                per = M.per_prompt_bon(s, y, groups, k, protocol)
+            per = bon_per_prompt(
+                name, s, y, groups, extracted, k, rng, protocol, vote_weights.get(name)
+            )
             v = float(np.mean(list(per.values())))
             out["bon"][name][str(k)] = v
             out["bon_ci"][name][str(k)] = list(M.bootstrap_ci(per, n_boot, seed=seed))
@@ -100,6 +87,36 @@ def _summary(
     return out
 
 
+def bon_per_prompt(
+    name: str,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray,
+    extracted: Sequence[object],
+    k: int,
+    rng: np.random.Generator,
+    protocol: str = "random",
+    vote: tuple[np.ndarray, float] | None = None,
+) -> dict[object, float]:
+    """BoN@k of one scorer, per prompt: a (weighted) vote within k-subsets for ``majority`` and for
+    ``vote`` = (per-trace weights, share kept); else the top-scored answer. ``protocol="first"``:
+    the first k samples (one subset of size k)."""
+    y = np.asarray(labels, float)
+    if name != MAJORITY and vote is None:
+        return M.per_prompt_bon(scores, y, groups, k, protocol)
+    by = M.by_group(groups)
+    sub = {g: (i[:k] if protocol == "first" else i) for g, i in by.items()}
+    if vote is None:
+        return {
+            g: M.majority_prompt([extracted[j] for j in i], y[i], k, rng) for g, i in sub.items()
+        }
+    w, keep = vote
+    return {
+        g: weighted_vote_prompt([extracted[j] for j in i], y[i], w[i], k, rng, keep)
+        for g, i in sub.items()
+    }
+
+
 def bon_report(
     scores: dict[str, np.ndarray],
     labels: np.ndarray,
@@ -110,9 +127,11 @@ def bon_report(
     n_boot: int = 1000,
     seed: int = 0,
     protocol: str = "random",
+    votes: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Best-of-N report over test samples. ``scores``: scorer name -> (n,) scores (higher = better);
     include ``"majority"`` (any array; votes come from ``extracted``) and ``"random"`` if wanted.
+    Vote scorers (``vote_keep``; ``votes`` names more) hold per-trace weights.
     ``protocol``: ``random`` (exact mean over random k-subsets) or ``first`` (SWIFT: the first k
     samples of each prompt, in sample order)."""
     if protocol not in ("random", "first"):
@@ -121,8 +140,12 @@ def bon_report(
     extracted = list(extracted) if extracted is not None else [None] * len(labels)
     if MAJORITY in scores:
         scores = {**scores, MAJORITY: vote_counts(extracted, groups)}
-    vote_weights = {k: np.asarray(v, float) for k, v in scores.items() if k in VOTES}
-    for name, w in vote_weights.items():
+    vote_weights = {
+        k: (np.asarray(v, float), keep)
+        for k, v in scores.items()
+        if (keep := vote_keep(k, votes)) is not None
+    }
+    for name, (w, _) in vote_weights.items():
         scores = {**scores, name: weighted_vote_share(extracted, groups, w)}
     n = min(len(i) for i in M.by_group(groups).values())
     ks = ks or M.ks_for(n)
@@ -142,6 +165,6 @@ def bon_report(
                 n_boot,
                 seed,
                 protocol,
-                {k: w[m] for k, w in vote_weights.items()},
+                {k: (w[m], keep) for k, (w, keep) in vote_weights.items()},
             )
     return rep

@@ -22,6 +22,13 @@ answers, the answer string with the largest summed trace confidence wins (DeepCo
 confidence-weighted majority vote), after keeping only the top-eta share of the subset's traces by
 confidence (DeepConf-high: eta = 90%, DeepConf-low: eta = 10%). ``hsrm.bon.report`` counts them
 within each subset, like ``majority``.
+
+A head's own vote is named ``<head>_vote`` (``add_head_votes``): the reward-model-weighted majority
+vote of Uesato et al. 2022 (arXiv 2211.14275) and DiVeRSe (Li et al. 2023, arXiv 2206.02336), with
+each trace weighted by ``exp(z)`` of the head's within-prompt z-score (``metrics.score_vote_weights``)
+so that heads of any scale vote alike. Chosen on a validation store of a third task seed: it beat the
+head's own best-of-16 there on ``arith`` for every ELHSR setting tried, not on ``compare``
+(benchmarks/results/quality_votes.md).
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import numpy as np
 import torch
 
 from hsrm.errors import HsrmError
-from hsrm.metrics import vote_prompt
+from hsrm.metrics import score_vote_weights, vote_prompt
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +110,28 @@ VOTES: dict[str, tuple[str, float]] = {
     "deepconf_vote": ("deepconf_lowest_group", 0.9),
     "deepconf_vote_low": ("deepconf_lowest_group", 0.1),
 }
+
+
+#: Suffix of a scorer that is a vote whose score array holds per-trace weights (keep = 1).
+VOTE_SUFFIX = "_vote"
+
+
+def vote_keep(name: str, votes: Sequence[str] = ()) -> float | None:
+    """The share of a subset's traces a vote scorer keeps (``VOTES``; 1.0 for ``<name>_vote`` and
+    the names in ``votes``); None for a scorer that ranks answers one by one."""
+    if name in VOTES:
+        return VOTES[name][1]
+    if name.endswith(VOTE_SUFFIX) or name in votes:
+        return 1.0
+    return None
+
+
+def add_head_votes(
+    scores: dict[str, np.ndarray], heads: Sequence[str], groups: np.ndarray
+) -> dict[str, np.ndarray]:
+    """``scores`` plus ``<head>_vote`` for every head: its score-weighted majority vote (weights
+    ``exp(z)`` of the within-prompt z-score)."""
+    return {**scores, **{h + VOTE_SUFFIX: score_vote_weights(scores[h], groups) for h in heads}}
 
 
 def score_stats(stats: Stats, names: Sequence[str] | None = None) -> dict[str, float]:

@@ -41,8 +41,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     N = str(cfg.n)
     con.print(
         f"mean accuracy {rep['mean_accuracy']:.3f}, pass@{N} {rep['pass_at_k'][N]:.3f}; "
-        f"picked (per family, the head with the best out-of-fold within-prompt AUROC on the "
-        f"other splits) closes {100 * rep['gap_closed']['picked'][N]:.0f}% of the gap at N={N}. "
+        f"picked (per family, the head or head-weighted vote with the best out-of-fold BoN@{N} "
+        f"on the other splits) closes {100 * rep['gap_closed']['picked'][N]:.0f}% of the gap at N={N}. "
         f"Took {rep['timing']['total_s']:.0f} s."
     )
     if "fresh" in rep:
