@@ -134,13 +134,14 @@ def bon_prompt(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
     if k > n:
         raise HsrmError(f"best-of-k: k={k} > n={n} samples")
     total = comb(n, k)
-    vals = np.unique(s)
+    # tie groups in ascending order; P(the subset's max is in group g) = (C(<= g, k) - C(< g, k)) / C(n, k)
+    _, inv, cnt = np.unique(s, return_inverse=True, return_counts=True)
+    mean_y = np.bincount(inv, weights=y) / cnt
+    le = np.cumsum(cnt).tolist()
     out = 0.0
-    for v in vals:
-        le, lt = int((s <= v).sum()), int((s < v).sum())
-        p = (comb(le, k) - comb(lt, k)) / total
-        if p:
-            out += p * float(y[s == v].mean())
+    for g, (a, c) in enumerate(zip(le, cnt.tolist())):
+        if a >= k:  # exact integer binomials: no float overflow for large n
+            out += (comb(a, k) - comb(a - c, k)) / total * float(mean_y[g])
     return out
 
 

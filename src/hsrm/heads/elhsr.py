@@ -180,7 +180,13 @@ class ELHSRHead(Head):
         if best_state is not None:
             net.load_state_dict(best_state)
         self.net_ = net.eval()
-        log.info("elhsr: %d epochs, best val loss %.4f", len(self.history_), best)
+        if len(va_idx):
+            log.info("elhsr: %d epochs, best validation value %.4f", len(self.history_), best)
+        else:
+            log.info(
+                "elhsr: %d epochs on every training prompt (no validation split)",
+                len(self.history_),
+            )
 
     @staticmethod
     @torch.no_grad()
