@@ -140,3 +140,35 @@ def test_prune_from_config_file(tmp_path, capsys):
     assert main(["sample", "--config", str(cfg), "--out", str(out), "--model", "tiny:0"]) == 2
     assert "prune_frac" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_head_selectors_pick_and_vote():
+    from hsrm.bon.prune import select
+
+    rng = np.random.default_rng(0)
+    ans = ["3", "3", "5", "7"]
+    y = np.array([0.0, 0.0, 1.0, 0.0])
+    s = {"head": np.array([-1.0, -1.0, 2.0, -3.0])}
+    assert select("head", ans, y, s, rng) == 1.0  # the top logit
+    # sigmoid weights: "3" gets 2 x 0.27 = 0.54 < 0.88 for "5"; softmax: 2 x 0.047 < 0.95
+    assert select("head_vote", ans, y, s, rng) == 1.0
+    assert select("head_softmax_vote", ans, y, s, rng) == 1.0
+    s2 = {"head": np.array([0.0, 0.0, 0.5, -3.0])}  # 2 x 0.5 > 0.62: the pair wins the vote
+    assert select("head_vote", ans, y, s2, rng) == 0.0
+    assert select("head", ans, y, s2, rng) == 1.0
+
+
+def test_task_range_and_shots_reach_the_synthetic_task(tmp_path, capsys):
+    import re
+
+    from hsrm.sampling import make_task
+
+    cfg = SampleRunConfig(task="synthetic:cot", n_prompts=12, task_range="1,4", shots=5)
+    for p in make_task(cfg).prompts():
+        assert len(p.messages) == 2 * 5 + 1
+        q = p.messages[-1]["content"]
+        assert all(1 <= int(x) <= 4 for x in re.findall(r"\d+", q)), q
+    out = tmp_path / "x"
+    assert main(["sample", "--out", str(out), "--model", "tiny:0", "--task-range", "5,1"]) == 2
+    assert "task_range" in capsys.readouterr().err
+    assert not out.exists()
