@@ -172,3 +172,30 @@ def test_task_range_and_shots_reach_the_synthetic_task(tmp_path, capsys):
     assert main(["sample", "--out", str(out), "--model", "tiny:0", "--task-range", "5,1"]) == 2
     assert "task_range" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_prune_head_command_fits_and_saves(tmp_path, tiny_lm, capsys, monkeypatch):
+    from hsrm.tasks.synthetic import SyntheticTask
+
+    # "right" = no number in the answer: the tiny random model gives both classes
+    monkeypatch.setattr(SyntheticTask, "check", lambda self, ext, p: ext is None)
+    st = sample(_cfg(tmp_path, "s", layers="every:1"), lm=tiny_lm)
+    out = tmp_path / "h"
+    args = ["prune-head", "--store", str(st.path), "--out", str(out), "--checkpoints", "2,3"]
+    assert len(np.unique(st.labels)) == 2
+    assert main(args) == 0, capsys.readouterr().err
+    h = PrefixHead.load(out)
+    assert h.checkpoints == [2, 3] and h.layers == list(st.layers)
+    bad = [
+        "prune-head",
+        "--store",
+        str(st.path),
+        "--out",
+        str(tmp_path / "b"),
+        "--checkpoints",
+        "3,2",
+    ]
+    assert main(bad) == 2
+    assert "increasing" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+    assert main(["prune-head", "--store", str(tmp_path / "none"), "--out", str(out)]) == 2

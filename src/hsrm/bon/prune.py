@@ -36,13 +36,20 @@ CHECKPOINTS = (4, 8, 12, 16)
 
 
 def prefix_probe_scores(
-    store, idx: np.ndarray, checkpoints: Sequence[int] = CHECKPOINTS, folds: int = 3, seed: int = 0
+    store,
+    idx: np.ndarray,
+    checkpoints: Sequence[int] = CHECKPOINTS,
+    folds: int = 3,
+    seed: int = 0,
+    labels: np.ndarray | None = None,
 ) -> dict[int, np.ndarray]:
-    """Out-of-fold (by prompt) prefix-probe scores of records ``idx`` at every checkpoint."""
+    """Out-of-fold (by prompt) prefix-probe scores of records ``idx`` at every checkpoint, trained
+    on the final answers' correctness or on ``labels`` (aligned with ``idx``)."""
     from hsrm.bon.quality import POOLED_DEFAULT, PooledProbe, pooled_states
     from hsrm.splits import prompt_folds
 
-    y, g = store.labels[idx], store.prompt_ids[idx]
+    y = store.labels[idx] if labels is None else np.asarray(labels)
+    g = store.prompt_ids[idx]
     fold = prompt_folds(g, folds, seed)
     out = {}
     for t in checkpoints:
