@@ -372,7 +372,7 @@ def _prune_cot2_main(args) -> None:
         QP.cot2_md(out),
     ]
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{tag}.json").write_text(json.dumps(out, indent=1))
+    (RESULTS / f"{tag}.json").write_text(json.dumps(QP.compact(out), indent=1))
     (RESULTS / f"{tag}.md").write_text("\n".join(md))
     QP.plot_cot2(out, RESULTS / f"{tag}.png")
     print("\n".join(md))

@@ -551,6 +551,15 @@ def prune_cot2(args) -> dict[str, Any]:
     return out
 
 
+def compact(x: Any) -> Any:
+    """``x`` without the per-prompt lists (the paired deltas and CIs are kept): a small JSON."""
+    if isinstance(x, dict):
+        return {k: compact(v) for k, v in x.items() if k != "per_prompt"}
+    if isinstance(x, list):
+        return [compact(v) for v in x]
+    return x
+
+
 def _cell(b: dict, d: dict | None = None) -> str:
     c = f"{b['bon']:.3f} [{b['ci'][0]:.3f}, {b['ci'][1]:.3f}]"
     if d is not None:
