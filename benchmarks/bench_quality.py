@@ -170,6 +170,16 @@ def main() -> None:
     ap.add_argument("--cot-train", default="runs/cot_train", help="--prune-online: head's store")
     ap.add_argument("--cot-prompts", type=int, default=64, help="--prune-online: test prompts")
     ap.add_argument("--cot-task-seed", type=int, default=11, help="--prune-online: test seed")
+    ap.add_argument(
+        "--prune-cot2", action="store_true", help="only CoT pruning: choose on train, run online"
+    )
+    ap.add_argument("--cot-range", default="1,20", help="--prune-cot2: operands LO,HI")
+    ap.add_argument("--cot-shots", type=int, default=3, help="--prune-cot2: few-shot examples")
+    ap.add_argument(
+        "--prune-select",
+        default="head_pvote",
+        help="--prune-cot2: selector the setting is chosen for",
+    )
     ap.add_argument("--val", default="runs/val", help="--levers: the validation store")
     ap.add_argument("--cache", default="runs/cache", help="--levers: pooled-state caches")
     ap.add_argument("--rank-epochs", type=int, default=200)
@@ -181,6 +191,8 @@ def main() -> None:
         return _levers_main(args)
     if args.prune_online:
         return _prune_online_main(args)
+    if args.prune_cot2:
+        return _prune_cot2_main(args)
     skip = set(args.skip.split(","))
     out: dict[str, Any] = {"machine": "2-core CPU box shared with other jobs", "config": vars(args)}
     md = ["# Selection quality (`benchmarks/bench_quality.py`)", ""]
@@ -342,6 +354,27 @@ def _prune_online_main(args) -> None:
     (RESULTS / f"{tag}.json").write_text(json.dumps(out, indent=1))
     (RESULTS / f"{tag}.md").write_text("\n".join(md))
     QP.plot_online(out, RESULTS / f"{tag}.png")
+    print("\n".join(md))
+
+
+def _prune_cot2_main(args) -> None:
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import quality_pruning_online as QP  # type: ignore[import-not-found]
+
+    tag = args.tag if args.tag != "quality" else "quality_pruning_cot2"
+    out = QP.prune_cot2(args)
+    out = {"machine": "2-core CPU box shared with other jobs", "config": vars(args), **out}
+    md = [
+        "# Early pruning that keeps best-of-N (`bench_quality.py --prune-cot2`)",
+        "",
+        QP.cot2_md(out),
+    ]
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{tag}.json").write_text(json.dumps(QP.compact(out), indent=1))
+    (RESULTS / f"{tag}.md").write_text("\n".join(md))
+    QP.plot_cot2(out, RESULTS / f"{tag}.png")
     print("\n".join(md))
 
 

@@ -140,3 +140,66 @@ def test_prune_from_config_file(tmp_path, capsys):
     assert main(["sample", "--config", str(cfg), "--out", str(out), "--model", "tiny:0"]) == 2
     assert "prune_frac" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_head_selectors_pick_and_vote():
+    from hsrm.bon.prune import select
+
+    rng = np.random.default_rng(0)
+    ans = ["3", "3", "5", "7"]
+    y = np.array([0.0, 0.0, 1.0, 0.0])
+    s = {"head": np.array([-1.0, -1.0, 2.0, -3.0])}
+    assert select("head", ans, y, s, rng) == 1.0  # the top logit
+    # sigmoid weights: "3" gets 2 x 0.27 = 0.54 < 0.88 for "5"; softmax: 2 x 0.047 < 0.95
+    assert select("head_pvote", ans, y, s, rng) == 1.0
+    assert select("head_softmax_vote", ans, y, s, rng) == 1.0
+    s2 = {"head": np.array([0.0, 0.0, 0.5, -3.0])}  # 2 x 0.5 > 0.62: the pair wins the vote
+    assert select("head_pvote", ans, y, s2, rng) == 0.0
+    assert select("head", ans, y, s2, rng) == 1.0
+    # the reports' head vote, exp(z): z = (1.02, 1.02... ) -> the pair outweighs the top sample
+    s3 = {"head": np.array([1.0, 1.0, 1.2, -3.0])}
+    assert select("head_vote", ans, y, s3, rng) == 0.0
+    assert select("head", ans, y, s3, rng) == 1.0
+
+
+def test_task_range_and_shots_reach_the_synthetic_task(tmp_path, capsys):
+    import re
+
+    from hsrm.sampling import make_task
+
+    cfg = SampleRunConfig(task="synthetic:cot", n_prompts=12, task_range="1,4", shots=5)
+    for p in make_task(cfg).prompts():
+        assert len(p.messages) == 2 * 5 + 1
+        q = p.messages[-1]["content"]
+        assert all(1 <= int(x) <= 4 for x in re.findall(r"\d+", q)), q
+    out = tmp_path / "x"
+    assert main(["sample", "--out", str(out), "--model", "tiny:0", "--task-range", "5,1"]) == 2
+    assert "task_range" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_prune_head_command_fits_and_saves(tmp_path, tiny_lm, capsys, monkeypatch):
+    from hsrm.tasks.synthetic import SyntheticTask
+
+    # "right" = no number in the answer: the tiny random model gives both classes
+    monkeypatch.setattr(SyntheticTask, "check", lambda self, ext, p: ext is None)
+    st = sample(_cfg(tmp_path, "s", layers="every:1"), lm=tiny_lm)
+    out = tmp_path / "h"
+    args = ["prune-head", "--store", str(st.path), "--out", str(out), "--checkpoints", "2,3"]
+    assert len(np.unique(st.labels)) == 2
+    assert main(args) == 0, capsys.readouterr().err
+    h = PrefixHead.load(out)
+    assert h.checkpoints == [2, 3] and h.layers == list(st.layers)
+    bad = [
+        "prune-head",
+        "--store",
+        str(st.path),
+        "--out",
+        str(tmp_path / "b"),
+        "--checkpoints",
+        "3,2",
+    ]
+    assert main(bad) == 2
+    assert "increasing" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+    assert main(["prune-head", "--store", str(tmp_path / "none"), "--out", str(out)]) == 2

@@ -45,6 +45,10 @@ class SampleRunConfig:
         "arith,compare", "synthetic task families (comma list of arith, compare, count)"
     )
     task_seed: int = field(0, "seed of the synthetic task generator")
+    task_range: str = field(
+        "1,20", "synthetic operands LO,HI (cot caps HI at 9; 1,5: an easier cot)"
+    )
+    shots: int = field(3, "synthetic few-shot examples per prompt", min=1)
     fewshot: str = field(
         "fixed", "synthetic few-shot examples: fixed (one set per family) | per_prompt (own stream)"
     )
@@ -120,11 +124,29 @@ class SampleRunConfig:
             raise HsrmError(f"writer_queue must be >= 0, got {self.writer_queue}")
 
 
+def _task_range(spec: str) -> tuple[int, int]:
+    try:
+        lo, hi = (int(x) for x in spec.split(","))
+    except ValueError:
+        raise HsrmError(f"task_range: {spec!r} is not LO,HI (two integers)") from None
+    if not 0 <= lo < hi:
+        raise HsrmError(f"task_range: {spec!r} needs 0 <= LO < HI")
+    return lo, hi
+
+
 def make_task(cfg: SampleRunConfig) -> Task:
     if cfg.task.split(":", 1)[0] == "synthetic":
         fams = cfg.task.split(":", 1)[1] if ":" in cfg.task else cfg.families
+        lo, hi = _task_range(cfg.task_range)
         return get_task(
-            "synthetic", n=cfg.n_prompts, families=fams, seed=cfg.task_seed, fewshot=cfg.fewshot
+            "synthetic",
+            n=cfg.n_prompts,
+            families=fams,
+            seed=cfg.task_seed,
+            fewshot=cfg.fewshot,
+            lo=lo,
+            hi=hi,
+            shots=cfg.shots,
         )
     return get_task(cfg.task, limit=cfg.n_prompts)
 

@@ -36,13 +36,20 @@ CHECKPOINTS = (4, 8, 12, 16)
 
 
 def prefix_probe_scores(
-    store, idx: np.ndarray, checkpoints: Sequence[int] = CHECKPOINTS, folds: int = 3, seed: int = 0
+    store,
+    idx: np.ndarray,
+    checkpoints: Sequence[int] = CHECKPOINTS,
+    folds: int = 3,
+    seed: int = 0,
+    labels: np.ndarray | None = None,
 ) -> dict[int, np.ndarray]:
-    """Out-of-fold (by prompt) prefix-probe scores of records ``idx`` at every checkpoint."""
+    """Out-of-fold (by prompt) prefix-probe scores of records ``idx`` at every checkpoint, trained
+    on the final answers' correctness or on ``labels`` (aligned with ``idx``)."""
     from hsrm.bon.quality import POOLED_DEFAULT, PooledProbe, pooled_states
     from hsrm.splits import prompt_folds
 
-    y, g = store.labels[idx], store.prompt_ids[idx]
+    y = store.labels[idx] if labels is None else np.asarray(labels)
+    g = store.prompt_ids[idx]
     fold = prompt_folds(g, folds, seed)
     out = {}
     for t in checkpoints:
@@ -119,11 +126,25 @@ def _t(c: np.ndarray):
 def select(
     name: str, answers: list, y: np.ndarray, s: dict[str, np.ndarray], rng: np.random.Generator
 ) -> float:
-    """Correctness of the selector's pick among one prompt's finished samples."""
+    """Correctness of the selector's pick among one prompt's finished samples. ``NAME``: the
+    sample with the highest ``s[NAME]``; ``NAME_pvote``: a vote weighted by sigmoid(``s[NAME]``)
+    (a head's logit read as P(right)); ``NAME_softmax_vote``: weighted by its softmax within the
+    prompt's finished samples; ``NAME_vote``: the best-of-N reports' head vote, weighted by
+    ``exp(z)`` of the within-prompt z-score (``metrics.score_vote_weights``)."""
     if name == "majority":
         return M.majority_prompt(answers, y, len(y), rng)
     if name == "deepconf_vote":
         return weighted_vote_prompt(answers, y, s["confidence"], len(y), rng, keep=0.9)
+    if name.endswith("_softmax_vote"):
+        v = np.asarray(s[name[: -len("_softmax_vote")]], float)
+        return M.vote_prompt(answers, y, np.exp(v - v.max()), len(y), rng)
+    if name.endswith("_pvote"):
+        v = np.asarray(s[name[: -len("_pvote")]], float)
+        return M.vote_prompt(answers, y, 1 / (1 + np.exp(-v)), len(y), rng)
+    if name.endswith("_vote"):
+        v = np.asarray(s[name[: -len("_vote")]], float)
+        w = M.score_vote_weights(v, np.zeros(len(v)))
+        return M.vote_prompt(answers, y, w, len(y), rng)
     v = s[name]
     return float(y[v == v.max()].mean())
 
@@ -143,18 +164,29 @@ def pruning_curve(
     deepconf_settings: Sequence[tuple[int, float, int]] = ((4, 90, 8), (4, 10, 8), (4, 90, 4)),
     random_repeats: int = 20,
     seed: int = 0,
+    extra_scores: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """Tokens generated vs BoN@N (N = every sample of a prompt) for each policy and selector."""
+    """Tokens generated vs BoN@N (N = every sample of a prompt) for each policy and selector.
+    ``extra_scores``: more per-sample scores (aligned with ``idx``, e.g. a final head's ``head``)
+    that selectors may name (see ``select``). Each point keeps its per-prompt BoN
+    (``per_prompt``; random: the mean over draws) for paired CIs against ``none``."""
     recs = store.records
     groups = M._by_group(store.prompt_ids[idx])
     y_all = store.labels[idx]
     lens_all = np.array([recs[i]["n_tokens"] for i in idx])
     conf_all = [store.token_stat(int(i), "confidence").float().numpy() for i in idx]
-    lp_all = [store.logprobs(int(i)).float().numpy() for i in idx]
     ext_all = [recs[i]["extracted"] for i in idx]
     rng = np.random.default_rng(seed)
+    # sample-level scores of a finished sample are those of its full answer: computed once
+    sc_all = {
+        "mean_logprob": np.array(
+            [float(v.mean()) if len(v) else 0.0 for v in (store.logprobs(int(i)) for i in idx)]
+        ),
+        "confidence": np.array([lowest_group_confidence(_t(c)) for c in conf_all]),
+        **{k: np.asarray(v, float) for k, v in (extra_scores or {}).items()},
+    }
 
-    def run(stops_of) -> tuple[int, dict[str, float]]:
+    def run(stops_of) -> tuple[int, dict[str, float], dict[str, list[float]]]:
         tok = 0
         acc: dict[str, list[float]] = {s: [] for s in selectors}
         for g, rows in groups.items():
@@ -164,17 +196,17 @@ def pruning_curve(
             if len(done) == 0:
                 done = np.array([int(np.argmax(stop))])
             r = rows[done]
-            sc = {
-                "mean_logprob": np.array([lp_all[j].mean() if len(lp_all[j]) else 0 for j in r]),
-                "confidence": np.array([lowest_group_confidence(_t(conf_all[j])) for j in r]),
-            }
+            sc = {k: v[r] for k, v in sc_all.items()}
             for s in selectors:
                 acc[s].append(select(s, [ext_all[j] for j in r], y_all[r], sc, rng))
-        return tok, {s: float(np.mean(v)) for s, v in acc.items()}
+        return tok, {s: float(np.mean(v)) for s, v in acc.items()}, acc
 
     points: list[dict[str, Any]] = []
-    full_tok, full_bon = run(lambda g, rows: lens_all[rows].copy())
-    points.append({"policy": "none", "family": "none", "tokens": full_tok, "bon": full_bon})
+    full_tok, full_bon, full_pp = run(lambda g, rows: lens_all[rows].copy())
+    points.append(
+        {"policy": "none", "family": "none", "tokens": full_tok, "bon": full_bon,
+         "per_prompt": full_pp}
+    )  # fmt: skip
     for cps, frac in head_settings:
         counts: dict[Any, list[int]] = {}
 
@@ -183,28 +215,33 @@ def pruning_curve(
             counts[g] = c
             return st
 
-        tok, bon = run(hs)
+        tok, bon, pp = run(hs)
         label = f"head frac={frac} at {','.join(map(str, cps))}"
-        points.append({"policy": label, "family": "hsrm head", "tokens": tok, "bon": bon})
-        toks, bons = [], []
+        points.append(
+            {"policy": label, "family": "hsrm head", "tokens": tok, "bon": bon, "per_prompt": pp,
+             "checkpoints": list(cps), "frac": frac}
+        )  # fmt: skip
+        toks, bons, pps = [], [], []
         for _ in range(random_repeats):
-            t_, b_ = run(
+            t_, b_, p_ = run(
                 lambda g, rows, cps=cps, counts=counts: random_stops(
                     lens_all[rows], counts[g], cps, rng
                 )
             )
             toks.append(t_)
             bons.append(b_)
+            pps.append(p_)
         points.append(
             {
                 "policy": f"random, same budget as {label}",
                 "family": "random",
                 "tokens": int(np.mean(toks)),
                 "bon": {s: float(np.mean([b[s] for b in bons])) for s in selectors},
+                "per_prompt": {s: np.mean([p[s] for p in pps], 0).tolist() for s in selectors},
             }
         )
     for n_init, eta, window in deepconf_settings:
-        tok, bon = run(
+        tok, bon, pp = run(
             lambda g, rows, n_init=n_init, eta=eta, window=window: deepconf_stops(
                 [conf_all[j] for j in rows], n_init, eta, window
             )
@@ -215,6 +252,10 @@ def pruning_curve(
                 "family": "deepconf",
                 "tokens": tok,
                 "bon": bon,
+                "per_prompt": pp,
+                "eta": eta,
+                "warmup": n_init,
+                "window": window,
             }
         )
     for p in points:

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hsrm.config import field
 from hsrm.errors import HsrmError
 
 POLICIES = ("none", "head", "deepconf", "random")
@@ -92,7 +93,7 @@ class PrefixHead:
         if not (p / PREFIX_HEAD_FILES[0]).exists() or not (p / PREFIX_HEAD_FILES[1]).exists():
             raise HsrmError(
                 f"{p}: not a prefix head folder (needs {' and '.join(PREFIX_HEAD_FILES)}; "
-                "make one with hsrm.prune_online.fit_prefix_head(store).save(PATH))"
+                "make one with `hsrm prune-head --store RUN --out DIR`)"
             )
         meta = read_json(p / PREFIX_HEAD_FILES[1], "prefix head")
         a = load_file(str(p / PREFIX_HEAD_FILES[0]))
@@ -108,17 +109,25 @@ class PrefixHead:
 
 
 def fit_prefix_head(
-    store, idx: np.ndarray | None = None, checkpoints: Sequence[int] = (4, 8), C: float = 0.01
+    store,
+    idx: np.ndarray | None = None,
+    checkpoints: Sequence[int] = (4, 8),
+    C: float = 0.01,
+    labels: np.ndarray | None = None,
 ) -> PrefixHead:
     """A ``PrefixHead`` over every captured layer of ``store``, trained at each checkpoint t on
-    the samples at least t tokens long (the ones still running there) with their final label."""
+    the samples at least t tokens long (the ones still running there) with their final label, or
+    with ``labels`` (one 0/1 per record of ``store``; e.g. "a final head ranks this sample in the
+    top half of its prompt", so that pruning stops what that head would not pick anyway)."""
     from sklearn.linear_model import LogisticRegression
 
     from hsrm.bon.quality import pooled_states
 
     idx = np.arange(len(store)) if idx is None else np.asarray(idx)
     lens = np.array([store.records[i]["n_tokens"] for i in idx])
-    y = store.labels[idx]
+    if labels is not None and len(labels) != len(store):
+        raise HsrmError(f"fit_prefix_head: {len(labels)} labels for {len(store)} records")
+    y = (store.labels if labels is None else np.asarray(labels))[idx]
     mean, std, coef, icpt = [], [], [], []
     for t in checkpoints:
         sel = idx[lens >= t]
@@ -145,6 +154,34 @@ def fit_prefix_head(
         np.array(icpt),
         {"name": fp.name, "n_layers": fp.n_layers, "hidden_size": fp.hidden_size},
     )
+
+
+@dataclass
+class PrefixHeadConfig:
+    """``hsrm prune-head``: fit the prefix head that ``hsrm sample --prune head`` reads."""
+
+    store: str = field("", "fully sampled store of the task (hsrm sample, hidden states kept)")
+    out: str = field("", "output folder (prefix_head.safetensors + prefix_head.json)")
+    checkpoints: str = field("4,8", "answer-token counts at which the head scores samples")
+    C: float = field(0.01, "inverse L2 strength of each checkpoint's logistic regression", min=1e-9)
+
+
+def train_prefix_head(cfg: PrefixHeadConfig) -> PrefixHead:
+    """Fit ``fit_prefix_head`` on ``cfg.store`` at ``cfg.checkpoints`` and save it to ``cfg.out``
+    (checked before anything is fitted or written)."""
+    from hsrm.store import Store
+
+    if not cfg.store:
+        raise HsrmError("store: name the sample store the head is fitted on (--store RUN)")
+    if not cfg.out:
+        raise HsrmError("out: name the output folder (--out DIR)")
+    cps = _checkpoints(cfg.checkpoints)
+    st = Store(cfg.store)
+    if st.meta.get("pool", "none") != "none" or not st.layers:
+        raise HsrmError(f"{cfg.store}: the store keeps no per-token hidden states to fit on")
+    head = fit_prefix_head(st, checkpoints=cps, C=cfg.C)
+    head.save(cfg.out)
+    return head
 
 
 def _checkpoints(spec: str | Sequence[int]) -> list[int]:
