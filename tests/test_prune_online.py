@@ -52,6 +52,21 @@ def test_random_pruning_stops_rows_and_marks_them(tmp_path, tiny_lm):
     assert gen < sum(r["n_tokens"] for r in full.records)
 
 
+def test_random_pruning_draws_per_prompt_whatever_the_batch(tmp_path, tiny_lm):
+    """Random pruning seeds one stream per prompt: batching prompts 1, 2 or 3 at a time (the
+    local engine's windows, a Ray worker's shard, a resume) stops the same samples."""
+    kw = dict(prune="random", prune_checkpoints="2,4")
+    stores = [
+        sample(_cfg(tmp_path, f"b{b}", batch_prompts=b, shard_prompts=1, **kw), lm=tiny_lm)
+        for b in (1, 2, 3)
+    ]
+    stops = [[(r["prompt_id"], r["stop"], r["n_tokens"]) for r in st.records] for st in stores]
+    assert stops[0] == stops[1] == stops[2]
+    assert any(s == "pruned" for _, s, _ in stops[0])
+    other = sample(_cfg(tmp_path, "seed1", prune_seed=1, **kw), lm=tiny_lm)
+    assert [(r["stop"], r["n_tokens"]) for r in other.records] != [s[1:] for s in stops[0]]
+
+
 def test_head_pruning_stops_the_lowest_scored(tmp_path, tiny_lm):
     fp = tiny_lm.fingerprint
     layers = list(range(fp.n_layers + 1))

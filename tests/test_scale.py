@@ -76,6 +76,21 @@ def test_two_workers_same_store_as_local(cluster, local_store, tmp_path):
     assert_same_store(local_store, out)
 
 
+def test_pruned_sampling_over_workers_same_store_as_local(cluster, tmp_path):
+    """``--prune random`` and ``--prune deepconf`` with ``--engine ray``: each worker builds the
+    run's hook; the store is the local engine's, byte for byte."""
+    for kw in (
+        dict(prune="random", prune_checkpoints="2", prune_frac=0.5),
+        dict(prune="deepconf", prune_warmup=2, prune_window=1, prune_eta=90.0),
+    ):
+        local = tmp_path / f"local-{kw['prune']}"
+        st = sample(SampleRunConfig(out=str(local), **TINY, **kw), progress=False)
+        assert any(r["stop"] == "pruned" for r in st.records), kw
+        out = tmp_path / f"ray-{kw['prune']}"
+        sample(SampleRunConfig(out=str(out), engine="ray", workers=2, **TINY, **kw), progress=False)
+        assert_same_store(local, out)
+
+
 def test_worker_killed_mid_shard(cluster, local_store, tmp_path, monkeypatch, caplog):
     """Worker 0 dies (os._exit, leaving a half-written temporary file) holding its first shard: Ray
     restarts it and retries the shard; the store is complete, identical, with no temporary file."""

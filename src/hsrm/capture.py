@@ -226,7 +226,9 @@ class SampleView:
     that had already stopped hold padding there); ``states``: (step + 1, rows, L, d) captured
     states so far, or None without capture (or when the states exceed ``CAPTURE_BUFFER_BYTES`` and
     go to the host in chunks); ``alive``: (rows,) bool, rows still decoding;
-    ``lengths``: (rows,) answer tokens so far."""
+    ``lengths``: (rows,) answer tokens so far; ``prompt_ids``: the call's prompts, in row order
+    (a hook that draws at random seeds per prompt with them, so its choices do not depend on
+    which prompts share the batch, the engine, or a resume)."""
 
     step: int
     tokens: torch.Tensor
@@ -236,6 +238,7 @@ class SampleView:
     states: torch.Tensor | None
     alive: torch.Tensor
     lengths: torch.Tensor
+    prompt_ids: tuple[str, ...] = ()
 
 
 #: ``prune(step, view) -> (rows,) bool mask of rows to stop now, or None``. A stopped row keeps the
@@ -485,6 +488,7 @@ def sample_prompts(
                 states=st_buf[:steps] if st_buf is not None and st_host is None else None,
                 alive=full_alive,
                 lengths=lengths,
+                prompt_ids=tuple(p.id for p in prompts),
             )
             stop = prune(step, view)
             if stop is not None:

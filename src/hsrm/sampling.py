@@ -391,14 +391,17 @@ def sample_window(
     scfg: SampleConfig,
     layers: tuple[int, ...],
     batch_prompts: int = 0,
+    prune: Any = None,
 ) -> list[PromptResult]:
     """Results of prompts at positions [lo, hi), sampled in the same aligned batches (windows) of
     B as the local engine (``window`` = the prompts at positions [start, start + len(window))),
     with at most ``batch_prompts`` decoding at once (refill), so another engine sampling one shard
-    at a time writes byte-identical shards."""
+    at a time writes byte-identical shards. ``prune``: the early-pruning hook, as in ``sample``."""
     out = []
     for c in range(0, len(window), B):
-        res = sample_prompts(lm, window[c : c + B], scfg, layers, batch_prompts=batch_prompts)
+        res = sample_prompts(
+            lm, window[c : c + B], scfg, layers, batch_prompts=batch_prompts, prune=prune
+        )
         for j, r in enumerate(res):
             if lo <= start + c + j < hi:
                 out.append(r)

@@ -25,6 +25,7 @@ with ``fit_prefix_head`` and saved as safetensors + JSON.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -251,11 +252,17 @@ class _RankPrune:
 
     def __init__(self, n, cps, frac, seed, head, pos):
         self.n, self.cps, self.frac, self.head, self.pos = n, cps, frac, head, pos
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
 
     def __call__(self, step: int, view) -> torch.Tensor | None:
         if step == 0:
             self.pruned = torch.zeros_like(view.alive, device="cpu")
+            # random: one stream per prompt, seeded by (seed, prompt id), so a prompt's draws do
+            # not depend on its batch, the engine (local or Ray) or a resume
+            ids = view.prompt_ids or tuple(str(b) for b in range(len(view.alive) // self.n))
+            self.rngs = [
+                np.random.default_rng([self.seed, zlib.crc32(str(i).encode())]) for i in ids
+            ]
         t = step + 1
         if t not in self.cps:
             return None
@@ -267,7 +274,7 @@ class _RankPrune:
             pooled = view.states[:t, :, self.pos].float().mean(0)  # (R, L, d)
             s = self.head.score(t, pooled).numpy()
         else:
-            s = self.rng.random(R)
+            s = np.concatenate([g.random(self.n) for g in self.rngs])  # (R,)
         stop = torch.zeros(R, dtype=torch.bool)
         for b in range(R // self.n):
             rows = np.arange(b * self.n, (b + 1) * self.n)
@@ -317,8 +324,6 @@ def check_prune_config(cfg) -> PrefixHead | None:
         raise HsrmError(f"prune: unknown policy {cfg.prune!r}; use one of {', '.join(POLICIES)}")
     if cfg.prune == "none":
         return None
-    if cfg.engine != "local":
-        raise HsrmError("prune: early pruning runs with engine=local only")
     head = None
     if cfg.prune == "head":
         if not cfg.prune_head:

@@ -184,10 +184,13 @@ def _remove_temporaries(folder: Path) -> None:
 class ShardSampler:
     """One model replica: samples whole shards with capture and writes them into the store."""
 
-    def __init__(self, model: str, plan: Any, api_log: str, threads: int, fault_after: int):
+    def __init__(
+        self, model: str, plan: Any, api_log: str, threads: int, fault_after: int, cfg: Any = None
+    ):
         """``plan``: the driver's ``SamplePlan`` without its prompts (a shard's prompts come with
         each call) and with the writer as (path, meta), so the arguments stay small and travel
-        inline, safe for restarts."""
+        inline, safe for restarts. ``cfg``: the run's ``SampleRunConfig``, for its early-pruning
+        settings (the prefix head is loaded from its folder, which workers must see)."""
         from hsrm.models import load_model
 
         plan = dataclasses.replace(plan, writer=_shard_writer(*plan.writer))
@@ -206,6 +209,9 @@ class ShardSampler:
             self.batch_prompts, int(plan.writer.meta.get("refill_window", 0))
         )
         self.fault_after, self.done = fault_after, 0
+        from hsrm.bon.prune_online import hook_from_config
+
+        self.prune = hook_from_config(cfg, plan.layers) if cfg is not None else None
 
     def sample_shard(
         self, k: int, window: list, start: int, lo: int, hi: int
@@ -219,7 +225,16 @@ class ShardSampler:
         if 0 <= self.fault_after <= self.done and not _restarted():
             self._die_mid_write(k)
         results = sample_window(
-            self.lm, window, start, lo, hi, self.window, plan.scfg, plan.layers, self.batch_prompts
+            self.lm,
+            window,
+            start,
+            lo,
+            hi,
+            self.window,
+            plan.scfg,
+            plan.layers,
+            self.batch_prompts,
+            prune=self.prune,
         )
         save_shard(plan, k, results, self.lm, self.api_log)
         self.done += 1
@@ -290,7 +305,7 @@ def sample_ray(cfg: Any, progress: bool = True) -> Any:
 
             def make(i: int) -> Any:
                 return _actor(ShardSampler, cfg.cpus_per_worker, cfg.gpus_per_worker).remote(
-                    cfg.model, slim, cfg.api_log, threads, fault if i == 0 else -1
+                    cfg.model, slim, cfg.api_log, threads, fault if i == 0 else -1, cfg
                 )
 
             warned = False
