@@ -136,14 +136,7 @@ def prune_online(args) -> dict[str, Any]:
     }
     for name, kw in runs.items():
         cfg = SampleRunConfig(out=str(Path(args.cache) / f"cot_online_{name}"), **base, **kw)
-        st = sample(cfg, progress=False)
-        last = st.meta.get("last_run", {})
-        # sampling seconds of the run that drew the samples; a finished store is not redrawn (its
-        # meta then says 0 samples), so the first run's seconds are kept beside the store
-        side = Path(cfg.out).with_suffix(".wall.json")
-        if last.get("samples"):
-            json.dump({"seconds": last["seconds"]}, open(side, "w"))
-        wall = json.loads(side.read_text())["seconds"] if side.exists() else float("nan")
+        st, wall = _sample_timed(cfg)
         recs = st.records
         r = {
             "config": kw,
@@ -170,6 +163,19 @@ def prune_online(args) -> dict[str, Any]:
         r["saved"] = 1 - r["tokens"] / full
     out["replay"] = replay(args)
     return out
+
+
+def _sample_timed(cfg: SampleRunConfig) -> tuple[Store, float]:
+    """The store of ``cfg`` (sampled now or earlier) and the seconds of the run that drew it: a
+    finished store is not redrawn (its meta then says 0 samples), so the drawing run's seconds are
+    kept in a file beside the store."""
+    st = sample(cfg, progress=False)
+    last = st.meta.get("last_run", {})
+    side = Path(cfg.out).with_suffix(".wall.json")
+    if last.get("samples"):
+        json.dump({"seconds": last["seconds"]}, open(side, "w"))
+    wall = json.loads(side.read_text())["seconds"] if side.exists() else float("nan")
+    return st, wall
 
 
 def _samples(st: Store) -> dict[tuple[str, int], dict]:
@@ -481,12 +487,7 @@ def prune_cot2(args) -> dict[str, Any]:
     }
     for name, kw in runs.items():
         cfg = SampleRunConfig(out=str(Path(args.cache) / f"cot2_online_{name}"), **base, **kw)
-        st = sample(cfg, progress=False)
-        last = st.meta.get("last_run", {})
-        side = Path(cfg.out).with_suffix(".wall.json")
-        if last.get("samples"):
-            json.dump({"seconds": last["seconds"]}, open(side, "w"))
-        wall = json.loads(side.read_text())["seconds"] if side.exists() else float("nan")
+        st, wall = _sample_timed(cfg)
         recs = st.records
         qt = np.array([x["qtype"] for x in recs])
         r = {
