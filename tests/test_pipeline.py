@@ -103,9 +103,19 @@ def test_sample_train_evaluate(run, capsys):
         == 0
     )
     rep = json.loads((d / "eval" / "results.json").read_text())
-    for scorer in ("elhsr", "probe", "majority", "mean_logprob", "random"):
+    for scorer in (
+        "elhsr",
+        "probe",
+        "elhsr_vote",
+        "probe_vote",
+        "majority",
+        "mean_logprob",
+        "random",
+    ):
         assert scorer in rep["bon"]
     assert set(rep["pass_at_k"]) == {"1", "2", "4"}
+    # at N every sample takes part: a head's vote is counted exactly, between 0 and pass@N
+    assert 0 <= rep["bon"]["elhsr_vote"]["4"] <= rep["pass_at_k"]["4"] + 1e-9
     assert (d / "eval" / "bon.png").stat().st_size > 1000
     # evaluation used only prompts the heads never saw
     assert rep["n_prompts"] == 12 - len(training["train_prompts"])
