@@ -178,6 +178,28 @@ def _sample_timed(cfg: SampleRunConfig) -> tuple[Store, float]:
     return st, wall
 
 
+def _against_unpruned(none: Store, cache: Path, prefix: str) -> dict[str, Any]:
+    """Each online pruned run (``cache/<prefix>_<policy>``) against the unpruned one: its finished
+    samples must equal the unpruned run's, and a pruned sample must be a prefix of it."""
+    ref = _samples(none)
+    same: dict[str, Any] = {}
+    for name in ("head", "random", "deepconf"):
+        st = Store(cache / f"{prefix}_{name}")
+        kept = [r for r in st.records if r.get("stop") != "pruned"]
+        cut = [r for r in st.records if r.get("stop") == "pruned"]
+        same[name] = {
+            "finished": len(kept),
+            "finished_identical": int(
+                sum(r["text"] == ref[(r["prompt_id"], r["sample"])]["text"] for r in kept)
+            ),
+            "pruned_prefix_of_full": int(
+                sum(ref[(r["prompt_id"], r["sample"])]["text"].startswith(r["text"]) for r in cut)
+            ),
+            "pruned": len(cut),
+        }
+    return same
+
+
 def _samples(st: Store) -> dict[tuple[str, int], dict]:
     return {(r["prompt_id"], r["sample"]): r for r in st.records}
 
@@ -193,22 +215,7 @@ def replay(args) -> dict[str, Any]:
 
     cache = Path(args.cache)
     none = Store(cache / "cot_online_none")
-    ref = _samples(none)
-    same: dict[str, Any] = {}
-    for name in ("head", "random", "deepconf"):
-        st = Store(cache / f"cot_online_{name}")
-        kept = [r for r in st.records if r.get("stop") != "pruned"]
-        cut = [r for r in st.records if r.get("stop") == "pruned"]
-        same[name] = {
-            "finished": len(kept),
-            "finished_identical": int(
-                sum(r["text"] == ref[(r["prompt_id"], r["sample"])]["text"] for r in kept)
-            ),
-            "pruned_prefix_of_full": int(
-                sum(ref[(r["prompt_id"], r["sample"])]["text"].startswith(r["text"]) for r in cut)
-            ),
-            "pruned": len(cut),
-        }
+    same = _against_unpruned(none, cache, "cot_online")
     cps = (4, 8, 12, 16)
     head = fit_prefix_head(Store(args.cot_train), checkpoints=cps)
     idx = np.arange(len(none))
@@ -521,22 +528,7 @@ def prune_cot2(args) -> dict[str, Any]:
         }
     # exact replay over the unpruned test run (the online runs are checked against it)
     test = Store(Path(args.cache) / "cot2_online_none")
-    ref = _samples(test)
-    same = {}
-    for name in ("head", "random", "deepconf"):
-        st = Store(Path(args.cache) / f"cot2_online_{name}")
-        kept = [r for r in st.records if r.get("stop") != "pruned"]
-        cut = [r for r in st.records if r.get("stop") == "pruned"]
-        same[name] = {
-            "finished": len(kept),
-            "finished_identical": int(
-                sum(r["text"] == ref[(r["prompt_id"], r["sample"])]["text"] for r in kept)
-            ),
-            "pruned_prefix_of_full": int(
-                sum(ref[(r["prompt_id"], r["sample"])]["text"].startswith(r["text"]) for r in cut)
-            ),
-            "pruned": len(cut),
-        }
+    same = _against_unpruned(test, Path(args.cache), "cot2_online")
     from hsrm.bon.quality import pooled_states
 
     ti = np.arange(len(test))
