@@ -65,9 +65,9 @@ PICKED = "picked"
 
 # The demo's ELHSR settings: SWIFT's, plus changes measured on stores the demo does not report on:
 # standardised inputs (benchmarks/results/ablations.md); batch 64 at lr 4e-4 (SWIFT: 16 at 1e-4) for
-# 10 epochs on all training prompts, without holding a fifth out for early stopping (that split made
-# the head's quality swing with its seed); chosen on a validation store of a third task seed by
-# the mean BoN@16 of three seeds (benchmarks/results/quality_votes.md).
+# 10 epochs on all training prompts, without holding a fifth out for early stopping; chosen on a
+# validation store of a third task seed by the mean BoN@16 of three seeds, and about twice as fast
+# to fit (benchmarks/results/quality_votes.md).
 DEMO_ELHSR: dict[str, Any] = {
     "standardize": True,
     "batch_size": 64,
