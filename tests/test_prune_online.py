@@ -218,3 +218,16 @@ def test_prune_head_command_fits_and_saves(tmp_path, tiny_lm, capsys, monkeypatc
     assert "increasing" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()
     assert main(["prune-head", "--store", str(tmp_path / "none"), "--out", str(out)]) == 2
+    # a folder it did not make, and the store itself, are refused and left as they were
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep")
+    capsys.readouterr()
+    for target in (foreign, st.path):
+        before = sorted(p.name for p in Path(target).iterdir())
+        assert main(["prune-head", "--store", str(st.path), "--out", str(target)]) == 2
+        assert "Traceback" not in capsys.readouterr().err
+        assert sorted(p.name for p in Path(target).iterdir()) == before
+    assert (foreign / "notes.txt").read_text() == "keep"
+    # its own earlier output is replaced
+    assert main(args) == 0 and PrefixHead.load(out).checkpoints == [2, 3]

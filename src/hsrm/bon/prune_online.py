@@ -165,6 +165,9 @@ class PrefixHeadConfig:
     out: str = field("", "output folder (prefix_head.safetensors + prefix_head.json)")
     checkpoints: str = field("4,8", "answer-token counts at which the head scores samples")
     C: float = field(0.01, "inverse L2 strength of each checkpoint's logistic regression", min=1e-9)
+    overwrite: bool = field(
+        False, "write into a non-empty folder hsrm did not make (only hsrm's own files replaced)"
+    )
 
 
 def train_prefix_head(cfg: PrefixHeadConfig) -> PrefixHead:
@@ -176,12 +179,17 @@ def train_prefix_head(cfg: PrefixHeadConfig) -> PrefixHead:
         raise HsrmError("store: name the sample store the head is fitted on (--store RUN)")
     if not cfg.out:
         raise HsrmError("out: name the output folder (--out DIR)")
+    from hsrm.io import atomic_dir, check_out
+
     cps = _checkpoints(cfg.checkpoints)
+    # a folder hsrm did not make (or the store itself) is refused before minutes of fitting
+    check_out(cfg.out, "prefix_head", overwrite=cfg.overwrite, inputs=[cfg.store])
     st = Store(cfg.store)
     if st.meta.get("pool", "none") != "none" or not st.layers:
         raise HsrmError(f"{cfg.store}: the store keeps no per-token hidden states to fit on")
     head = fit_prefix_head(st, checkpoints=cps, C=cfg.C)
-    head.save(cfg.out)
+    with atomic_dir(cfg.out, "prefix_head", overwrite=cfg.overwrite, inputs=[cfg.store]) as tmp:
+        head.save(tmp)
     return head
 
 
