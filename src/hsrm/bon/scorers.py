@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from hsrm.errors import HsrmError
-from hsrm.metrics import score_vote_weights, vote_prompt
+from hsrm.metrics import by_group, score_vote_weights, vote_prompt
 
 log = logging.getLogger(__name__)
 
@@ -188,10 +188,9 @@ def weighted_vote_share(
 ) -> np.ndarray:
     """Per sample: summed weight of its prompt's samples that gave the same answer (0 for none)."""
     out = np.zeros(len(extracted))
-    g = np.asarray(groups)
     w = np.asarray(weights, float)
-    for u in np.unique(g):
-        idx = [int(i) for i in np.flatnonzero(g == u)]
+    for members in by_group(groups).values():  # one sort, not a scan of every sample per prompt
+        idx = [int(i) for i in members]
         tot: dict[object, float] = {}
         for i in idx:
             if extracted[i] is not None:
