@@ -42,20 +42,62 @@ def test_checker():
 
 
 def test_gsm8k():
-    t = get_task(f"gsm8k:{FIX / 'gsm8k_small.jsonl'}")
+    t = get_task(f"gsm8k:{FIX / 'gsm8k_small.jsonl'}", shots=0)
     ps = t.prompts()
-    assert [p.answer for p in ps] == ["7", "1000"]
+    assert [p.answer for p in ps] == ["7", "1000", "30", "27", "22"]
+    assert all(len(p.messages) == 1 for p in ps)
     assert t.check(t.extract("So 3+4=7. The answer is 7.", ps[0]), ps[0])
     assert t.check(t.extract("The answer is 1,000", ps[1]), ps[1])
 
 
 def test_bbh_and_jsonl():
-    t = get_task(f"bbh:{FIX / 'bbh_small.json'}")
+    t = get_task(f"bbh:{FIX / 'bbh_small.json'}", shots=0)
     p = t.prompts()[0]
     assert p.family == "bbh_small" and t.check(t.extract("False.", p), p)
     j = get_task(f"jsonl:{FIX / 'qa.jsonl'}")
     ps = j.prompts()
     assert j.check(j.extract("2.", ps[0]), ps[0]) and j.check(j.extract("Blue.", ps[1]), ps[1])
+
+
+@pytest.mark.parametrize("name,path", [("bbh", "bbh_small.json"), ("gsm8k", "gsm8k_small.jsonl")])
+def test_file_tasks_are_asked_few_shot_from_their_own_file(name, path):
+    spec = f"{name}:{FIX / path}"
+    zero = {p.id: p for p in get_task(spec, shots=0).prompts()}
+    # per prompt: every prompt its own seeded draw of 2 other rows of the file, in the chat format
+    per = get_task(spec, shots=2, fewshot="per_prompt", seed=5).prompts()
+    assert [p.id for p in per] == list(zero)  # every row is asked
+    for p in per:
+        assert [m["role"] for m in p.messages] == ["user", "assistant"] * 2 + ["user"]
+        shown = [m["content"] for m in p.messages[:-1:2]]
+        assert p.question not in shown and set(shown) <= {q.question for q in zero.values()}
+        for q, a in zip(p.messages[:-1:2], p.messages[1::2], strict=True):
+            ref = next(z for z in zero.values() if z.question == q["content"]).answer
+            assert a["content"].endswith(f"The answer is {ref}.")  # the exemplar's own answer
+    assert len({tuple(m["content"] for m in p.messages[:-1]) for p in per}) > 1  # many contexts
+    again = get_task(spec, shots=2, fewshot="per_prompt", seed=5).prompts()
+    other = get_task(spec, shots=2, fewshot="per_prompt", seed=6).prompts()
+    assert [p.messages for p in again] == [p.messages for p in per]  # seeded
+    assert [p.messages for p in other] != [p.messages for p in per]
+    # fixed: one set for the whole file, and those rows are not asked
+    fixed = get_task(spec, shots=2, seed=5).prompts()
+    ctx = fixed[0].messages[:-1]
+    assert len(fixed) == len(zero) - 2 and all(p.messages[:-1] == ctx for p in fixed)
+    assert not {p.question for p in fixed} & {m["content"] for m in ctx[::2]}
+    assert get_task(spec, shots=2, seed=5, limit=1).prompts() == fixed[:1]
+
+
+def test_few_shot_needs_enough_rows_and_stays_out_of_old_descriptions():
+    with pytest.raises(HsrmError, match=r"bbh_small\.json: 6 few-shot examples need 7"):
+        get_task(f"bbh:{FIX / 'bbh_small.json'}", shots=6).prompts()
+    with pytest.raises(HsrmError, match="fewshot must be one of"):
+        get_task(f"bbh:{FIX / 'bbh_small.json'}", fewshot="some")
+    with pytest.raises(HsrmError, match="synthetic task needs shots >= 1"):
+        get_task("synthetic", shots=0)
+    assert "shots" not in get_task(f"gsm8k:{FIX / 'gsm8k_small.jsonl'}", shots=0).describe()
+    assert get_task(f"gsm8k:{FIX / 'gsm8k_small.jsonl'}").describe()["shots"] == 3
+    # GSM8K's calculator notes are not part of a worked exemplar
+    p = get_task(f"gsm8k:{FIX / 'gsm8k_small.jsonl'}", shots=4, fewshot="per_prompt").prompts()[0]
+    assert "<<" not in "".join(m["content"] for m in p.messages)
 
 
 def test_bad_inputs_name_file_and_line(tmp_path):

@@ -44,13 +44,20 @@ class SampleRunConfig:
     families: str = field(
         "arith,compare", "synthetic task families (comma list of arith, compare, count)"
     )
-    task_seed: int = field(0, "seed of the synthetic task generator")
+    task_seed: int = field(0, "seed of the synthetic task generator and of few-shot draws")
     task_range: str = field(
         "1,20", "synthetic operands LO,HI (cot caps HI at 9; 1,5: an easier cot)"
     )
-    shots: int = field(3, "synthetic few-shot examples per prompt", min=1)
+    shots: int = field(
+        3,
+        "few-shot examples per prompt (synthetic: generated; gsm8k, bbh: drawn from the same "
+        "file, never the question itself; 0 = zero-shot, files only)",
+        min=0,
+    )
     fewshot: str = field(
-        "fixed", "synthetic few-shot examples: fixed (one set per family) | per_prompt (own stream)"
+        "fixed",
+        "few-shot examples: fixed (one set per family; from a file, those rows are not asked) | "
+        "per_prompt (every prompt its own seeded draw)",
     )
     n: int = field(16, "samples per prompt", min=1)
     temperature: float = field(0.8, "sampling temperature", min=0.0)
@@ -148,7 +155,9 @@ def make_task(cfg: SampleRunConfig) -> Task:
             hi=hi,
             shots=cfg.shots,
         )
-    return get_task(cfg.task, limit=cfg.n_prompts)
+    return get_task(
+        cfg.task, limit=cfg.n_prompts, shots=cfg.shots, fewshot=cfg.fewshot, seed=cfg.task_seed
+    )
 
 
 @dataclass

@@ -37,7 +37,12 @@ class CaptureConfig:
     rouge_threshold: float = field(
         DEFAULT_ROUGE_THRESHOLD, "truthfulqa: ROUGE-L threshold of the labelling rule"
     )
-    shots: int = field(3, "truthfulqa: QA-primer examples before the question (0-3)")
+    shots: int = field(
+        3,
+        "few-shot examples before the question (truthfulqa: the QA primer, 0-3; gsm8k, bbh: "
+        "drawn from the same file)",
+        min=0,
+    )
     shard_prompts: int = field(50, "questions per store shard")
     seed: int = field(0, "sampling / task seed")
 

@@ -39,6 +39,8 @@ def make_task(
         kw = {"limit": n_prompts, "threshold": threshold, "shots": shots}
     elif name == "synthetic":
         kw = {"n": n_prompts or 320, "seed": seed}
+    else:  # files: gsm8k and bbh draw their few-shot examples with the seed
+        kw = {"limit": n_prompts, "shots": shots, "seed": seed}
     return get_task(source, **kw)
 
 

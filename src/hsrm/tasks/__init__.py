@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from hsrm.errors import HsrmError
@@ -34,10 +35,10 @@ def get_task(spec: str, **kwargs: Any) -> Task:
         return cls(**kwargs)
     if not path:
         raise HsrmError(f"task {name!r} needs a path: {name}:PATH")
-    kwargs.pop("n", None)
-    kwargs.pop("families", None)
-    kwargs.pop("seed", None)
-    return cls(path, **kwargs)  # type: ignore[call-arg]
+    # a file task takes only its own options: the synthetic generator's n and families never,
+    # the few-shot seed and shots where it draws exemplars (gsm8k, bbh)
+    takes = inspect.signature(cls.__init__).parameters
+    return cls(path, **{k: v for k, v in kwargs.items() if k in takes})  # type: ignore[call-arg]
 
 
 __all__ = [

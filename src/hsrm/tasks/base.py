@@ -9,6 +9,9 @@ from typing import Any
 
 Message = dict[str, str]
 
+#: how few-shot exemplars are drawn: one set for every prompt, or each prompt its own
+FEWSHOT = ("fixed", "per_prompt")
+
 
 @dataclass(frozen=True)
 class Prompt:

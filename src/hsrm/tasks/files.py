@@ -1,15 +1,24 @@
-"""Tasks read from files: GSM8K JSONL, BIG-Bench Hard JSON, and generic JSONL (id, prompt, answer)."""
+"""Tasks read from files: GSM8K JSONL, BIG-Bench Hard JSON, and generic JSONL (id, prompt, answer).
+
+GSM8K and BIG-Bench Hard are asked few-shot, as in their papers (BBH: 3 exemplars, Suzgun et al.
+2022; GSM8K: 8 worked solutions, Wei et al. 2022): zero-shot, a small model answers in the expected
+form so rarely that a head learns the answer's format, not its truth. The exemplars are drawn, seeded,
+from the same file and are never the question itself: ``fewshot="fixed"`` draws one set a file (those
+rows are then not asked), ``"per_prompt"`` draws every prompt its own (many contexts in one store).
+"""
 
 from __future__ import annotations
 
 import json
+import random
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hsrm.errors import HsrmError
 from hsrm.io import read_json, read_jsonl
-from hsrm.tasks.base import Prompt, Task, last_number, normalize_text
+from hsrm.tasks.base import FEWSHOT, Message, Prompt, Task, last_number, normalize_text
 
 _ANSWER_IS = re.compile(r"answer is[:\s]*(.+)", re.IGNORECASE)
 
@@ -31,18 +40,94 @@ def _text(v: Any, where: str, key: str, numbers: bool = False) -> str:
     raise HsrmError(f"{where}: field {key!r} must be {want}, got {json.dumps(v)[:60]}")
 
 
-class GSM8KTask(Task):
-    """GSM8K: the reference is the number after ``####``; the check compares final numbers."""
+@dataclass(frozen=True)
+class _Row:
+    """One question of a file, before few-shot turns are added."""
+
+    index: int  # position in the file: prompt ids and exemplar draws are keyed on it
+    id: str
+    question: str  # the user turn
+    shot: str  # the assistant turn when this row is a few-shot exemplar
+    answer: str  # the reference
+    family: str
+
+
+class FewShotFileTask(Task):
+    """A file task asked with ``shots`` exemplars from the same file (0 = zero-shot)."""
+
+    prefill = ""
+
+    def __init__(
+        self,
+        path: str | Path,
+        limit: int | None = None,
+        shots: int = 3,
+        fewshot: str = "fixed",
+        seed: int = 0,
+    ):
+        if shots < 0:
+            raise HsrmError(f"shots must be >= 0, got {shots}")
+        if fewshot not in FEWSHOT:
+            raise HsrmError(f"fewshot must be one of {', '.join(FEWSHOT)}, got {fewshot!r}")
+        self.path, self.limit = Path(path), limit
+        self.shots, self.fewshot, self.seed = shots, fewshot, seed
+
+    def rows(self) -> list[_Row]:
+        raise NotImplementedError
+
+    def _draw(self, rows: list[_Row], key: str, avoid: _Row | None) -> list[_Row]:
+        # exemplars never repeat the question, even where a file holds it twice
+        pool = [r for r in rows if avoid is None or r.question != avoid.question]
+        if len({r.question for r in rows}) <= self.shots:  # at least one question left to ask
+            raise HsrmError(
+                f"{self.path}: {self.shots} few-shot examples need {self.shots + 1} distinct "
+                f"questions, the file has {len({r.question for r in rows})} (use --shots 0)"
+            )
+        return random.Random(key).sample(pool, self.shots)
+
+    def prompts(self) -> list[Prompt]:
+        rows = self.rows()
+        key = f"fewshot-{self.name}-{self.path.stem}-{self.seed}"
+        fixed = self._draw(rows, key, None) if self.shots and self.fewshot == "fixed" else []
+        shown = {r.question for r in fixed}
+        asked = [r for r in rows if r.question not in shown]  # an exemplar is not also asked
+        out = []
+        for r in _limit(asked, self.limit):
+            shots = fixed if self.fewshot == "fixed" or not self.shots else None
+            shots = shots if shots is not None else self._draw(rows, f"{key}-{r.index}", r)
+            turns: list[Message] = []
+            for s in shots:
+                turns += [{"role": "user", "content": s.question}]
+                turns += [{"role": "assistant", "content": s.shot}]
+            out.append(
+                Prompt(
+                    id=r.id,
+                    messages=(*turns, {"role": "user", "content": r.question}),
+                    answer=r.answer,
+                    family=r.family,
+                    prefill=self.prefill,
+                )
+            )
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "path": str(self.path), "limit": self.limit}
+        if self.shots:  # zero-shot stores keep the description they had before few-shot existed
+            d.update(shots=self.shots, fewshot=self.fewshot, seed=self.seed)
+        return d
+
+
+class GSM8KTask(FewShotFileTask):
+    """GSM8K: the reference is the number after ``####``; the check compares final numbers.
+    An exemplar is its worked solution, calculator notes (``<<3+4=7>>``) dropped, ending
+    "The answer is N."."""
 
     name = "gsm8k"
     instruction = "Solve the problem. End with 'The answer is N.' where N is a number."
 
-    def __init__(self, path: str | Path, limit: int | None = None):
-        self.path, self.limit = Path(path), limit
-
-    def prompts(self) -> list[Prompt]:
+    def rows(self) -> list[_Row]:
         out = []
-        for r in _limit(read_jsonl(self.path), self.limit):
+        for r in read_jsonl(self.path):
             for key in ("question", "answer"):
                 if key not in r:
                     raise HsrmError(f"{self.path}:{r['_line']}: missing field {key!r}")
@@ -51,11 +136,15 @@ class GSM8KTask(Task):
             _text(r["answer"], where, "answer")
             if "####" not in r["answer"]:
                 raise HsrmError(f"{self.path}:{r['_line']}: field 'answer' has no '#### <number>'")
-            ref = r["answer"].split("####")[-1].strip().replace(",", "")
+            work, _, ref = r["answer"].rpartition("####")
+            ref = ref.strip().replace(",", "")
+            work = re.sub(r"<<[^>]*>>", "", work).strip()
             out.append(
-                Prompt(
+                _Row(
+                    index=r["_line"],
                     id=f"gsm8k-{r['_line']:05d}",
-                    messages=({"role": "user", "content": f"{r['question']}\n{self.instruction}"},),
+                    question=f"{r['question']}\n{self.instruction}",
+                    shot=f"{work}\nThe answer is {ref}.",
                     answer=ref,
                     family="gsm8k",
                 )
@@ -66,19 +155,15 @@ class GSM8KTask(Task):
         m = _ANSWER_IS.search(completion)
         return last_number(m.group(1)) if m and last_number(m.group(1)) else last_number(completion)
 
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "path": str(self.path), "limit": self.limit}
 
-
-class BBHTask(Task):
-    """A BIG-Bench Hard task file; exact match after normalisation."""
+class BBHTask(FewShotFileTask):
+    """A BIG-Bench Hard task file; exact match after normalisation. The answer turn starts
+    "The answer is " (prefilled); an exemplar's is "The answer is TARGET."."""
 
     name = "bbh"
+    prefill = "The answer is "
 
-    def __init__(self, path: str | Path, limit: int | None = None):
-        self.path, self.limit = Path(path), limit
-
-    def prompts(self) -> list[Prompt]:
+    def rows(self) -> list[_Row]:
         if not self.path.exists():
             raise HsrmError(f"file not found: {self.path}")
         data = read_json(self.path, "BIG-Bench Hard task file")
@@ -88,20 +173,22 @@ class BBHTask(Task):
             raise HsrmError(f"{self.path}: field 'examples' must be a list")
         fam = self.path.stem
         out = []
-        for i, ex in enumerate(_limit(data["examples"], self.limit)):
+        for i, ex in enumerate(data["examples"]):
             where = f"{self.path}: examples[{i}]"
             if not isinstance(ex, dict):
                 raise HsrmError(f"{where} must be an object")
             for key in ("input", "target"):
                 if key not in ex:
                     raise HsrmError(f"{where} is missing field {key!r}")
+            target = _text(ex["target"], where, "target", numbers=True)
             out.append(
-                Prompt(
+                _Row(
+                    index=i,
                     id=f"{fam}-{i:05d}",
-                    messages=({"role": "user", "content": _text(ex["input"], where, "input")},),
-                    answer=_text(ex["target"], where, "target", numbers=True),
+                    question=_text(ex["input"], where, "input"),
+                    shot=f"{self.prefill}{target}.",
+                    answer=target,
                     family=fam,
-                    prefill="The answer is ",
                 )
             )
         return out
@@ -112,9 +199,6 @@ class BBHTask(Task):
 
     def check(self, extracted: str | None, prompt: Prompt) -> bool:
         return extracted is not None and normalize_text(extracted) == normalize_text(prompt.answer)
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "path": str(self.path), "limit": self.limit}
 
 
 class JsonlTask(Task):

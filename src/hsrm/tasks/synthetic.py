@@ -18,10 +18,17 @@ import re
 from typing import Any
 
 from hsrm.errors import HsrmError
-from hsrm.tasks.base import Message, Prompt, Task, _norm_number, first_number, last_number
+from hsrm.tasks.base import (
+    FEWSHOT,
+    Message,
+    Prompt,
+    Task,
+    _norm_number,
+    first_number,
+    last_number,
+)
 
 FAMILIES = ("arith", "compare", "count", "cot")
-FEWSHOT = ("fixed", "per_prompt")
 _WORDS = (
     "banana strawberry mississippi letter committee balloon coffee pepper bookkeeper parallel "
     "assessment tomorrow accommodation success address bubble giraffe hippopotamus cinnamon "
@@ -94,6 +101,8 @@ class SyntheticTask(Task):
         for f in families:
             if f not in FAMILIES:
                 raise HsrmError(f"unknown synthetic family {f!r}; known: {', '.join(FAMILIES)}")
+        if shots < 1:  # the answer format is taught by the examples alone
+            raise HsrmError(f"the synthetic task needs shots >= 1, got {shots}")
         if fewshot not in FEWSHOT:
             raise HsrmError(
                 f"synthetic fewshot must be one of {', '.join(FEWSHOT)}, got {fewshot!r}"
