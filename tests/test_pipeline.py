@@ -328,6 +328,26 @@ def test_pick_by_family_takes_a_vote_where_the_vote_wins():
     assert pick_by_family(sc, y, groups, fams, ["h", "h_vote"], ex, 6) == {"arith": "h_vote"}
 
 
+def test_picked_out_of_fold_chooses_each_split_on_the_others():
+    from hsrm.bon.demo import picked_out_of_fold
+
+    # 3 splits of 10 prompts: head a ranks splits 1 and 2 perfectly and split 0 backwards, head b
+    # is the reverse of a. Chosen on the other splits, split 0 gets a (and so picks its worst).
+    rng = np.random.default_rng(1)
+    groups = np.repeat(np.arange(30), 8)
+    fold = groups // 10
+    y = (rng.random(len(groups)) < 0.5).astype(int)
+    a = np.where(fold == 0, -y, y) + 0.1 * rng.random(len(groups))
+    b = -a
+    fams = np.array(["arith"] * len(groups))
+    ex = [str(i) for i in range(len(groups))]
+    w, picks = picked_out_of_fold({"a": a, "b": b}, y, groups, fams, ex, fold, ["a", "b"], 8)
+    assert picks == [{"arith": "a"}, {"arith": "a"}, {"arith": "a"}]
+    top = [np.flatnonzero(groups == g)[np.argmax(w[groups == g])] for g in range(30)]
+    best = [y[groups == g].max() if g >= 10 else y[groups == g].min() for g in range(30)]
+    assert [y[i] for i in top] == best
+
+
 def test_demo_reports_the_picked_head(tmp_path):
     demo(
         DemoConfig(

@@ -179,6 +179,34 @@ def picked_scores(
     return out
 
 
+def picked_out_of_fold(
+    scores: dict[str, np.ndarray],
+    labels: np.ndarray,
+    groups: np.ndarray,
+    families: np.ndarray,
+    extracted: Sequence[object],
+    fold: np.ndarray,
+    candidates: list[str],
+    k: int,
+) -> tuple[np.ndarray, list[dict[str, str]]]:
+    """``picked`` in a cross-fitted store: each split's samples get the selector (per family, the
+    candidate with the best BoN@k) chosen on the *other* splits' out-of-fold scores, so no prompt
+    helps pick the scorer that scores it. Returns the weights (``picked_scores``) and each split's
+    pick. ``fold``: the split of every sample (``hsrm.splits.prompt_folds``)."""
+    out = np.zeros(len(labels))
+    ex = np.asarray(extracted, dtype=object)
+    picks = []
+    for f in range(int(fold.max()) + 1):
+        tr, te = fold != f, fold == f
+        sub = {c: scores[c][tr] for c in candidates}
+        pick = pick_by_family(sub, labels[tr], groups[tr], families[tr], candidates, ex[tr], k)
+        picks.append(pick)
+        out[te] = picked_scores(
+            {c: scores[c][te] for c in candidates}, families[te], pick, groups[te]
+        )
+    return out, picks
+
+
 def demo(cfg: DemoConfig, console: Any = None) -> dict[str, Any]:
     """Sample on the embedded synthetic task, cross-fit ELHSR and the probe by prompt, report."""
     validate(cfg, "demo")
@@ -220,23 +248,13 @@ def _demo(cfg: DemoConfig, out: Path) -> dict[str, Any]:
     idx = np.arange(len(store))
     fams = np.array([r["family"] for r in store.records])
     fold = prompt_folds(store.prompt_ids, cfg.folds, cfg.seed)
-    # "picked": per family, the head or head vote with the best out-of-fold BoN@N; for each split
-    # chosen on the other splits' prompts only, so no prompt helps pick the scorer that scores it
     y, pids = store.labels, store.prompt_ids
     scores = add_head_votes(scores, list(specs), pids)
     cands = [*specs, *(h + VOTE_SUFFIX for h in specs)]
     ex = [r["extracted"] for r in store.records]
-    scores[PICKED] = np.zeros(len(store))
-    for f in range(cfg.folds):
-        tr, te = fold != f, fold == f
-        sub = {c: scores[c][tr] for c in cands}
-        pick = pick_by_family(
-            sub, y[tr], pids[tr], fams[tr], cands, [e for e, t in zip(ex, tr) if t], cfg.n
-        )
-        folds[f]["picked"] = pick
-        scores[PICKED][te] = picked_scores(
-            {c: scores[c][te] for c in cands}, fams[te], pick, pids[te]
-        )
+    scores[PICKED], picks = picked_out_of_fold(scores, y, pids, fams, ex, fold, cands, cfg.n)
+    for finfo, pick in zip(folds, picks, strict=True):
+        finfo["picked"] = pick
     pick_all = pick_by_family(scores, y, pids, fams, cands, ex, cfg.n)
     rep = store_report(store, idx, scores, cfg.n_boot, cfg.seed, votes=(PICKED,))
     # per-split numbers, to show the spread across splits
