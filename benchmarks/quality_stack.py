@@ -117,7 +117,7 @@ def head_cache(st: Store, va: Store, fr: Store, folds: int, cache: Path) -> dict
     for tag, s in (("train", st), ("val", va), ("fresh", fr)):
         free = store_scores(s, np.arange(len(s)), ["deepconf_lowest_group"])
         out[f"{tag}/deepconf_lowest_group"] = free["deepconf_lowest_group"]
-    np.savez(path, **out)
+    np.savez(path, **out)  # type: ignore[arg-type]
     return out
 
 
@@ -413,10 +413,10 @@ def main() -> None:
         # vice versa; the answer prior likewise
         hs_tr = {}
         for h in HEADS:
-            v = np.zeros(n)
-            v[fold == a] = H[f"single/{h}"][b][fold == a]
-            v[fold == b] = H[f"single/{h}"][a][fold == b]
-            hs_tr[h] = v[tr]
+            col = np.zeros(n)
+            col[fold == a] = H[f"single/{h}"][b][fold == a]
+            col[fold == b] = H[f"single/{h}"][a][fold == b]
+            hs_tr[h] = col[tr]
         pr = np.zeros(n)
         for x, y_ in ((a, b), (b, a)):
             ix, iy = np.flatnonzero(fold == x), np.flatnonzero(fold == y_)
