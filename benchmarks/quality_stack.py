@@ -3,6 +3,8 @@
     PYTHONPATH=src nice -n 10 .venv/bin/python benchmarks/quality_stack.py \\
         --train /work/main/runs/demo/samples --val /work/main/runs/val2 \\
         --fresh /work/main/runs/demo/fresh_samples --cache /tmp/stack --threads 1
+    # the same with ELHSR and the rank head reseeded (writes quality_stack_seed1/2.{json,md}):
+    ... --head-seed 1;  ... --head-seed 2
 
 ``--train``: the demo's store (512 prompts x 16, task seed 0); ``--val``: a store of task seed 2 (192
 prompts; ``benchmarks/quality_votes.py`` says how it was sampled) on which every choice is made;
@@ -66,13 +68,15 @@ HEADS = ("elhsr", "probe", "rank")
 KEEP = ("random", "majority", "mean_logprob", "answer_prior", "deepconf_vote")
 
 
-def head_specs(store: Store) -> dict[str, tuple[str, dict[str, Any]]]:
-    """The demo's three heads, spelled as ``hsrm.bon.demo._demo`` does."""
+def head_specs(store: Store, seed: int = 0) -> dict[str, tuple[str, dict[str, Any]]]:
+    """The demo's three heads, spelled as ``hsrm.bon.demo._demo`` does; ``seed`` != 0 reseeds the
+    two heads trained by SGD (the probe is deterministic)."""
     layers = list(demo_head_layers("top:11", store.fingerprint.n_layers))
+    extra = {"seed": seed} if seed else {}
     return {
-        "elhsr": ("elhsr", {"layers": layers, **DEMO_ELHSR}),
+        "elhsr": ("elhsr", {"layers": layers, **DEMO_ELHSR, **extra}),
         "probe": ("probe", {}),
-        "rank": ("rank", {}),
+        "rank": ("rank", {**extra}),
     }
 
 
@@ -82,13 +86,16 @@ def _fit_score(spec, st: Store, tr: np.ndarray, targets: list[tuple[Store, np.nd
     return [head.score(s.features(i)) for s, i in targets]
 
 
-def head_cache(st: Store, va: Store, fr: Store, folds: int, cache: Path) -> dict[str, np.ndarray]:
-    """Every head score the benchmark needs, computed once and saved to ``cache/heads.npz``."""
-    path = cache / "heads.npz"
+def head_cache(
+    st: Store, va: Store, fr: Store, folds: int, cache: Path, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Every head score the benchmark needs, computed once and saved to ``cache/heads.npz``
+    (``heads_seed<seed>.npz`` for another head seed)."""
+    path = cache / ("heads.npz" if seed == 0 else f"heads_seed{seed}.npz")
     if path.exists():
         return dict(np.load(path))
     cache.mkdir(parents=True, exist_ok=True)
-    specs = head_specs(st)
+    specs = head_specs(st, seed)
     out: dict[str, np.ndarray] = {}
     t0 = time.perf_counter()
     # the demo's out-of-fold scores (heads on two splits score the third) and its baselines
@@ -300,10 +307,16 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument(
+        "--head-seed",
+        type=int,
+        default=0,
+        help="seed of ELHSR and the rank head (0: the demo's); != 0 writes quality_stack_seed<N>",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     st, va, fr = Store(args.train), Store(args.val), Store(args.fresh)
-    H = head_cache(st, va, fr, args.folds, Path(args.cache))
+    H = head_cache(st, va, fr, args.folds, Path(args.cache), args.head_seed)
     n = len(st)
     fold = prompt_folds(st.prompt_ids, args.folds, 0)
     all_tr = np.arange(n)
@@ -488,9 +501,10 @@ def main() -> None:
         "stack_minus": diffs,
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "quality_stack.json").write_text(json.dumps(out, indent=1, default=float))
+    name = "quality_stack" + (f"_seed{args.head_seed}" if args.head_seed else "")
+    (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=1, default=float))
     md = markdown(out)
-    (RESULTS / "quality_stack.md").write_text(md)
+    (RESULTS / f"{name}.md").write_text(md)
     print(md)
 
 
@@ -578,6 +592,7 @@ def markdown(out: dict[str, Any]) -> str:
     md = [
         "# A learned second-stage combiner (`benchmarks/quality_stack.py`)",
         "",
+        f"Head seed {out['config']['head_seed']} (0 = the demo's). "
         "Stacker inputs (per sample, within its prompt): " + ", ".join(out["features"]) + ".",
         f"Chosen on the validation store (task seed 2): **{out['chosen_name']}**. `stack` below is "
         "that setting; `picked` and the head votes are the demo's, computed the same way (heads "
