@@ -1,5 +1,6 @@
 """Tasks: the synthetic generator is seeded and shortcut-controlled; file tasks fail loudly."""
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -84,6 +85,21 @@ def test_file_tasks_are_asked_few_shot_from_their_own_file(name, path):
     assert len(fixed) == len(zero) - 2 and all(p.messages[:-1] == ctx for p in fixed)
     assert not {p.question for p in fixed} & {m["content"] for m in ctx[::2]}
     assert get_task(spec, shots=2, seed=5, limit=1).prompts() == fixed[:1]
+
+
+def test_few_shot_never_shows_a_question_twice_in_one_prompt(tmp_path):
+    # a file that holds the same question on two rows: neither row is an exemplar of the other
+    qs = ["a is", "b is", "a is", "c is", "d is"]
+    f = tmp_path / "dup.json"
+    f.write_text(json.dumps({"examples": [{"input": q, "target": "x"} for q in qs]}))
+    for seed in range(20):
+        for p in get_task(f"bbh:{f}", shots=3, fewshot="per_prompt", seed=seed).prompts():
+            asked = [m["content"] for m in p.messages if m["role"] == "user"]
+            assert len(asked) == len(set(asked)) == 4
+    with pytest.raises(
+        HsrmError, match="4 few-shot examples need 5 distinct questions, the file has 4"
+    ):
+        get_task(f"bbh:{f}", shots=4).prompts()
 
 
 def test_few_shot_needs_enough_rows_and_stays_out_of_old_descriptions():

@@ -76,13 +76,18 @@ class FewShotFileTask(Task):
         raise NotImplementedError
 
     def _draw(self, rows: list[_Row], key: str, avoid: _Row | None) -> list[_Row]:
-        # exemplars never repeat the question, even where a file holds it twice
-        pool = [r for r in rows if avoid is None or r.question != avoid.question]
-        if len({r.question for r in rows}) <= self.shots:  # at least one question left to ask
+        # one row per distinct question, so that an exemplar never repeats the question asked
+        # (nor another exemplar) where a file holds a question twice
+        first: dict[str, _Row] = {}
+        for r in rows:
+            first.setdefault(r.question, r)
+        distinct = list(first.values())
+        if len(distinct) <= self.shots:  # at least one question must be left to ask
             raise HsrmError(
                 f"{self.path}: {self.shots} few-shot examples need {self.shots + 1} distinct "
-                f"questions, the file has {len({r.question for r in rows})} (use --shots 0)"
+                f"questions, the file has {len(distinct)} (use --shots 0)"
             )
+        pool = [r for r in distinct if avoid is None or r.question != avoid.question]
         return random.Random(key).sample(pool, self.shots)
 
     def prompts(self) -> list[Prompt]:
@@ -91,14 +96,14 @@ class FewShotFileTask(Task):
         fixed = self._draw(rows, key, None) if self.shots and self.fewshot == "fixed" else []
         shown = {r.question for r in fixed}
         asked = [r for r in rows if r.question not in shown]  # an exemplar is not also asked
+        per_prompt = self.shots > 0 and self.fewshot == "per_prompt"
         out = []
         for r in _limit(asked, self.limit):
-            shots = fixed if self.fewshot == "fixed" or not self.shots else None
-            shots = shots if shots is not None else self._draw(rows, f"{key}-{r.index}", r)
+            shots = self._draw(rows, f"{key}-{r.index}", r) if per_prompt else fixed
             turns: list[Message] = []
-            for s in shots:
-                turns += [{"role": "user", "content": s.question}]
-                turns += [{"role": "assistant", "content": s.shot}]
+            for x in shots:
+                turns += [{"role": "user", "content": x.question}]
+                turns += [{"role": "assistant", "content": x.shot}]
             out.append(
                 Prompt(
                     id=r.id,
