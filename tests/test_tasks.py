@@ -143,3 +143,21 @@ def test_real_data_loaders_if_present():
         pytest.skip("shared data not present")
     ps = get_task(f"gsm8k:{root / 'gsm8k' / 'test.jsonl'}", limit=5).prompts()
     assert len(ps) == 5 and all(p.answer.lstrip("-").isdigit() for p in ps)
+
+
+def test_sample_asks_a_file_few_shot_and_will_not_resume_with_other_shots(tmp_path, capsys):
+    from hsrm.cli import main
+    from hsrm.store import Store
+
+    run = ["sample", "--model", "tiny:0", "--task", f"bbh:{FIX / 'bbh_small.json'}"]
+    run += ["--n", "2", "--max-new-tokens", "2", "--layers", "last", "--out", str(tmp_path / "r")]
+    assert main([*run, "--shots", "2", "--fewshot", "per_prompt", "--task-seed", "3"]) == 0
+    s = Store(tmp_path / "r")
+    assert s.meta["task"]["shots"] == 2 and s.meta["task"]["seed"] == 3
+    assert len(set(s.prompt_ids)) == 6  # per prompt: every row asked
+    before = sorted(p.name for p in (tmp_path / "r").iterdir())
+    capsys.readouterr()
+    # other exemplars in the same store would mix two prompt formats: refused, nothing touched
+    assert main([*run, "--shots", "1", "--fewshot", "per_prompt", "--task-seed", "3"]) == 2
+    assert "existing run has task=" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == before
