@@ -113,7 +113,8 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=8)
     ap.add_argument("--fewshot", default="per_prompt")
     ap.add_argument("--folds", type=int, default=3)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the prompt splits")
+    ap.add_argument("--tag", default="quality_bbh", help="results file name")
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -125,7 +126,7 @@ def main() -> None:
         "# Best-of-N on BIG-Bench Hard, 3-shot, embedded model (in store, out of fold)",
         "",
         "`PYTHONPATH=src python benchmarks/quality_bbh.py --data ../shared/data "
-        f"--tasks {args.tasks}` ({args.n} answers a prompt, {args.folds} prompt splits, "
+        f"--tasks {args.tasks} --seed {args.seed}` ({args.n} answers a prompt, {args.folds} prompt splits, "
         f"exemplars {args.fewshot}; this project's 2-core CPU box).",
         "",
         f"BoN@{N} [95% CI over prompts]; gap: share of the random-to-pass@{N} gap closed.",
@@ -154,8 +155,8 @@ def main() -> None:
         lines.append("")
         print("\n".join(lines[-len(SHOW) - 8 :]), flush=True)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "quality_bbh.json").write_text(json.dumps(out, indent=1, default=float))
-    (RESULTS / "quality_bbh.md").write_text("\n".join(lines))
+    (RESULTS / f"{args.tag}.json").write_text(json.dumps(out, indent=1, default=float))
+    (RESULTS / f"{args.tag}.md").write_text("\n".join(lines))
 
 
 if __name__ == "__main__":
