@@ -161,3 +161,26 @@ def test_sample_asks_a_file_few_shot_and_will_not_resume_with_other_shots(tmp_pa
     assert main([*run, "--shots", "1", "--fewshot", "per_prompt", "--task-seed", "3"]) == 2
     assert "existing run has task=" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == before
+
+
+def test_bbh_reads_an_option_named_by_letter_or_by_its_text():
+    from hsrm.tasks import BBHTask
+    from hsrm.tasks.base import Prompt
+
+    q = "Today is Christmas Eve of 1937. Tomorrow?\nOptions:\n(A) 12/11/1937\n(B) 12/25/1937"
+    p = Prompt(id="d", messages=({"role": "user", "content": q},), answer="(B)", family="d")
+    t = BBHTask(FIX / "bbh_small.json")
+    assert t.extract(" (B).", p) == "(B)" and t.label(" (B).", p)
+    assert t.extract("(B) 12/25/1937, the day after.", p) == "(B)"
+    assert t.extract("12/25/1937.", p) == "(B)" and t.label("12/25/1937.", p)
+    assert t.extract("12/11/1937", p) == "(A)" and not t.label("12/11/1937", p)
+    assert t.extract("(C).", p) == "(C)" and not t.label("(C).", p)  # no such option: kept, wrong
+    assert t.extract("2.", p) == "2"  # neither a letter nor an option's text
+    v = Prompt(
+        id="v",
+        messages=({"role": "user", "content": "Valid?\nOptions:\n- valid \n- invalid"},),
+        answer="invalid",
+    )
+    assert t.extract("\n- invalid.", v) == "invalid" and t.label("- invalid.", v)
+    n = Prompt(id="n", messages=({"role": "user", "content": "((-1 + 2) * -3) ="},), answer="-3")
+    assert t.extract("-3.", n) == "-3" and t.extract("3.5 or so", n) == "3.5 or so"

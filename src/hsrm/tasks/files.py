@@ -21,6 +21,8 @@ from hsrm.io import read_json, read_jsonl
 from hsrm.tasks.base import FEWSHOT, Message, Prompt, Task, last_number, normalize_text
 
 _ANSWER_IS = re.compile(r"answer is[:\s]*(.+)", re.IGNORECASE)
+#: a multiple-choice option in a BIG-Bench Hard input: "(A) 12/25/1937" on a line of its own
+_OPTION = re.compile(r"^\(([A-Z])\)\s*(.+?)\s*$", re.MULTILINE)
 
 
 def _limit(rows: list[Any], limit: int | None) -> list[Any]:
@@ -199,7 +201,22 @@ class BBHTask(FewShotFileTask):
         return out
 
     def extract(self, completion: str, prompt: Prompt) -> str | None:
-        first = re.split(r"[\n.]", completion.strip(), maxsplit=1)[0].strip()
+        """The answer's first sentence. On a multiple-choice question (options "(A) text" in the
+        input) an answer that names an option, by letter ("(B) The quail ...") or by its whole text
+        ("12/25/1937"), is that option's letter: small models often answer with the option's text,
+        and the target is the letter. A leading "- " (the look of "Options: - valid - invalid")
+        is dropped."""
+        line = completion.strip().split("\n", 1)[0].strip()
+        first = re.split(r"\.(?:\s|$)", line, maxsplit=1)[0].strip()
+        options = {normalize_text(t): f"({k})" for k, t in _OPTION.findall(prompt.question)}
+        if options:
+            letter = re.match(r"\(([A-Z])\)(?:\s|$)", first)
+            if letter and f"({letter.group(1)})" in options.values():
+                return f"({letter.group(1)})"
+            named = options.get(normalize_text(first)) or options.get(normalize_text(line))
+            if named:
+                return named
+        first = re.sub(r"^-\s+", "", first)
         return first or None
 
     def check(self, extracted: str | None, prompt: Prompt) -> bool:
