@@ -83,6 +83,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tag", default="fewshot", help="results file name")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     lm = load_model()  # once: every run below samples the same model
@@ -113,11 +114,12 @@ def main() -> None:
             rows.append(row)
     cfg = {k: v for k, v in vars(args).items() if k != "data"}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "fewshot.json").write_text(json.dumps({"config": cfg, "rows": rows}, indent=1))
+    (RESULTS / f"{args.tag}.json").write_text(json.dumps({"config": cfg, "rows": rows}, indent=1))
     lines = [
         "# Few-shot prompting of BIG-Bench Hard on the embedded model",
         "",
-        f"`PYTHONPATH=src python benchmarks/bench_fewshot.py --data ../shared/data` "
+        f"`PYTHONPATH=src python benchmarks/bench_fewshot.py --data ../shared/data "
+        f"--tasks {args.tasks} --max-new-tokens {args.max_new_tokens}` "
         f"({args.n_prompts} prompts x {args.n} samples a task and prompting, temperature 0.8, "
         f"at most {args.max_new_tokens} answer tokens after the prefill 'The answer is '; "
         "this project's 2-core CPU box).",
@@ -133,7 +135,7 @@ def main() -> None:
             f"| {r['task']} | {r['prompting']} | {r['in_form']:.3f} | {r['right']:.3f} | "
             f"{r['majority']:.3f} | {r['pass_at_n']:.3f} |"
         )
-    (RESULTS / "fewshot.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{args.tag}.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
