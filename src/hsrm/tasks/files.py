@@ -77,31 +77,36 @@ class FewShotFileTask(Task):
     def rows(self) -> list[_Row]:
         raise NotImplementedError
 
-    def _draw(self, rows: list[_Row], key: str, avoid: _Row | None) -> list[_Row]:
+    def _draw(self, distinct: list[_Row], key: str, skip: int | None) -> list[_Row]:
+        """``shots`` rows of ``distinct`` (one row per question), never row ``skip``. Drawn as
+        indices into the rows without ``skip``, so a draw costs O(shots), not O(file)."""
+        n = len(distinct) - (skip is not None)
+        picked = random.Random(key).sample(range(n), self.shots)
+        return [distinct[i + (skip is not None and i >= skip)] for i in picked]
+
+    def prompts(self) -> list[Prompt]:
+        rows = self.rows()
         # one row per distinct question, so that an exemplar never repeats the question asked
         # (nor another exemplar) where a file holds a question twice
         first: dict[str, _Row] = {}
         for r in rows:
             first.setdefault(r.question, r)
-        distinct = list(first.values())
-        if len(distinct) <= self.shots:  # at least one question must be left to ask
+        distinct, at = list(first.values()), {q: i for i, q in enumerate(first)}
+        if self.shots and len(distinct) <= self.shots:  # one question must be left to ask
             raise HsrmError(
                 f"{self.path}: {self.shots} few-shot examples need {self.shots + 1} distinct "
                 f"questions, the file has {len(distinct)} (use --shots 0)"
             )
-        pool = [r for r in distinct if avoid is None or r.question != avoid.question]
-        return random.Random(key).sample(pool, self.shots)
-
-    def prompts(self) -> list[Prompt]:
-        rows = self.rows()
         key = f"fewshot-{self.name}-{self.path.stem}-{self.seed}"
-        fixed = self._draw(rows, key, None) if self.shots and self.fewshot == "fixed" else []
+        fixed = self._draw(distinct, key, None) if self.shots and self.fewshot == "fixed" else []
         shown = {r.question for r in fixed}
         asked = [r for r in rows if r.question not in shown]  # an exemplar is not also asked
         per_prompt = self.shots > 0 and self.fewshot == "per_prompt"
         out = []
         for r in _limit(asked, self.limit):
-            shots = self._draw(rows, f"{key}-{r.index}", r) if per_prompt else fixed
+            shots = (
+                self._draw(distinct, f"{key}-{r.index}", at[r.question]) if per_prompt else fixed
+            )
             turns: list[Message] = []
             for x in shots:
                 turns += [{"role": "user", "content": x.question}]
