@@ -193,6 +193,21 @@ CASES = [
         ["nonutf8_bbh.json", "UTF-8"],
     ),
     Case(
+        "bbh_too_few_questions_for_shots",
+        S + " --task bbh:{bad}/../tasks/bbh_small.json --shots 6 --out {ws}/o",
+        ["bbh_small.json", "6 few-shot examples need 7 distinct questions", "--shots 0"],
+    ),
+    Case(
+        "shots_negative",
+        S + " --task bbh:{bad}/../tasks/bbh_small.json --shots -1 --out {ws}/o",
+        ["--shots", ">= 0"],
+    ),  # fmt: skip
+    Case(
+        "fewshot_unknown",
+        S + " --task bbh:{bad}/../tasks/bbh_small.json --fewshot some --out {ws}/o",
+        ["fewshot must be one of", "per_prompt"],
+    ),
+    Case(
         "pairs_not_utf8",
         "prefs train --pairs {bad}/nonutf8_pairs.jsonl --out {ws}/o --head probe",
         ["nonutf8_pairs.jsonl:1", "UTF-8"],
