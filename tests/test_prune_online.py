@@ -231,3 +231,55 @@ def test_prune_head_command_fits_and_saves(tmp_path, tiny_lm, capsys, monkeypatc
     assert (foreign / "notes.txt").read_text() == "keep"
     # its own earlier output is replaced
     assert main(args) == 0 and PrefixHead.load(out).checkpoints == [2, 3]
+
+
+def test_threshold_stops_keep_min_and_stop_worst_first():
+    from hsrm.bon.prune import head_stops, threshold_stops
+
+    lens = np.array([10, 10, 10, 10, 10, 3])
+    sc = {4: np.array([0.1, 0.9, 0.2, 0.3, 0.8, 0.0]), 8: np.array([0.5, 0.9, 0.1, 0.1, 0.8, 0])}
+    # at 4: 0.1, 0.2, 0.3 are below 0.35 (the 3-token sample has finished); min_keep=3 of the
+    # 6 running leaves room for all three; at 8 nothing may stop (3 running)
+    stop, counts = threshold_stops(lens, sc, [4, 8], [0.35, 0.95], 3)
+    assert stop.tolist() == [4, 10, 4, 4, 10, 3] and counts == [3, 0]
+    # min_keep=4: only the two worst stop at 4; at 8, sample 3 (0.1 < 0.95) would stop, but the
+    # finished 3-token sample counts as kept, so 4 are left and none may
+    stop, counts = threshold_stops(lens, sc, [4, 8], [0.35, 0.95], 4)
+    assert stop.tolist() == [4, 10, 4, 10, 10, 3] and counts == [2, 0]
+    stop, counts = threshold_stops(lens, sc, [4, 8], [0.35, 0.95], 3)
+    assert counts == [3, 0]
+    stop, counts = threshold_stops(lens, sc, [8], [0.95], 3)  # 0.1, 0.1, 0.5 stop; 3 are left
+    assert stop.tolist() == [8, 10, 8, 8, 10, 3] and counts == [3]
+    # nothing below the threshold: nothing stops, unlike a fixed share
+    stop, counts = threshold_stops(lens, sc, [4], [0.0], 1)
+    assert stop.tolist() == lens.tolist() and counts == [0]
+    assert head_stops(lens, sc, [4], 0.5)[1] == [2]
+
+
+def test_pruning_curve_replays_threshold_and_random_at_its_budget(tmp_path, tiny_lm):
+    from hsrm.bon.prune import pruning_curve
+
+    st = sample(_cfg(tmp_path, "c", n_prompts=4), lm=tiny_lm)
+    idx = np.arange(len(st))
+    lens = np.array([r["n_tokens"] for r in st.records])
+    pref = {2: np.random.default_rng(0).normal(size=len(st))}
+    c = pruning_curve(
+        st, idx, pref, head_settings=(((2,), 0.5),), deepconf_settings=(),
+        threshold_settings=(((2,), (0.0,), 2),), random_repeats=3,
+    )  # fmt: skip
+    pts = {p["policy"]: p for p in c["points"]}
+    assert pts["none"]["tokens"] == int(lens.sum())
+    thr = next(p for p in c["points"] if p["family"] == "hsrm head, threshold")
+    rnd = pts[f"random, same budget as {thr['policy']}"]
+    # the threshold stops exactly the samples below 0 at token 2 (while 2 per prompt run) ...
+    expect = 0
+    for p in np.unique(st.prompt_ids):
+        rows = np.flatnonzero(st.prompt_ids == p)
+        low = rows[(pref[2][rows] < 0) & (lens[rows] > 2)]
+        k = min(len(low), len(rows) - 2)
+        cut = low[np.argsort(pref[2][low])[:k]]
+        expect += int(lens[rows].sum() - (lens[cut] - 2).sum())
+    assert thr["tokens"] == expect < pts["none"]["tokens"]
+    # ... and random pruning stops as many, so it saves about as much
+    assert abs(rnd["tokens"] - thr["tokens"]) <= 8 * len(np.unique(st.prompt_ids))
+    assert set(thr["bon"]) == {"majority", "mean_logprob", "deepconf_vote"}

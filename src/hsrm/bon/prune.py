@@ -11,7 +11,13 @@ Policies decide, per prompt, at which token each sample stops (``len`` = not pru
   confidences; every other sample stops at the first token where its sliding-window group
   confidence falls below it (eta = 90: DeepConf-high, 10: DeepConf-low). The window is clipped to
   ``window`` tokens, 2048 in the paper; answers here are 15-40 tokens.
-- ``random``: stops as many samples at each checkpoint as a ``head`` run did, chosen at random.
+- ``threshold``: the same prefix head, but a sample stops when its score falls below a fixed
+  threshold per checkpoint (set on the training store, e.g. a quantile of its out-of-fold scores),
+  keeping the ``min_keep`` best of every prompt running. Unlike ``head``, the number stopped varies
+  by prompt: a prompt whose samples all look wrong loses most of them, one whose samples look right
+  loses none.
+- ``random``: stops as many samples at each checkpoint as a ``head`` or ``threshold`` run did,
+  chosen at random.
 
 Best-of-N is then taken over the samples that finished, with the same selector as without pruning.
 
@@ -83,6 +89,30 @@ def head_stops(
             worst = live[np.argsort(scores[t][live], kind="stable")[:m]]
             stop[worst], running[worst] = t, False
         counts.append(max(m, 0))
+    return stop, counts
+
+
+def threshold_stops(
+    lens: np.ndarray,
+    scores: dict[int, np.ndarray],
+    checkpoints: Sequence[int],
+    thresholds: Sequence[float],
+    min_keep: int,
+) -> tuple[np.ndarray, list[int]]:
+    """One prompt: stop positions, and how many stopped at each checkpoint. At checkpoint t the
+    running samples (longer than t) scoring below that checkpoint's threshold stop, worst first,
+    while more than ``min_keep`` samples run."""
+    stop = lens.copy()
+    running = np.ones(len(lens), bool)
+    counts = []
+    for t, thr in zip(checkpoints, thresholds, strict=True):
+        live = np.flatnonzero(running & (lens > t))
+        low = live[scores[t][live] < thr]
+        m = max(0, min(len(low), int(running.sum()) - min_keep))
+        if m > 0:
+            worst = low[np.argsort(scores[t][low], kind="stable")[:m]]
+            stop[worst], running[worst] = t, False
+        counts.append(m)
     return stop, counts
 
 
@@ -162,13 +192,15 @@ def pruning_curve(
         ((4, 8), 0.75),
     ),
     deepconf_settings: Sequence[tuple[int, float, int]] = ((4, 90, 8), (4, 10, 8), (4, 90, 4)),
+    threshold_settings: Sequence[tuple[tuple[int, ...], tuple[float, ...], int]] = (),
     random_repeats: int = 20,
     seed: int = 0,
     extra_scores: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Tokens generated vs BoN@N (N = every sample of a prompt) for each policy and selector.
     ``extra_scores``: more per-sample scores (aligned with ``idx``, e.g. a final head's ``head``)
-    that selectors may name (see ``select``). Each point keeps its per-prompt BoN
+    that selectors may name (see ``select``). ``threshold_settings``: (checkpoints, thresholds,
+    min_keep) of ``threshold_stops``, each beside random pruning at its budget. Each point keeps its per-prompt BoN
     (``per_prompt``; random: the mean over draws) for paired CIs against ``none``."""
     recs = store.records
     groups = M._by_group(store.prompt_ids[idx])
@@ -207,39 +239,51 @@ def pruning_curve(
         {"policy": "none", "family": "none", "tokens": full_tok, "bon": full_bon,
          "per_prompt": full_pp}
     )  # fmt: skip
-    for cps, frac in head_settings:
+
+    def with_random(stops, cps: tuple[int, ...], point: dict[str, Any]) -> None:
+        """``stops(lens, scores) -> (stop, counts)`` replayed, then random pruning that stops as
+        many samples of each prompt at each checkpoint (``random_repeats`` draws)."""
         counts: dict[Any, list[int]] = {}
 
-        def hs(g, rows, cps=cps, frac=frac, counts=counts):
-            st, c = head_stops(lens_all[rows], {t: prefix_scores[t][rows] for t in cps}, cps, frac)
+        def hs(g, rows):
+            st, c = stops(lens_all[rows], {t: prefix_scores[t][rows] for t in cps})
             counts[g] = c
             return st
 
         tok, bon, pp = run(hs)
-        label = f"head frac={frac} at {','.join(map(str, cps))}"
-        points.append(
-            {"policy": label, "family": "hsrm head", "tokens": tok, "bon": bon, "per_prompt": pp,
-             "checkpoints": list(cps), "frac": frac}
-        )  # fmt: skip
+        points.append({**point, "tokens": tok, "bon": bon, "per_prompt": pp,
+                       "checkpoints": list(cps)})  # fmt: skip
         toks, bons, pps = [], [], []
         for _ in range(random_repeats):
-            t_, b_, p_ = run(
-                lambda g, rows, cps=cps, counts=counts: random_stops(
-                    lens_all[rows], counts[g], cps, rng
-                )
-            )
+            t_, b_, p_ = run(lambda g, rows: random_stops(lens_all[rows], counts[g], cps, rng))
             toks.append(t_)
             bons.append(b_)
             pps.append(p_)
         points.append(
             {
-                "policy": f"random, same budget as {label}",
+                "policy": f"random, same budget as {point['policy']}",
                 "family": "random",
                 "tokens": int(np.mean(toks)),
                 "bon": {s: float(np.mean([b[s] for b in bons])) for s in selectors},
                 "per_prompt": {s: np.mean([p[s] for p in pps], 0).tolist() for s in selectors},
             }
         )
+
+    for cps, frac in head_settings:
+        with_random(
+            lambda lens, sc, cps=cps, frac=frac: head_stops(lens, sc, cps, frac),
+            tuple(cps),
+            {"policy": f"head frac={frac} at {','.join(map(str, cps))}",
+             "family": "hsrm head", "frac": frac},
+        )  # fmt: skip
+    for cps, thr, keep in threshold_settings:
+        with_random(
+            lambda lens, sc, cps=cps, thr=thr, keep=keep: threshold_stops(lens, sc, cps, thr, keep),
+            tuple(cps),
+            {"policy": f"head threshold {','.join(f'{x:.3g}' for x in thr)} at "
+             f"{','.join(map(str, cps))} min_keep={keep}",
+             "family": "hsrm head, threshold", "thresholds": list(thr), "min_keep": keep},
+        )  # fmt: skip
     for n_init, eta, window in deepconf_settings:
         tok, bon, pp = run(
             lambda g, rows, n_init=n_init, eta=eta, window=window: deepconf_stops(
