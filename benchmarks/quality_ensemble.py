@@ -101,6 +101,22 @@ def fit_scores(
     return out
 
 
+def oof_cached(fp: Path, fold: np.ndarray, fit) -> dict[str, np.ndarray]:
+    """Out-of-fold scores of every variant over the splits ``fold`` (one per sample of the
+    store), ``fit(train, test) -> {name: [scores of test]}`` for each split; cached in ``fp``."""
+    if not fp.exists():
+        t0 = time.perf_counter()
+        acc: dict[str, np.ndarray] = {}
+        for f in range(int(fold.max()) + 1):
+            tr, te = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
+            for k, v in fit(tr, te).items():
+                acc.setdefault(k, np.zeros(len(fold)))[te] = v[0]
+            print(f"{fp.stem} split {f}: {time.perf_counter() - t0:.0f} s", flush=True)
+        np.savez(fp, **acc)
+    zz = np.load(fp)
+    return {k: zz[k] for k in zz.files}
+
+
 def variants(base: dict[str, np.ndarray], g: np.ndarray) -> dict[str, np.ndarray]:
     """The scorers compared: single fits (seed 0 is the demo's) and seed ensembles, the sum of
     the members' within-prompt z-scores."""
@@ -195,20 +211,15 @@ def main() -> None:
     # 2: out of fold in the store
     oof: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
     for part in range(a.partitions):
-        fp = cache / f"oof_p{part}_k{a.folds}.npz"
         fold = prompt_folds(g, a.folds, part)
-        if not fp.exists():
-            t0 = time.perf_counter()
-            acc: dict[str, np.ndarray] = {}
-            for f in range(a.folds):
-                tr, te = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
-                res = fit_scores(F, st.labels, g, fams, tr, [(F.subset(te), fams[te])], layers)
-                for k, v in res.items():
-                    acc.setdefault(k, np.zeros(len(st)))[te] = v[0]
-                print(f"partition {part} split {f}: {time.perf_counter() - t0:.0f} s", flush=True)
-            np.savez(fp, **acc)
-        zz = np.load(fp)
-        oof.append((fold, {k: zz[k] for k in zz.files}))
+        base = oof_cached(
+            cache / f"oof_p{part}_k{a.folds}.npz",
+            fold,
+            lambda tr, te: fit_scores(
+                F, st.labels, g, fams, tr, [(F.subset(te), fams[te])], layers
+            ),
+        )
+        oof.append((fold, base))
 
     heads = [k for k in variants(base_val, val.prompt_ids) if k.startswith("elhsr")]
     vs = variants(base_val, val.prompt_ids)
@@ -256,23 +267,23 @@ def _extra(a: argparse.Namespace, st: Store, extra: Store, layers: list[int], ca
     xi = n + np.arange(len(extra))
     rows = []
     for part in range(a.partitions):
-        fp = cache / f"oof_p{part}_k{a.folds}_extra-{Path(a.extra).name}.npz"
         fold = prompt_folds(g, a.folds, part)
-        if not fp.exists():
-            t0 = time.perf_counter()
-            acc: dict[str, np.ndarray] = {}
-            for f in range(a.folds):
-                tr, te = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
-                res = fit_scores(
-                    F, y, g_all, fams_all, np.concatenate([tr, xi]),
-                    [(F.subset(te), fams[te])], layers, seeds=SEEDS[:3], per_family=False,
-                )  # fmt: skip
-                for k, v in res.items():
-                    acc.setdefault(k, np.zeros(n))[te] = v[0]
-                print(f"partition {part} split {f}: {time.perf_counter() - t0:.0f} s", flush=True)
-            np.savez(fp, **acc)
-        zz = np.load(fp)
-        v = variants({k: zz[k] for k in zz.files}, g)
+        base = oof_cached(
+            cache / f"oof_p{part}_k{a.folds}_extra-{Path(a.extra).name}.npz",
+            fold,
+            lambda tr, te: fit_scores(
+                F,
+                y,
+                g_all,
+                fams_all,
+                np.concatenate([tr, xi]),
+                [(F.subset(te), fams[te])],
+                layers,
+                seeds=SEEDS[:3],
+                per_family=False,
+            ),  # fmt: skip
+        )
+        v = variants(base, g)
         sc = add_head_votes(v, list(v), g)
         for h in ("elhsr_s0", "elhsr_ens3"):
             sc[f"picked[{h}]_vote"], _ = picked_out_of_fold(
