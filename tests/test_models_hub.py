@@ -24,11 +24,13 @@ def test_unreachable_hub_is_one_error(monkeypatch):
         load_model(BAD)
 
 
-def test_cli_exit_code_2(monkeypatch, capsys):
+def test_cli_exit_code_2(monkeypatch, capsys, tmp_path):
     from hsrm.cli import main
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     fix = Path(__file__).parent / "fixtures" / "prefs" / "tqa_small.csv"
-    rc = main(["prefs", "train", "--pairs", str(fix), "--out", "/tmp/x", "--model", BAD])
+    out = tmp_path / "head"  # a fixed /tmp path would meet whatever another job left there
+    rc = main(["prefs", "train", "--pairs", str(fix), "--out", str(out), "--model", BAD])
     err = capsys.readouterr().err
     assert rc == 2 and BAD in err and "Traceback" not in err
+    assert not out.exists()  # nothing half-written
