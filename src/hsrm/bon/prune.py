@@ -23,9 +23,10 @@ Best-of-N is then taken over the samples that finished, with the same selector a
 
 Simulation assumption: a pruned sample's tokens up to its stop are exactly its tokens in the full
 store, and the samples that survive are exactly the full store's. That holds when each sample's
-random stream is independent of the others'. hsrm's sampler draws the N samples of a prompt from
-one shared generator, so with live pruning the survivors would be *other* (equally distributed)
-samples: the simulation is exact in distribution, not sample for sample.
+random stream is independent of the others', as in hsrm's sampler, which draws every sample's
+uniforms up front (``hsrm.capture``): a live ``hsrm sample --prune`` run keeps the unpruned run's
+samples token for token (checked in benchmarks/results/quality_pruning_cot2_seed12.md), so the
+replay is exact, sample for sample.
 """
 
 from __future__ import annotations
@@ -200,8 +201,9 @@ def pruning_curve(
     """Tokens generated vs BoN@N (N = every sample of a prompt) for each policy and selector.
     ``extra_scores``: more per-sample scores (aligned with ``idx``, e.g. a final head's ``head``)
     that selectors may name (see ``select``). ``threshold_settings``: (checkpoints, thresholds,
-    min_keep) of ``threshold_stops``, each beside random pruning at its budget. Each point keeps its per-prompt BoN
-    (``per_prompt``; random: the mean over draws) for paired CIs against ``none``."""
+    min_keep) of ``threshold_stops``, each beside random pruning at its budget. Each point keeps
+    its per-prompt BoN (``per_prompt``; random: the mean over draws) for paired CIs against
+    ``none``."""
     recs = store.records
     groups = M._by_group(store.prompt_ids[idx])
     y_all = store.labels[idx]
