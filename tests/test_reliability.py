@@ -720,6 +720,27 @@ def test_two_samplers_one_store(tmp_path):
     assert not list(out.glob(".*tmp")) and not list(tmp_path.glob(".*"))
 
 
+def test_loser_waits_for_the_holders_pid(tmp_path):
+    """The holder writes its PID just after it wins the lock; a loser arriving in that window
+    reads an empty file and must wait for the PID rather than report "PID ?" (CI saw this)."""
+    import threading
+
+    from hsrm.io import _holder_pid
+
+    lp = tmp_path / ".run.lock"
+    lp.write_bytes(b"")
+    fd = os.open(lp, os.O_RDONLY)
+    try:
+        late = threading.Timer(0.2, lambda: lp.write_bytes(b"4242"))
+        late.start()
+        assert _holder_pid(fd, wait_s=30) == "4242"
+        late.join()
+        lp.write_bytes(b"")
+        assert _holder_pid(fd, wait_s=0.05) == "?"  # a holder that never writes: give up
+    finally:
+        os.close(fd)
+
+
 # ----------------------------------------------------------------------------------------------
 # a killed train
 def test_train_killed_at_random_moments(base, tmp_path):

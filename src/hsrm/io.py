@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -255,6 +256,17 @@ def lock_path(path: str | Path) -> Path:
     return p.with_name(f".{p.name}.lock")
 
 
+def _holder_pid(fd: int, wait_s: float = 1.0) -> str:
+    """The PID the lock's holder wrote into it. The holder writes it just after it wins the lock,
+    so a loser that arrives in between reads an empty file: poll briefly before saying "?"."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        if pid or time.monotonic() >= deadline:
+            return pid or "?"
+        time.sleep(0.01)
+
+
 @contextlib.contextmanager
 def exclusive(path: str | Path) -> Iterator[None]:
     """Hold the one-writer lock of ``path``; a second writer gets HsrmError naming the holder.
@@ -279,7 +291,7 @@ def exclusive(path: str | Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             try:
-                pid = os.read(fd, 32).decode(errors="replace").strip() or "?"
+                pid = _holder_pid(fd)
             finally:
                 os.close(fd)
             raise HsrmError(
