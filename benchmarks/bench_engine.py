@@ -24,6 +24,7 @@ Writes benchmarks/results/engine[_SHAPE].json and .md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import time
@@ -44,7 +45,7 @@ from hsrm.capture import (
 )
 from hsrm.io import atomic_write_json, atomic_write_text
 from hsrm.models import LoadedModel, fingerprint_of, load_model
-from hsrm.projection import bytes_per_token
+from hsrm.projection import Projection, bytes_per_token
 from hsrm.tasks import get_task
 
 RESULTS = Path(__file__).parent / "results"
@@ -137,12 +138,17 @@ def legacy_sample_prompt(lm: LoadedModel, prompt, cfg: SampleConfig, layers, cap
 
 
 # ----------------------------------------------------------------------------------------------
-def random_llama(shape: str, device: str, dtype: str) -> LoadedModel:
-    """A random-init Llama of a real model's shape, built on the device (no download)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+def random_llama(shape: str, device: str, dtype: str, tokenizer: str = "") -> LoadedModel:
+    """A random-init Llama of a real model's shape, built on the device (no download).
 
-    emb = load_model(device="cpu")  # only for its tokenizer
-    tok = emb.tokenizer
+    ``tokenizer``: a folder saved by ``save_pretrained`` (a GPU machine without the embedded
+    GGUF gets the same tokenizer that way); default: the embedded model's."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    if tokenizer:
+        tok = AutoTokenizer.from_pretrained(tokenizer)
+    else:
+        tok = load_model(device="cpu").tokenizer  # only for its tokenizer
     cfg = LlamaConfig(
         vocab_size=len(tok),
         max_position_embeddings=4096,
@@ -157,6 +163,29 @@ def random_llama(shape: str, device: str, dtype: str) -> LoadedModel:
     with torch.device(device):
         model = LlamaForCausalLM(cfg).to(td).eval()
     return LoadedModel(model, tok, fingerprint_of(model, f"random-{shape}", "random"))
+
+
+class _HostTimer:
+    """Seconds spent in ``capture._results`` (host buffers -> per-answer tensors), so the capture
+    overhead can be split into the device loop and the host-side unpacking."""
+
+    def __init__(self) -> None:
+        import hsrm.capture as cap
+
+        self.cap, self.orig, self.s = cap, cap._results, 0.0
+
+        def timed(*a: Any, **k: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return self.orig(*a, **k)
+            finally:
+                self.s += time.perf_counter() - t0
+
+        cap._results = timed  # type: ignore[assignment]
+
+    def take(self) -> float:
+        s, self.s = self.s, 0.0
+        return s
 
 
 def _sync(lm: LoadedModel) -> None:
@@ -379,54 +408,178 @@ def writer_bench(lm, args) -> dict[str, Any]:
     return out
 
 
-def shape_bench(args) -> dict[str, Any]:
+def equivalence_check(lm, cfg, layers, n_prompts: int = 4) -> dict[str, Any]:
+    """Batched (all prompts in one batch) vs one prompt at a time on this device: the share of
+    answers with identical tokens and, where they are identical, the largest state difference
+    (batched matmuls may round differently in bf16, so a rare token can differ)."""
+    prompts = get_task("synthetic", n=n_prompts, families="arith,compare", seed=3).prompts()
+    a = sample_prompts(lm, prompts, cfg, layers, True)
+    b = [r for p in prompts for r in sample_prompts(lm, [p], cfg, layers, True)]
+    same, diff, n = 0, 0.0, 0
+    for ra, rb in zip(a, b):
+        for x, y in zip(ra.answers, rb.answers):
+            n += 1
+            if x.token_ids == y.token_ids:
+                same += 1
+                if x.hidden is not None and y.hidden is not None and len(x.token_ids):
+                    diff = max(diff, float((x.hidden - y.hidden).abs().max()))
+    return {"answers": n, "same_tokens": same / n, "max_state_abs_diff_when_same": diff}
+
+
+def host_copy_bench(dev: torch.device, gb: float = 4.4) -> dict[str, Any]:
+    """What one batch's device-to-host copy of captured states costs here (4.4 GB: 8B shape, 256
+    rows x 64 steps x 33 layers, bf16): allocating pinned memory, copying into it the first and
+    the second time, and a plain pageable copy."""
+    n = int(gb * 1e9) // 2
+    x = torch.ones(n, dtype=torch.bfloat16, device=dev)
+    out: dict[str, Any] = {"bytes": 2 * n}
+
+    def timed(key: str, fn: Any) -> Any:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        t0 = time.perf_counter()
+        y = fn()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        out[key] = time.perf_counter() - t0
+        return y
+
+    pin = dev.type == "cuda"
+    h = timed("pinned alloc s", lambda: torch.empty(n, dtype=x.dtype, pin_memory=pin))
+    timed("copy into new pinned s", lambda h=h: h.copy_(x, non_blocking=True))
+    timed("copy into same pinned s", lambda h=h: h.copy_(x, non_blocking=True))
+    del h
+    h2 = timed("pinned alloc again s", lambda: torch.empty(n, dtype=x.dtype, pin_memory=pin))
+    del h2
+    timed("pageable .cpu() s", lambda: x.cpu())
+    return out
+
+
+def shape_writer(lm, args) -> dict[str, Any]:
+    """Real ``hsrm sample`` runs at this shape (256 rows per step): the share of wall time the
+    sampler waited for the background writer, for a compact store and a full fp16 one."""
+    import shutil
+    import tempfile
+
+    from hsrm.sampling import SampleRunConfig, sample
+    from hsrm.store import Store
+
+    out: dict[str, Any] = {}
+    for name, kw in {
+        "compact proj k=64 int8": dict(project=64, store_dtype="int8", n_prompts=64),
+        "full float16": dict(n_prompts=args.writer_full_prompts),
+    }.items():
+        if kw["n_prompts"] <= 0:  # type: ignore[operator]
+            continue
+        d = Path(tempfile.mkdtemp(prefix="hsrm-writer-", dir=args.scratch or None))
+        try:
+            t0 = time.perf_counter()
+            sample(
+                SampleRunConfig(
+                    out=str(d), n=16, batch_prompts=16, shard_prompts=16,
+                    max_new_tokens=args.new_tokens, temperature=1.0, **kw,  # type: ignore[arg-type]
+                ),
+                lm,
+                progress=False,
+            )  # fmt: skip
+            wall = time.perf_counter() - t0
+            last = Store(d).meta["last_run"]
+            size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+            out[name] = {
+                "wall_s": wall,
+                "sampler_waited_s": last["writer_wait_s"],
+                "idle_share": last["writer_wait_s"] / wall,
+                "store_bytes": size,
+                "settings": kw,
+            }
+            print(name, out[name], flush=True)
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+    return out
+
+
+def shape_bench(args, save) -> dict[str, Any]:
+    """``save(r)`` is called after every part, so a run cut short keeps what it measured."""
     device = lmx.resolve_device(args.device)
-    if device != "cpu":
-        torch.set_num_threads(max(1, args.threads))
-    else:
-        torch.set_num_threads(args.threads)
-    lm = random_llama(args.shape, device, args.dtype)
+    torch.set_num_threads(max(1, args.threads))
+    t0 = time.perf_counter()
+    lm = random_llama(args.shape, device, args.dtype, args.tokenizer)
+    _sync(lm)
     fp = lm.fingerprint
     cfg = SampleConfig(n=16, max_new_tokens=args.new_tokens, temperature=1.0, seed=0)
     layers = parse_layers("all", fp.n_layers)
-    rows = []
+    L = fp.n_layers + 1
+    dev_name = (
+        torch.cuda.get_device_name() if device.startswith("cuda") else "CPU (this 2-core box)"
+    )
+    r: dict[str, Any] = {
+        "shape": args.shape,
+        "device": dev_name,
+        "dtype": args.dtype,
+        "torch": torch.__version__,
+        "host_threads": torch.get_num_threads(),
+        "fingerprint": fp.to_dict(),
+        "new_tokens": args.new_tokens,
+        "model_init_s": time.perf_counter() - t0,
+        "bytes_per_token_all_layers": {
+            f"{m} {dt}": bytes_per_token(L, fp.hidden_size, dt, k)
+            for m, k in (("full", 0), ("proj k=256", 256), ("proj k=128", 128), ("proj k=64", 64))
+            for dt in ("float16", "int8")
+        },
+        "rows": [],
+    }
+    if args.check:
+        r["equivalence"] = equivalence_check(lm, cfg, layers)
+        print("equivalence", r["equivalence"], flush=True)
+        save(r)
+    if args.host_copy:
+        r["host_copy"] = host_copy_bench(lm.device)
+        print("host copy", r["host_copy"], flush=True)
+        save(r)
+    host = _HostTimer()
+    pname = f"batched, capture proj k={args.project}"
+    pcfg = dataclasses.replace(cfg, project=Projection(args.project) if args.project else None)
     for R in args.rows:
         B = max(1, R // cfg.n)
         prompts = get_task("synthetic", n=B, families="arith,compare", seed=1).prompts()
         time_engine(lm, prompts[:1], cfg, layers, True, 1)  # warm-up
+        host.take()
         row: dict[str, Any] = {"rows": B * cfg.n, "prompts": B}
-        for name, kw in {
-            "batched, capture": dict(capture=True, batch=B),
-            "batched, no capture": dict(capture=False, batch=B),
-            "one-prompt, capture": dict(capture=True, batch=1),
-        }.items():
-            if name.startswith("one-prompt") and B > args.one_prompt_max:
-                continue
-            dt, n_tok = time_engine(lm, prompts, cfg, layers, **kw)
-            row[name] = {"s": dt, "tokens": n_tok, "tokens_per_s": n_tok / dt}
-        dt, n_tok = time_generate(lm, prompts, cfg, B)
-        row["HF generate, no states"] = {"s": dt, "tokens": n_tok, "tokens_per_s": n_tok / dt}
-        row["capture_overhead"] = row["batched, capture"]["s"] / row["batched, no capture"]["s"]
-        rows.append(row)
+        variants: dict[str, tuple[SampleConfig, bool, int]] = {
+            "batched, capture": (cfg, True, B),
+            "batched, no capture": (cfg, False, B),
+        }
+        if args.project:
+            variants[pname] = (pcfg, True, B)
+        if B <= args.one_prompt_max:
+            variants["one-prompt, capture"] = (cfg, True, 1)
+        for name, (c, capture, batch) in variants.items():
+            runs = []
+            for _ in range(args.shape_repeats):  # the first call also pins its host buffers
+                dt, n_tok = time_engine(lm, prompts, c, layers, capture, batch)
+                runs.append((dt, host.take()))
+            dt, hs = min(runs)
+            row[name] = {
+                "s": dt, "tokens": n_tok, "tokens_per_s": n_tok / dt, "host_s": hs,
+                "all_s": [x for x, _ in runs],
+            }  # fmt: skip
+        if args.generate:
+            dt, n_tok = time_generate(lm, prompts, cfg, B)
+            row["HF generate, no states"] = {"s": dt, "tokens": n_tok, "tokens_per_s": n_tok / dt}
+        bc, bn = row["batched, capture"], row["batched, no capture"]
+        row["capture_overhead"] = bc["s"] / bn["s"]
+        # the device loop alone: capture's time less turning host buffers into answers, against
+        # no capture's time less the same unpacking of its (smaller) buffers
+        row["capture_overhead_device_loop"] = (bc["s"] - bc["host_s"]) / (bn["s"] - bn["host_s"])
+        if pname in row:
+            row["capture_overhead_proj"] = row[pname]["s"] / bn["s"]
+        r["rows"].append(row)
         print(row, flush=True)
-    L = fp.n_layers + 1
-    storage = {
-        f"{m} {dt}": bytes_per_token(L, fp.hidden_size, dt, k)
-        for m, k in (("full", 0), ("proj k=256", 256), ("proj k=128", 128), ("proj k=64", 64))
-        for dt in ("float16", "int8")
-    }
-    dev_name = (
-        torch.cuda.get_device_name() if device.startswith("cuda") else "CPU (this 2-core box)"
-    )
-    return {
-        "shape": args.shape,
-        "device": dev_name,
-        "dtype": args.dtype,
-        "fingerprint": fp.to_dict(),
-        "new_tokens": args.new_tokens,
-        "rows": rows,
-        "bytes_per_token_all_layers": storage,
-    }
+        save(r)
+    if args.writer:
+        r["writer"] = shape_writer(lm, args)
+        save(r)
+    return r
 
 
 def _md_cpu(r: dict[str, Any]) -> str:
@@ -503,21 +656,54 @@ def _md_cpu(r: dict[str, Any]) -> str:
 
 
 def _md_shape(r: dict[str, Any]) -> str:
+    def tps(row: dict[str, Any], key: str) -> str:
+        v = row.get(key, {}).get("tokens_per_s")
+        return "" if v is None else f"{v:.0f}"
+
+    def x(v: float | None) -> str:
+        return "" if v is None else f"{v:.3f}x"
+
     lines = [
         f"# Sampling engine, random-weight {r['shape']} shape on {r['device']} ({r['dtype']}, "
         f"{r['new_tokens']} new tokens, all {r['fingerprint']['n_layers'] + 1} layers captured)",
         "",
         "| rows | batched+capture tok/s | batched no capture tok/s | capture overhead | "
+        "overhead, device loop only | batched+capture projected on device tok/s | its overhead | "
         "one-prompt+capture tok/s | HF generate tok/s |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in r["rows"]:
-        one = row.get("one-prompt, capture", {}).get("tokens_per_s")
+        proj = next((k for k in row if "proj" in k and isinstance(row[k], dict)), "")
         lines.append(
-            f"| {row['rows']} | {row['batched, capture']['tokens_per_s']:.0f} | "
-            f"{row['batched, no capture']['tokens_per_s']:.0f} | {row['capture_overhead']:.3f}x | "
-            f"{'' if one is None else f'{one:.0f}'} | {row['HF generate, no states']['tokens_per_s']:.0f} |"
+            f"| {row['rows']} | {tps(row, 'batched, capture')} | {tps(row, 'batched, no capture')} "
+            f"| {x(row['capture_overhead'])} | {x(row.get('capture_overhead_device_loop'))} | "
+            f"{tps(row, proj)} | {x(row.get('capture_overhead_proj'))} | "
+            f"{tps(row, 'one-prompt, capture')} | {tps(row, 'HF generate, no states')} |"
         )
+    if "host_copy" in r:
+        h = r["host_copy"]
+        lines += ["", f"Device-to-host copy of {h['bytes'] / 1e9:.1f} GB on this machine:", ""]
+        lines += [f"- {k}: {v:.3f}" for k, v in h.items() if k != "bytes"]
+    if "equivalence" in r:
+        e = r["equivalence"]
+        lines += [
+            "",
+            f"Batched vs one prompt at a time on this device ({e['answers']} answers): "
+            f"{e['same_tokens']:.1%} identical tokens; largest state difference where the tokens "
+            f"agree {e['max_state_abs_diff_when_same']:.3g}.",
+        ]
+    if "writer" in r:
+        lines += [
+            "",
+            "| `hsrm sample` store (256 rows per step) | wall s | sampler waited for the writer | "
+            "store size |",
+            "|---|---|---|---|",
+        ]
+        for k, w in r["writer"].items():
+            lines.append(
+                f"| {k} ({w['settings']['n_prompts']} prompts) | {w['wall_s']:.1f} | "
+                f"{w['idle_share']:.1%} | {w['store_bytes'] / 1e9:.2f} GB |"
+            )
     lines += ["", "| storage mode (all layers) | bytes per token |", "|---|---|"]
     lines += [f"| {k} | {v:,} |" for k, v in r["bytes_per_token_all_layers"].items()]
     lines += ["", f"Command: `{r['command']}`", ""]
@@ -530,7 +716,7 @@ def main() -> None:
     ap.add_argument("--random-weights", action="store_true", help="required with --shape")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dtype", default="bfloat16", help="model dtype for --shape")
-    ap.add_argument("--rows", type=int, nargs="+", default=[16, 64, 256, 1024])
+    ap.add_argument("--rows", type=int, nargs="*", default=[16, 64, 256, 1024])
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument(
         "--one-prompt-max", type=int, default=16, help="prompts for the one-prompt loop"
@@ -539,6 +725,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--tokenizer", default="", help="--shape: tokenizer folder (default embedded)")
+    ap.add_argument("--check", action="store_true", help="--shape: batched == one-prompt check")
+    ap.add_argument("--writer", action="store_true", help="--shape: real `hsrm sample` runs")
+    ap.add_argument("--writer-full-prompts", type=int, default=32, help="0 = skip the full store")
+    ap.add_argument("--project", type=int, default=64, help="--shape: k of the compact capture")
+    ap.add_argument("--shape-repeats", type=int, default=1, help="--shape: runs per variant (best)")
+    ap.add_argument("--no-generate", dest="generate", action="store_false")
+    ap.add_argument("--host-copy", action="store_true", help="--shape: time a 4.4 GB D2H copy")
+    ap.add_argument("--scratch", default="", help="--writer: folder for the temporary stores")
     ap.add_argument(
         "--roofline-only",
         action="store_true",
@@ -552,9 +747,15 @@ def main() -> None:
     if args.shape:
         if not args.random_weights:
             ap.error("--shape needs --random-weights (no weights are downloaded)")
-        r = shape_bench(args)
-        r["command"] = cmd.strip()
         name = args.out or f"engine_{args.shape}_{'cuda' if 'cuda' in args.device else 'cpu'}"
+
+        def save(part: dict[str, Any]) -> None:
+            part["command"] = cmd.strip()
+            atomic_write_json(RESULTS / f"{name}.json", part)
+            atomic_write_text(RESULTS / f"{name}.md", _md_shape(part))
+
+        r = shape_bench(args, save)
+        r["command"] = cmd.strip()
         md = _md_shape(r)
     elif args.roofline_only:
         import json

@@ -274,6 +274,52 @@ def test_projected_store_and_heads_refuse_mixing(tmp_path, tiny_lm):
         sample(_sample_cfg(tmp_path / "proj", n=4, project=16), tiny_lm, False)  # no mixing
 
 
+@pytest.mark.parametrize("batch_prompts", [0, 2])  # one batch; refill with 2 slots
+def test_projection_on_device_equals_projecting_after(tiny_lm, batch_prompts):
+    """SampleConfig.project projects inside the loop (only (T, L, k) leaves the device): the
+    answers equal the full capture projected afterwards, prompt states included."""
+    import dataclasses
+
+    from hsrm.projection import Projection
+
+    ps = _prompts(4)
+    cfg = SampleConfig(n=3, max_new_tokens=7, temperature=1.2, seed=4)
+    layers = parse_layers("all", tiny_lm.fingerprint.n_layers)
+    P = Projection(5, seed=3)
+    full = sample_prompts(tiny_lm, ps, cfg, layers, batch_prompts=batch_prompts)
+    pcfg = dataclasses.replace(cfg, project=P)
+    proj = sample_prompts(tiny_lm, ps, pcfg, layers, batch_prompts=batch_prompts)
+    for rf, rp in zip(full, proj):
+        assert rp.projected == P.tag() and rf.projected == ""
+        assert _rel(rp.prompt_hidden, P.apply(rf.prompt_hidden, layers)) < 1e-5
+        for a, b in zip(rf.answers, rp.answers):
+            assert a.token_ids == b.token_ids
+            assert b.hidden.shape == (len(a.token_ids), len(layers), 5)
+            if a.token_ids:
+                assert _rel(b.hidden, P.apply(a.hidden, layers)) < 1e-5
+
+
+def test_store_refuses_states_projected_another_way(tmp_path, tiny_lm):
+    import dataclasses
+
+    from hsrm.projection import Projection
+    from hsrm.sampling import sample
+    from hsrm.store import StoreWriter
+
+    st = sample(_sample_cfg(tmp_path / "p", n=2, n_prompts=2, project=8), tiny_lm, False)
+    layers = st.layers
+    cfg = SampleConfig(n=2, max_new_tokens=3, project=Projection(8, seed=9))
+    res = sample_prompts(tiny_lm, _prompts(1), cfg, layers)
+    w = StoreWriter(tmp_path / "p", dict(st.meta))
+    try:
+        with pytest.raises(HsrmError, match="projected as"):
+            w.write_shard(7, res, [[("", False)] * 2])
+        ok = sample_prompts(tiny_lm, _prompts(1), dataclasses.replace(cfg, project=None), layers)
+        w.write_shard(7, ok, [[("", False)] * 2])  # raw states: the store projects them
+    finally:
+        w.close()
+
+
 def test_capture_in_host_flushed_chunks_equals_one_buffer(tiny_lm, monkeypatch):
     import hsrm.capture as cap
 

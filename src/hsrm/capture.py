@@ -32,6 +32,7 @@ from hsrm import lm as lmx
 from hsrm.errors import HsrmError
 from hsrm.lm import PrenormTap, prenorm_index, prompt_text  # noqa: F401  (re-exported)
 from hsrm.models import LoadedModel
+from hsrm.projection import Projection
 from hsrm.tasks.base import Prompt
 
 # Private names other modules imported before ``hsrm.lm`` existed.
@@ -119,6 +120,10 @@ class SampleConfig:
     min_p: float = 0.0  # drop tokens below min_p x the top token's probability (0 = off)
     stop: tuple[str, ...] = ()  # stop strings: an answer ends at the token that completes one
     check_every: int = 0  # host syncs ("all finished?") every k steps; 0 = 1 on cpu, 8 on gpus
+    # Compact capture: project each layer's states to k dims on the device, inside the loop, so
+    # only (T, L, k) float32 per row crosses to the host (at 8B, 33 x 4096 -> 33 x 64); answers'
+    # ``hidden`` is then (T, L, k) and PromptResult.projected names the projection.
+    project: Projection | None = None
 
     def validate(self) -> None:
         if self.top_k < 0:
@@ -145,7 +150,9 @@ class Answer:
 
     token_ids: list[int]
     text: str
-    hidden: torch.Tensor | None  # (T, L, d), float32 on CPU; None when capture is off
+    hidden: (
+        torch.Tensor | None
+    )  # (T, L, d) (or (T, L, k), projected), float32 on CPU; None: no capture
     logprobs: torch.Tensor  # (T,) log p(token) under the untempered model
     entropy: torch.Tensor  # (T,) entropy of the untempered next-token distribution
     extra: dict = field(default_factory=dict)
@@ -160,6 +167,7 @@ class PromptResult:
     prompt: Prompt
     answers: list[Answer]
     prompt_hidden: torch.Tensor | None  # (L, d): states of the prompt's last token
+    projected: str = ""  # Projection.tag() when the states were projected during capture
 
 
 #: DeepConf's token confidence averages the log-probs of the k most likely tokens; k = 20 is the
@@ -346,6 +354,24 @@ def _batch_inputs(
     return seqs, eos_t, lmx.pad_id(lm), U
 
 
+def _projector(
+    lm: LoadedModel, cfg: SampleConfig, layers: tuple[int, ...], capture: bool
+) -> tuple[torch.Tensor | None, int]:
+    """(L, d, k) float32 projection matrices on the device (None: full states) and the width of
+    the captured states (k or d)."""
+    if not capture or cfg.project is None:
+        return None, lm.fingerprint.hidden_size
+    P = cfg.project.matrices(layers, lm.fingerprint.hidden_size).to(lm.device)
+    return P, cfg.project.k
+
+
+def _states(out: lmx.ForwardOut, layers: tuple[int, ...], P: torch.Tensor | None) -> torch.Tensor:
+    """The last position's states of ``layers``: (rows, L, d) in the model's dtype, or with
+    ``P`` (L, d, k) their projection, (rows, L, k) float32 (as ``Projection.apply`` computes it)."""
+    s = out.stack(layers, -1)
+    return s if P is None else torch.einsum("rld,ldk->rlk", s.float(), P)
+
+
 def _to_host(x: torch.Tensor) -> torch.Tensor:
     """A device tensor on the host: one pinned, non-blocking copy on CUDA (sync once after all)."""
     if x.device.type != "cuda":
@@ -417,7 +443,8 @@ def sample_prompts(
     ids, mask, pos = lmx.pad(seqs, padv, "left", dev)
     cache = lmx.new_cache(lm, reserve=T)
     out = lmx.forward(lm, ids, mask, layers=cap_layers, position_ids=pos, cache=cache)
-    prompt_hidden = _to_host(out.stack(layers, -1)) if capture else None  # (B, L, d)
+    P, d = _projector(lm, cfg, layers, capture)
+    prompt_hidden = _to_host(_states(out, layers, P)) if capture else None  # (B, L, d|k)
     _, head, softcap = lmx.lm_parts(model)
     logits = lmx.head_logits(head, softcap, out.last[:, -1]).repeat_interleave(N, 0)  # (R, V)
     cache.batch_repeat_interleave(N)
@@ -428,7 +455,8 @@ def sample_prompts(
     K = cfg.top_logprobs
     bufs = _StepBuffers.alloc(T, R, K, padv, dev)
     tok_buf, lp_buf, ent_buf, cert_buf, conf_buf, topv_buf, topi_buf, lengths, reason = bufs.parts()
-    L, d = len(layers), lm.fingerprint.hidden_size
+    L = len(layers)
+    st_dtype = out.last.dtype if P is None else torch.float32
     # Captured states: one on-device buffer of C steps. C = T unless that exceeds
     # CAPTURE_BUFFER_BYTES (e.g. 8B shape, 1024 rows x 256 steps x 33 layers = 70 GB); then every C
     # steps the chunk goes to a pinned host buffer in one non-blocking copy, which the stream
@@ -436,11 +464,12 @@ def sample_prompts(
     st_buf = st_host = None
     C = T
     if capture:
-        row_bytes = R * L * d * out.last.element_size()
+        row_bytes = R * L * d * st_dtype.itemsize
         C = max(1, min(T, CAPTURE_BUFFER_BYTES // max(1, row_bytes)))
-        st_buf = torch.zeros(C, R, L, d, dtype=out.last.dtype, device=dev)
+        st_buf = torch.zeros(C, R, L, d, dtype=st_dtype, device=dev)
         if C < T:
-            st_host = torch.zeros(T, R, L, d, dtype=out.last.dtype, pin_memory=dev.type == "cuda")
+            # every step a row reads was written; empty: no host-side zero fill of GBs per batch
+            st_host = torch.empty(T, R, L, d, dtype=st_dtype, pin_memory=dev.type == "cuda")
     active = torch.arange(R, device=dev)  # original row index of each row in the batch
     alive = torch.ones(R, dtype=torch.bool, device=dev)  # over the rows in the batch
     steps = 0
@@ -472,7 +501,7 @@ def sample_prompts(
         )
         next_pos = next_pos + 1
         if st_buf is not None:
-            st_buf[step % C].index_copy_(0, active, out.stack(layers, -1))
+            st_buf[step % C].index_copy_(0, active, _states(out, layers, P))
             if st_host is not None and (step % C == C - 1 or last):
                 c0 = step - step % C
                 st_host[c0 : step + 1].copy_(st_buf[: step + 1 - c0], non_blocking=True)
@@ -547,7 +576,9 @@ def _results(
             stopped = why[i] == _EOS
             hidden = None
             if st_h is not None:
-                hidden = st_h[:t, i].float().clone()
+                h = st_h[:t, i]  # (t, L, d), a strided view of the batch's host buffer
+                # one copy either way: a bf16/fp16 capture converts, a float32 one is cloned
+                hidden = h.float() if h.dtype != torch.float32 else h.clone()
             elif capture:
                 hidden = torch.zeros(0, L, d)
             extra: dict[str, Any] = {
@@ -574,7 +605,12 @@ def _results(
                 )
             )
         results.append(
-            PromptResult(prompt=p, answers=answers, prompt_hidden=ph[b] if ph is not None else None)
+            PromptResult(
+                prompt=p,
+                answers=answers,
+                prompt_hidden=ph[b] if ph is not None else None,
+                projected=cfg.project.tag() if capture and cfg.project is not None else "",
+            )
         )
     return results
 
@@ -588,9 +624,11 @@ def _refill_fits(
         return False
     if not capture:
         return True
-    fp = lm.fingerprint
     esize = torch.finfo(next(lm.model.parameters()).dtype).bits // 8
-    need = cfg.max_new_tokens * n_prompts * cfg.n * len(layers) * fp.hidden_size * esize
+    width = lm.fingerprint.hidden_size
+    if cfg.project is not None:
+        width, esize = cfg.project.k, 4
+    need = cfg.max_new_tokens * n_prompts * cfg.n * len(layers) * width * esize
     return need <= CAPTURE_BUFFER_BYTES
 
 
@@ -618,7 +656,8 @@ def _sample_refill(
     seqs, eos_t, padv, U = _batch_inputs(lm, prompts, cfg)
     cap_layers = layers if capture else ()
     _, head, softcap = lmx.lm_parts(model)
-    L, d = len(layers), lm.fingerprint.hidden_size
+    P, d = _projector(lm, cfg, layers, capture)
+    L = len(layers)
     K = cfg.top_logprobs
     bufs = _StepBuffers.alloc(T, R, K, padv, dev)
     tok_buf, lp_buf, ent_buf, cert_buf, conf_buf, topv_buf, topi_buf, lengths, reason = bufs.parts()
@@ -668,7 +707,7 @@ def _sample_refill(
             pc = lmx.new_cache(lm, reserve=T)
             out = lmx.forward(lm, ids, pmask, layers=cap_layers, position_ids=pos, cache=pc)
             if capture:
-                ph = out.stack(layers, -1)  # (len(bs), L, d)
+                ph = _states(out, layers, P)  # (len(bs), L, d|k)
                 if prompt_hidden is None:
                     prompt_hidden = ph.new_zeros(W, L, d)
                     st_buf = ph.new_zeros(T, R, L, d)
@@ -709,7 +748,7 @@ def _sample_refill(
         )
         next_pos = next_pos + 1
         if st_buf is not None:
-            st_buf[rstep, active] = out.stack(layers, -1)
+            st_buf[rstep, active] = _states(out, layers, P)
         rstep = rstep + 1
         more = rstep < T  # rows fed their last token leave now (whole prompts: steps are shared)
         last = out.last[:, -1]

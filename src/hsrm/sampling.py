@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +214,7 @@ def plan_sample(
     layers = parse_layers(cfg.layers, fp.n_layers)
     sampling = asdict(scfg)
     sampling.pop("check_every")  # changes when the host looks, never what is sampled
+    sampling.pop("project")  # where a compact store's projection runs; the store records which
     # Per-prompt uniforms + inverse CDF (docs/engine.md); stores drawn the older way (multinomial)
     # are refused on resume instead of being mixed with this one.
     sampling["draw"] = "inverse-cdf"
@@ -332,6 +333,10 @@ def sample(cfg: SampleRunConfig, lm: Any = None, progress: bool = True) -> Store
     from hsrm.bon.prune_online import hook_from_config
 
     prune = hook_from_config(cfg, plan.layers)
+    if cfg.project and prune is None:
+        # A compact store's projection runs on the device inside the loop: only (T, L, k) per row
+        # reaches the host (a prune head reads the raw states, so then the store projects them).
+        scfg = replace(scfg, project=plan.writer.projection)
     t0, n_done = time.perf_counter(), 0
     bar = tqdm(
         total=sum(len(plan.shards[k]) for k in plan.todo) * cfg.n,

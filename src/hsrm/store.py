@@ -229,10 +229,22 @@ class StoreWriter:
                 tids.append(torch.tensor(a.token_ids, dtype=torch.int32))
         L = len(self.meta["layers"])
         d = self.meta["fingerprint"]["hidden_size"]
-        H = torch.cat(hidden) if hidden else torch.zeros(0, L, d)
         layers = self.meta["layers"]
-        if self.projection is not None:
-            H = self.projection.apply(H, layers)
+        # States the sampler already projected on the device (SampleConfig.project) are stored as
+        # they are; raw ones are projected here. Either way the shard holds the store's projection.
+        want = self.projection.tag() if self.projection is not None else ""
+        done = {r.projected for r in results}
+        if done - {"", want} or len(done) > 1:
+            raise HsrmError(
+                f"write_shard: shard {k}'s states are projected as {sorted(done)}, the store "
+                f"keeps {want or 'full states'}"
+            )
+        project = self.projection is not None and done != {want}
+        if self.projection is not None and not project:
+            d = self.projection.k
+        H = torch.cat(hidden) if hidden else torch.zeros(0, L, d)
+        if project:
+            H = self.projection.apply(H, layers)  # type: ignore[union-attr]
         tensors = _encode_hidden(H, dtype)
         tensors["logprobs"] = torch.cat(lps) if lps else torch.zeros(0)
         tensors["entropy"] = torch.cat(ents) if ents else torch.zeros(0)
@@ -241,8 +253,8 @@ class StoreWriter:
         tensors["token_ids"] = torch.cat(tids) if tids else torch.zeros(0, dtype=torch.int32)
         if prompt_hidden:
             ph = torch.stack(prompt_hidden)
-            if self.projection is not None:
-                ph = self.projection.apply(ph, layers)
+            if project:
+                ph = self.projection.apply(ph, layers)  # type: ignore[union-attr]
             tensors["prompt_hidden"] = ph.to(torch.float16)
         atomic_write_bytes(self.path / f"shard-{k:05d}.safetensors", save(tensors))
         atomic_write_json(
