@@ -251,6 +251,11 @@ def plan_sample(
             len(shards) - len(todo),
             len(shards),
         )
+    if writer.projection is not None and getattr(cfg, "prune", "none") == "none":
+        # A compact store's projection runs on the device inside the loop (either engine): only
+        # (T, L, k) per row reaches the host. A prune head reads raw states, so with one the
+        # store projects them instead.
+        scfg = replace(scfg, project=writer.projection)
     return SamplePlan(scfg, task, prompts, layers, writer, shards, todo)
 
 
@@ -333,10 +338,6 @@ def sample(cfg: SampleRunConfig, lm: Any = None, progress: bool = True) -> Store
     from hsrm.bon.prune_online import hook_from_config
 
     prune = hook_from_config(cfg, plan.layers)
-    if cfg.project and prune is None:
-        # A compact store's projection runs on the device inside the loop: only (T, L, k) per row
-        # reaches the host (a prune head reads the raw states, so then the store projects them).
-        scfg = replace(scfg, project=plan.writer.projection)
     t0, n_done = time.perf_counter(), 0
     bar = tqdm(
         total=sum(len(plan.shards[k]) for k in plan.todo) * cfg.n,
@@ -360,7 +361,7 @@ def sample(cfg: SampleRunConfig, lm: Any = None, progress: bool = True) -> Store
     try:
         for c in chunks:
             res = sample_prompts(
-                lm, prompts[c : c + W], scfg, plan.layers, batch_prompts=B, prune=prune
+                lm, prompts[c : c + W], plan.scfg, plan.layers, batch_prompts=B, prune=prune
             )
             for i, r in zip(range(c, c + W), res):
                 if i in need:
