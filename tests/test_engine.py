@@ -320,6 +320,50 @@ def test_store_refuses_states_projected_another_way(tmp_path, tiny_lm):
         w.close()
 
 
+def test_prefix_groups():
+    from hsrm.capture import prefix_groups
+
+    a, b = list(range(40)), list(range(100, 140))
+    seqs = [a + [1, 2], b + [7], a + [3], [5] * 30, b + [8, 9], a[:30] + [4]]
+    group, plen = prefix_groups(seqs, 16)
+    # the three a-prompts share 30 tokens (saving 2 x 30, more than the two long ones' 1 x 40),
+    # the b-prompts 40; [5]*30 alone
+    assert group[0] == group[2] == group[5] and plen[group[0]] == 30
+    assert group[1] == group[4] and plen[group[1]] == 40
+    assert len(set(group)) == 3 and plen[group[3]] == 29  # a singleton keeps its last token
+    group, plen = prefix_groups(seqs, 41)  # nothing shares 41 tokens
+    assert len(plen) == len(seqs)
+    assert prefix_groups([[1, 2, 3]] * 3, 1) == ([0, 0, 0], [2])  # identical prompts
+    # two families behind one system prompt: two groups, not one sharing the system prompt only
+    sys_, fa, fb = list(range(20)), list(range(50, 110)), list(range(200, 260))
+    seqs = [sys_ + fa + [1], sys_ + fb + [2], sys_ + fa + [3], sys_ + fb + [4]]
+    group, plen = prefix_groups(seqs, 16)
+    assert group == [0, 1, 0, 1] and plen == [80, 80]
+
+
+def test_shared_prefix_prefill_equals_one_padded_forward(tiny_lm, monkeypatch):
+    """Prompts with the same few-shot exemplars prefill them once (SHARED_PREFIX_MIN); the answers
+    equal those of one left-padded prefill: same tokens, states within tolerance."""
+    import hsrm.capture as cap
+
+    ps = _prompts(6)
+    seqs = [lmx.prompt_ids(tiny_lm.tokenizer, p) for p in ps]
+    group, plen = cap.prefix_groups(seqs, cap.SHARED_PREFIX_MIN)
+    assert len(plen) < len(ps) and min(plen) > 100, "the test needs shared few-shot prefixes"
+    cfg = SampleConfig(n=3, max_new_tokens=6, temperature=1.0, seed=5, top_logprobs=2)
+    layers = parse_layers("all", tiny_lm.fingerprint.n_layers)
+    shared = sample_prompts(tiny_lm, ps, cfg, layers)
+    monkeypatch.setattr(cap, "SHARED_PREFIX_MIN", 0)
+    plain = sample_prompts(tiny_lm, ps, cfg, layers)
+    for ra, rb in zip(shared, plain):
+        assert _rel(ra.prompt_hidden, rb.prompt_hidden) < 1e-4
+        for a, b in zip(ra.answers, rb.answers):
+            assert a.token_ids == b.token_ids
+            assert torch.allclose(a.logprobs, b.logprobs, atol=1e-4)
+            if a.token_ids:
+                assert _rel(a.hidden, b.hidden) < 1e-4
+
+
 def test_capture_in_host_flushed_chunks_equals_one_buffer(tiny_lm, monkeypatch):
     import hsrm.capture as cap
 
