@@ -150,9 +150,8 @@ class Answer:
 
     token_ids: list[int]
     text: str
-    hidden: (
-        torch.Tensor | None
-    )  # (T, L, d) (or (T, L, k), projected), float32 on CPU; None: no capture
+    # (T, L, d), or (T, L, k) when projected during capture; float32 on CPU; None: no capture
+    hidden: torch.Tensor | None
     logprobs: torch.Tensor  # (T,) log p(token) under the untempered model
     entropy: torch.Tensor  # (T,) entropy of the untempered next-token distribution
     extra: dict = field(default_factory=dict)
