@@ -425,6 +425,31 @@ def test_refill_equals_one_batch(tiny_lm, capture):
     assert len(lengths) > 1 or kw["max_new_tokens"] == 1
 
 
+def test_refill_joiners_share_their_prefix(tiny_lm, monkeypatch):
+    """Prompts joining a refill batch prefill their shared exemplars once per family, so rows
+    have pads inside them and the columns a join keeps span more than any row's tokens; the
+    answers equal one plain batch's."""
+    import hsrm.capture as cap
+
+    ps = get_task("synthetic", n=8, families="arith,compare,count", hi=100000).prompts()
+    seqs = [lmx.prompt_ids(tiny_lm.tokenizer, p) for p in ps]
+    group, plen = cap.prefix_groups(seqs[:4], cap.SHARED_PREFIX_MIN)
+    assert len(plen) < 4  # the first four join with a shared prefix ...
+    own = max(len(sq) - plen[g] for sq, g in zip(seqs[:4], group))
+    assert max(plen) + own > max(len(sq) for sq in seqs[:4])  # ... wider than any row
+    layers = parse_layers("all", tiny_lm.fingerprint.n_layers)
+    cfg = SampleConfig(n=3, max_new_tokens=7, temperature=1.5, seed=8)
+    got = sample_prompts(tiny_lm, ps, cfg, layers, batch_prompts=4)
+    monkeypatch.setattr(cap, "SHARED_PREFIX_MIN", 0)
+    ref = sample_prompts(tiny_lm, ps, cfg, layers)
+    for ra, rb in zip(ref, got):
+        assert _rel(rb.prompt_hidden, ra.prompt_hidden) < 1e-4
+        for a, b in zip(ra.answers, rb.answers):
+            assert a.token_ids == b.token_ids
+            if a.token_ids:
+                assert _rel(b.hidden, a.hidden) < 1e-4
+
+
 def test_refill_rows_match_teacher_forcing(tiny_lm):
     # rows of prompts that joined the batch late (left-padded into a running batch) still get
     # the states a teacher-forced pass gives

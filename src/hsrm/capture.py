@@ -443,6 +443,13 @@ def _prefill(
     return out, mask, cache
 
 
+def _span(mask: torch.Tensor) -> int:
+    """Columns from the first one any row attends to up to the last: what joining a batch must keep
+    (more than the longest row's real tokens when a shared prefix left pads inside rows)."""
+    used = mask.any(0).nonzero()
+    return mask.shape[1] - int(used[0]) if len(used) else 0
+
+
 def _projector(
     lm: LoadedModel, cfg: SampleConfig, layers: tuple[int, ...], capture: bool
 ) -> tuple[torch.Tensor | None, int]:
@@ -790,9 +797,7 @@ def _sample_refill(
         # the batch ran dry), not one prompt at a time.
         while todo and (free >= max(1, B // 2) or (free > 0 and not len(active))):
             bs, todo = todo[:free], todo[free:]
-            ids, pmask, pos = lmx.pad([seqs[b] for b in bs], padv, "left", dev)
-            pc = lmx.new_cache(lm, reserve=T)
-            out = lmx.forward(lm, ids, pmask, layers=cap_layers, position_ids=pos, cache=pc)
+            out, pmask, pc = _prefill(lm, [seqs[b] for b in bs], padv, cap_layers, T)
             if capture:
                 ph = _states(out, layers, P)  # (len(bs), L, d|k)
                 if prompt_hidden is None:
@@ -815,8 +820,8 @@ def _sample_refill(
             if len(keep) < len(rows):
                 pc.batch_select_indices(keep)
             pmask = pmask[keep]
-            a_cols = int(mask.sum(-1).max()) if len(active) else 0
-            b_cols = int(pmask.sum(-1).max())
+            a_cols = _span(mask) if len(active) else 0
+            b_cols = _span(pmask)
             n = max(a_cols, b_cols)
             lmx.cache_join(cache, pc, a_cols, b_cols, n)
             m = mask.new_zeros(len(active) + len(keep), n)
