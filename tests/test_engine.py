@@ -16,6 +16,18 @@ def _rel(a, b):
     return float((a - b).norm() / b.norm().clamp_min(1e-12))
 
 
+def _same_answers(ref, got):
+    """Same tokens; states, prompt states and log-probs within 1e-4."""
+    assert len(ref) == len(got)
+    for ra, rb in zip(ref, got):
+        assert _rel(rb.prompt_hidden, ra.prompt_hidden) < 1e-4
+        for a, b in zip(ra.answers, rb.answers, strict=True):
+            assert a.token_ids == b.token_ids
+            if a.token_ids:
+                assert _rel(b.hidden, a.hidden) < 1e-4
+                assert torch.allclose(a.logprobs, b.logprobs, atol=1e-4)
+
+
 def _prompts(n=5):
     # prompts of different lengths, so the batch is really padded
     return get_task("synthetic", n=n, families="arith,compare,count").prompts()
@@ -354,14 +366,7 @@ def test_shared_prefix_prefill_equals_one_padded_forward(tiny_lm, monkeypatch):
     layers = parse_layers("all", tiny_lm.fingerprint.n_layers)
     shared = sample_prompts(tiny_lm, ps, cfg, layers)
     monkeypatch.setattr(cap, "SHARED_PREFIX_MIN", 0)
-    plain = sample_prompts(tiny_lm, ps, cfg, layers)
-    for ra, rb in zip(shared, plain):
-        assert _rel(ra.prompt_hidden, rb.prompt_hidden) < 1e-4
-        for a, b in zip(ra.answers, rb.answers):
-            assert a.token_ids == b.token_ids
-            assert torch.allclose(a.logprobs, b.logprobs, atol=1e-4)
-            if a.token_ids:
-                assert _rel(a.hidden, b.hidden) < 1e-4
+    _same_answers(sample_prompts(tiny_lm, ps, cfg, layers), shared)
 
 
 def test_capture_in_host_flushed_chunks_equals_one_buffer(tiny_lm, monkeypatch):
@@ -441,13 +446,7 @@ def test_refill_joiners_share_their_prefix(tiny_lm, monkeypatch):
     cfg = SampleConfig(n=3, max_new_tokens=7, temperature=1.5, seed=8)
     got = sample_prompts(tiny_lm, ps, cfg, layers, batch_prompts=4)
     monkeypatch.setattr(cap, "SHARED_PREFIX_MIN", 0)
-    ref = sample_prompts(tiny_lm, ps, cfg, layers)
-    for ra, rb in zip(ref, got):
-        assert _rel(rb.prompt_hidden, ra.prompt_hidden) < 1e-4
-        for a, b in zip(ra.answers, rb.answers):
-            assert a.token_ids == b.token_ids
-            if a.token_ids:
-                assert _rel(b.hidden, a.hidden) < 1e-4
+    _same_answers(sample_prompts(tiny_lm, ps, cfg, layers), got)
 
 
 def test_refill_rows_match_teacher_forcing(tiny_lm):
