@@ -595,6 +595,69 @@ def shape_bench(args, save) -> dict[str, Any]:
     return r
 
 
+def prefix_bench(args) -> dict[str, Any]:
+    """The shared-prefix prefill on a file task with fixed few-shot exemplars (e.g. GSM8K 8-shot,
+    ~1,500-token prompts of which ~1,470 are the exemplars): samples/s with it on and off, one
+    batch of ``--prompts`` prompts, alternating repeats; and the tokens each way prefills."""
+    import hsrm.capture as cap
+    from hsrm.capture import prefix_groups
+
+    torch.set_num_threads(args.threads)
+    lm = load_model(device="cpu")
+    task = get_task(args.prefix_task, limit=args.prompts, shots=args.shots, fewshot="fixed")
+    prompts = task.prompts()
+    cfg = SampleConfig(n=16, max_new_tokens=args.new_tokens, temperature=0.8, seed=0)
+    layers = parse_layers("all", lm.fingerprint.n_layers)
+    seqs = [lmx.prompt_ids(lm.tokenizer, p) for p in prompts]
+    group, plen = prefix_groups(seqs, cap.SHARED_PREFIX_MIN)
+    shared_tokens = sum(plen) + sum(len(sq) - plen[g] for sq, g in zip(seqs, group))
+    runs: dict[str, list[float]] = {"shared prefix": [], "no shared prefix": []}
+    time_engine(lm, prompts[:2], cfg, layers, True, 2)  # warm-up
+    for rep in range(args.repeats):
+        for name in runs:
+            dt, _ = time_engine(lm, prompts, cfg, layers, True, len(prompts), share=name[0] == "s")
+            runs[name].append(len(prompts) * cfg.n / dt)
+            print(f"repeat {rep}: {name}: {runs[name][-1]:.2f} samples/s", flush=True)
+    return {
+        "machine": "this 2-core CPU box",
+        "task": f"{args.prefix_task}, {len(prompts)} prompts in one batch x N=16, "
+        f"{args.shots}-shot fixed exemplars, {args.new_tokens} new tokens, all layers captured",
+        "threads": args.threads,
+        "prompt_tokens": [len(sq) for sq in seqs],
+        "prefill_tokens": {"no shared prefix": sum(map(len, seqs)), "shared prefix": shared_tokens},
+        "groups": len(plen),
+        "samples_per_s_runs": runs,
+        "samples_per_s": {k: statistics.median(v) for k, v in runs.items()},
+        "speedup": statistics.median(
+            a / b for a, b in zip(runs["shared prefix"], runs["no shared prefix"])
+        ),
+    }
+
+
+def _md_prefix(r: dict[str, Any]) -> str:
+    pt, sp = r["prefill_tokens"], r["samples_per_s"]
+    return "\n".join(
+        [
+            f"# Shared-prefix prefill on a few-shot file task, CPU ({r['machine']})",
+            "",
+            f"{r['task']}; {r['threads']} torch thread(s); median of "
+            f"{len(r['samples_per_s_runs']['shared prefix'])} alternating repeats.",
+            "",
+            "| prefill | tokens prefilled | samples/s |",
+            "|---|---|---|",
+            f"| one padded forward | {pt['no shared prefix']:,} | {sp['no shared prefix']:.2f} |",
+            f"| shared prefix ({r['groups']} group(s)) | {pt['shared prefix']:,} | "
+            f"{sp['shared prefix']:.2f} |",
+            "",
+            f"Speed-up {r['speedup']:.2f}x (per-repeat ratio, median); prompts "
+            f"{min(r['prompt_tokens'])}-{max(r['prompt_tokens'])} tokens.",
+            "",
+            f"Command: `{r['command']}`",
+            "",
+        ]
+    )
+
+
 def _md_cpu(r: dict[str, Any]) -> str:
     lines = [
         f"# Sampling engine, CPU ({r['machine']})",
@@ -745,6 +808,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None)
     ap.add_argument("--tokenizer", default="", help="--shape: tokenizer folder (default embedded)")
+    ap.add_argument(
+        "--prefix-task", default="", help="shared-prefix bench on this task, e.g. gsm8k:PATH"
+    )
+    ap.add_argument("--shots", type=int, default=8, help="--prefix-task: few-shot exemplars")
     ap.add_argument("--check", action="store_true", help="--shape: batched == one-prompt check")
     ap.add_argument("--writer", action="store_true", help="--shape: real `hsrm sample` runs")
     ap.add_argument("--writer-full-prompts", type=int, default=32, help="0 = skip the full store")
@@ -763,7 +830,12 @@ def main() -> None:
 
     cmd = "PYTHONPATH=src python benchmarks/bench_engine.py " + " ".join(sys.argv[1:])
     RESULTS.mkdir(exist_ok=True)
-    if args.shape:
+    if args.prefix_task:
+        r = prefix_bench(args)
+        r["command"] = cmd.strip()
+        name = args.out or "engine_prefix"
+        md = _md_prefix(r)
+    elif args.shape:
         if not args.random_weights:
             ap.error("--shape needs --random-weights (no weights are downloaded)")
         name = args.out or f"engine_{args.shape}_{'cuda' if 'cuda' in args.device else 'cpu'}"
