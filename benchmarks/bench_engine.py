@@ -771,8 +771,13 @@ def _md_shape(r: dict[str, Any]) -> str:
         lines += [
             "",
             f"Batched vs one prompt at a time on this device ({e['answers']} answers): "
-            f"{e['same_tokens']:.1%} identical tokens; largest state difference where the tokens "
-            f"agree {e['max_state_abs_diff_when_same']:.3g}.",
+            f"{e['same_tokens']:.1%} identical tokens"
+            + (
+                f"; largest state difference where the tokens agree "
+                f"{e['max_state_abs_diff_when_same']:.3g}."
+                if e["same_tokens"] > 0
+                else "."
+            ),
         ]
     if "writer" in r:
         lines += [
