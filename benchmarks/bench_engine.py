@@ -188,9 +188,11 @@ class _HostTimer:
         return s
 
 
-def _sync(lm: LoadedModel) -> None:
-    if lm.device.type == "cuda":
-        torch.cuda.synchronize()
+def _sync(where: LoadedModel | torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously; CPU needs nothing)."""
+    dev = where.device if isinstance(where, LoadedModel) else where
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
 
 
 def time_engine(
@@ -448,12 +450,10 @@ def host_copy_bench(dev: torch.device, gb: float = 4.4) -> dict[str, Any]:
     out: dict[str, Any] = {"bytes": 2 * n}
 
     def timed(key: str, fn: Any) -> Any:
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
+        _sync(dev)
         t0 = time.perf_counter()
         y = fn()
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
+        _sync(dev)
         out[key] = time.perf_counter() - t0
         return y
 
