@@ -29,10 +29,10 @@ import numpy as np
 import torch
 
 from hsrm.bon.demo import (
-    DEMO_ELHSR,
     PICKED,
     cross_fit,
     demo_head_layers,
+    demo_specs,
     pick_by_family,
     picked_out_of_fold,
 )
@@ -78,11 +78,7 @@ def run_task(args: argparse.Namespace, name: str, lm: Any) -> dict[str, Any]:
     )
     t_sample = time.perf_counter() - t0
     layers = demo_head_layers("top:11", store.fingerprint.n_layers)
-    specs = {
-        "elhsr": ("elhsr", {"layers": list(layers), **DEMO_ELHSR}),
-        "probe": ("probe", {}),
-        "rank": ("rank", {}),
-    }
+    specs = demo_specs(layers)
     t0 = time.perf_counter()
     scores, _ = cross_fit(store, args.folds, args.seed, specs)
     y, pids = store.labels, store.prompt_ids

@@ -183,3 +183,30 @@ def test_temperature_zero_vote_is_best_of_k_and_softmax_vote_interpolates():
     hot = score_vote_weights(ss, np.zeros(8), 100.0)
     assert vote_prompt(shared, yy, hot, 8, rng) == 1.0  # "a": 3 votes
     assert vote_prompt(shared, yy, score_vote_weights(ss, np.zeros(8), 0.0), 8, rng) == 0.0
+
+
+def test_vectorised_per_prompt_metrics_equal_the_scalar_ones():
+    """Reports compute within-prompt AUROC, best-of-k and the pooled AUROC's bootstrap CI for all
+    prompts (or resamples) at once; each must equal the per-prompt / per-resample reference, on
+    prompts of unequal sizes and with tied scores."""
+    rng = np.random.default_rng(1)
+    for trial in range(12):
+        sizes = rng.integers(1, 12, rng.integers(2, 30))
+        g = np.concatenate([[f"p{j}"] * n for j, n in enumerate(sizes)])
+        rng.shuffle(g)
+        s = rng.integers(0, 4, len(g)).astype(float) if trial % 2 else rng.random(len(g))
+        y = rng.random(len(g)) < 0.4
+        by = M.by_group(g)
+        got = M.within_prompt_auroc_per_group(s, y, g)
+        want = {k: M.auroc(s[i], y[i]) for k, i in by.items()}
+        assert list(got) == list(want)
+        np.testing.assert_array_equal(list(got.values()), list(want.values()))
+        k = int(sizes.min())
+        got_bon = M.per_prompt_bon(s, y, g, k)
+        want_bon = [M.bon_prompt(s[i], y[i], k) for i in by.values()]
+        np.testing.assert_allclose(list(got_bon.values()), want_bon, rtol=0, atol=1e-12)
+        got_ci = M.bootstrap_auroc_ci(s, y, g, n_boot=50, seed=trial)
+        want_ci = M.bootstrap_metric_ci(
+            lambda idx: M.auroc(s[idx], y[idx]), g, n_boot=50, seed=trial
+        )
+        np.testing.assert_array_equal(got_ci, want_ci)

@@ -210,8 +210,13 @@ def test_demo_tiny(tmp_path):
             head_layers="all",
             n_boot=50,
             fresh_prompts=6,
+            device="cpu",
+            dtype="float32",
+            batch_prompts=5,
         )
     )
+    meta = json.loads((tmp_path / "demo" / "samples" / "meta.json").read_text())
+    assert meta["batch_prompts"] == 5  # the demo's engine settings reach the sampler
     saved = json.loads((tmp_path / "demo" / "results.json").read_text())
     # the second evaluation: a store from another task seed, nothing fitted on it
     assert saved["fresh"]["n_prompts"] == 6 and saved["fresh"]["task"]["seed"] == 1

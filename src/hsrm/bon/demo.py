@@ -21,6 +21,7 @@ from hsrm.config import field, validate
 from hsrm.errors import HsrmError
 from hsrm.heads.base import Head, make_head
 from hsrm.io import check_out, exclusive, mark_output
+from hsrm.lm import resolve_device
 from hsrm.metrics import score_vote_weights
 from hsrm.models import DEFAULT_MODEL
 from hsrm.sampling import SampleRunConfig, sample
@@ -47,6 +48,18 @@ class DemoConfig:
     seed: int = field(0, "seed for sampling and splits")
     n_boot: int = field(1000, "bootstrap resamples over prompts", min=1)
     threads: int = field(0, "torch CPU threads (0 = torch's default)", min=0)
+    device: str = field(
+        "auto",
+        "device of the model and of the ELHSR fits: auto | cpu | cuda | cuda:N | mps (the other "
+        "heads and the controls fit on the CPU)",
+    )
+    dtype: str = field(
+        "auto",
+        "model dtype: auto (float32 on cpu, bfloat16 on gpus) | float32 | bfloat16 | float16",
+    )
+    batch_prompts: int = field(
+        8, "prompts decoded together (x n samples each = rows per step; raise it on a GPU)", min=1
+    )
     overwrite: bool = field(
         False, "write into a non-empty folder hsrm did not make (only hsrm's own files replaced)"
     )
@@ -88,6 +101,19 @@ def demo_head_layers(spec: str, n_layers: int) -> tuple[int, ...]:
             raise HsrmError(f"head_layers: {spec!r}: K must be in 1..{n_layers + 1}")
         return tuple(range(n_layers + 1 - k, n_layers + 1))
     return tuple(parse_layers(spec, n_layers))
+
+
+def demo_specs(layers: Sequence[int], device: str = "cpu") -> dict[str, tuple[str, dict[str, Any]]]:
+    """The demo's heads: scorer name -> (architecture, params). ELHSR reads ``layers`` with
+    ``DEMO_ELHSR`` and fits on ``device`` where that is a GPU (else on the CPU)."""
+    fit_on = device if device.startswith("cuda") else "cpu"
+    return {
+        "elhsr": ("elhsr", {"layers": list(layers), **DEMO_ELHSR, "device": fit_on}),
+        "probe": ("probe", {}),
+        # within-prompt ranker (last 8 layers, pairwise loss), settings chosen on another task
+        # seed's store: benchmarks/results/quality_levers.md
+        "rank": ("rank", {}),
+    }
 
 
 def cross_fit(
@@ -232,17 +258,14 @@ def _demo(cfg: DemoConfig, out: Path) -> dict[str, Any]:
         layers="all",
         threads=cfg.threads,
         fewshot=cfg.fewshot,
+        device=cfg.device,
+        dtype=cfg.dtype,
+        batch_prompts=cfg.batch_prompts,
     )
     store = sample(scfg)
     t_sample = time.perf_counter() - t_start
     layers = demo_head_layers(cfg.head_layers, store.fingerprint.n_layers)
-    specs = {
-        "elhsr": ("elhsr", {"layers": list(layers), **DEMO_ELHSR}),
-        "probe": ("probe", {}),
-        # within-prompt ranker (last 8 layers, pairwise loss), settings chosen on another task
-        # seed's store: benchmarks/results/quality_levers.md
-        "rank": ("rank", {}),
-    }
+    specs = demo_specs(layers, resolve_device(cfg.device))
     fitted: dict[tuple[str, int], Head] = {}
     scores, folds = cross_fit(store, cfg.folds, cfg.seed, specs, keep_heads=fitted)
     idx = np.arange(len(store))

@@ -73,12 +73,8 @@ def _summary(
             out["bon_ci"][name][str(k)] = list(M.bootstrap_ci(per, n_boot, seed=seed))
             out["gap_closed"][name][str(k)] = M.gap_closed(v, out["mean_accuracy"], pk[k])
         out["auroc"][name] = M.auroc(s, y)
-
-        def _auroc_of(idx: np.ndarray, s: np.ndarray = s) -> float:
-            return M.auroc(s[idx], y[idx])
-
         out["auroc_ci"][name] = list(
-            M.bootstrap_metric_ci(_auroc_of, groups, n_boot=min(n_boot, 300), seed=seed)
+            M.bootstrap_auroc_ci(s, y, groups, n_boot=min(n_boot, 300), seed=seed)
         )
         wp = M.within_prompt_auroc_per_group(s, y, groups)
         out["within_prompt_auroc"][name] = M.within_prompt_auroc(s, y, groups)

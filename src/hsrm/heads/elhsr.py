@@ -54,25 +54,27 @@ class _ELHSRNet(nn.Module):
 
 
 class _Packed:
-    """Selected layers of a set of answers, held as fp16 in memory when they fit the budget."""
+    """Selected layers of a set of answers, held as fp16 in memory (on ``device``) when they fit
+    the budget; batches come back as float32 on ``device``."""
 
-    def __init__(self, X: TokenFeatures, budget_bytes: float):
-        self.X = X
+    def __init__(self, X: TokenFeatures, budget_bytes: float, device: torch.device):
+        self.X, self.device = X, device
         n = len(X)
         lens = [X[i].shape[0] for i in range(min(n, 64))]
         est = n * max(lens + [1]) * len(X.layers) * X.hidden_size * 2
         self.inmem = est <= budget_bytes
         if self.inmem:
-            self.data, self.mask = X.padded(range(n))
-            self.data = self.data.half()
+            data, mask = X.padded(range(n))  # (answers, tokens, layers, d), (answers, tokens)
+            self.data, self.mask = data.half().to(device), mask.to(device)
 
     def batch(self, idx: Indices) -> tuple[torch.Tensor, torch.Tensor]:
         if self.inmem:
-            ii = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+            ii = torch.as_tensor(np.asarray(idx), dtype=torch.long, device=self.device)
             m = self.mask[ii]
             t = max(1, int(m.sum(1).max()))
             return self.data[ii, :t].float(), m[:, :t]
-        return self.X.padded(idx)
+        x, m = self.X.padded(idx)
+        return x.to(self.device), m.to(self.device)
 
 
 @register("elhsr")
@@ -85,6 +87,10 @@ class ELHSRHead(Head):
     and ``early_stop="within_auroc"`` stops on the validation prompts' within-prompt AUROC (the
     ranking best-of-N needs) instead of the validation BCE, which mostly measures calibration
     across prompts of different difficulty.
+
+    ``device`` is where the fit runs (``cpu``, ``cuda``, ``cuda:N``): the packed answers and the
+    optimiser live there, and the fitted head comes back to the CPU, so scoring, saving and
+    loading do not depend on it. ``memory_gb`` bounds the packed fp16 copy (on that device).
     """
 
     def __init__(
@@ -102,6 +108,7 @@ class ELHSRHead(Head):
         memory_gb: float = 4.0,
         standardize: bool = False,
         early_stop: str = "loss",
+        device: str = "cpu",
     ):
         self.layers = list(layers) if layers is not None else None
         self.gate = gate
@@ -116,6 +123,7 @@ class ELHSRHead(Head):
         self.memory_gb = memory_gb
         self.standardize = standardize
         self.early_stop = early_stop
+        self.device = device
 
     def _select(self, X: TokenFeatures) -> TokenFeatures:
         return X.select_layers(self.layers) if self.layers is not None else X
@@ -124,7 +132,8 @@ class ELHSRHead(Head):
         X = self._select(X)
         self.layers_ = tuple(X.layers)
         torch.manual_seed(self.seed)
-        net = _ELHSRNet(len(X.layers) * X.hidden_size, self.gate, self.final_norm)
+        dev = torch.device(self.device)
+        net = _ELHSRNet(len(X.layers) * X.hidden_size, self.gate, self.final_norm).to(dev)
         opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         g = groups if groups is not None else np.arange(len(y))
         tr, va = (
@@ -138,11 +147,11 @@ class ELHSRHead(Head):
             raise HsrmError(
                 f"elhsr: early_stop must be 'loss' or 'within_auroc', got {self.early_stop!r}"
             )
-        packed = _Packed(X, self.memory_gb * 1e9)
+        packed = _Packed(X, self.memory_gb * 1e9, dev)
         tr_idx, va_idx = np.flatnonzero(tr), np.flatnonzero(va)
         if self.standardize:
             net.shift, net.scale = self._token_stats(packed, tr_idx, net)
-        yt = torch.as_tensor(y)
+        yt = torch.as_tensor(y).to(dev)
         rng = np.random.default_rng(self.seed)
         lossf = nn.BCEWithLogitsLoss()
         best, best_state, bad = float("inf"), None, 0
@@ -150,16 +159,16 @@ class ELHSRHead(Head):
         for epoch in range(self.max_epochs):
             net.train()
             order = rng.permutation(tr_idx)
-            tot = 0.0
+            tot = torch.zeros((), device=dev)  # summed on the device: no host sync per step
             for b in range(0, len(order), self.batch_size):
                 idx = order[b : b + self.batch_size]
                 xb, mb = packed.batch(idx)
-                loss = lossf(net(xb, mb), yt[idx])
+                loss = lossf(net(xb, mb), yt[torch.as_tensor(idx, device=dev)])
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                tot += float(loss.detach()) * len(idx)
-            rec = {"epoch": epoch, "train_loss": tot / max(1, len(order))}
+                tot += loss.detach() * len(idx)
+            rec = {"epoch": epoch, "train_loss": float(tot) / max(1, len(order))}
             if len(va_idx):
                 vl, vs = self._eval_loss(net, packed, va_idx, yt)
                 rec["val_loss"] = vl
@@ -179,7 +188,7 @@ class ELHSRHead(Head):
                 break
         if best_state is not None:
             net.load_state_dict(best_state)
-        self.net_ = net.eval()
+        self.net_ = net.cpu().eval()
         if len(va_idx):
             log.info("elhsr: %d epochs, best validation value %.4f", len(self.history_), best)
         else:
@@ -217,10 +226,9 @@ class ELHSRHead(Head):
             ii = idx[b : b + 256]
             xb, mb = packed.batch(ii)
             out = net(xb, mb)
-            scores.append(out.numpy())
-            tot += float(
-                nn.functional.binary_cross_entropy_with_logits(out, yt[ii], reduction="sum")
-            )
+            scores.append(out.cpu().numpy())
+            yi = yt[torch.as_tensor(ii, device=yt.device)]
+            tot += float(nn.functional.binary_cross_entropy_with_logits(out, yi, reduction="sum"))
         return tot / len(idx), np.concatenate(scores)
 
     @torch.no_grad()
