@@ -105,10 +105,17 @@ def demo_head_layers(spec: str, n_layers: int) -> tuple[int, ...]:
 
 def demo_specs(layers: Sequence[int], device: str = "cpu") -> dict[str, tuple[str, dict[str, Any]]]:
     """The demo's heads: scorer name -> (architecture, params). ELHSR reads ``layers`` with
-    ``DEMO_ELHSR`` and fits on ``device`` where that is a GPU (else on the CPU)."""
-    fit_on = device if device.startswith("cuda") else "cpu"
+    ``DEMO_ELHSR`` and fits on ``device`` where that is a CUDA GPU (else on the CPU)."""
+    elhsr: dict[str, Any] = {"layers": list(layers), **DEMO_ELHSR}
+    if device.startswith("cuda"):
+        import torch
+
+        # keep the packed answers on the GPU (a quarter of its memory, at least the CPU's 4 GB):
+        # at thousands of prompts they outgrow the default and would stream from disk every batch
+        gb = torch.cuda.get_device_properties(torch.device(device)).total_memory / 4e9
+        elhsr.update(device=device, memory_gb=max(4.0, gb))
     return {
-        "elhsr": ("elhsr", {"layers": list(layers), **DEMO_ELHSR, "device": fit_on}),
+        "elhsr": ("elhsr", elhsr),
         "probe": ("probe", {}),
         # within-prompt ranker (last 8 layers, pairwise loss), settings chosen on another task
         # seed's store: benchmarks/results/quality_levers.md
