@@ -259,6 +259,22 @@ def test_demo_tiny(tmp_path):
     ):
         assert scorer in saved["bon"], scorer
     assert rep["sizes"]["prompts"] == 12 and len(rep["splits"]) == 2
+    # the task draws distinct questions while it can: no test prompt repeats a training question
+    assert saved["questions"] == {"seen_prompts": 0, "prompts": 12}
+    assert saved["fresh"]["questions"]["prompts"] == 6
+
+    # where questions do repeat, each part gets its own report (here: a made-up mask)
+    from hsrm.bon.demo import question_split
+    from hsrm.store import Store
+
+    store = Store(tmp_path / "demo" / "samples")
+    idx = np.arange(len(store))
+    seen = np.isin(store.prompt_ids, np.unique(store.prompt_ids)[:5])
+    scores = {"picked": np.random.default_rng(0).random(len(store)), "majority": np.zeros(len(idx))}
+    cfg = DemoConfig(n_boot=20)
+    qs = question_split(store, idx, scores, seen, cfg)
+    assert (qs["seen_prompts"], qs["prompts"]) == (5, 12)
+    assert (qs["seen"]["n_prompts"], qs["unseen"]["n_prompts"]) == (5, 7)
 
 
 def test_sample_writes_api_log(tmp_path):

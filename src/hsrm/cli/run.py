@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import Any
 
 from hsrm.config import add_arguments, from_sources, load_yaml
 from hsrm.errors import HsrmError
@@ -45,6 +46,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         f"on the other splits) closes {100 * rep['gap_closed']['picked'][N]:.0f}% of the gap at N={N}. "
         f"Took {rep['timing']['total_s']:.0f} s."
     )
+    _print_seen(con, rep, N, "held-out")
     if "fresh" in rep:
         fr = rep["fresh"]
         con.print(
@@ -62,12 +64,32 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             f"{100 * fr['gap_closed']['picked'][N]:.0f}% of the gap at N={N} "
             f"(tables in {Path(cfg.out) / 'fresh'})."
         )
+        _print_seen(con, fr, N, "fresh")
     out = Path(cfg.out)
     con.print(
         f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'bon.png'}, "
         f"{out / 'results.html'} (samples in {out / 'samples'})"
     )
     return 0
+
+
+def _print_seen(con: Any, rep: dict[str, Any], N: str, which: str) -> None:
+    """One line when test prompts repeat a training question: what `picked` does without them."""
+    qs = rep.get("questions", {})
+    if not qs.get("seen_prompts"):
+        return
+    line = (
+        f"[yellow]{qs['seen_prompts']} of {qs['prompts']} {which} prompts ask a question the heads "
+        "trained on (in another context)[/]"
+    )
+    if "unseen" in qs:
+        u = qs["unseen"]
+        line += (
+            f"; on the other {u['n_prompts']}, picked BoN@{N} {u['bon']['picked'][N]:.3f} closes "
+            f"{100 * u['gap_closed']['picked'][N]:.0f}% of the gap (majority "
+            f"{u['bon']['majority'][N]:.3f})"
+        )
+    con.print(line + ".")
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
