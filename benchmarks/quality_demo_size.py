@@ -3,13 +3,23 @@
     hsrm demo --out runs/demo                          # the default, 512 prompts (make demo)
     hsrm demo --out runs/demo800 --n-prompts 800
     hsrm demo --out runs/demo1024 --n-prompts 1024
-    PYTHONPATH=src .venv/bin/python benchmarks/quality_demo_size.py runs/demo runs/demo800 runs/demo1024
+    hsrm demo --out runs/demo2048 --n-prompts 2048 --threads 1
+    # on one H200 (benchmarks/results/demo_h200_4096/run.md):
+    hsrm demo --n-prompts 4096 --fresh-prompts 512 --device cuda --dtype float32 --batch-prompts 64
+    PYTHONPATH=src .venv/bin/python benchmarks/quality_demo_size.py runs/demo runs/demo800 \
+        runs/demo1024 runs/demo2048 benchmarks/results/demo_h200_4096
 
 The demo's in-store evaluation trains each split's heads on two thirds of the store's prompts
 (3 splits), so a larger store means more training prompts per split (341 / 533 / 683), tested on
-prompts of the same seed as before. The fresh seed (128 prompts, task seed 1) is the same store in
-every run; its heads train on the whole store. This script only reads the runs' results.json and
-writes benchmarks/results/quality_demo_size.json and .md.
+prompts of the same seed as before. The fresh seed (128 prompts, task seed 1; 512 in the GPU run,
+whose first 128 are those) is the same store in every run; its heads train on the whole store.
+
+The synthetic task has 1,560 distinct questions (arith 800, compare 760) and draws them without
+repeats while it can, so stores of more prompts repeat questions: a test prompt may then ask a
+question a training prompt asked (in another few-shot context). The ``seen`` columns count those
+test prompts, rebuilt from each run's task description and split seed (the prompts are a pure
+function of them); `quality_seen.py` reports the heads on the unseen ones. This script only reads
+the runs' results.json and writes benchmarks/results/quality_demo_size.json and .md.
 """
 
 from __future__ import annotations
@@ -18,6 +28,11 @@ import argparse
 import json
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from hsrm.splits import prompt_folds
+from hsrm.tasks import get_task
 
 RESULTS = Path(__file__).parent / "results"
 SCORERS = (
@@ -52,9 +67,38 @@ def summary(rep: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _questions(task: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(prompt ids, question texts) of a synthetic store, rebuilt from its task description."""
+    lo, hi = task.get("range", [1, 20])
+    t = get_task(
+        "synthetic",
+        n=task["n"],
+        families=",".join(task["families"]),
+        seed=task["seed"],
+        lo=lo,
+        hi=hi,
+        shots=task.get("shots", 3),
+        fewshot=task.get("fewshot", "fixed"),
+    )
+    ps = t.prompts()
+    return np.array([p.id for p in ps]), np.array([p.messages[-1]["content"] for p in ps])
+
+
+def seen_counts(rep: dict[str, Any]) -> dict[str, int]:
+    """Test prompts whose question a training prompt asked: in store (out of fold) and fresh."""
+    ids, q = _questions(rep["task"])
+    fold = prompt_folds(ids, rep["sizes"]["folds"], rep["seed"])
+    seen = sum(int(np.isin(q[fold == f], q[fold != f]).sum()) for f in range(int(fold.max()) + 1))
+    out = {"in_store": seen, "distinct_questions": len(set(q.tolist()))}
+    if "fresh" in rep:
+        _, fq = _questions(rep["fresh"]["task"])
+        out["fresh"] = int(np.isin(fq, q).sum())
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("runs", nargs="+", help="hsrm demo output folders")
+    ap.add_argument("runs", nargs="+", help="hsrm demo output folders (holding results.json)")
     ap.add_argument("--tag", default="quality_demo_size")
     a = ap.parse_args()
     rows = []
@@ -68,6 +112,7 @@ def main() -> None:
             "in_store": summary(rep),
             "picks_in_store": [s["picked"] for s in rep["splits"]],
             "timing": rep["timing"],
+            "seen_questions": seen_counts(rep),
         }
         if "fresh" in rep:
             row["fresh"] = summary(rep["fresh"])
@@ -105,15 +150,16 @@ def markdown(rows: list[dict[str, Any]], runs: list[str]) -> str:
         title = (
             "In store, out of fold (each prompt tested by heads that did not train on it)"
             if where == "in_store"
-            else "Fresh seed (128 prompts of task seed 1; heads trained on the whole store)"
+            else "Fresh seed (128 prompts of task seed 1, 512 in the GPU run; heads trained on "
+            "the whole store)"
         )
         L += [
             f"## {title}",
             "",
-            "| store prompts (training prompts) | picked | gap | "
+            "| store prompts (training prompts) | test prompts with a seen question | picked | gap | "
             + " | ".join(SCORERS[1:])
             + " | pass@16 | arith: picked / majority | compare: picked / majority |",
-            "|---|---|---|" + "---|" * (len(SCORERS) - 1) + "---|---|---|",
+            "|---|---|---|---|" + "---|" * (len(SCORERS) - 1) + "---|---|---|",
         ]
         for r in rows:
             s = r.get(where)
@@ -125,8 +171,9 @@ def markdown(rows: list[dict[str, Any]], runs: list[str]) -> str:
                 for f in ("arith", "compare")
             ]
             train = r["train_prompts_per_split"] if where == "in_store" else "all"
+            seen = f"{r['seen_questions'][where]} of {s['prompts']}"
             L.append(
-                f"| {r['in_store']['prompts']} ({train}) | "
+                f"| {r['in_store']['prompts']} ({train}) | {seen} | "
                 f"{_cell(s, 'picked')} | {100 * s['gap_closed_picked']:.0f}% | "
                 + " | ".join(_cell(s, n) for n in SCORERS[1:])
                 + f" | {s['pass@16']:.3f} | "
@@ -134,7 +181,11 @@ def markdown(rows: list[dict[str, Any]], runs: list[str]) -> str:
                 + " |"
             )
         L.append("")
-    L += ["Picks (per family, chosen out of fold) and wall time on the 2-core box:", ""]
+    L += [
+        "Picks (per family, chosen out of fold) and wall time (the 2-core box; the GPU run: one "
+        "H200 with 16 CPU cores, `demo_h200_4096/run.md`):",
+        "",
+    ]
     for r in rows:
         L.append(
             f"- {r['run']}: in store {r['picks_in_store']}; fresh {r.get('picks_fresh')}; "
