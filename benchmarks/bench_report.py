@@ -68,17 +68,26 @@ def per_prompt_metrics() -> Iterator[None]:
             "bootstrap_auroc_ci",
         )
     }
-    M.by_group = _by_group_scan
-    M.per_prompt_bon = lambda s, y, g, k, protocol="random": {  # type: ignore[assignment]
-        u: M.bon_prompt(np.asarray(s, float)[i], np.asarray(y, float)[i], k)
-        for u, i in M.by_group(g).items()
-    }
-    M.within_prompt_auroc_per_group = lambda s, y, g: {  # type: ignore[assignment]
-        u: M.auroc(np.asarray(s, float)[i], np.asarray(y)[i]) for u, i in M.by_group(g).items()
-    }
-    M.bootstrap_auroc_ci = lambda s, y, g, n_boot=500, seed=0: M.bootstrap_metric_ci(  # type: ignore[assignment]
-        lambda i: M.auroc(np.asarray(s, float)[i], np.asarray(y)[i]), g, n_boot=n_boot, seed=seed
-    )
+
+    def bon(s: Any, y: Any, g: Any, k: int, protocol: str = "random") -> dict[object, float]:
+        s, y = np.asarray(s, float), np.asarray(y, float)
+        return {u: M.bon_prompt(s[i], y[i], k) for u, i in M.by_group(g).items()}
+
+    def wauroc(s: Any, y: Any, g: Any) -> dict[object, float]:
+        s, y = np.asarray(s, float), np.asarray(y)
+        return {u: M.auroc(s[i], y[i]) for u, i in M.by_group(g).items()}
+
+    def boot(s: Any, y: Any, g: Any, n_boot: int = 500, seed: int = 0) -> tuple[float, float]:
+        s, y = np.asarray(s, float), np.asarray(y)
+        return M.bootstrap_metric_ci(lambda i: M.auroc(s[i], y[i]), g, n_boot=n_boot, seed=seed)
+
+    for name, f in (
+        ("by_group", _by_group_scan),
+        ("per_prompt_bon", bon),
+        ("within_prompt_auroc_per_group", wauroc),
+        ("bootstrap_auroc_ci", boot),
+    ):
+        setattr(M, name, f)
     try:
         yield
     finally:
