@@ -207,8 +207,10 @@ def markdown(rows: list[dict[str, Any]], runs: list[str]) -> str:
         L += [
             f"## {'In store, out of fold (3 splits)' if where == 'in_store' else 'Fresh seed'}",
             "",
-            "| store prompts | questions | prompts | pass@16 | " + " | ".join(SHOW) + " |",
-            "|---|---|---|---|" + "---|" * len(SHOW),
+            "| store prompts | questions | prompts | pass@16 | picked [95% CI] | "
+            + " | ".join(SHOW[1:])
+            + " | arith: picked / majority / qa_lookup | compare: the same |",
+            "|---|---|---|---|---|" + "---|" * (len(SHOW) + 1),
         ]
         for r in rows:
             for part in ("all", "seen", "unseen"):
@@ -218,6 +220,14 @@ def markdown(rows: list[dict[str, Any]], runs: list[str]) -> str:
                 cells = [
                     f"{s['bon16'][n]:.3f} ({100 * s['gap'][n]:.0f}%)" if n in s["bon16"] else ""
                     for n in SHOW
+                ]
+                lo, hi = s["bon16_ci"][PICKED]
+                cells[0] += f" [{lo:.3f}, {hi:.3f}]"
+                cells += [
+                    " / ".join(f"{v:.3f}" for v in s["per_family"][f].values())
+                    if f in s["per_family"]
+                    else ""
+                    for f in ("arith", "compare")
                 ]
                 L.append(
                     f"| {r['prompts']} | {part} | {s['prompts']} | {s['pass@16']:.3f} | "
