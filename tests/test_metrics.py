@@ -207,6 +207,6 @@ def test_vectorised_per_prompt_metrics_equal_the_scalar_ones():
         np.testing.assert_allclose(list(got_bon.values()), want_bon, rtol=0, atol=1e-12)
         got_ci = M.bootstrap_auroc_ci(s, y, g, n_boot=50, seed=trial)
         want_ci = M.bootstrap_metric_ci(
-            lambda idx: M.auroc(s[idx], y[idx]), g, n_boot=50, seed=trial
+            lambda idx, s=s, y=y: M.auroc(s[idx], y[idx]), g, n_boot=50, seed=trial
         )
         np.testing.assert_array_equal(got_ci, want_ci)
