@@ -32,19 +32,16 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from hsrm.baselines.controls import AnswerPriorScorer
-from hsrm.bon.baselines import baseline_scores
 from hsrm.bon.demo import (
     PICKED,
-    cross_fit,
     demo_head_layers,
     demo_specs,
+    fresh_scores,
+    out_of_fold_scores,
     pick_by_family,
-    picked_out_of_fold,
-    picked_scores,
 )
 from hsrm.bon.outputs import store_report
-from hsrm.bon.scorers import VOTE_SUFFIX, add_head_votes
-from hsrm.heads import make_head
+from hsrm.bon.scorers import VOTE_SUFFIX
 from hsrm.splits import prompt_folds
 from hsrm.store import Store
 
@@ -86,16 +83,9 @@ def qa_lookup(train: Store, tr: np.ndarray, test: Store, te: np.ndarray) -> np.n
 
 
 def in_store(store: Store, layers: tuple[int, ...]) -> dict[str, np.ndarray]:
-    """The demo's out-of-fold scores (heads, votes, baselines, `picked`, `qa_lookup`)."""
-    specs = demo_specs(layers)
-    scores, _ = cross_fit(store, 3, 0, specs)
+    """The demo's out-of-fold scores (heads, votes, baselines, `picked`) and `qa_lookup`."""
+    scores, _, _ = out_of_fold_scores(store, 3, 0, demo_specs(layers), N)
     fold = prompt_folds(store.prompt_ids, 3, 0)
-    pids, y = store.prompt_ids, store.labels
-    fams = np.array([r["family"] for r in store.records])
-    ex = [r["extracted"] for r in store.records]
-    scores = add_head_votes(scores, list(specs), pids)
-    cands = [*specs, *(h + VOTE_SUFFIX for h in specs)]
-    scores[PICKED], _ = picked_out_of_fold(scores, y, pids, fams, ex, fold, cands, N)
     scores["qa_lookup"] = np.zeros(len(store))
     for f in range(3):
         tr, te = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
@@ -103,26 +93,16 @@ def in_store(store: Store, layers: tuple[int, ...]) -> dict[str, np.ndarray]:
     return scores
 
 
-def fresh_scores(store: Store, fresh: Store, layers: tuple[int, ...], pick_on: dict) -> dict:
-    """Heads and controls fitted on all of ``store``, scored on ``fresh`` (the demo's fresh seed)."""
-    specs = demo_specs(layers)
-    tr, te = np.arange(len(store)), np.arange(len(fresh))
-    scores = {
-        n: make_head(a, **p)
-        .fit(store.features(tr), store.labels, store.prompt_ids)
-        .score(fresh.features(te))
-        for n, (a, p) in specs.items()
-    }
-    scores = add_head_votes(scores, list(specs), fresh.prompt_ids)
+def fresh_seed(store: Store, fresh: Store, layers: tuple[int, ...], oof: dict) -> dict:
+    """The demo's fresh-seed scores (heads fitted on all of ``store``, `picked` chosen on its
+    out-of-fold scores ``oof``) and `qa_lookup`."""
     y, pids = store.labels, store.prompt_ids
     fams = np.array([r["family"] for r in store.records])
     ex = [r["extracted"] for r in store.records]
+    specs = demo_specs(layers)
     cands = [*specs, *(h + VOTE_SUFFIX for h in specs)]
-    pick = pick_by_family(pick_on, y, pids, fams, cands, ex, N)
-    ffams = np.array([r["family"] for r in fresh.records])
-    scores[PICKED] = picked_scores(scores, ffams, pick, fresh.prompt_ids)
-    scores.update(baseline_scores(fresh, tr, te, train_store=store))
-    scores["qa_lookup"] = qa_lookup(store, tr, fresh, te)
+    scores = fresh_scores(store, fresh, specs, pick_by_family(oof, y, pids, fams, cands, ex, N))
+    scores["qa_lookup"] = qa_lookup(store, np.arange(len(store)), fresh, np.arange(len(fresh)))
     return scores
 
 
@@ -177,7 +157,7 @@ def run(path: Path) -> dict[str, Any]:
         fresh = Store(path / "fresh_samples")
         fs = cached(
             path / "seen_fresh_scores.safetensors",
-            lambda: fresh_scores(store, fresh, layers, scores),
+            lambda: fresh_seed(store, fresh, layers, scores),
         )
         fq = np.array([r["question"] for r in fresh.records])
         fseen = np.isin(fq, np.unique(q))

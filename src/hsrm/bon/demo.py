@@ -274,18 +274,9 @@ def _demo(cfg: DemoConfig, out: Path) -> dict[str, Any]:
     layers = demo_head_layers(cfg.head_layers, store.fingerprint.n_layers)
     specs = demo_specs(layers, resolve_device(cfg.device))
     fitted: dict[tuple[str, int], Head] = {}
-    scores, folds = cross_fit(store, cfg.folds, cfg.seed, specs, keep_heads=fitted)
+    scores, folds, pick_all = out_of_fold_scores(store, cfg.folds, cfg.seed, specs, cfg.n, fitted)
     idx = np.arange(len(store))
-    fams = np.array([r["family"] for r in store.records])
     fold = prompt_folds(store.prompt_ids, cfg.folds, cfg.seed)
-    y, pids = store.labels, store.prompt_ids
-    scores = add_head_votes(scores, list(specs), pids)
-    cands = [*specs, *(h + VOTE_SUFFIX for h in specs)]
-    ex = [r["extracted"] for r in store.records]
-    scores[PICKED], picks = picked_out_of_fold(scores, y, pids, fams, ex, fold, cands, cfg.n)
-    for finfo, pick in zip(folds, picks, strict=True):
-        finfo["picked"] = pick
-    pick_all = pick_by_family(scores, y, pids, fams, cands, ex, cfg.n)
     rep = store_report(store, idx, scores, cfg.n_boot, cfg.seed, votes=(PICKED,))
     # per-split numbers, to show the spread across splits
     # the token view explains each example with the head that had not seen its prompt
@@ -339,6 +330,55 @@ def _demo(cfg: DemoConfig, out: Path) -> dict[str, Any]:
     return rep
 
 
+def out_of_fold_scores(
+    store: Store,
+    folds: int,
+    seed: int,
+    specs: dict[str, tuple[str, dict[str, Any]]],
+    n: int,
+    keep_heads: dict[tuple[str, int], Head] | None = None,
+) -> tuple[dict[str, np.ndarray], list[dict[str, Any]], dict[str, str]]:
+    """The demo's in-store scores: ``cross_fit``'s heads and baselines, each head's vote, and
+    ``picked`` (chosen for each split on the other splits). Returns the scores, the per-split
+    info (with each split's pick) and the pick on all splits' out-of-fold scores (for another
+    store)."""
+    scores, info = cross_fit(store, folds, seed, specs, keep_heads=keep_heads)
+    fold = prompt_folds(store.prompt_ids, folds, seed)
+    fams = np.array([r["family"] for r in store.records])
+    y, pids = store.labels, store.prompt_ids
+    scores = add_head_votes(scores, list(specs), pids)
+    cands = [*specs, *(h + VOTE_SUFFIX for h in specs)]
+    ex = [r["extracted"] for r in store.records]
+    scores[PICKED], picks = picked_out_of_fold(scores, y, pids, fams, ex, fold, cands, n)
+    for finfo, pick in zip(info, picks, strict=True):
+        finfo["picked"] = pick
+    return scores, info, pick_by_family(scores, y, pids, fams, cands, ex, n)
+
+
+def fresh_scores(
+    store: Store,
+    fresh: Store,
+    specs: dict[str, tuple[str, dict[str, Any]]],
+    pick: dict[str, str],
+) -> dict[str, np.ndarray]:
+    """Heads and controls fitted on every sample of ``store``, scored on every sample of
+    ``fresh``; ``picked`` applies ``pick`` (family -> scorer, from ``out_of_fold_scores``)."""
+    tr, te = np.arange(len(store)), np.arange(len(fresh))
+    scores = {
+        name: make_head(arch, **params)
+        .fit(store.features(tr), store.labels, store.prompt_ids)
+        .score(fresh.features(te))
+        for name, (arch, params) in specs.items()
+    }
+    fams = np.array([r["family"] for r in fresh.records])
+    scores = add_head_votes(scores, list(specs), fresh.prompt_ids)
+    scores[PICKED] = picked_scores(
+        scores, fams, {f: h for f, h in pick.items() if f in set(fams)}, fresh.prompt_ids
+    )
+    scores.update(baseline_scores(fresh, tr, te, train_store=store))
+    return scores
+
+
 def question_split(
     store: Store, idx: np.ndarray, scores: dict[str, np.ndarray], seen: np.ndarray, cfg: DemoConfig
 ) -> dict[str, Any]:
@@ -382,20 +422,8 @@ def _demo_fresh(
     t0 = time.perf_counter()
     fresh = sample(fcfg)
     t_sample = time.perf_counter() - t0
-    tr, te = np.arange(len(store)), np.arange(len(fresh))
-    pids = store.prompt_ids
-    scores = {
-        name: make_head(arch, **params)
-        .fit(store.features(tr), store.labels, pids)
-        .score(fresh.features(te))
-        for name, (arch, params) in specs.items()
-    }
-    fams = np.array([r["family"] for r in fresh.records])
-    scores = add_head_votes(scores, list(specs), fresh.prompt_ids)
-    scores[PICKED] = picked_scores(
-        scores, fams, {f: h for f, h in pick.items() if f in set(fams)}, fresh.prompt_ids
-    )
-    scores.update(baseline_scores(fresh, tr, te, train_store=store))
+    te = np.arange(len(fresh))
+    scores = fresh_scores(store, fresh, specs, pick)
     rep = store_report(fresh, te, scores, cfg.n_boot, cfg.seed, votes=(PICKED,))
     fq = np.array([prompt_question(fresh, r) for r in fresh.records])
     trained_on = np.unique([prompt_question(store, r) for r in store.records])
