@@ -441,6 +441,16 @@ CASES = [
         group="data-loss",
     ),
     Case(
+        "demo_unknown_device",
+        "demo --model tiny:0 --n-prompts 4 --n 2 --out {ws}/d --device tpu",
+        ["device", "'tpu'"],
+    ),
+    Case(
+        "demo_half_on_cpu",
+        "demo --model tiny:0 --n-prompts 4 --n 2 --out {ws}/d --device cpu --dtype float16",
+        ["float16", "cpu"],
+    ),
+    Case(
         "sae_train_out_is_head",
         "sae train --model tiny:0 --data {bad}/../prefs/duplicate_id.jsonl --out {head}",
         ["holds an hsrm head", "writes a sae"],

@@ -21,7 +21,7 @@ from hsrm.config import field, validate
 from hsrm.errors import HsrmError
 from hsrm.heads.base import Head, make_head
 from hsrm.io import check_out, exclusive, mark_output
-from hsrm.lm import resolve_device
+from hsrm.lm import resolve_device, resolve_dtype
 from hsrm.metrics import score_vote_weights
 from hsrm.models import DEFAULT_MODEL
 from hsrm.sampling import SampleRunConfig, sample
@@ -245,6 +245,10 @@ def demo(cfg: DemoConfig, console: Any = None) -> dict[str, Any]:
     validate(cfg, "demo")
     # the layer spec's form, before minutes of sampling (its range is checked on the store)
     demo_head_layers(cfg.head_layers, 1 << 20 if cfg.head_layers.startswith("top:") else 10**3)
+    # and the engine's device and dtype, before the output folder exists
+    device = resolve_device(cfg.device)
+    if cfg.dtype != "auto":
+        resolve_dtype(cfg.dtype, device)
     out = Path(cfg.out)
     check_out(out, "demo", overwrite=cfg.overwrite)
     with exclusive(out):
