@@ -42,9 +42,9 @@ def by_group(groups: np.ndarray) -> dict[object, np.ndarray]:
     """Sample indices of each group (prompt / question), groups in sorted order."""
     groups = np.asarray(groups)
     uniq, inv, cnt = np.unique(groups, return_inverse=True, return_counts=True)
-    # one stable sort, not a scan of every sample per group (quadratic: minutes at 4096 prompts)
     if len(uniq) == 0:
         return {}
+    # one stable sort, not a scan of every sample per group (quadratic: minutes at 4096 prompts)
     parts = np.split(np.argsort(inv.ravel(), kind="stable"), np.cumsum(cnt)[:-1])
     return dict(zip(uniq, parts, strict=True))
 
