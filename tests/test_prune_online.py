@@ -205,6 +205,12 @@ def test_prune_head_command_fits_and_saves(tmp_path, tiny_lm, capsys, monkeypatc
     assert main(args) == 0, capsys.readouterr().err
     h = PrefixHead.load(out)
     assert h.checkpoints == [2, 3] and h.layers == list(st.layers)
+    # the out-of-fold diagnostics are saved with the head and printed
+    assert [d["checkpoint"] for d in h.diagnostics] == [2, 3]
+    for d in h.diagnostics:
+        assert 0 <= d["tied"] <= 1 and 0.5 <= d["auroc_ceiling"] <= 1
+        assert d["auroc"] is None or 0 <= d["auroc"] <= 1
+    assert "checkpoint 2: out-of-fold within-prompt AUROC" in capsys.readouterr().out
     bad = [
         "prune-head",
         "--store",
@@ -286,3 +292,35 @@ def test_pruning_curve_replays_threshold_and_random_at_its_budget(tmp_path, tiny
     assert thr["tokens"] == expect < pts["none"]["tokens"]
     assert lo <= rnd["tokens"] <= hi < pts["none"]["tokens"]
     assert set(thr["bon"]) == {"majority", "mean_logprob", "deepconf_vote"}
+
+
+def test_prefix_ties_bound_every_prefix_score():
+    from hsrm import metrics as M
+    from hsrm.bon.prune import prefix_ties
+
+    # one prompt: right, wrong, right, wrong; they share token 1, then split in pairs at token 2
+    ids = [[1, 2, 3], [1, 2, 4], [1, 5, 6], [1, 5, 7]]
+    y, g = np.array([1, 0, 1, 0]), np.array(["p"] * 4)
+    assert prefix_ties(ids, y, g, 1) == {"tied": 1.0, "auroc_ceiling": 0.5}
+    assert prefix_ties(ids, y, g, 2) == {"tied": 0.5, "auroc_ceiling": 0.75}
+    assert prefix_ties(ids, y, g, 3) == {"tied": 0.0, "auroc_ceiling": 1.0}
+    # a prompt with one class has no pairs and is left out, as within_prompt_auroc leaves it
+    ids2 = ids + [[9], [9, 9]]
+    y2, g2 = np.concatenate([y, [1, 1]]), np.array(["p"] * 4 + ["q"] * 2)
+    assert prefix_ties(ids2, y2, g2, 2) == {"tied": 0.5, "auroc_ceiling": 0.75}
+    # random stores: any score that is a function of the first t tokens stays under the ceiling,
+    # and the label itself (not a prefix function) can exceed it
+    rng = np.random.default_rng(0)
+    for t in (1, 2, 3):
+        ids3 = [list(rng.integers(0, 2, 4)) for _ in range(64)]
+        y3, g3 = rng.integers(0, 2, 64), np.repeat(np.arange(8), 8)
+        c = prefix_ties(ids3, y3, g3, t)
+        f = {}
+        s = np.array([f.setdefault(tuple(x[:t]), rng.normal()) for x in ids3])
+        best = np.array([np.mean([y3[j] for j in range(64) if g3[j] == g3[i]
+                                  and tuple(ids3[j][:t]) == tuple(ids3[i][:t])])
+                         for i in range(64)])  # fmt: skip
+        assert M.within_prompt_auroc(s, y3, g3) <= c["auroc_ceiling"] + 1e-12
+        assert M.within_prompt_auroc(best, y3, g3) <= c["auroc_ceiling"] + 1e-12
+        if c["tied"] > 0:
+            assert M.within_prompt_auroc(y3.astype(float), y3, g3) > c["auroc_ceiling"]

@@ -76,6 +76,40 @@ def prefix_probe_scores(
     return out
 
 
+def prefix_ties(
+    token_ids: Sequence[Sequence[int]], labels: np.ndarray, groups: np.ndarray, t: int
+) -> dict[str, float]:
+    """What any reader of answer prefixes can know at answer token ``t``.
+
+    Two samples of a prompt whose first ``t`` answer tokens are identical have identical hidden
+    states there, so every prefix head (or confidence, or text check) scores them alike. On the
+    CoT family most answers open by copying the question, and at token 4 about 92% of a prompt's
+    (right, wrong) pairs are still identical (``benchmarks/results/quality_prune_needed.md``).
+
+    Returns ``tied``: the share of within-prompt (right, wrong) pairs whose first ``t`` tokens are
+    identical (pooled over pairs), and ``auroc_ceiling``: the highest within-prompt AUROC a prefix
+    score can reach, ``1 - tied_p / 2`` averaged over the prompts with both classes, as
+    ``metrics.within_prompt_auroc`` averages (every untied pair ordered right, every tie at 1/2)."""
+    y = np.asarray(labels).astype(bool)
+    tied = pairs = 0
+    ceil = []
+    for rows in M.by_group(np.asarray(groups)).values():
+        keys: dict[tuple[int, ...], list[int]] = {}
+        for i in rows:
+            keys.setdefault(tuple(token_ids[i][:t]), [0, 0])[int(y[i])] += 1
+        n_right = int(y[rows].sum())
+        n_pairs = n_right * (len(rows) - n_right)
+        if n_pairs == 0:
+            continue
+        tp = sum(w * r for w, r in keys.values())  # (right, wrong) pairs within one prefix
+        tied, pairs = tied + tp, pairs + n_pairs
+        ceil.append(1 - 0.5 * tp / n_pairs)
+    return {
+        "tied": tied / pairs if pairs else float("nan"),
+        "auroc_ceiling": float(np.mean(ceil)) if ceil else float("nan"),
+    }
+
+
 def head_stops(
     lens: np.ndarray, scores: dict[int, np.ndarray], checkpoints: Sequence[int], frac: float
 ) -> tuple[np.ndarray, list[int]]:
