@@ -202,6 +202,9 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=10)
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--tag", default="quality_prune_needed")
+    ap.add_argument(
+        "--no-variants", action="store_true", help="skip the other poolings of the prefix states"
+    )
     a = ap.parse_args()
     t0 = time.perf_counter()
     train, test = Store(a.train), Store(a.test)
@@ -322,7 +325,7 @@ def main() -> None:
                 {"kind": "synthetic", "auroc": lvl, "policy": pol,
                  "measured_auroc": {str(t): float(np.mean(v)) for t, v in auc.items()}})  # fmt: skip
         print(f"AUROC {lvl}: {time.perf_counter() - t0:.0f} s", flush=True)
-    out["variants"] = variant_aurocs(train, test)
+    out["variants"] = [] if a.no_variants else variant_aurocs(train, test)
     print(f"pooling variants: {time.perf_counter() - t0:.0f} s", flush=True)
     out["rows"] = rows
     out["n_prompts"] = len(none["per_prompt"]["majority"])
@@ -364,7 +367,9 @@ def markdown(out: dict[str, Any], a: argparse.Namespace) -> str:
         "",
         "```",
         f"PYTHONPATH=src python benchmarks/quality_prune_needed.py --train {a.train} --test {a.test} "
-        f"--draws {a.draws}",
+        f"--draws {a.draws}"
+        + (" --no-variants" if a.no_variants else "")
+        + (f" --tag {a.tag}" if a.tag != "quality_prune_needed" else ""),
         "```",
         "",
         f"CoT family (operands 1-5, 6 worked examples per prompt), both fully sampled stores pooled: "
@@ -392,36 +397,37 @@ def markdown(out: dict[str, Any], a: argparse.Namespace) -> str:
             ("auroc", "head"),
         ):
             L.append(f"| {k}: {name} | " + " | ".join(f"{v[str(t)][key]:.3f}" for t in CPS) + " |")
-    L += [
-        "",
-        "Other prefix heads (`variant_aurocs`): the states pooled over the whole prefix (as "
-        "above), its last 4 tokens, its last token, or the mean and the last 4 together; centered "
-        "on the prompt's mean or not; C 0.001 or 0.01. Within-prompt AUROC, out of fold on the "
-        "training store / on the test store:",
-        "",
-        "| token | pooling | "
-        + " | ".join(
-            f"{'centered' if c else 'raw'}, C={C}" for c in (False, True) for C in (0.001, 0.01)
+    if out["variants"]:
+        L += [
+            "",
+            "Other prefix heads (`variant_aurocs`): the states pooled over the whole prefix (as "
+            "above), its last 4 tokens, its last token, or the mean and the last 4 together; centered "
+            "on the prompt's mean or not; C 0.001 or 0.01. Within-prompt AUROC, out of fold on the "
+            "training store / on the test store:",
+            "",
+            "| token | pooling | "
+            + " | ".join(
+                f"{'centered' if c else 'raw'}, C={C}" for c in (False, True) for C in (0.001, 0.01)
+            )
+            + " |",
+            "|---|---|---|---|---|---|",
+        ]
+        var = out["variants"]
+        for t in sorted({v["checkpoint"] for v in var}):
+            for kind in POOLINGS:
+                cells = [
+                    f"{v['oof']:.3f} / {v['test']:.3f}"
+                    for v in var
+                    if v["checkpoint"] == t and v["pooling"] == kind
+                ]
+                L.append(f"| {t} | {kind} | " + " | ".join(cells) + " |")
+        best = max(var, key=lambda v: v["oof"])
+        L.append(
+            f"\nThe best out of fold: token {best['checkpoint']}, {best['pooling']}, "
+            f"{'centered' if best['center'] else 'raw'}, C={best['C']}: {best['oof']:.3f} out of fold, "
+            f"{best['test']:.3f} on the test store. Highest on the test store: "
+            f"{max(v['test'] for v in var):.3f}."
         )
-        + " |",
-        "|---|---|---|---|---|---|",
-    ]
-    var = out["variants"]
-    for t in sorted({v["checkpoint"] for v in var}):
-        for kind in POOLINGS:
-            cells = [
-                f"{v['oof']:.3f} / {v['test']:.3f}"
-                for v in var
-                if v["checkpoint"] == t and v["pooling"] == kind
-            ]
-            L.append(f"| {t} | {kind} | " + " | ".join(cells) + " |")
-    best = max(var, key=lambda v: v["oof"])
-    L.append(
-        f"\nThe best out of fold: token {best['checkpoint']}, {best['pooling']}, "
-        f"{'centered' if best['center'] else 'raw'}, C={best['C']}: {best['oof']:.3f} out of fold, "
-        f"{best['test']:.3f} on the test store. Highest on the test store: "
-        f"{max(v['test'] for v in var):.3f}."
-    )
     L += [
         "",
         "First written step arithmetically right (what a perfect step checker knows at about "
@@ -485,6 +491,8 @@ def markdown(out: dict[str, Any], a: argparse.Namespace) -> str:
                 for s in sel
             ]
             L.append(f"| {name} | {k} | {r['saved']:.0%} | " + " | ".join(cells) + " |")
+    if not out["needed"] or all(v is None for x in out["needed"].values() for v in x.values()):
+        return "\n".join(L) + "\n"
     L += [
         "",
         "## The AUROC needed",
