@@ -143,6 +143,42 @@ def real_prefix_scores(
     }
 
 
+def survivors(st: Store, pref: dict[int, np.ndarray], draws: int = 20) -> dict[str, Any]:
+    """What each real setting leaves per prompt, head against random at the same budget (mean of
+    ``draws``): the share of prompts with a right survivor, the share of survivors that are right,
+    and the distinct extracted answers among them; ``none``: the unpruned store."""
+    from hsrm.bon.prune import head_stops, random_stops
+
+    y, groups = st.labels, M.by_group(st.prompt_ids)
+    ext = [r["extracted"] for r in st.records]
+    lens = np.array([r["n_tokens"] for r in st.records])
+    rng = np.random.default_rng(0)
+
+    def stats(rows: np.ndarray, stop: np.ndarray) -> tuple[float, float, float]:
+        done = rows[stop >= lens[rows]]
+        return float(y[done].any()), float(y[done].mean()), float(len({ext[i] for i in done}))
+
+    out: dict[str, Any] = {
+        "none": np.mean([stats(r, lens[r]) for r in groups.values()], 0).tolist()
+    }
+    for cps, frac in SETTINGS:
+        head, rand = [], []
+        for rows in groups.values():
+            stop, counts = head_stops(lens[rows], {t: pref[t][rows] for t in cps}, cps, frac)
+            head.append(stats(rows, stop))
+            rand.append(
+                np.mean(
+                    [stats(rows, random_stops(lens[rows], counts, cps, rng)) for _ in range(draws)],
+                    0,
+                )
+            )
+        out[pname(cps, frac)] = {
+            "head": np.mean(head, 0).tolist(),
+            "random": np.mean(rand, 0).tolist(),
+        }
+    return out
+
+
 POOLINGS = ("mean", "last4", "last", "mean+last4")
 
 
@@ -284,6 +320,13 @@ def main() -> None:
         per_store[name] = {
             k: {
                 "saved": 1 - part[pol]["tokens"] / part["none"]["tokens"],
+                "tokens": [part[pol]["tokens"], part["none"]["tokens"]],
+                # per prompt, pruned minus unpruned: quality_prune_fresh.py pools stores with it
+                "diff": {
+                    s: (np.subtract(part[pol]["per_prompt"][s], part["none"]["per_prompt"][s]))
+                    .round(6).tolist()
+                    for s in SELECTORS
+                },
                 "delta": {
                     s: QP.paired_delta(part["none"]["per_prompt"][s], part[pol]["per_prompt"][s],
                                        a.n_boot)
@@ -293,6 +336,7 @@ def main() -> None:
             for k, part in zip(stores, parts_real, strict=True)
         }  # fmt: skip
     out["per_store"] = per_store
+    out["survivors"] = {k: survivors(st, real[k]) for k, st in stores.items()}
     out["per_store_none"] = {
         k: {s: float(np.mean(part["none"]["per_prompt"][s])) for s in SELECTORS}
         for k, part in zip(stores, parts_real, strict=True)
@@ -491,6 +535,28 @@ def markdown(out: dict[str, Any], a: argparse.Namespace) -> str:
                 for s in sel
             ]
             L.append(f"| {name} | {k} | {r['saved']:.0%} | " + " | ".join(cells) + " |")
+    L += [
+        "",
+        "### What the survivors hold (per store)",
+        "",
+        "Per prompt, averaged: a right answer among the samples that finish / the share of them "
+        "that are right / distinct extracted answers among them; head against random at the same "
+        "budget (mean of 20 draws).",
+        "",
+        "| setting | store | head | random |",
+        "|---|---|---|---|",
+    ]
+    for k, sv in out["survivors"].items():
+        L.append(f"| none | {k} | " + " / ".join(f"{x:.3f}" for x in sv["none"]) + " | |")
+        for pol, v in sv.items():
+            if pol != "none":
+                L.append(
+                    f"| {pol} | {k} | "
+                    + " / ".join(f"{x:.3f}" for x in v["head"])
+                    + " | "
+                    + " / ".join(f"{x:.3f}" for x in v["random"])
+                    + " |"
+                )
     if not out["needed"] or all(v is None for x in out["needed"].values() for v in x.values()):
         return "\n".join(L) + "\n"
     L += [
