@@ -181,8 +181,9 @@ def prefix_diagnostics(
 
     A value is None where no prompt has both right and wrong samples.
 
-    On the CoT family a prefix score needs a within-prompt AUROC of about 0.6 for share pruning to
-    keep BoN@16 (``benchmarks/results/quality_prune_needed.md``)."""
+    On the CoT family, synthetic prefix scores needed about 0.57-0.62 at token 12 for share
+    pruning to keep BoN@16 within 0.01, and real heads at 0.56-0.66 kept it for some selectors
+    only (``benchmarks/results/quality_prune_needed*.md``, ``quality_prune_fresh.md``)."""
     from hsrm import metrics as M
     from hsrm.bon.prune import prefix_ties
     from hsrm.bon.quality import pooled_states
