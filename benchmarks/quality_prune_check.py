@@ -77,8 +77,9 @@ def main() -> None:
         "```",
         "",
         f"Pruning: `{json.dumps(out['prune'])}`. Answer tokens {t[0]} against {t[1]} "
-        f"({1 - t[0] / t[1]:.0%} fewer); sampling {s[0]:.0f} s against {s[1]:.0f} s (2-core box, "
-        "other jobs beside it). Finished samples identical to the unpruned run: "
+        f"({1 - t[0] / t[1]:.0%} fewer); sampling {s[0]:.0f} s against {s[1]:.0f} s (a 2-core box "
+        "shared with other jobs; each run's `command` in its meta.json gives its threads). "
+        "Finished samples identical to the unpruned run: "
         f"{out['finished_identical']} of {out['finished']}; pruned samples that are a prefix of "
         f"their unpruned twin: {out['pruned_prefix_of_full']} of {out['pruned_samples']}.",
         "",
