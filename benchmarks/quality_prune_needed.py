@@ -376,7 +376,9 @@ def main() -> None:
     out["needed"] = needed(rows)
     out["seconds"] = time.perf_counter() - t0
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{a.tag}.json").write_text(json.dumps(QP.compact(out), indent=1))
+    (RESULTS / f"{a.tag}.json").write_text(
+        json.dumps(QP.compact(out), separators=(",", ":"))
+    )  # per-prompt lists: compact
     md = markdown(out, a)
     (RESULTS / f"{a.tag}.md").write_text(md)
     print(md)
