@@ -406,6 +406,21 @@ def needed(rows: dict[str, dict[str, Any]], tol: float = 0.01) -> dict[str, dict
     return out
 
 
+def _head(cols: list[str]) -> list[str]:
+    """A markdown table's header and rule."""
+    return ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+
+
+def _section(title: str, text: str, cols: list[str]) -> list[str]:
+    """A blank line, a heading (or none), a paragraph, and a table header."""
+    return ["", *([title, ""] if title else []), text, "", *_head(cols)]
+
+
+def _ci(d: dict[str, Any]) -> str:
+    """A paired change with its CI: ``+0.012 [-0.020, +0.045]``."""
+    return f"{d['delta']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"
+
+
 def markdown(out: dict[str, Any], a: argparse.Namespace) -> str:
     sel = SELECTORS
     L = [
@@ -433,8 +448,7 @@ def markdown(out: dict[str, Any], a: argparse.Namespace) -> str:
         "(`fit_prefix_head`, every captured layer; out of fold on the training store, fitted on "
         "it for the test store).",
         "",
-        "| store | " + " | ".join(f"token {t}" for t in CPS) + " |",
-        "|---|" + "---|" * len(CPS),
+        *_head(["store", *(f"token {t}" for t in CPS)]),
     ]
     for k, v in out["checkpoints"].items():
         for key, name in (
@@ -444,20 +458,17 @@ def markdown(out: dict[str, Any], a: argparse.Namespace) -> str:
         ):
             L.append(f"| {k}: {name} | " + " | ".join(f"{v[str(t)][key]:.3f}" for t in CPS) + " |")
     if out["variants"]:
-        L += [
+        L += _section(
             "",
             "Other prefix heads (`variant_aurocs`): the states pooled over the whole prefix (as "
             "above), its last 4 tokens, its last token, or the mean and the last 4 together; centered "
             "on the prompt's mean or not; C 0.001 or 0.01. Within-prompt AUROC, out of fold on the "
             "training store / on the test store:",
-            "",
-            "| token | pooling | "
-            + " | ".join(
+            ["token", "pooling"]
+            + [
                 f"{'centered' if c else 'raw'}, C={C}" for c in (False, True) for C in (0.001, 0.01)
-            )
-            + " |",
-            "|---|---|---|---|---|---|",
-        ]
+            ],
+        )
         var = out["variants"]
         for t in sorted({v["checkpoint"] for v in var}):
             for kind in POOLINGS:
@@ -474,41 +485,33 @@ def markdown(out: dict[str, Any], a: argparse.Namespace) -> str:
             f"{best['test']:.3f} on the test store. Highest on the test store: "
             f"{max(v['test'] for v in var):.3f}."
         )
-    L += [
+    L += _section(
         "",
         "First written step arithmetically right (what a perfect step checker knows at about "
         "token 8):",
-        "",
-        "| store | share right | P(answer right \\| step right) | P(answer right \\| step wrong) "
-        "| within-prompt AUROC |",
-        "|---|---|---|---|---|",
-    ]
+        ["store", "share right", "P(answer right \\| step right)",
+         "P(answer right \\| step wrong)", "within-prompt AUROC"],
+    )  # fmt: skip
     for k, v in out["first_step"].items():
         L.append(
             f"| {k} | {v['share_right']:.3f} | {v['p_right_given_step_right']:.3f} | "
             f"{v['p_right_given_step_wrong']:.3f} | {v['auroc']:.3f} |"
         )
-    L += [
-        "",
+    L += _section(
         "## BoN@16 after pruning",
-        "",
         "Synthetic rows: `s = d * y + N(0, 1)` with `d = sqrt(2) * Phi^-1(level)`, then averaged "
         "over each group of a prompt's samples with identical first t tokens (a prefix reader "
         "cannot score them apart); `measured` is the within-prompt AUROC this leaves at the "
         "setting's checkpoints.",
-        "",
-        "| policy | measured AUROC | tokens | saved | " + " | ".join(sel) + " |",
-        "|---|---|---|---|" + "---|" * len(sel),
+        ["policy", "measured AUROC", "tokens", "saved", *sel],
+    )
+    L.append(
         f"| none | | {out['none']['tokens']} | 0% | "
         + " | ".join(f"{out['none']['bon'][s]:.3f}" for s in sel)
-        + " |",
-    ]
+        + " |"
+    )
     for name, r in out["rows"].items():
-        cells = [
-            f"{r['bon'][s]:.3f} ({r['delta'][s]['delta']:+.3f} [{r['delta'][s]['ci'][0]:+.3f}, "
-            f"{r['delta'][s]['ci'][1]:+.3f}])"
-            for s in sel
-        ]
+        cells = [f"{r['bon'][s]:.3f} ({_ci(r['delta'][s])})" for s in sel]
         m = ""
         if r["kind"] == "synthetic":
             cps = r["policy"].split(" at ")[1].split(",")
@@ -516,38 +519,26 @@ def markdown(out: dict[str, Any], a: argparse.Namespace) -> str:
         L.append(
             f"| {name} | {m} | {r['tokens']:.0f} | {r['saved']:.0%} | " + " | ".join(cells) + " |"
         )
-    L += [
-        "",
+    L += _section(
         "### Per store: the real heads and their controls",
-        "",
         "Paired change against the same store's unpruned BoN@16 [95% CI over its prompts]; "
         "random = the mean of 20 draws that stop as many samples per prompt and checkpoint as the "
         "head above it.",
-        "",
-        "| policy | store | saved | " + " | ".join(sel) + " |",
-        "|---|---|---|" + "---|" * len(sel),
-    ]
+        ["policy", "store", "saved", *sel],
+    )
     for k, b in out["per_store_none"].items():
         L.append(f"| none | {k} | 0% | " + " | ".join(f"{b[s]:.3f}" for s in sel) + " |")
     for name, by in out["per_store"].items():
         for k, r in by.items():
-            cells = [
-                f"{r['delta'][s]['delta']:+.3f} [{r['delta'][s]['ci'][0]:+.3f}, "
-                f"{r['delta'][s]['ci'][1]:+.3f}]"
-                for s in sel
-            ]
+            cells = [_ci(r["delta"][s]) for s in sel]
             L.append(f"| {name} | {k} | {r['saved']:.0%} | " + " | ".join(cells) + " |")
-    L += [
-        "",
+    L += _section(
         "### What the survivors hold (per store)",
-        "",
         "Per prompt, averaged: a right answer among the samples that finish / the share of them "
         "that are right / distinct extracted answers among them; head against random at the same "
         "budget (mean of 20 draws).",
-        "",
-        "| setting | store | head | random |",
-        "|---|---|---|---|",
-    ]
+        ["setting", "store", "head", "random"],
+    )
     for k, sv in out["survivors"].items():
         L.append(f"| none | {k} | " + " / ".join(f"{x:.3f}" for x in sv["none"]) + " | |")
         for pol, v in sv.items():
@@ -561,17 +552,13 @@ def markdown(out: dict[str, Any], a: argparse.Namespace) -> str:
                 )
     if not out["needed"] or all(v is None for x in out["needed"].values() for v in x.values()):
         return "\n".join(L) + "\n"
-    L += [
-        "",
+    L += _section(
         "## The AUROC needed",
-        "",
         "Per setting: the lowest synthetic level whose mean change is >= -0.01 with every level "
         "above it too, and (after the slash) the within-prompt AUROC that level measured at the "
         "setting's first checkpoint; `-`: none of the levels tried.",
-        "",
-        "| setting | " + " | ".join(sel) + " |",
-        "|---|" + "---|" * len(sel),
-    ]
+        ["setting", *sel],
+    )
     for pol, v in out["needed"].items():
         L.append(
             f"| {pol} | "
