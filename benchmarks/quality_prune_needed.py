@@ -120,26 +120,26 @@ def prefix_groups(st: Store, t: int) -> np.ndarray:
 
 
 def real_prefix_scores(
-    train: Store, test: Store, folds: int = 3
+    train: Store, test: Store, folds: int = 3, cps: tuple[int, ...] = CPS
 ) -> dict[str, dict[int, np.ndarray]]:
-    """The prefix head (``fit_prefix_head``, every captured layer) at every checkpoint: out of
+    """The prefix head (``fit_prefix_head``, every captured layer) at checkpoints ``cps``: out of
     fold on the training store, and fitted on all of it for the test store."""
     from hsrm.splits import prompt_folds
 
     def score(h, st: Store, idx: np.ndarray) -> dict[int, np.ndarray]:
         return {
-            t: h.score(t, torch.as_tensor(pooled_states(st, idx, prefix=t))).numpy() for t in CPS
+            t: h.score(t, torch.as_tensor(pooled_states(st, idx, prefix=t))).numpy() for t in cps
         }
 
-    oof = {t: np.zeros(len(train)) for t in CPS}
+    oof = {t: np.zeros(len(train)) for t in cps}
     fold = prompt_folds(train.prompt_ids, folds, 0)
     for f in range(folds):
-        h = fit_prefix_head(train, np.flatnonzero(fold != f), CPS)
+        h = fit_prefix_head(train, np.flatnonzero(fold != f), cps)
         for t, v in score(h, train, np.flatnonzero(fold == f)).items():
             oof[t][fold == f] = v
     return {
         "train (out of fold)": oof,
-        "test": score(fit_prefix_head(train, None, CPS), test, np.arange(len(test))),
+        "test": score(fit_prefix_head(train, None, cps), test, np.arange(len(test))),
     }
 
 

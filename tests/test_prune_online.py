@@ -127,6 +127,10 @@ def test_hook_checks_its_options():
         prune_hook("random", 8, checkpoints="8,4")
     with pytest.raises(HsrmError, match="prune_warmup"):
         prune_hook("deepconf", 8, warmup=8)
+    with pytest.raises(HsrmError, match="prune_tau"):
+        prune_hook("consensus", 8, tau=1.5, extract=lambda t, p: t)
+    with pytest.raises(HsrmError, match="answer extraction"):
+        prune_hook("consensus", 8)
     assert prune_hook("none", 8) is None
 
 
@@ -139,6 +143,8 @@ def test_hook_checks_its_options():
         (["--prune", "random", "--prune-frac", "1.5"], "prune_frac"),
         (["--prune", "random", "--prune-checkpoints", "a,b"], "prune_checkpoints"),
         (["--prune", "deepconf", "--prune-head", "x"], "only used with prune=head"),
+        (["--prune", "consensus", "--prune-tau", "0"], "prune_tau"),
+        (["--prune", "consensus", "--prune-warmup", "16"], "prune_warmup"),
     ],
 )
 def test_bad_prune_options_exit_2(tmp_path, capsys, args, msg):
@@ -324,3 +330,75 @@ def test_prefix_ties_bound_every_prefix_score():
         assert M.within_prompt_auroc(best, y3, g3) <= c["auroc_ceiling"] + 1e-12
         if c["tied"] > 0:
             assert M.within_prompt_auroc(y3.astype(float), y3, g3) > c["auroc_ceiling"]
+
+
+def _inputs(tmp_path, tiny_lm, **kw):
+    from hsrm.capture import parse_layers
+    from hsrm.sampling import sample_inputs
+
+    scfg, _, prompts = sample_inputs(_cfg(tmp_path, "in", **kw))
+    return scfg, prompts, parse_layers(scfg.layers, tiny_lm.fingerprint.n_layers)
+
+
+@pytest.mark.parametrize("batch_prompts", [0, 2])
+def test_consensus_draws_waves_equal_to_one_draw(tmp_path, tiny_lm, batch_prompts):
+    """Samples drawn in two waves (``streams``) are the unpruned run's, token for token; a prompt
+    whose warm-up answers agree (here: same first character) gets no more samples."""
+    from hsrm.bon.prune import has_consensus
+    from hsrm.capture import sample_prompts
+    from hsrm.sampling import sample_batch
+
+    scfg, prompts, layers = _inputs(tmp_path, tiny_lm, n_prompts=6)
+    full = sample_prompts(tiny_lm, prompts, scfg, layers, batch_prompts=batch_prompts)
+    first_char = lambda text, prompt: text[:1] or None  # noqa: E731
+    stop = prune_hook("consensus", scfg.n, warmup=2, tau=1.0, extract=first_char)
+    waves = sample_batch(tiny_lm, prompts, scfg, layers, batch_prompts, stop)
+    stopped = 0
+    for f, w in zip(full, waves, strict=True):
+        assert len(w.answers) == scfg.n
+        agree = has_consensus([first_char(a.text, None) for a in f.answers[:2]], 1.0)
+        stopped += agree
+        for j, (a, b) in enumerate(zip(f.answers, w.answers)):
+            if agree and j >= 2:
+                assert b.token_ids == [] and b.extra["stop"] == "pruned"
+                assert b.hidden is not None and b.hidden.shape == (0, *a.hidden.shape[1:])
+            else:
+                assert b.token_ids == a.token_ids
+                assert np.allclose(b.logprobs.numpy(), a.logprobs.numpy(), atol=1e-5)
+    assert 0 < stopped < len(prompts)  # both branches were taken
+    never = prune_hook("consensus", scfg.n, warmup=2, tau=1.0, extract=lambda t, p: None)
+    again = sample_batch(tiny_lm, prompts, scfg, layers, batch_prompts, never)
+    assert [[a.token_ids for a in r.answers] for r in again] == [
+        [a.token_ids for a in r.answers] for r in full
+    ]
+
+
+def test_consensus_store_matches_its_replay(tmp_path, tiny_lm, monkeypatch):
+    """``hsrm sample --prune consensus`` writes every sample the replay over the unpruned store
+    (``pruning_curve(consensus_settings=...)``) says it draws, and the same number of tokens."""
+    from hsrm.bon.prune import pruning_curve
+    from hsrm.tasks.synthetic import SyntheticTask
+
+    # the random model never writes a number; grade (and vote on) its first character instead
+    monkeypatch.setattr(SyntheticTask, "extract", lambda self, text, prompt: text[:1] or None)
+
+    kw = dict(n_prompts=6, temperature=1.0)
+    full = sample(_cfg(tmp_path, "full", **kw), lm=tiny_lm)
+    st = sample(_cfg(tmp_path, "cons", prune="consensus", prune_warmup=2, prune_tau=1.0, **kw),
+                lm=tiny_lm)  # fmt: skip
+    assert st.meta["sampling"]["prune"] == {"policy": "consensus", "warmup": 2, "tau": 1.0}
+    c = pruning_curve(full, np.arange(len(full)), {}, head_settings=(), deepconf_settings=(),
+                      consensus_settings=((2, 1.0),), random_repeats=2)  # fmt: skip
+    pts = {p["policy"]: p for p in c["points"]}
+    cons = pts["consensus warmup=2 tau=1"]
+    assert sum(r["n_tokens"] for r in st.records) == cons["tokens"]
+    empty = [r for r in st.records if r["n_tokens"] == 0]
+    assert all(r["stop"] == "pruned" and r["sample"] >= 2 for r in empty)
+    assert 0 < cons["prompts_stopped"] < 6
+    assert len(empty) == 6 * cons["prompts_stopped"]  # 8 - 2 samples of each stopped prompt
+    for a, b in zip(full.records, st.records, strict=True):
+        if b["n_tokens"]:
+            assert a["text"] == b["text"]
+    # the control stops as many prompts after their warm-up, chosen at random
+    rnd = pts["random, same budget as consensus warmup=2 tau=1"]
+    assert rnd["tokens"] < pts["none"]["tokens"]

@@ -331,11 +331,13 @@ class _StepBuffers:
 
 
 def _batch_inputs(
-    lm: Any, prompts: Sequence[Any], cfg: SampleConfig
+    lm: Any, prompts: Sequence[Any], cfg: SampleConfig, streams: tuple[int, int] | None = None
 ) -> tuple[list[list[int]], torch.Tensor, int, torch.Tensor]:
     """What both decode loops start from: each prompt's token ids (refused if empty), the EOS ids
     and pad id, and U (T, R): row b*N+j's uniform at each step, drawn from prompt b's own
-    generator, so a prompt's samples never depend on its batch neighbours."""
+    generator, so a prompt's samples never depend on its batch neighbours. ``streams`` = (first,
+    total): the N rows are samples first .. first+N-1 of a ``total``-sample draw (columns of the
+    same (T, total) uniforms), so samples drawn in waves equal those drawn at once."""
     dev = lm.device
     seqs = [lmx.prompt_ids(lm.tokenizer, p) for p in prompts]
     for p, sq in zip(prompts, seqs):
@@ -343,9 +345,14 @@ def _batch_inputs(
             raise HsrmError(f"prompt {p.id!r} has no tokens")
     eos_t = torch.tensor(lmx.eos_ids(lm), device=dev)
     T, N = cfg.max_new_tokens, cfg.n
+    first, total = streams or (0, N)
+    if not 0 <= first <= total - N:
+        raise HsrmError(f"streams: samples {first}..{first + N - 1} are not within {total}")
     U = torch.stack(
         [
-            torch.rand(T, N, generator=_prompt_generator(cfg.seed, p.id, dev), device=dev)
+            torch.rand(T, total, generator=_prompt_generator(cfg.seed, p.id, dev), device=dev)[
+                :, first : first + N
+            ]
             for p in prompts
         ],
         1,
@@ -498,8 +505,11 @@ def sample_prompts(
     capture: bool = True,
     prune: PruneHook | None = None,
     batch_prompts: int = 0,
+    streams: tuple[int, int] | None = None,
 ) -> list[PromptResult]:
     """Draw ``cfg.n`` answers to each prompt, all ``len(prompts) * cfg.n`` rows decoded together.
+    ``streams`` = (first, total): draw samples first .. first + n - 1 of each prompt's ``total``
+    (the same tokens as those samples of one call with n = total; waves of samples use it).
 
     ``batch_prompts`` = B > 0 (and < the number of prompts): at most B prompts decode together,
     and when all of a prompt's rows have finished the next prompt is prefilled and joins the batch
@@ -523,17 +533,19 @@ def sample_prompts(
     layers = layers if layers is not None else parse_layers(cfg.layers, lm.fingerprint.n_layers)
     if 0 < batch_prompts < len(prompts):
         if prune is None and _refill_fits(lm, len(prompts), cfg, layers, capture):
-            return _sample_refill(lm, prompts, cfg, layers, capture, batch_prompts)
+            return _sample_refill(lm, prompts, cfg, layers, capture, batch_prompts, streams)
         return [
             r
             for c in range(0, len(prompts), batch_prompts)
-            for r in sample_prompts(lm, prompts[c : c + batch_prompts], cfg, layers, capture, prune)
+            for r in sample_prompts(
+                lm, prompts[c : c + batch_prompts], cfg, layers, capture, prune, streams=streams
+            )
         ]
     cap_layers = layers if capture else ()
     dev = lm.device
     B, N, T = len(prompts), cfg.n, cfg.max_new_tokens
     R = B * N
-    seqs, eos_t, padv, U = _batch_inputs(lm, prompts, cfg)
+    seqs, eos_t, padv, U = _batch_inputs(lm, prompts, cfg, streams)
     every = cfg.check_every or (1 if dev.type == "cpu" else 8)
 
     out, mask, cache = _prefill(lm, seqs, padv, cap_layers, T)
@@ -733,6 +745,7 @@ def _sample_refill(
     layers: tuple[int, ...],
     capture: bool,
     B: int,
+    streams: tuple[int, int] | None = None,
 ) -> list[PromptResult]:
     """``sample_prompts`` with at most B prompts in the decode batch and refill (see there).
 
@@ -747,7 +760,7 @@ def _sample_refill(
     dev = lm.device
     W, N, T = len(prompts), cfg.n, cfg.max_new_tokens
     R = W * N
-    seqs, eos_t, padv, U = _batch_inputs(lm, prompts, cfg)
+    seqs, eos_t, padv, U = _batch_inputs(lm, prompts, cfg, streams)
     cap_layers = layers if capture else ()
     _, head, softcap = lmx.lm_parts(model)
     P, d = _projector(lm, cfg, layers, capture)

@@ -105,7 +105,7 @@ class SampleRunConfig:
     gpus_per_worker: float = field(0.0, "engine=ray: GPUs per worker (0.5 = two workers a GPU)")
     ray_address: str = field("", "engine=ray: cluster to join (default $RAY_ADDRESS, else local)")
     # early pruning while sampling (hsrm.bon.prune_online; docs/quality.md)
-    prune: str = field("none", "stop samples early: none | head | deepconf | random")
+    prune: str = field("none", "stop samples early: none | head | deepconf | random | consensus")
     prune_head: str = field("", "prune=head: prefix-head folder (prune_online.fit_prefix_head)")
     prune_checkpoints: str = field(
         "4,8", "prune=head|random: answer-token counts at which samples are stopped"
@@ -114,7 +114,12 @@ class SampleRunConfig:
         0.5, "prune=head|random: share of each prompt's running samples stopped per checkpoint"
     )
     prune_eta: float = field(90.0, "prune=deepconf: percent of warm-up confidence kept (90 | 10)")
-    prune_warmup: int = field(4, "prune=deepconf: samples per prompt that set the threshold")
+    prune_warmup: int = field(
+        4, "prune=deepconf|consensus: samples per prompt that set the threshold or vote first"
+    )
+    prune_tau: float = field(
+        0.5, "prune=consensus: share of the warm-up answers that must agree to draw no more"
+    )
     prune_window: int = field(8, "prune=deepconf: sliding window of the group confidence")
     prune_seed: int = field(0, "prune=random: seed of the random choice")
 
@@ -360,9 +365,7 @@ def sample(cfg: SampleRunConfig, lm: Any = None, progress: bool = True) -> Store
     )
     try:
         for c in chunks:
-            res = sample_prompts(
-                lm, prompts[c : c + W], plan.scfg, plan.layers, batch_prompts=B, prune=prune
-            )
+            res = sample_batch(lm, prompts[c : c + W], plan.scfg, plan.layers, B, prune)
             for i, r in zip(range(c, c + W), res):
                 if i in need:
                     got[i] = r
@@ -381,6 +384,20 @@ def sample(cfg: SampleRunConfig, lm: Any = None, progress: bool = True) -> Store
         bar.close()
     log.info("writer: sampling waited %.2f s for the disk", bg.idle_s)
     return finish_sample(cfg, plan, n_done, time.perf_counter() - t0, {"writer_wait_s": bg.idle_s})
+
+
+def sample_batch(
+    lm: Any,
+    prompts: list[Prompt],
+    scfg: SampleConfig,
+    layers: tuple[int, ...],
+    batch_prompts: int,
+    prune: Any = None,
+) -> list[PromptResult]:
+    """``sample_prompts`` with the pruning policy: a per-step hook, or ``consensus``'s waves."""
+    if hasattr(prune, "sample"):  # hsrm.bon.prune_online.ConsensusStop
+        return prune.sample(lm, prompts, scfg, layers, batch_prompts)
+    return sample_prompts(lm, prompts, scfg, layers, batch_prompts=batch_prompts, prune=prune)
 
 
 def window_prompts(batch_prompts: int, refill_window: int = 0) -> int:
@@ -414,9 +431,7 @@ def sample_window(
     at a time writes byte-identical shards. ``prune``: the early-pruning hook, as in ``sample``."""
     out = []
     for c in range(0, len(window), B):
-        res = sample_prompts(
-            lm, window[c : c + B], scfg, layers, batch_prompts=batch_prompts, prune=prune
-        )
+        res = sample_batch(lm, window[c : c + B], scfg, layers, batch_prompts, prune)
         for j, r in enumerate(res):
             if lo <= start + c + j < hi:
                 out.append(r)

@@ -18,6 +18,11 @@ Policies decide, per prompt, at which token each sample stops (``len`` = not pru
   loses none.
 - ``random``: stops as many samples at each checkpoint as a ``head`` or ``threshold`` run did,
   chosen at random.
+- ``consensus``: DeepConf's other online half, *adaptive sampling* (arXiv 2508.15260, Alg. 2:
+  stop drawing traces for a question once the vote of those drawn has consensus >= tau, 0.95 in
+  the paper): a prompt's first ``warmup`` samples run to the end, and if the most common extracted
+  answer holds >= ``tau`` of them the prompt's other samples are never started (stop at token 0).
+  Its control stops as many prompts after their warm-up, chosen at random.
 
 Best-of-N is then taken over the samples that finished, with the same selector as without pruning.
 
@@ -31,7 +36,7 @@ replay is exact, sample for sample.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -165,6 +170,27 @@ def random_stops(
     return stop
 
 
+def has_consensus(answers: Sequence[object], tau: float) -> bool:
+    """Whether the most common extracted answer (None = no answer, never counted) holds >= ``tau``
+    of ``answers``: DeepConf's consensus test, with an unweighted vote."""
+    counts: dict[object, int] = {}
+    for a in answers:
+        if a is not None:
+            counts[a] = counts.get(a, 0) + 1
+    return bool(answers) and max(counts.values(), default=0) >= tau * len(answers)
+
+
+def consensus_stops(
+    answers: Sequence[object], lens: np.ndarray, warmup: int, tau: float
+) -> np.ndarray:
+    """One prompt, samples in index order: stop positions under consensus stopping (see the module
+    docstring); the samples after the warm-up stop at token 0 when its answers agree."""
+    stop = np.array(lens).copy()
+    if has_consensus(answers[:warmup], tau):
+        stop[warmup:] = 0
+    return stop
+
+
 def deepconf_stops(confs: list[np.ndarray], n_init: int, eta: float, window: int) -> np.ndarray:
     """One prompt: DeepConf online stopping (see the module docstring)."""
     lens = np.array([len(c) for c in confs])
@@ -228,6 +254,8 @@ def pruning_curve(
     ),
     deepconf_settings: Sequence[tuple[int, float, int]] = ((4, 90, 8), (4, 10, 8), (4, 90, 4)),
     threshold_settings: Sequence[tuple[tuple[int, ...], tuple[float, ...], int]] = (),
+    consensus_settings: Sequence[tuple[int, float]] = (),
+    policies: dict[str, Callable[[np.ndarray], np.ndarray]] | None = None,
     random_repeats: int = 20,
     seed: int = 0,
     extra_scores: dict[str, np.ndarray] | None = None,
@@ -235,7 +263,11 @@ def pruning_curve(
     """Tokens generated vs BoN@N (N = every sample of a prompt) for each policy and selector.
     ``extra_scores``: more per-sample scores (aligned with ``idx``, e.g. a final head's ``head``)
     that selectors may name (see ``select``). ``threshold_settings``: (checkpoints, thresholds,
-    min_keep) of ``threshold_stops``, each beside random pruning at its budget. Each point keeps
+    min_keep) of ``threshold_stops``, each beside random pruning at its budget.
+    ``consensus_settings``: (warmup, tau) of ``consensus_stops``, each beside the same number of
+    prompts stopped after their warm-up, chosen at random (``random_repeats`` draws).
+    ``policies``: more policies by name, each mapping one prompt's rows (positions in ``idx``, in
+    sample order) to their stop positions (family ``custom``, no control). Each point keeps
     its per-prompt BoN (``per_prompt``; random: the mean over draws) for paired CIs against
     ``none``."""
     recs = store.records
@@ -338,6 +370,48 @@ def pruning_curve(
                 "window": window,
             }
         )
+    keys = list(groups)
+    for warm, tau in consensus_settings:
+        cut: set = set()
+
+        def cs(g, rows, warm=warm, tau=tau, cut=cut):
+            st = consensus_stops([ext_all[j] for j in rows], lens_all[rows], warm, tau)
+            if len(rows) > warm and not st[warm:].any():
+                cut.add(g)
+            return st
+
+        tok, bon, pp = run(cs)
+        name = f"consensus warmup={warm} tau={tau:g}"
+        points.append({"policy": name, "family": "consensus", "tokens": tok, "bon": bon,
+                       "per_prompt": pp, "warmup": warm, "tau": tau,
+                       "prompts_stopped": len(cut)})  # fmt: skip
+        toks, bons, pps = [], [], []
+        for _ in range(random_repeats):
+            pick = {keys[i] for i in rng.choice(len(keys), size=len(cut), replace=False)}
+
+            def rs(g, rows, pick=pick, warm=warm):
+                st = lens_all[rows].copy()
+                if g in pick:
+                    st[warm:] = 0
+                return st
+
+            t_, b_, p_ = run(rs)
+            toks.append(t_)
+            bons.append(b_)
+            pps.append(p_)
+        points.append(
+            {
+                "policy": f"random, same budget as {name}",
+                "family": "random",
+                "tokens": int(np.mean(toks)),
+                "bon": {s: float(np.mean([b[s] for b in bons])) for s in selectors},
+                "per_prompt": {s: np.mean([p[s] for p in pps], 0).tolist() for s in selectors},
+            }
+        )
+    for name, stops_of in (policies or {}).items():
+        tok, bon, pp = run(lambda g, rows, f=stops_of: f(rows))
+        points.append({"policy": name, "family": "custom", "tokens": tok, "bon": bon,
+                       "per_prompt": pp})  # fmt: skip
     for p in points:
         p["saved"] = 1 - int(p["tokens"]) / full_tok if full_tok else 0.0
     return {
