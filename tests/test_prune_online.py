@@ -402,3 +402,24 @@ def test_consensus_store_matches_its_replay(tmp_path, tiny_lm, monkeypatch):
     # the control stops as many prompts after their warm-up, chosen at random
     rnd = pts["random, same budget as consensus warmup=2 tau=1"]
     assert rnd["tokens"] < pts["none"]["tokens"]
+
+
+def test_report_counts_stopped_samples_as_no_answer():
+    """A pruned sample is never right, never votes, and is picked only when its k-subset holds
+    nothing else; AUROCs are over the finished samples."""
+    from hsrm.bon.report import bon_report
+
+    # one prompt, 4 samples; sample 3 was stopped early, scores highest and (partially) reads "7"
+    labels = np.array([1, 0, 0, 1], bool)
+    scores = {"s": np.array([0.5, 0.2, 0.1, 9.0]), "majority": np.zeros(4)}
+    ext = ["7", "3", "3", "7"]
+    g = np.array(["p"] * 4)
+    rep = bon_report(scores, labels, g, ext, n_boot=10, finished=np.array([1, 1, 1, 0], bool))
+    full = bon_report(scores, labels, g, ext, n_boot=10)
+    assert full["bon"]["s"]["4"] == 1.0 and full["bon"]["majority"]["4"] == 0.5  # 7-7 vs 3-3 tie
+    assert rep["bon"]["s"]["4"] == 1.0  # the best finished sample, sample 0
+    assert rep["bon"]["majority"]["4"] == 0.0  # 3 holds two votes of three
+    assert rep["pass_at_k"]["4"] == 1.0 and rep["mean_accuracy"] == 0.25
+    # k = 1: the stopped slot gives no answer
+    assert rep["bon"]["s"]["1"] == rep["mean_accuracy"] == 0.25
+    assert rep["within_prompt_auroc"]["s"] == 1.0 and rep["n_stopped_early"] == 1

@@ -29,7 +29,8 @@ def store_report(
 ) -> dict[str, Any]:
     """``bon_report`` of store samples ``idx`` under ``scores`` (one array per scorer, aligned
     with ``idx``), with the store's labels, prompts, extracted answers and families; ``votes``:
-    more scorers whose arrays are vote weights (``bon_report``)."""
+    more scorers whose arrays are vote weights (``bon_report``). Samples stopped early
+    (``hsrm sample --prune``) count as answers never given (``bon_report``'s ``finished``)."""
     recs = store.records
     return bon_report(
         scores,
@@ -41,6 +42,7 @@ def store_report(
         seed=seed,
         protocol=protocol,
         votes=votes,
+        finished=np.array([recs[i].get("stop") != "pruned" for i in idx], bool),
     )
 
 

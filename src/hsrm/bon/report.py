@@ -33,8 +33,10 @@ def _summary(
     seed: int,
     protocol: str = "random",
     vote_weights: dict[str, tuple[np.ndarray, float]] | None = None,
+    finished: np.ndarray | None = None,
 ) -> dict[str, Any]:
     vote_weights = vote_weights or {}
+    fin = np.ones(len(labels), bool) if finished is None else np.asarray(finished, bool)
     by = M.by_group(groups)
     y = np.asarray(labels, float)
     per_prompt_acc = {g: float(y[i].mean()) for g, i in by.items()}
@@ -72,12 +74,13 @@ def _summary(
             out["bon"][name][str(k)] = v
             out["bon_ci"][name][str(k)] = list(M.bootstrap_ci(per, n_boot, seed=seed))
             out["gap_closed"][name][str(k)] = M.gap_closed(v, out["mean_accuracy"], pk[k])
-        out["auroc"][name] = M.auroc(s, y)
+        s, yf, gf = s[fin], y[fin], np.asarray(groups)[fin]  # AUROCs: finished samples only
+        out["auroc"][name] = M.auroc(s, yf)
         out["auroc_ci"][name] = list(
-            M.bootstrap_auroc_ci(s, y, groups, n_boot=min(n_boot, 300), seed=seed)
+            M.bootstrap_auroc_ci(s, yf, gf, n_boot=min(n_boot, 300), seed=seed)
         )
-        wp = M.within_prompt_auroc_per_group(s, y, groups)
-        out["within_prompt_auroc"][name] = M.within_prompt_auroc(s, y, groups)
+        wp = M.within_prompt_auroc_per_group(s, yf, gf)
+        out["within_prompt_auroc"][name] = M.within_prompt_auroc(s, yf, gf)
         out["within_prompt_auroc_ci"][name] = list(M.bootstrap_ci(wp, n_boot, seed=seed))
     out["n_mixed_prompts"] = int(sum(0 < y[i].mean() < 1 for i in by.values()))
     return out
@@ -124,16 +127,28 @@ def bon_report(
     seed: int = 0,
     protocol: str = "random",
     votes: Sequence[str] = (),
+    finished: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Best-of-N report over test samples. ``scores``: scorer name -> (n,) scores (higher = better);
     include ``"majority"`` (any array; votes come from ``extracted``) and ``"random"`` if wanted.
     Vote scorers (``vote_keep``; ``votes`` names more) hold per-trace weights.
     ``protocol``: ``random`` (exact mean over random k-subsets) or ``first`` (SWIFT: the first k
-    samples of each prompt, in sample order)."""
+    samples of each prompt, in sample order).
+    ``finished``: (n,) False for samples stopped early (``hsrm sample --prune``). Such a sample has
+    no answer: it is never right, never votes, and a scorer picks it only when every sample of the
+    k drawn was stopped; AUROCs are over the finished samples."""
     if protocol not in ("random", "first"):
         raise HsrmError(f"protocol must be 'random' or 'first', got {protocol!r}")
     labels, groups = np.asarray(labels), np.asarray(groups)
     extracted = list(extracted) if extracted is not None else [None] * len(labels)
+    stopped = np.zeros(len(labels), bool) if finished is None else ~np.asarray(finished, bool)
+    if stopped.any():
+        labels = np.asarray(labels, bool) & ~stopped
+        extracted = [None if c else e for e, c in zip(extracted, stopped)]
+        scores = {
+            k: v if vote_keep(k, votes) is not None else _below_finished(v, stopped)
+            for k, v in scores.items()
+        }
     if MAJORITY in scores:
         scores = {**scores, MAJORITY: vote_counts(extracted, groups)}
     vote_weights = {
@@ -145,7 +160,10 @@ def bon_report(
         scores = {**scores, name: weighted_vote_share(extracted, groups, w)}
     n = min(len(i) for i in M.by_group(groups).values())
     ks = ks or M.ks_for(n)
-    rep = _summary(scores, labels, groups, extracted, ks, n_boot, seed, protocol, vote_weights)
+    rep = _summary(
+        scores, labels, groups, extracted, ks, n_boot, seed, protocol, vote_weights, ~stopped
+    )
+    rep["n_stopped_early"] = int(stopped.sum())
     if families is not None:
         fam = np.asarray(families)
         rep["per_family"] = {}
@@ -162,5 +180,14 @@ def bon_report(
                 seed,
                 protocol,
                 {k: (w[m], keep) for k, (w, keep) in vote_weights.items()},
+                ~stopped[m],
             )
     return rep
+
+
+def _below_finished(v: np.ndarray, stopped: np.ndarray) -> np.ndarray:
+    """Scores with every stopped sample moved below every finished one."""
+    v = np.asarray(v, float).copy()
+    if (~stopped).any():
+        v[stopped] = np.nanmin(v[~stopped]) - 1.0
+    return v

@@ -146,6 +146,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     rep = evaluate(cfg)
     con = _console()
     con.print(rich_table(rep))
+    if rep.get("n_stopped_early"):
+        con.print(
+            f"{rep['n_stopped_early']} samples were stopped early (--prune): they count as no "
+            "answer; AUROCs are over the finished samples"
+        )
     out = Path(cfg.out or Path(cfg.run) / "eval")
     con.print(
         f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'bon.png'}, "

@@ -58,7 +58,13 @@ def bon_markdown(rep: dict[str, Any]) -> str:
     parts = [
         f"Held-out prompts: {rep['n_prompts']} ({rep['n_samples']} samples, "
         f"{rep.get('n_mixed_prompts', '?')} with both right and wrong answers); "
-        f"mean accuracy {rep['mean_accuracy']:.3f}.",
+        f"mean accuracy {rep['mean_accuracy']:.3f}."
+        + (
+            f" {rep['n_stopped_early']} samples were stopped early (`--prune`): they count as no "
+            "answer, and AUROCs are over the finished samples."
+            if rep.get("n_stopped_early")
+            else ""
+        ),
         "",
         _md_table(*bon_rows(rep)),
     ]
