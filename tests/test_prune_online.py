@@ -35,7 +35,8 @@ def _by_prompt(st: Store) -> dict[str, list[dict]]:
 
 
 def test_random_pruning_stops_rows_and_marks_them(tmp_path, tiny_lm):
-    st = sample(_cfg(tmp_path, "r", prune="random", prune_checkpoints="2,4"), lm=tiny_lm)
+    kw = dict(prune="random", prune_checkpoints="2,4", prune_frac=0.5)
+    st = sample(_cfg(tmp_path, "r", **kw), lm=tiny_lm)
     assert st.meta["sampling"]["prune"]["policy"] == "random"
     full = sample(_cfg(tmp_path, "f"), lm=tiny_lm)
     assert all(r["stop"] != "pruned" for r in full.records)

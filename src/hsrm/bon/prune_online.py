@@ -230,7 +230,8 @@ class PrefixHeadConfig:
 
     store: str = field("", "fully sampled store of the task (hsrm sample, hidden states kept)")
     out: str = field("", "output folder (prefix_head.safetensors + prefix_head.json)")
-    checkpoints: str = field("4,8", "answer-token counts at which the head scores samples")
+    # token 12: where the CoT family's right and wrong answers have mostly diverged (docs/quality.md)
+    checkpoints: str = field("12", "answer-token counts at which the head scores samples")
     C: float = field(0.01, "inverse L2 strength of each checkpoint's logistic regression", min=1e-9)
     diagnose: bool = field(
         True,
@@ -288,8 +289,8 @@ def prune_hook(
     *,
     head: PrefixHead | None = None,
     captured_layers: Sequence[int] = (),
-    checkpoints: str | Sequence[int] = "4,8",
-    frac: float = 0.5,
+    checkpoints: str | Sequence[int] = "12",
+    frac: float = 0.75,
     eta: float = 90.0,
     warmup: int = 4,
     window: int = 8,
