@@ -156,6 +156,14 @@ def test_hsrm_samples_round_trip(tiny_lm, tmp_path):
     assert Xa.fingerprint == Xb.fingerprint
     for i in range(4):
         torch.testing.assert_close(Xa[i], Xb[i])
+    # finish_reason as OpenAI names it: EOS and stop strings "stop", length and pruned "length"
+    for a, why in zip(res.answers, ("eos", "stop", "length", "pruned")):
+        a.extra["stop"] = why
+    import json
+
+    rec = json.loads(write_api_log(tmp_path / "why.jsonl", [res], tiny_lm.tokenizer).read_text())
+    assert [c["finish_reason"] for c in rec["choices"]] == ["stop", "stop", "length", "length"]
+    assert rec["metadata"]["pruned"] == [3]
     no_top = sample_prompt(tiny_lm, prompt, SampleConfig(n=2, max_new_tokens=3, layers="last"))
     with pytest.raises(HsrmError, match="top_logprobs=k"):
         write_api_log(tmp_path / "x.jsonl", [no_top], tiny_lm.tokenizer)

@@ -178,16 +178,21 @@ def api_log_records(
                         ],
                     }
                 )
-            stopped = a.extra.get("eos_logprob") is not None
+            why = a.extra.get("stop") or ("eos" if a.extra.get("eos_logprob") is not None else "")
             choices.append(
                 {
                     "index": i,
                     "message": {"role": "assistant", "content": a.text},
-                    "finish_reason": "stop" if stopped else "length",
+                    # OpenAI's values: EOS and stop strings are "stop"; a sample stopped early by
+                    # --prune is cut like a length stop (and named in metadata.pruned)
+                    "finish_reason": "stop" if why in ("eos", "stop") else "length",
                     "logprobs": {"content": content},
                 }
             )
         meta: dict[str, Any] = {"prompt_id": res.prompt.id, "family": res.prompt.family}
+        pruned = [i for i, a in enumerate(res.answers) if a.extra.get("stop") == "pruned"]
+        if pruned:
+            meta["pruned"] = pruned
         if labels is not None:
             meta["labels"] = [None if v is None else int(v) for v in labels[p]]
         out.append(
