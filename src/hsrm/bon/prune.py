@@ -321,19 +321,22 @@ def pruning_curve(
         tok, bon, pp = run(hs)
         points.append({**point, "tokens": tok, "bon": bon, "per_prompt": pp,
                        "checkpoints": list(cps)})  # fmt: skip
-        toks, bons, pps = [], [], []
-        for _ in range(random_repeats):
-            t_, b_, p_ = run(lambda g, rows: random_stops(lens_all[rows], counts[g], cps, rng))
-            toks.append(t_)
-            bons.append(b_)
-            pps.append(p_)
+        random_point(
+            point["policy"],
+            lambda: lambda g, rows: random_stops(lens_all[rows], counts[g], cps, rng),
+        )
+
+    def random_point(name: str, draw: Callable[[], Callable]) -> None:
+        """The random control of policy ``name``: ``random_repeats`` runs of ``draw()``'s stops,
+        averaged into one point."""
+        runs = [run(draw()) for _ in range(random_repeats)]
         points.append(
             {
-                "policy": f"random, same budget as {point['policy']}",
+                "policy": f"random, same budget as {name}",
                 "family": "random",
-                "tokens": int(np.mean(toks)),
-                "bon": {s: float(np.mean([b[s] for b in bons])) for s in selectors},
-                "per_prompt": {s: np.mean([p[s] for p in pps], 0).tolist() for s in selectors},
+                "tokens": int(np.mean([r[0] for r in runs])),
+                "bon": {s: float(np.mean([r[1][s] for r in runs])) for s in selectors},
+                "per_prompt": {s: np.mean([r[2][s] for r in runs], 0).tolist() for s in selectors},
             }
         )
 
@@ -385,29 +388,20 @@ def pruning_curve(
         points.append({"policy": name, "family": "consensus", "tokens": tok, "bon": bon,
                        "per_prompt": pp, "warmup": warm, "tau": tau,
                        "prompts_stopped": len(cut)})  # fmt: skip
-        toks, bons, pps = [], [], []
-        for _ in range(random_repeats):
+
+        def draw_prompts(cut=cut, warm=warm):
+            """As many prompts as consensus stopped, chosen at random, stopped after the warm-up."""
             pick = {keys[i] for i in rng.choice(len(keys), size=len(cut), replace=False)}
 
-            def rs(g, rows, pick=pick, warm=warm):
+            def rs(g, rows):
                 st = lens_all[rows].copy()
                 if g in pick:
                     st[warm:] = 0
                 return st
 
-            t_, b_, p_ = run(rs)
-            toks.append(t_)
-            bons.append(b_)
-            pps.append(p_)
-        points.append(
-            {
-                "policy": f"random, same budget as {name}",
-                "family": "random",
-                "tokens": int(np.mean(toks)),
-                "bon": {s: float(np.mean([b[s] for b in bons])) for s in selectors},
-                "per_prompt": {s: np.mean([p[s] for p in pps], 0).tolist() for s in selectors},
-            }
-        )
+            return rs
+
+        random_point(name, draw_prompts)
     for name, stops_of in (policies or {}).items():
         tok, bon, pp = run(lambda g, rows, f=stops_of: f(rows))
         points.append({"policy": name, "family": "custom", "tokens": tok, "bon": bon,
