@@ -26,7 +26,8 @@ taken over the samples that finished. Policies (the offline versions are in ``hs
   stream (``capture.sample_prompts(streams=...)``), so every sample drawn equals the unpruned
   run's. The paper's tau is 0.95 on models right most of the time; on the CoT family (a 135M
   model right 16-28% of the time) the setting chosen on a training store was warmup 4, tau 0.5
-  (docs/quality.md).
+  (docs/quality.md). Each wave decodes as many rows at once as ``batch_prompts`` x n, so give the
+  sampler a refill window of several batches (``--refill-window``) for the first wave to fill them.
 
 ``PrefixHead``: one standardised logistic regression per checkpoint on prefix-averaged states
 (the pooled probe of ``hsrm.bon.quality``, C = 0.01), fitted on a fully sampled store of the same task
@@ -427,8 +428,15 @@ class ConsensusStop:
         from hsrm.capture import sample_prompts
 
         n, w = self.n, self.warmup
+        # rows per decode batch as without waves (batch_prompts x n): a wave of fewer samples per
+        # prompt decodes more prompts at once (with refill, from the window it was given)
+        b1, b2 = (
+            (batch_prompts * n // w, max(1, batch_prompts * n // (n - w)))
+            if batch_prompts
+            else (0, 0)
+        )
         first = sample_prompts(
-            lm, prompts, replace(scfg, n=w), layers, batch_prompts=batch_prompts, streams=(0, n)
+            lm, prompts, replace(scfg, n=w), layers, batch_prompts=b1, streams=(0, n)
         )
         open_ = [
             b
@@ -437,7 +445,7 @@ class ConsensusStop:
         ]
         rest = sample_prompts(
             lm, [prompts[b] for b in open_], replace(scfg, n=n - w), layers,
-            batch_prompts=batch_prompts, streams=(w, n),
+            batch_prompts=b2, streams=(w, n),
         )  # fmt: skip
         more = dict(zip(open_, rest))
         for b, r in enumerate(first):
