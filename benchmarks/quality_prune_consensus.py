@@ -16,7 +16,8 @@ token 12 (``head_stops``), or the vote is weighted by the final head's sigmoid.
    budget, and DeepConf's single-trace online stop; per store and pooled, with paired bootstrap
    CIs over prompts.
 
-Writes benchmarks/results/quality_prune_consensus.json and .md.
+Writes benchmarks/results/quality_prune_consensus.json, .md and .png (tokens generated vs
+BoN@16 change per selector, pooled over the test stores; ``--replot`` redraws it from the JSON).
 """
 
 from __future__ import annotations
@@ -145,7 +146,14 @@ def main() -> None:
     )
     ap.add_argument("--n-boot", type=int, default=2000)
     ap.add_argument("--tag", default="quality_prune_consensus")
+    ap.add_argument(
+        "--replot", action="store_true", help="only rewrite the .md and .png from the results JSON"
+    )
     a = ap.parse_args()
+    if a.replot:
+        out = json.loads((RESULTS / f"{a.tag}.json").read_text())
+        write(out, a)
+        return
     t0 = time.perf_counter()
     train = Store(a.train)
     tests = {p: Store(p) for p in a.tests}
@@ -212,8 +220,42 @@ def main() -> None:
         "seconds": time.perf_counter() - t0,
     }
     (RESULTS / f"{a.tag}.json").write_text(json.dumps(out, indent=1))
-    (RESULTS / f"{a.tag}.md").write_text(markdown(out, a))
+    write(out, a)
     print((RESULTS / f"{a.tag}.md").read_text())
+
+
+def write(out: dict[str, Any], a: argparse.Namespace) -> None:
+    (RESULTS / f"{a.tag}.md").write_text(markdown(out, a))
+    plot(out, RESULTS / f"{a.tag}.png")
+
+
+def plot(out: dict[str, Any], path: Path) -> None:
+    """Share of answer tokens generated vs BoN@16 change (pooled test stores, 95% CI), per
+    selector: one marker per policy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in out["rows"] if r["store"].startswith("all ")]
+    fig, axes = plt.subplots(1, len(SELECTORS), figsize=(3.6 * len(SELECTORS), 3.8), sharey=True)
+    for ax, s in zip(axes, SELECTORS):
+        for r in rows:
+            d = r[s]
+            ax.errorbar(
+                1 - r["saved"], d["delta"], yerr=[[d["delta"] - d["ci"][0]], [d["ci"][1] - d["delta"]]],
+                fmt="s" if r["policy"].startswith("random") else "o", capsize=3,
+                label=r["policy"].replace("random, same budget as ", "random @ "),
+            )  # fmt: skip
+        ax.axhline(0, color="k", lw=0.8)
+        ax.axhspan(-0.01, 0.01, color="g", alpha=0.1)
+        ax.set_title(s)
+        ax.set_xlabel("share of answer tokens generated")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"BoN@16 change ({rows[0]['n_prompts']} fresh prompts)")
+    axes[-1].legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 def markdown(out: dict[str, Any], a: argparse.Namespace) -> str:
