@@ -77,15 +77,18 @@ def test_two_workers_same_store_as_local(cluster, local_store, tmp_path):
 
 
 def test_pruned_sampling_over_workers_same_store_as_local(cluster, tmp_path):
-    """``--prune random`` and ``--prune deepconf`` with ``--engine ray``: each worker builds the
-    run's hook; the store is the local engine's, byte for byte."""
+    """``--prune random``, ``deepconf`` and ``consensus`` with ``--engine ray``: each worker
+    builds the run's hook (consensus: with the task's answer extraction, in waves); the store is
+    the local engine's, byte for byte."""
     for kw in (
         dict(prune="random", prune_checkpoints="2", prune_frac=0.5),
         dict(prune="deepconf", prune_warmup=2, prune_window=1, prune_eta=90.0),
+        dict(prune="consensus", prune_warmup=2, prune_tau=0.5),
     ):
         local = tmp_path / f"local-{kw['prune']}"
         st = sample(SampleRunConfig(out=str(local), **TINY, **kw), progress=False)
-        assert any(r["stop"] == "pruned" for r in st.records), kw
+        # the random model never writes a number, so no prompt reaches consensus: all are drawn
+        assert any(r["stop"] == "pruned" for r in st.records) != (kw["prune"] == "consensus"), kw
         out = tmp_path / f"ray-{kw['prune']}"
         sample(SampleRunConfig(out=str(out), engine="ray", workers=2, **TINY, **kw), progress=False)
         assert_same_store(local, out)
