@@ -344,7 +344,7 @@ def sample(cfg: SampleRunConfig, lm: Any = None, progress: bool = True) -> Store
     plan = plan_sample(cfg, lm.fingerprint, scfg, task, prompts)
     from hsrm.bon.prune_online import hook_from_config
 
-    prune = hook_from_config(cfg, plan.layers)
+    prune = hook_from_config(cfg, plan.layers, task)
     t0, n_done = time.perf_counter(), 0
     bar = tqdm(
         total=sum(len(plan.shards[k]) for k in plan.todo) * cfg.n,

@@ -517,13 +517,14 @@ def _hook(cfg, head: PrefixHead | None, captured_layers: Sequence[int], extract=
     )
 
 
-def hook_from_config(cfg, captured_layers: Sequence[int]):
-    """The sampler's ``prune`` hook for ``cfg`` (None for ``prune=none``)."""
+def hook_from_config(cfg, captured_layers: Sequence[int], task: Any = None):
+    """The sampler's ``prune`` hook for ``cfg`` (None for ``prune=none``). ``consensus`` votes with
+    ``task``'s answer extraction (built from ``cfg`` when not given)."""
     extract = None
     if cfg.prune == "consensus":
         from hsrm.sampling import make_task
 
-        extract = make_task(cfg).extract
+        extract = (task or make_task(cfg)).extract
     return _hook(cfg, check_prune_config(cfg), captured_layers, extract)
 
 
