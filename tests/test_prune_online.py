@@ -388,6 +388,8 @@ def test_consensus_store_matches_its_replay(tmp_path, tiny_lm, monkeypatch):
     st = sample(_cfg(tmp_path, "cons", prune="consensus", prune_warmup=2, prune_tau=1.0, **kw),
                 lm=tiny_lm)  # fmt: skip
     assert st.meta["sampling"]["prune"] == {"policy": "consensus", "warmup": 2, "tau": 1.0}
+    assert st.meta["refill_window"] == 8 * 4  # batch_prompts x n / warmup: full first waves
+    assert "refill_window" not in full.meta
     c = pruning_curve(full, np.arange(len(full)), {}, head_settings=(), deepconf_settings=(),
                       consensus_settings=((2, 1.0),), random_repeats=2)  # fmt: skip
     pts = {p["policy"]: p for p in c["points"]}

@@ -84,7 +84,8 @@ class SampleRunConfig:
     refill_window: int = field(
         0,
         "refill: sample prompts in aligned windows of this many; at most batch_prompts decode at "
-        "once and a finished prompt's slot goes to the window's next prompt (0 = off)",
+        "once and a finished prompt's slot goes to the window's next prompt (0 = off; with "
+        "prune=consensus: batch_prompts x ceil(n / prune_warmup))",
         min=0,
     )
     writer_queue: int = field(
@@ -245,7 +246,7 @@ def plan_sample(
                 else {}
             ),
             "batch_prompts": cfg.batch_prompts,  # states differ across B within fp tolerance
-            **({"refill_window": cfg.refill_window} if cfg.refill_window else {}),
+            **({"refill_window": rw} if (rw := refill_window(cfg)) else {}),
         },
     )
     S = cfg.shard_prompts
@@ -353,7 +354,7 @@ def sample(cfg: SampleRunConfig, lm: Any = None, progress: bool = True) -> Store
         disable=not progress,
     )
     S, B, n_prompts = cfg.shard_prompts, cfg.batch_prompts, len(prompts)
-    W = window_prompts(cfg.batch_prompts, cfg.refill_window)
+    W = window_prompts(cfg.batch_prompts, int(plan.writer.meta.get("refill_window", 0)))
     # Batches (refill windows) are aligned to absolute prompt positions ([c*W, (c+1)*W)), so a
     # prompt always shares its batch with the same neighbours (whichever engine samples it) and a
     # resumed run writes byte-identical shards; on resume a window that straddles a finished
@@ -400,6 +401,16 @@ def sample_batch(
     if hasattr(prune, "sample"):  # hsrm.bon.prune_online.ConsensusStop
         return prune.sample(lm, prompts, scfg, layers, batch_prompts)
     return sample_prompts(lm, prompts, scfg, layers, batch_prompts=batch_prompts, prune=prune)
+
+
+def refill_window(cfg: SampleRunConfig) -> int:
+    """``cfg.refill_window``, or for ``prune=consensus`` without one, batch_prompts x ceil(n /
+    warmup) prompts: its first wave draws ``prune_warmup`` samples a prompt, so it needs that many
+    prompts to decode batch_prompts x n rows at once (on seed 14 of the CoT family, with a window
+    of 32 it took 361 s against the unpruned run's 566 s, and without 659 s against 617 s)."""
+    if cfg.refill_window or getattr(cfg, "prune", "none") != "consensus":
+        return cfg.refill_window
+    return cfg.batch_prompts * -(-cfg.n // cfg.prune_warmup)
 
 
 def window_prompts(batch_prompts: int, refill_window: int = 0) -> int:

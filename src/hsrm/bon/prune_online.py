@@ -26,8 +26,9 @@ taken over the samples that finished. Policies (the offline versions are in ``hs
   stream (``capture.sample_prompts(streams=...)``), so every sample drawn equals the unpruned
   run's. The paper's tau is 0.95 on models right most of the time; on the CoT family (a 135M
   model right 16-28% of the time) the setting chosen on a training store was warmup 4, tau 0.5
-  (docs/quality.md). Each wave decodes as many rows at once as ``batch_prompts`` x n, so give the
-  sampler a refill window of several batches (``--refill-window``) for the first wave to fill them.
+  (docs/quality.md). Each wave decodes as many rows at once as ``batch_prompts`` x n; the first
+  finds enough prompts in the sampler's refill window, which defaults to batch_prompts x
+  ceil(n / warmup) prompts for this policy (``sampling.refill_window``).
 
 ``PrefixHead``: one standardised logistic regression per checkpoint on prefix-averaged states
 (the pooled probe of ``hsrm.bon.quality``, C = 0.01), fitted on a fully sampled store of the same task

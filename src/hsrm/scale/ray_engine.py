@@ -320,7 +320,7 @@ def sample_ray(cfg: Any, progress: bool = True) -> Any:
 
             try:
                 S, N = cfg.shard_prompts, len(plan.prompts)
-                B = window_prompts(cfg.batch_prompts, cfg.refill_window)
+                B = window_prompts(cfg.batch_prompts, int(plan.writer.meta.get("refill_window", 0)))
                 items = []
                 for k in plan.todo:
                     a, b = batch_window(k, S, B, N)
