@@ -426,3 +426,37 @@ def test_report_counts_stopped_samples_as_no_answer():
     # k = 1: the stopped slot gives no answer
     assert rep["bon"]["s"]["1"] == rep["mean_accuracy"] == 0.25
     assert rep["within_prompt_auroc"]["s"] == 1.0 and rep["n_stopped_early"] == 1
+
+
+def test_evaluate_reports_a_pruned_store(tmp_path, capsys, monkeypatch):
+    """``hsrm evaluate`` on a store sampled with ``--prune``: the stopped samples count as no
+    answer (accuracy over finished samples only), and the report says how many there were."""
+    import json
+
+    from hsrm.tasks.synthetic import SyntheticTask
+
+    # the random model never writes a number; grade its first character instead (both classes)
+    monkeypatch.setattr(SyntheticTask, "extract", lambda self, text, prompt: text[:1] or None)
+    monkeypatch.setattr(SyntheticTask, "check", lambda self, e, p: e is not None and e < "m")
+    run, heads, ev = (str(tmp_path / x) for x in ("run", "heads", "eval"))
+    sample_args = ["--model", "tiny:0", "--n-prompts", "24", "--n", "8", "--max-new-tokens", "8",
+                   "--temperature", "1.0", "--threads", "1"]  # fmt: skip
+    prune = ["--prune", "random", "--prune-checkpoints", "2", "--prune-frac", "0.5"]
+    assert main(["sample", "--out", run, *sample_args, *prune]) == 0
+    assert main(["train", run, "--out", heads, "--head-type", "probe"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", run, "--head", heads, "--out", ev]) == 0
+    assert "stopped early" in capsys.readouterr().out
+    rep = json.loads(Path(ev, "results.json").read_text())
+    st = Store(run)
+    seen = set(json.loads(Path(heads, "training.json").read_text())["train_prompts"])
+    test = [i for i, r in enumerate(st.records) if r["prompt_id"] not in seen]
+    cut = [i for i in test if st.records[i]["stop"] == "pruned"]
+    assert rep["n_stopped_early"] == len(cut) > 0
+    assert any(st.labels[i] for i in cut)  # some partial answers read as right: not counted
+    by: dict[str, list[float]] = {}
+    for i in test:
+        by.setdefault(st.records[i]["prompt_id"], []).append(
+            float(st.labels[i] and st.records[i]["stop"] != "pruned")
+        )
+    assert rep["mean_accuracy"] == pytest.approx(np.mean([np.mean(v) for v in by.values()]))
