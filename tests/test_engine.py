@@ -213,6 +213,29 @@ def test_batched_store_equals_unbatched_store(tmp_path, tiny_lm):
                 assert torch.allclose(st.logprobs(i), one.logprobs(i), atol=1e-4)
 
 
+def test_skip_prompts_samples_the_tasks_next_prompts(tmp_path, tiny_lm):
+    """A store of the task's prompts 6-9 (``skip_prompts``) holds exactly those of a 10-prompt
+    store, samples included (each prompt draws from its own stream), and one union reads both."""
+    from hsrm.bon.evaluate import _same_task
+    from hsrm.sampling import sample
+    from hsrm.store import StoreUnion
+
+    full = sample(_sample_cfg(tmp_path / "full"), tiny_lm, False)
+    first = sample(_sample_cfg(tmp_path / "first", n_prompts=6), tiny_lm, False)
+    rest = sample(_sample_cfg(tmp_path / "rest", n_prompts=4, skip_prompts=6), tiny_lm, False)
+    assert rest.meta["task"]["skip_prompts"] == 6 and "skip_prompts" not in full.meta["task"]
+    assert [r["text"] for r in rest.records] == [r["text"] for r in full.records[18:]]
+    assert set(rest.prompt_ids).isdisjoint(first.prompt_ids)
+    assert _same_task(rest.meta["task"], full.meta["task"])  # ids name the same prompts
+    both = StoreUnion([first, rest])
+    assert len(both) == 30 and list(both.prompt_ids) == list(full.prompt_ids)
+    assert list(both.labels) == list(full.labels)
+    F, G = both.features([17, 18]), full.features([17, 18])
+    for i in range(2):
+        assert torch.equal(F[i], G[i])
+    assert len(both.features()) == 30
+
+
 def test_old_storage_dtype_key_is_an_alias(tmp_path):
     from hsrm.config import from_sources
     from hsrm.sampling import SampleRunConfig

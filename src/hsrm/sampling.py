@@ -45,6 +45,12 @@ class SampleRunConfig:
         "arith,compare", "synthetic task families (comma list of arith, compare, count)"
     )
     task_seed: int = field(0, "seed of the synthetic task generator and of few-shot draws")
+    skip_prompts: int = field(
+        0,
+        "leave out the task's first K prompts (more prompts of the same task after another "
+        "store's, never the same questions: the demo's training-only prompts)",
+        min=0,
+    )
     task_range: str = field(
         "1,20", "synthetic operands LO,HI (cot caps HI at 9; 1,5: an easier cot)"
     )
@@ -155,7 +161,7 @@ def make_task(cfg: SampleRunConfig) -> Task:
         lo, hi = _task_range(cfg.task_range)
         return get_task(
             "synthetic",
-            n=cfg.n_prompts,
+            n=cfg.n_prompts + cfg.skip_prompts,
             families=fams,
             seed=cfg.task_seed,
             fewshot=cfg.fewshot,
@@ -164,8 +170,21 @@ def make_task(cfg: SampleRunConfig) -> Task:
             shots=cfg.shots,
         )
     return get_task(
-        cfg.task, limit=cfg.n_prompts, shots=cfg.shots, fewshot=cfg.fewshot, seed=cfg.task_seed
+        cfg.task,
+        limit=cfg.n_prompts + cfg.skip_prompts,
+        shots=cfg.shots,
+        fewshot=cfg.fewshot,
+        seed=cfg.task_seed,
     )
+
+
+def task_description(task: Task, cfg: SampleRunConfig) -> dict[str, Any]:
+    """The store's ``task`` meta: the task's own description, and ``skip_prompts`` where the
+    store leaves out the task's first prompts (the prompt ids then start after them)."""
+    d = task.describe()
+    if cfg.skip_prompts:
+        d["skip_prompts"] = cfg.skip_prompts
+    return d
 
 
 @dataclass
@@ -204,9 +223,12 @@ def sample_inputs(cfg: SampleRunConfig) -> tuple[SampleConfig, Task, list[Prompt
 
     check_prune_config(cfg)
     task = make_task(cfg)
-    prompts = task.prompts()
+    prompts = task.prompts()[cfg.skip_prompts :]
     if not prompts:
-        raise HsrmError(f"task {cfg.task!r} has no prompts")
+        raise HsrmError(
+            f"task {cfg.task!r} has no prompts"
+            + (f" after the first {cfg.skip_prompts}" if cfg.skip_prompts else "")
+        )
     return scfg, task, prompts
 
 
@@ -235,7 +257,7 @@ def plan_sample(
         {
             "fingerprint": fp.to_dict(),
             "layers": list(layers),
-            "task": task.describe(),
+            "task": task_description(task, cfg),
             "sampling": sampling,
             "dtype": cfg.store_dtype,
             "pool": cfg.pool,

@@ -278,7 +278,50 @@ def _header(p: Path) -> tuple[int, dict[str, Any]]:
         return n, json.loads(f.read(n))
 
 
-class Store:
+class RecordsView:
+    """The read side a store and a union of stores share: features and columns over
+    ``records``, given ``hidden`` / ``logprobs`` per record index."""
+
+    records: list[dict[str, Any]]
+    layers: tuple[int, ...]
+    fingerprint: ModelFingerprint
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def hidden(self, i: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def logprobs(self, i: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def features(
+        self, idx: Indices | None = None, layers: Sequence[int] | None = None
+    ) -> TokenFeatures:
+        """Lazy features of records ``idx`` (default all), optionally a layer subset."""
+        f = TokenFeatures(
+            self.hidden, len(self.records), self.layers, self.fingerprint, self.logprobs
+        )
+        if idx is not None:
+            f = f.subset(idx)
+        if layers is not None:
+            f = f.select_layers(layers)
+        return f
+
+    # Column helpers (numpy arrays over records)
+    def column(self, key: str) -> np.ndarray:
+        return np.array([r[key] for r in self.records])
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.column("label").astype(np.int64)
+
+    @property
+    def prompt_ids(self) -> np.ndarray:
+        return self.column("prompt_id")
+
+
+class Store(RecordsView):
     """Read side: records in memory, tensors memory-mapped and sliced per answer."""
 
     def __init__(self, path: str | Path):
@@ -302,7 +345,7 @@ class Store:
         try:
             self.model_fingerprint = ModelFingerprint.from_dict(self.meta["fingerprint"])
             self.projection = Projection.from_dict(self.meta.get("projection"))
-            self.layers: tuple[int, ...] = tuple(int(v) for v in self.meta["layers"])
+            self.layers = tuple(int(v) for v in self.meta["layers"])
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise HsrmError(
                 f"{mp}: field 'fingerprint', 'projection' or 'layers' is damaged ({e})"
@@ -382,9 +425,6 @@ class Store:
         if size < 8 + n + end:
             raise HsrmError(f"{st}: truncated ({size} bytes, the header needs more)")
 
-    def __len__(self) -> int:
-        return len(self.records)
-
     @property
     def complete(self) -> bool:
         return bool(self.meta.get("complete"))
@@ -439,30 +479,37 @@ class Store:
             raise HsrmError(f"{self._shards[k]}: no prompt_hidden tensor")
         return self._h(k).get_slice("prompt_hidden")[pi : pi + 1][0].float()
 
-    def features(
-        self, idx: Indices | None = None, layers: Sequence[int] | None = None
-    ) -> TokenFeatures:
-        """Lazy features of records ``idx`` (default all), optionally a layer subset."""
-        f = TokenFeatures(
-            self.hidden, len(self.records), self.layers, self.fingerprint, self.logprobs
-        )
-        if idx is not None:
-            f = f.subset(idx)
-        if layers is not None:
-            f = f.select_layers(layers)
-        return f
-
-    # Column helpers (numpy arrays over records)
-    def column(self, key: str) -> np.ndarray:
-        return np.array([r[key] for r in self.records])
-
-    @property
-    def labels(self) -> np.ndarray:
-        return self.column("label").astype(np.int64)
-
-    @property
-    def prompt_ids(self) -> np.ndarray:
-        return self.column("prompt_id")
-
     def bytes_on_disk(self) -> int:
         return sum(p.stat().st_size for p in self.path.glob("shard-*"))
+
+
+class StoreUnion(RecordsView):
+    """Several complete stores of one model and layers read as one: ``records``, ``labels``,
+    ``prompt_ids`` and ``features`` over the first store's records, then the next's. Heads and
+    controls train on it where one store's prompts are too few (the demo's training-only prompts,
+    ``hsrm.bon.demo``). Prompt ids are the stores' own: stores of one task with other prompts
+    (``skip_prompts``) never share one; stores of other task seeds can."""
+
+    def __init__(self, stores: Sequence[Store]):
+        if not stores:
+            raise HsrmError("a store union needs at least one store")
+        first = stores[0]
+        for s in stores[1:]:
+            if tuple(s.layers) != tuple(first.layers) or s.fingerprint != first.fingerprint:
+                raise HsrmError(f"{s.path}: other model or layers than {first.path}")
+        self.stores = list(stores)
+        self.path, self.layers, self.fingerprint = first.path, first.layers, first.fingerprint
+        self.records = [r for s in stores for r in s.records]
+        self._starts = np.cumsum([0] + [len(s) for s in stores])
+
+    def _locate(self, i: int) -> tuple[Store, int]:
+        k = int(np.searchsorted(self._starts, i, side="right")) - 1
+        return self.stores[k], i - int(self._starts[k])
+
+    def hidden(self, i: int) -> torch.Tensor:
+        s, j = self._locate(i)
+        return s.hidden(j)
+
+    def logprobs(self, i: int) -> torch.Tensor:
+        s, j = self._locate(i)
+        return s.logprobs(j)

@@ -8,14 +8,14 @@ from typing import Any
 import numpy as np
 
 from hsrm.baselines.controls import AnswerPriorScorer, TextOnlyScorer
-from hsrm.store import Store
+from hsrm.store import RecordsView, Store
 
 
 def baseline_scores(
     store: Store,
     train_idx: np.ndarray,
     test_idx: np.ndarray,
-    train_store: Store | None = None,
+    train_store: RecordsView | None = None,
 ) -> dict[str, np.ndarray]:
     """The scorers every report carries: random, majority, mean log-prob, the training-free
     selectors of ``hsrm.bon.scorers`` (self-certainty, DeepConf, entropy, confidence-weighted vote),
@@ -34,7 +34,7 @@ def baseline_scores(
     return out
 
 
-def _control_inputs(store: Store, idx: np.ndarray) -> tuple[list[str], list[tuple]]:
+def _control_inputs(store: RecordsView, idx: np.ndarray) -> tuple[list[str], list[tuple]]:
     recs = store.records
     texts = [prompt_question(store, recs[i]) + " || " + recs[i]["text"] for i in idx]
     keys = [(recs[i].get("qtype"), recs[i]["extracted"]) for i in idx]
@@ -42,7 +42,7 @@ def _control_inputs(store: Store, idx: np.ndarray) -> tuple[list[str], list[tupl
 
 
 def control_scores(
-    train_store: Store, train_idx: np.ndarray, test_store: Store, test_idx: np.ndarray
+    train_store: RecordsView, train_idx: np.ndarray, test_store: Store, test_idx: np.ndarray
 ) -> dict[str, np.ndarray]:
     """Text-only and answer-prior controls fitted on ``train_store``'s records ``train_idx``,
     scored on ``test_store``'s records ``test_idx`` (the two stores may differ)."""
@@ -58,5 +58,5 @@ def control_scores(
     return out
 
 
-def prompt_question(store: Store, rec: dict[str, Any]) -> str:
+def prompt_question(store: RecordsView, rec: dict[str, Any]) -> str:
     return rec.get("question") or rec.get("prompt_id", "")

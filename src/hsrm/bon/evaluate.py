@@ -139,6 +139,7 @@ def _same_task(a: dict[str, Any] | None, b: dict[str, Any]) -> bool:
     """Whether two stores' tasks generate the same prompts under the same ids (None: assume so)."""
     if a is None:
         return True
-    return {k: v for k, v in a.items() if k not in ("n", "limit")} == {
-        k: v for k, v in b.items() if k not in ("n", "limit")
+    size = ("n", "limit", "skip_prompts")  # ids are positions in the task, whatever is sampled
+    return {k: v for k, v in a.items() if k not in size} == {
+        k: v for k, v in b.items() if k not in size
     }

@@ -168,25 +168,6 @@ def bon_all(scores: np.ndarray, y: np.ndarray, g: np.ndarray) -> float:
 def concat_features(stores: Sequence[Any]):
     """One lazy ``TokenFeatures`` over every record of several stores of the same model and
     layers (train a head on more prompts / contexts than one store holds)."""
-    from hsrm.errors import HsrmError
-    from hsrm.features import TokenFeatures
+    from hsrm.store import StoreUnion
 
-    first = stores[0]
-    for s in stores[1:]:
-        if tuple(s.layers) != tuple(first.layers) or s.fingerprint != first.fingerprint:
-            raise HsrmError(f"{s.path}: other model or layers than {first.path}")
-    starts = np.cumsum([0] + [len(s) for s in stores])
-
-    def pick(i: int) -> tuple[Any, int]:
-        k = int(np.searchsorted(starts, i, side="right")) - 1
-        return stores[k], i - int(starts[k])
-
-    def hidden(i: int):
-        s, j = pick(i)
-        return s.hidden(j)
-
-    def logprobs(i: int):
-        s, j = pick(i)
-        return s.logprobs(j)
-
-    return TokenFeatures(hidden, int(starts[-1]), first.layers, first.fingerprint, logprobs)
+    return StoreUnion(stores).features()
