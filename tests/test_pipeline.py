@@ -213,6 +213,7 @@ def test_demo_tiny(tmp_path):
             device="cpu",
             dtype="float32",
             batch_prompts=5,
+            train_prompts=0,
         )
     )
     meta = json.loads((tmp_path / "demo" / "samples" / "meta.json").read_text())
@@ -369,6 +370,42 @@ def test_picked_out_of_fold_chooses_each_split_on_the_others():
     assert [y[i] for i in top] == best
 
 
+def test_demo_training_only_prompts_train_every_split(tmp_path):
+    """``train_prompts``: the task's next prompts, ``train_n`` samples each, join every split's
+    training prompts (heads and controls) and the fresh-seed fit, and are never tested."""
+    from hsrm.bon.demo import cross_fit
+    from hsrm.store import Store
+
+    out = tmp_path / "demo"
+    rep = demo(
+        DemoConfig(
+            out=str(out),
+            model="tiny:0",
+            n_prompts=8,
+            n=4,
+            folds=2,
+            head_layers="all",
+            n_boot=20,
+            train_prompts=6,
+            train_n=2,
+            fresh_prompts=4,
+        )
+    )
+    store, extra = Store(out / "samples"), Store(out / "train_samples")
+    assert extra.meta["task"]["skip_prompts"] == 8 and len(extra) == 12
+    assert set(extra.prompt_ids).isdisjoint(store.prompt_ids)
+    assert rep["sizes"]["train_only_prompts"] == 6 and rep["sizes"]["train_only_samples"] == 12
+    assert [s["train_prompts"] for s in rep["splits"]] == [4 + 6, 4 + 6]
+    assert rep["n_prompts"] == 8  # only the store's prompts are tested
+    assert "6 training-only prompts (12 samples)" in (out / "results.md").read_text()
+    # the training-only prompts reach the fits: the out-of-fold scores change with them
+    spec = {"probe": ("probe", {})}
+    alone, _ = cross_fit(store, 2, 0, spec, progress=False)
+    more, _ = cross_fit(store, 2, 0, spec, progress=False, extra=extra)
+    assert not np.allclose(alone["probe"], more["probe"])
+    assert not np.allclose(alone["answer_prior"], more["answer_prior"])
+
+
 def test_demo_reports_the_picked_head(tmp_path):
     demo(
         DemoConfig(
@@ -380,6 +417,7 @@ def test_demo_reports_the_picked_head(tmp_path):
             head_layers="all",
             n_boot=20,
             fresh_prompts=6,
+            train_prompts=0,
         )
     )
     saved = json.loads((tmp_path / "demo" / "results.json").read_text())

@@ -129,7 +129,14 @@ def demo_dir(tmp_path_factory):
 def _run_demo(out):
     demo(
         DemoConfig(
-            out=str(out), model="tiny:0", n_prompts=12, n=4, folds=2, head_layers="all", n_boot=30
+            out=str(out),
+            model="tiny:0",
+            n_prompts=12,
+            n=4,
+            folds=2,
+            head_layers="all",
+            n_boot=30,
+            train_prompts=0,
         )
     )
 

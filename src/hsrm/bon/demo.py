@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +26,14 @@ from hsrm.metrics import score_vote_weights
 from hsrm.models import DEFAULT_MODEL
 from hsrm.sampling import SampleRunConfig, sample
 from hsrm.splits import prompt_folds
-from hsrm.store import Store
+from hsrm.store import RecordsView, Store, StoreUnion
 
 
 @dataclass
 class DemoConfig:
     out: str = field("runs/demo", "output folder")
     model: str = field(DEFAULT_MODEL, "model (default: the embedded SmolLM2-135M-Instruct)")
-    n_prompts: int = field(512, "synthetic prompts", min=1)
+    n_prompts: int = field(320, "synthetic prompts, each tested once (out of fold)", min=1)
     families: str = field("arith,compare", "shortcut-controlled synthetic families")
     n: int = field(16, "samples per prompt", min=1)
     folds: int = field(
@@ -66,6 +66,14 @@ class DemoConfig:
     fewshot: str = field(
         "per_prompt", "few-shot examples: per_prompt (every prompt its own context) | fixed"
     )
+    train_prompts: int = field(
+        384,
+        "training-only prompts: the task's next prompts after the store's, sampled --train-n "
+        "times each, added to every split's training prompts and to the fresh-seed fit (never "
+        "tested; more prompts at fewer samples each train better for the same sampling time)",
+        min=0,
+    )
+    train_n: int = field(4, "samples per training-only prompt", min=1)
     fresh_prompts: int = field(
         128,
         "prompts of a second store from another task seed that nothing is fitted on (0: skip)",
@@ -130,31 +138,36 @@ def cross_fit(
     head_specs: dict[str, tuple[str, dict[str, Any]]],
     progress: bool = True,
     keep_heads: dict[tuple[str, int], Head] | None = None,
+    extra: Store | None = None,
 ) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
     """Out-of-fold scores for every sample: heads and baselines trained on the other folds' prompts.
 
     ``head_specs``: scorer name -> (head architecture, params). Returns scores and per-fold info;
-    ``keep_heads``, if given, receives every fitted head under (scorer name, fold).
+    ``keep_heads``, if given, receives every fitted head under (scorer name, fold). ``extra``: a
+    store of training-only prompts (other prompts of the same task) added to every fold's
+    training prompts, heads and controls alike; it is never scored.
     """
     pids = store.prompt_ids
     fold = prompt_folds(pids, folds, seed)
+    train = training_view(store, extra)
+    t_pids, xi = train.prompt_ids, np.arange(len(store), len(train))
     scores: dict[str, np.ndarray] = {}
     info = []
     steps = tqdm(
         total=folds * (len(head_specs) + 1), desc="training", unit="fit", disable=not progress
     )
     for f in range(folds):
-        tr, te = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
+        tr, te = np.concatenate([np.flatnonzero(fold != f), xi]), np.flatnonzero(fold == f)
         finfo: dict[str, Any] = {
             "fold": f,
-            "train_prompts": int(len(set(pids[tr]))),
+            "train_prompts": int(len(set(t_pids[tr]))),
             "test_prompts": int(len(set(pids[te]))),
             "seconds": {},
             "n_parameters": {},
         }
         for name, (arch, params) in head_specs.items():
             t0 = time.perf_counter()
-            head = make_head(arch, **params).fit(store.features(tr), store.labels[tr], pids[tr])
+            head = make_head(arch, **params).fit(train.features(tr), train.labels[tr], t_pids[tr])
             finfo["seconds"][name] = time.perf_counter() - t0
             finfo["n_parameters"][name] = head.n_parameters()
             if keep_heads is not None:
@@ -162,12 +175,17 @@ def cross_fit(
             s = head.score(store.features(te))
             scores.setdefault(name, np.zeros(len(store)))[te] = s
             steps.update(1)
-        for name, s in baseline_scores(store, tr, te).items():
+        for name, s in baseline_scores(store, tr, te, train_store=train).items():
             scores.setdefault(name, np.zeros(len(store)))[te] = s
         steps.update(1)
         info.append(finfo)
     steps.close()
     return scores, info
+
+
+def training_view(store: Store, extra: Store | None) -> RecordsView:
+    """``store``, or it and ``extra``'s training-only prompts read as one (``extra`` after it)."""
+    return store if extra is None else StoreUnion([store, extra])
 
 
 def pick_by_family(
@@ -274,11 +292,14 @@ def _demo(cfg: DemoConfig, out: Path) -> dict[str, Any]:
         batch_prompts=cfg.batch_prompts,
     )
     store = sample(scfg)
+    extra = _sample_training_only(cfg, scfg)
     t_sample = time.perf_counter() - t_start
     layers = demo_head_layers(cfg.head_layers, store.fingerprint.n_layers)
     specs = demo_specs(layers, resolve_device(cfg.device))
     fitted: dict[tuple[str, int], Head] = {}
-    scores, folds, pick_all = out_of_fold_scores(store, cfg.folds, cfg.seed, specs, cfg.n, fitted)
+    scores, folds, pick_all = out_of_fold_scores(
+        store, cfg.folds, cfg.seed, specs, cfg.n, fitted, extra=extra
+    )
     idx = np.arange(len(store))
     fold = prompt_folds(store.prompt_ids, cfg.folds, cfg.seed)
     rep = store_report(store, idx, scores, cfg.n_boot, cfg.seed, votes=(PICKED,))
@@ -308,6 +329,8 @@ def _demo(cfg: DemoConfig, out: Path) -> dict[str, Any]:
             "sizes": {
                 "prompts": int(len(set(store.prompt_ids))),
                 "samples": len(store),
+                "train_only_prompts": 0 if extra is None else int(len(set(extra.prompt_ids))),
+                "train_only_samples": 0 if extra is None else len(extra),
                 "folds": cfg.folds,
                 "store_bytes": store.bytes_on_disk(),
                 "layers_captured": len(store.layers),
@@ -317,12 +340,13 @@ def _demo(cfg: DemoConfig, out: Path) -> dict[str, Any]:
         }
     )
     q = np.array([prompt_question(store, r) for r in store.records])
+    qx = [] if extra is None else [prompt_question(extra, r) for r in extra.records]
     seen = np.zeros(len(store), bool)
     for f in range(cfg.folds):
-        seen[fold == f] = np.isin(q[fold == f], q[fold != f])
+        seen[fold == f] = np.isin(q[fold == f], np.concatenate([q[fold != f], qx]))
     rep["questions"] = question_split(store, idx, scores, seen, cfg)
     if cfg.fresh_prompts:
-        rep["fresh"] = _demo_fresh(cfg, scfg, store, specs, pick_all)
+        rep["fresh"] = _demo_fresh(cfg, scfg, training_view(store, extra), specs, pick_all)
         t_sample += rep["fresh"].pop("sampling_s")
     rep["timing"] = {"sampling_s": t_sample, "total_s": time.perf_counter() - t_start}
     write_outputs(out, rep, data, title="hsrm demo: best-of-N with hidden-state heads")
@@ -334,6 +358,25 @@ def _demo(cfg: DemoConfig, out: Path) -> dict[str, Any]:
     return rep
 
 
+def _sample_training_only(cfg: DemoConfig, scfg: SampleRunConfig) -> Store | None:
+    """The ``train_prompts`` prompts after the store's (same task seed, so other questions until
+    the task's question space runs out), ``train_n`` samples each, into ``train_samples``. The
+    batch keeps the store's rows per step (``batch_prompts x n``)."""
+    if not cfg.train_prompts:
+        return None
+    mark_output(Path(cfg.out), "demo", ["train_samples"])
+    return sample(
+        replace(
+            scfg,
+            out=str(Path(cfg.out) / "train_samples"),
+            n_prompts=cfg.train_prompts,
+            skip_prompts=scfg.n_prompts,
+            n=cfg.train_n,
+            batch_prompts=max(1, cfg.batch_prompts * cfg.n // cfg.train_n),
+        )
+    )
+
+
 def out_of_fold_scores(
     store: Store,
     folds: int,
@@ -341,12 +384,13 @@ def out_of_fold_scores(
     specs: dict[str, tuple[str, dict[str, Any]]],
     n: int,
     keep_heads: dict[tuple[str, int], Head] | None = None,
+    extra: Store | None = None,
 ) -> tuple[dict[str, np.ndarray], list[dict[str, Any]], dict[str, str]]:
     """The demo's in-store scores: ``cross_fit``'s heads and baselines, each head's vote, and
     ``picked`` (chosen for each split on the other splits). Returns the scores, the per-split
     info (with each split's pick) and the pick on all splits' out-of-fold scores (for another
-    store)."""
-    scores, info = cross_fit(store, folds, seed, specs, keep_heads=keep_heads)
+    store). ``extra``: training-only prompts (``cross_fit``)."""
+    scores, info = cross_fit(store, folds, seed, specs, keep_heads=keep_heads, extra=extra)
     fold = prompt_folds(store.prompt_ids, folds, seed)
     fams = np.array([r["family"] for r in store.records])
     y, pids = store.labels, store.prompt_ids
@@ -360,7 +404,7 @@ def out_of_fold_scores(
 
 
 def fresh_scores(
-    store: Store,
+    store: RecordsView,
     fresh: Store,
     specs: dict[str, tuple[str, dict[str, Any]]],
     pick: dict[str, str],
@@ -407,7 +451,7 @@ def question_split(
 def _demo_fresh(
     cfg: DemoConfig,
     scfg: SampleRunConfig,
-    store: Store,
+    store: RecordsView,
     specs: dict[str, tuple[str, dict[str, Any]]],
     pick: dict[str, str],
 ) -> dict[str, Any]:

@@ -28,8 +28,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     cfg = from_sources(DemoConfig, load_yaml(args.config, "demo"), args)
     con = _console()
+    extra = (
+        f" (+ {cfg.train_prompts} training-only prompts x {cfg.train_n})"
+        if cfg.train_prompts
+        else ""
+    )
     con.print(
-        f"[bold]hsrm demo[/]: {cfg.n_prompts} prompts x {cfg.n} samples from {cfg.model}, {cfg.folds} prompt splits"
+        f"[bold]hsrm demo[/]: {cfg.n_prompts} prompts x {cfg.n} samples{extra} from {cfg.model}, "
+        f"{cfg.folds} prompt splits"
     )
     rep = demo(cfg)
     con.print(

@@ -64,6 +64,12 @@ def bon_markdown(rep: dict[str, Any]) -> str:
             "answer, and AUROCs are over the finished samples."
             if rep.get("n_stopped_early")
             else ""
+        )
+        + (
+            f" Every split's heads and controls also trained on {sz['train_only_prompts']} "
+            f"training-only prompts ({sz['train_only_samples']} samples), never tested."
+            if (sz := rep.get("sizes", {})).get("train_only_prompts")
+            else ""
         ),
         "",
         _md_table(*bon_rows(rep)),
