@@ -1,13 +1,14 @@
 """`hsrm demo` at more prompts than its default: does the in-store number reach half the gap?
 
-    hsrm demo --out runs/demo                          # the default, 512 prompts (make demo)
+    # these runs predate training-only prompts: today they need --train-prompts 0
+    hsrm demo --out runs/demo512 --n-prompts 512      # the default then (make demo)
     hsrm demo --out runs/demo800 --n-prompts 800
     hsrm demo --out runs/demo1024 --n-prompts 1024
     hsrm demo --out runs/demo2048 --n-prompts 2048 --threads 1
     hsrm demo --out runs/demo3072 --n-prompts 3072 --threads 1
     # on one H200 (benchmarks/results/demo_h200_4096/run.md):
     hsrm demo --n-prompts 4096 --fresh-prompts 512 --device cuda --dtype float32 --batch-prompts 64
-    PYTHONPATH=src .venv/bin/python benchmarks/quality_demo_size.py runs/demo runs/demo800 \
+    PYTHONPATH=src .venv/bin/python benchmarks/quality_demo_size.py runs/demo512 runs/demo800 \
         runs/demo1024 runs/demo2048 runs/demo3072 benchmarks/results/demo_h200_4096
 
 The demo's in-store evaluation trains each split's heads on two thirds of the store's prompts
