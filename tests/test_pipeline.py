@@ -121,6 +121,27 @@ def test_sample_train_evaluate(run, capsys):
     assert rep["n_prompts"] == 12 - len(training["train_prompts"])
 
 
+def test_train_on_a_store_of_later_prompts_evaluate_on_the_first(run, capsys):
+    """The README's recipe: the task's next prompts sampled 4 times each (``--skip-prompts``)
+    train the head on all of them (``--test-frac 0``); ``hsrm evaluate`` then tests every prompt
+    of the 16-sample store (none was trained on) and fits the controls on the training store."""
+    d = run
+    args = ["--skip-prompts", "12", "--n", "2", "--out", str(d / "later")]
+    assert main(["sample"] + TINY + args) == 0
+    assert (
+        main(["train", str(d / "later"), "--head-type", "probe", "--layers", "all"]
+             + ["--test-frac", "0", "--out", str(d / "p_later")])
+        == 0
+    )  # fmt: skip
+    training = json.loads((d / "p_later" / "training.json").read_text())
+    assert len(training["train_prompts"]) == 12
+    assert main(["evaluate", str(d / "run"), "--head", str(d / "p_later"),
+                 "--out", str(d / "eval_later"), "--n-boot", "20"]) == 0  # fmt: skip
+    rep = json.loads((d / "eval_later" / "results.json").read_text())
+    assert rep["n_prompts"] == 12  # every prompt of the first store: none was trained on
+    assert {"probe", "answer_prior", "text_only"} <= set(rep["bon"])
+
+
 def test_head_from_other_model_is_refused(run, capsys):
     d = run
     assert (
