@@ -11,6 +11,15 @@ torch.set_num_threads(1)
 FP = ModelFingerprint(name="synthetic", revision="r0", n_layers=4, hidden_size=16, vocab_size=64)
 
 
+def tiny_demo(out, **kw):
+    """``hsrm.bon.demo.DemoConfig`` of a tiny demo on the random tiny model (12 prompts x 4, 2
+    splits, no training-only prompts), ``kw`` overriding."""
+    from hsrm.bon.demo import DemoConfig
+
+    base = dict(model="tiny:0", n_prompts=12, n=4, folds=2, head_layers="all", n_boot=20)
+    return DemoConfig(**{"out": str(out), **base, "train_prompts": 0, **kw})
+
+
 def make_features(n_prompts=40, per_prompt=6, layers=(0, 1, 2, 3, 4), d=16, seed=0, signal=2.0):
     """Synthetic answers whose correctness is written along one direction of layer 2."""
     g = torch.Generator().manual_seed(seed)

@@ -10,6 +10,7 @@ import pytest
 from hsrm.bon.demo import DemoConfig, demo
 from hsrm.cli import main
 from hsrm.splits import prompt_folds
+from tests.conftest import tiny_demo
 
 
 @pytest.fixture(autouse=True)
@@ -222,21 +223,11 @@ def test_folds_are_by_prompt():
 
 def test_demo_tiny(tmp_path):
     rep = demo(
-        DemoConfig(
-            out=str(tmp_path / "demo"),
-            model="tiny:0",
-            n_prompts=12,
-            n=4,
-            folds=2,
-            head_layers="all",
-            n_boot=50,
-            fresh_prompts=6,
-            device="cpu",
-            dtype="float32",
+        tiny_demo(
+            tmp_path / "demo", n_boot=50, fresh_prompts=6, device="cpu", dtype="float32",
             batch_prompts=5,
-            train_prompts=0,
         )
-    )
+    )  # fmt: skip
     meta = json.loads((tmp_path / "demo" / "samples" / "meta.json").read_text())
     assert meta["batch_prompts"] == 5  # the demo's engine settings reach the sampler
     saved = json.loads((tmp_path / "demo" / "results.json").read_text())
@@ -398,20 +389,7 @@ def test_demo_training_only_prompts_train_every_split(tmp_path):
     from hsrm.store import Store
 
     out = tmp_path / "demo"
-    rep = demo(
-        DemoConfig(
-            out=str(out),
-            model="tiny:0",
-            n_prompts=8,
-            n=4,
-            folds=2,
-            head_layers="all",
-            n_boot=20,
-            train_prompts=6,
-            train_n=2,
-            fresh_prompts=4,
-        )
-    )
+    rep = demo(tiny_demo(out, n_prompts=8, train_prompts=6, train_n=2, fresh_prompts=4))
     store, extra = Store(out / "samples"), Store(out / "train_samples")
     assert extra.meta["task"]["skip_prompts"] == 8 and len(extra) == 12
     assert set(extra.prompt_ids).isdisjoint(store.prompt_ids)
@@ -428,19 +406,7 @@ def test_demo_training_only_prompts_train_every_split(tmp_path):
 
 
 def test_demo_reports_the_picked_head(tmp_path):
-    demo(
-        DemoConfig(
-            out=str(tmp_path / "demo"),
-            model="tiny:0",
-            n_prompts=12,
-            n=4,
-            folds=2,
-            head_layers="all",
-            n_boot=20,
-            fresh_prompts=6,
-            train_prompts=0,
-        )
-    )
+    demo(tiny_demo(tmp_path / "demo", fresh_prompts=6))
     saved = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert "picked" in saved["bon"] and "picked" in saved["fresh"]["bon"]
     # chosen on the first store, per family, among the demo's heads

@@ -9,7 +9,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from hsrm.bon.demo import DemoConfig, demo
+from hsrm.bon.demo import demo
 from hsrm.bon.report import bon_report
 from hsrm.features import TokenFeatures
 from hsrm.heads import make_head
@@ -25,6 +25,7 @@ from hsrm.report.html import (
     write_detect_html,
     write_pairs_html,
 )
+from tests.conftest import tiny_demo
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -127,18 +128,7 @@ def demo_dir(tmp_path_factory):
 
 
 def _run_demo(out):
-    demo(
-        DemoConfig(
-            out=str(out),
-            model="tiny:0",
-            n_prompts=12,
-            n=4,
-            folds=2,
-            head_layers="all",
-            n_boot=30,
-            train_prompts=0,
-        )
-    )
+    demo(tiny_demo(out, n_boot=30))
 
 
 def test_demo_writes_a_report_that_renders_in_chromium(demo_dir, tmp_path):
