@@ -267,7 +267,9 @@ def markdown(out: dict[str, Any], a: argparse.Namespace) -> str:
         "# Consensus stopping against prefix-head pruning (`quality_prune_consensus.py`)",
         "",
         "```",
-        "PYTHONPATH=src python benchmarks/quality_prune_consensus.py",
+        "PYTHONPATH=src python benchmarks/quality_prune_consensus.py --tests "
+        + " ".join(out["tests"])
+        + ("" if a.tag == "quality_prune_consensus" else f" --tag {a.tag}"),
         "```",
         "",
         f"Training store `{out['train']}` (heads fitted on it); rule: {out['rule']}. "
