@@ -135,6 +135,7 @@ def test_concat_features_dispatches_to_each_store():
     class Fake:
         def __init__(self, n, base, layers=(0, 1), fp=FP):
             self.n, self.base, self.layers, self.fingerprint, self.path = n, base, layers, fp, "f"
+            self.records = [{"prompt_id": f"p{base + i}", "label": 0} for i in range(n)]
 
         def __len__(self):
             return self.n

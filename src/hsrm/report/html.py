@@ -380,6 +380,11 @@ def write_bon_html(
         f"mean accuracy {rep['mean_accuracy']:.3f}"
         + (f"; model {rep['model']['name']}" if isinstance(rep.get("model"), dict) else "")
         + (f"; {extra['folds']}-fold cross-fit by prompt" if isinstance(extra, dict) else "")
+        + (
+            f", each fold also trained on {extra['train_only_prompts']} training-only prompts"
+            if isinstance(extra, dict) and extra.get("train_only_prompts")
+            else ""
+        )
     )
     return _write(path, page(title or "hsrm: best-of-N report", sub, sections, warnings))
 
