@@ -446,6 +446,17 @@ CASES = [
         ["device", "'tpu'"],
     ),
     Case(
+        "demo_train_n_zero",
+        "demo --model tiny:0 --n-prompts 4 --n 2 --out {ws}/d --train-n 0",
+        ["--train-n", ">= 1"],
+    ),
+    Case(
+        "sample_skips_every_prompt",
+        "sample --model tiny:0 --task jsonl:{bad}/../tasks/qa.jsonl --skip-prompts 1000 "
+        "--out {ws}/s",
+        ["no prompts after the first 1000"],
+    ),
+    Case(
         "demo_half_on_cpu",
         "demo --model tiny:0 --n-prompts 4 --n 2 --out {ws}/d --device cpu --dtype float16",
         ["float16", "cpu"],
