@@ -10,8 +10,9 @@ that is only trained on does not need 16: if 4 samples of twice the prompts trai
 half, the demo can buy more training prompts with the same sampling time.
 
 For each of ``--partitions`` partitions of the store's prompts into 3 splits, each split is tested
-on its own prompts (all 16 samples) with heads and controls trained on the other two splits'
-prompts, restricted to a fraction of those prompts and to their first k samples (``FRACxK``).
+on its own prompts (all 16 samples) with the heads (ELHSR, probe, rank) trained on the other two
+splits' prompts, restricted to a fraction of those prompts and to their first k samples
+(``FRACxK``).
 ``0.5x16`` is what the demo's 512-prompt store trained on (341 prompts x 16); ``1x4`` spends half
 those samples on twice the prompts. Reports BoN@16 of ELHSR, its vote and the demo's ``picked``
 (per family, chosen out of fold), with the gap closed.
@@ -128,7 +129,14 @@ def main() -> None:
     ap.add_argument("--settings", default=",".join(SETTINGS))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sampling-cost", action="store_true")
+    ap.add_argument("--replot", action="store_true", help="only rewrite the .md from the JSON")
     a = ap.parse_args()
+    if a.replot:
+        out = json.loads((RESULTS / "quality_train_budget.json").read_text())
+        a.store, a.partitions = out["store"], len(out["partitions"])
+        a.sampling_cost = "sampling_cost" in out
+        (RESULTS / "quality_train_budget.md").write_text(markdown(out, a))
+        return
     torch.set_num_threads(a.threads)
     st = Store(a.store)
     layers = list(demo_head_layers("top:11", st.fingerprint.n_layers))
@@ -157,7 +165,8 @@ def markdown(out: dict[str, Any], a: argparse.Namespace) -> str:
         "",
         f"Out of fold over 3 prompt splits of `{a.store}`, for {len(parts)} partitions of its "
         "prompts; every split tested on its own prompts with all their samples. `FRACxK`: the "
-        "heads and controls train on FRAC of the other splits' prompts, K samples of each. "
+        "heads (ELHSR, probe, rank) train on FRAC of the other splits' prompts, K samples of "
+        "each. "
         "BoN@16 (gap closed), mean over partitions; per partition in the JSON.",
         "",
         "| training set | prompts per split | samples per split | "
