@@ -406,6 +406,20 @@ def test_demo_training_only_prompts_train_every_split(tmp_path):
     assert not np.allclose(alone["answer_prior"], more["answer_prior"])
 
 
+def test_demo_refuses_a_foreign_folder_where_a_store_goes_before_sampling(tmp_path):
+    """``--overwrite`` replaces only hsrm's files: a folder of the user's where the demo's
+    training-only store goes stops the demo before anything is sampled, the file kept."""
+    from hsrm.errors import HsrmError
+
+    out = tmp_path / "demo"
+    (out / "train_samples").mkdir(parents=True)
+    (out / "train_samples" / "notes.txt").write_text("mine")
+    with pytest.raises(HsrmError, match="train_samples"):
+        demo(tiny_demo(out, train_prompts=2, fresh_prompts=0, overwrite=True))
+    assert sorted(p.name for p in out.iterdir()) == ["train_samples"]
+    assert (out / "train_samples" / "notes.txt").read_text() == "mine"
+
+
 def test_demo_reports_the_picked_head(tmp_path):
     demo(tiny_demo(tmp_path / "demo", fresh_prompts=6))
     saved = json.loads((tmp_path / "demo" / "results.json").read_text())

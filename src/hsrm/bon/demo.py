@@ -269,6 +269,11 @@ def demo(cfg: DemoConfig, console: Any = None) -> dict[str, Any]:
         resolve_dtype(cfg.dtype, device)
     out = Path(cfg.out)
     check_out(out, "demo", overwrite=cfg.overwrite)
+    # the stores inside it too, before any of them is sampled (a foreign folder in their place
+    # would otherwise stop the demo after minutes of sampling, a store half-done)
+    stores = ["samples"] + ["train_samples"] * bool(cfg.train_prompts)
+    for name in stores + ["fresh_samples"] * bool(cfg.fresh_prompts):
+        check_out(out / name, "store")
     with exclusive(out):
         out.mkdir(parents=True, exist_ok=True)
         mark_output(out, "demo", ["samples"])
