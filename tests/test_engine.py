@@ -169,6 +169,21 @@ def test_bad_device_and_dtype():
     assert lmx.resolve_device("cpu") == "cpu"
 
 
+def test_auto_dtype_takes_cpu_bf16_only_where_asked_and_native(tmp_path, monkeypatch):
+    zen4 = tmp_path / "zen4"
+    zen4.write_text("flags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n")
+    old = tmp_path / "old"
+    old.write_text("flags\t\t: fpu avx2 avx512f avx512_vnni\n")
+    assert lmx.cpu_bf16_native(str(zen4)) and not lmx.cpu_bf16_native(str(old))
+    assert not lmx.cpu_bf16_native(str(tmp_path / "absent"))
+    monkeypatch.setattr(lmx, "cpu_bf16_native", lambda: True)
+    assert lmx.auto_dtype("cpu") == "float32"  # plain auto: the same numbers on every cpu
+    assert lmx.auto_dtype("cpu", cpu_bf16=True) == "bfloat16"
+    assert lmx.auto_dtype("cuda:1") == "bfloat16"
+    monkeypatch.setattr(lmx, "cpu_bf16_native", lambda: False)
+    assert lmx.auto_dtype("cpu", cpu_bf16=True) == "float32"
+
+
 def test_pad_sides():
     ids, mask, pos = lmx.pad([[1, 2, 3], [4]], 0, "left")
     assert ids.tolist() == [[1, 2, 3], [0, 0, 4]] and pos[1, -1] == 0
@@ -418,6 +433,26 @@ def test_resume_in_process(tmp_path, tiny_lm):
     b = sample(_sample_cfg(tmp_path / "r", n_prompts=6), tiny_lm, False)
     assert len(b) == len(a) == 18
     assert [r["text"] for r in b.records] == [r["text"] for r in a.records]
+
+
+def test_resume_refuses_another_model_dtype(tmp_path, tiny_lm):
+    """float32 and bf16 draw different samples: a store is not resumed in the other dtype, except
+    one written before stores recorded it (nothing to compare)."""
+    import json
+
+    from hsrm.sampling import sample
+
+    out = tmp_path / "r"
+    sample(_sample_cfg(out, n_prompts=6, dtype="float32"), tiny_lm, False)
+    for p in sorted(out.glob("shard-00001.*")):
+        p.unlink()
+    with pytest.raises(HsrmError, match="model_dtype='float32'.*model_dtype='bfloat16'"):
+        sample(_sample_cfg(out, n_prompts=6, dtype="bfloat16"), tiny_lm, False)
+    meta = json.loads((out / "meta.json").read_text())
+    del meta["model_dtype"]
+    (out / "meta.json").write_text(json.dumps(meta))
+    b = sample(_sample_cfg(out, n_prompts=6, dtype="bfloat16"), tiny_lm, False)
+    assert len(b) == 18 and "model_dtype" not in b.meta
 
 
 # ----------------------------------------------------------------------------------------------

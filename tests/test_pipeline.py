@@ -2,6 +2,7 @@
 bad-input paths: clear message, exit code 2, nothing half-written."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -382,15 +383,21 @@ def test_picked_out_of_fold_chooses_each_split_on_the_others():
     assert [y[i] for i in top] == best
 
 
-def test_demo_training_only_prompts_train_every_split(tmp_path):
+def test_demo_training_only_prompts_train_every_split(tmp_path, monkeypatch):
     """``train_prompts``: the task's next prompts, ``train_n`` samples each, join every split's
     training prompts (heads and controls) and the fresh-seed fit, and are never tested."""
+    import hsrm.lm
     from hsrm.bon.demo import cross_fit
     from hsrm.store import Store
 
+    # on a cpu with native bf16 the demo's `auto` samples in it, and every store records that
+    monkeypatch.setattr(hsrm.lm, "cpu_bf16_native", lambda: True)
     out = tmp_path / "demo"
     rep = demo(tiny_demo(out, n_prompts=8, train_prompts=6, train_n=2, fresh_prompts=4))
     store, extra = Store(out / "samples"), Store(out / "train_samples")
+    fresh = Store(out / "fresh_samples")
+    assert rep["dtype"] == "bfloat16"
+    assert {s.meta["model_dtype"] for s in (store, extra, fresh)} == {"bfloat16"}
     assert extra.meta["task"]["skip_prompts"] == 8 and len(extra) == 12
     assert set(extra.prompt_ids).isdisjoint(store.prompt_ids)
     assert rep["sizes"]["train_only_prompts"] == 6 and rep["sizes"]["train_only_samples"] == 12
@@ -404,6 +411,24 @@ def test_demo_training_only_prompts_train_every_split(tmp_path):
     more, _ = cross_fit(store, 2, 0, spec, progress=False, extra=extra)
     assert not np.allclose(alone["probe"], more["probe"])
     assert not np.allclose(alone["answer_prior"], more["answer_prior"])
+
+
+def test_demo_sizes_its_training_only_prompts_by_the_dtype_it_samples_in(monkeypatch):
+    """Not given, the training-only prompts follow the dtype: bf16 (native on the CPU) samples
+    faster and buys more of them; what the user gives is kept."""
+    import hsrm.lm
+    from hsrm.bon.demo import DemoConfig, resolve_demo
+
+    base = DemoConfig(model="tiny:0", device="cpu")
+    monkeypatch.setattr(hsrm.lm, "cpu_bf16_native", lambda: True)
+    fast = resolve_demo(base)
+    assert (fast.dtype, fast.train_prompts, fast.train_n) == ("bfloat16", 896, 8)
+    monkeypatch.setattr(hsrm.lm, "cpu_bf16_native", lambda: False)
+    slow = resolve_demo(base)
+    assert (slow.dtype, slow.train_prompts, slow.train_n) == ("float32", 384, 4)
+    mine = resolve_demo(replace(base, dtype="bfloat16", train_prompts=0, train_n=2))
+    assert (mine.dtype, mine.train_prompts, mine.train_n) == ("bfloat16", 0, 2)
+    assert resolve_demo(mine) == mine
 
 
 def test_demo_refuses_a_foreign_folder_where_a_store_goes_before_sampling(tmp_path):

@@ -610,7 +610,16 @@ def test_stale_temporaries_are_cleaned(ws):
         ws / "run",
         {
             k: meta[k]
-            for k in ("fingerprint", "layers", "task", "sampling", "dtype", "pool", "shard_prompts")
+            for k in (
+                "fingerprint",
+                "layers",
+                "task",
+                "sampling",
+                "dtype",
+                "pool",
+                "shard_prompts",
+                "model_dtype",
+            )
         },
     ).close()
     assert not list((ws / "run").glob(".*.tmp"))

@@ -246,11 +246,11 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hsrm.lm import resolve_device, resolve_dtype
+    from hsrm.lm import auto_dtype, resolve_device, resolve_dtype
 
     device = resolve_device(device)
-    if dtype == "auto":  # float32 on cpu (bf16 matmuls are slow there), bfloat16 on gpus
-        dtype = "float32" if device == "cpu" else "bfloat16"
+    if dtype == "auto":
+        dtype = auto_dtype(device)
     torch_dtype = resolve_dtype(dtype, device)
     if name_or_path.startswith("tiny:"):  # a random tiny Llama for tests and dry runs
         try:

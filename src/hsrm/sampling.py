@@ -83,7 +83,8 @@ class SampleRunConfig:
     project_seed: int = field(0, "seed of the per-layer projection matrices (with --project)")
     dtype: str = field(
         "auto",
-        "model dtype: auto (float32 on cpu, bfloat16 on gpus) | float32 | bfloat16 | float16",
+        "model dtype: auto (float32 on cpu, bfloat16 on gpus) | float32 | bfloat16 | float16 "
+        "(on a cpu with avx512_bf16 or AMX, bfloat16 samples 1.7x faster than float32)",
     )
     device: str = field("auto", "device: auto | cpu | cuda | cuda:N | mps")
     batch_prompts: int = field(8, "prompts decoded together (x n samples each = rows per step)")
@@ -260,6 +261,8 @@ def plan_sample(
             "task": task_description(task, cfg),
             "sampling": sampling,
             "dtype": cfg.store_dtype,
+            # the model dtype asked for: float32 and bf16 samples differ, so they are not mixed
+            "model_dtype": cfg.dtype,
             "pool": cfg.pool,
             "shard_prompts": cfg.shard_prompts,
             **(

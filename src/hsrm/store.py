@@ -67,7 +67,10 @@ _RESUME_KEYS = (
     "pool",
     "shard_prompts",
     "projection",
+    "model_dtype",
 )
+# Resume keys newer than some stores: checked only where the existing store records them.
+_RESUME_KEYS_ADDED = ("model_dtype",)
 
 
 def _encode_hidden(h: torch.Tensor, dtype: str) -> dict[str, torch.Tensor]:
@@ -125,6 +128,8 @@ class StoreWriter:
                 if not isinstance(old, dict):
                     raise HsrmError(f"{mp}: expected a JSON object (damaged store?)")
                 for k in _RESUME_KEYS:
+                    if k in _RESUME_KEYS_ADDED and k not in old:
+                        continue  # a store from before hsrm recorded it: nothing to compare
                     if json.dumps(old.get(k), sort_keys=True) != json.dumps(
                         self.meta.get(k), sort_keys=True
                     ):
@@ -133,7 +138,8 @@ class StoreWriter:
                             f"{k}={self.meta.get(k)!r}; use another --out or the same settings "
                             "to resume"
                         )
-                self.meta = {**old, **{k: self.meta[k] for k in _RESUME_KEYS if k in self.meta}}
+                kept = [k for k in _RESUME_KEYS if k not in _RESUME_KEYS_ADDED or k in old]
+                self.meta = {**old, **{k: self.meta[k] for k in kept if k in self.meta}}
             else:
                 if hsrm.config.COMMAND:
                     self.meta.setdefault("command", shlex.join(hsrm.config.COMMAND))

@@ -21,7 +21,7 @@ from hsrm.config import field, validate
 from hsrm.errors import HsrmError
 from hsrm.heads.base import Head, make_head
 from hsrm.io import check_out, exclusive, mark_output
-from hsrm.lm import resolve_device, resolve_dtype
+from hsrm.lm import auto_dtype, resolve_device, resolve_dtype
 from hsrm.metrics import score_vote_weights
 from hsrm.models import DEFAULT_MODEL
 from hsrm.sampling import SampleRunConfig, sample
@@ -55,7 +55,9 @@ class DemoConfig:
     )
     dtype: str = field(
         "auto",
-        "model dtype: auto (float32 on cpu, bfloat16 on gpus) | float32 | bfloat16 | float16",
+        "model dtype: auto (bfloat16 on gpus and on cpus with native bf16, avx512_bf16 or AMX, "
+        "where it samples 1.7x faster than float32; float32 on other cpus) | float32 | bfloat16 "
+        "| float16",
     )
     batch_prompts: int = field(
         8, "prompts decoded together (x n samples each = rows per step; raise it on a GPU)", min=1
@@ -66,14 +68,18 @@ class DemoConfig:
     fewshot: str = field(
         "per_prompt", "few-shot examples: per_prompt (every prompt its own context) | fixed"
     )
-    train_prompts: int = field(
-        384,
+    train_prompts: int | None = field(
+        None,
         "training-only prompts: the task's next prompts after the store's, sampled --train-n "
         "times each, added to every split's training prompts and to the fresh-seed fit (never "
-        "tested; more prompts at fewer samples each train better for the same sampling time)",
+        "tested; more prompts at fewer samples each train better for the same sampling time). "
+        "Default: 896 where the demo samples in bfloat16, 384 in float32 (to keep make demo "
+        "within 10 minutes on a 2-core CPU either way)",
         min=0,
     )
-    train_n: int = field(4, "samples per training-only prompt", min=1)
+    train_n: int | None = field(
+        None, "samples per training-only prompt (default: 8 in bfloat16, 4 in float32)", min=1
+    )
     fresh_prompts: int = field(
         128,
         "prompts of a second store from another task seed that nothing is fitted on (0: skip)",
@@ -258,15 +264,38 @@ def picked_out_of_fold(
     return out, picks
 
 
+#: training-only (prompts, samples each) when not given, by the dtype the demo samples in. bf16
+#: samples the demo's task 1.6-1.7x faster than float32 on this project's 2-core CPU
+#: (benchmarks/results/cpu_dtype.md), and that time buys 896 x 8 instead of 384 x 4 (docs/quality.md,
+#: tenth session); 320 + 896 prompts stay under the task's 1,560 questions, so none repeats.
+TRAIN_ONLY = {"float32": (384, 4), "bf16": (896, 8)}
+
+
+def resolve_demo(cfg: DemoConfig) -> DemoConfig:
+    """``cfg`` with what it leaves to the machine settled: the model dtype (``auto``: bfloat16 on
+    GPUs and on CPUs that compute it natively, ``hsrm.lm.cpu_bf16_native``; float32 on other CPUs)
+    and, when not given, the training-only prompts and samples for that dtype (``TRAIN_ONLY``).
+    Raises HsrmError for a device or dtype this machine lacks."""
+    device = resolve_device(cfg.device)
+    dtype = auto_dtype(device, cpu_bf16=True) if cfg.dtype == "auto" else cfg.dtype
+    resolve_dtype(dtype, device)
+    k, n = TRAIN_ONLY["float32" if dtype == "float32" else "bf16"]
+    return replace(
+        cfg,
+        dtype=dtype,
+        train_prompts=k if cfg.train_prompts is None else cfg.train_prompts,
+        train_n=n if cfg.train_n is None else cfg.train_n,
+    )
+
+
 def demo(cfg: DemoConfig, console: Any = None) -> dict[str, Any]:
     """Sample on the embedded synthetic task, cross-fit ELHSR and the probe by prompt, report."""
     validate(cfg, "demo")
     # the layer spec's form, before minutes of sampling (its range is checked on the store)
     demo_head_layers(cfg.head_layers, 1 << 20 if cfg.head_layers.startswith("top:") else 10**3)
-    # and the engine's device and dtype, before the output folder exists
-    device = resolve_device(cfg.device)
-    if cfg.dtype != "auto":
-        resolve_dtype(cfg.dtype, device)
+    # and the engine's device and dtype, before the output folder exists; the stores record the
+    # dtype resolved, so a rerun on another CPU is refused instead of mixing float32 and bf16 samples
+    cfg = resolve_demo(cfg)
     out = Path(cfg.out)
     check_out(out, "demo", overwrite=cfg.overwrite)
     # the stores inside it too, before any of them is sampled (a foreign folder in their place
@@ -328,6 +357,7 @@ def _demo(cfg: DemoConfig, out: Path) -> dict[str, Any]:
     rep.update(
         {
             "model": store.fingerprint.to_dict(),
+            "dtype": cfg.dtype,
             "task": store.meta["task"],
             "seed": cfg.seed,
             "N": cfg.n,
@@ -369,6 +399,7 @@ def _sample_training_only(cfg: DemoConfig, scfg: SampleRunConfig) -> Store | Non
     batch keeps the store's rows per step (``batch_prompts x n``)."""
     if not cfg.train_prompts:
         return None
+    assert cfg.train_n is not None, "resolve_demo settles train_n"
     mark_output(Path(cfg.out), "demo", ["train_samples"])
     return sample(
         replace(

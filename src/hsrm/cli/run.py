@@ -23,10 +23,10 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from hsrm.bon.demo import DemoConfig, demo
+    from hsrm.bon.demo import DemoConfig, demo, resolve_demo
     from hsrm.report.bon import rich_table
 
-    cfg = from_sources(DemoConfig, load_yaml(args.config, "demo"), args)
+    cfg = resolve_demo(from_sources(DemoConfig, load_yaml(args.config, "demo"), args))
     con = _console()
     extra = (
         f" (+ {cfg.train_prompts} training-only prompts x {cfg.train_n})"
@@ -34,8 +34,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         else ""
     )
     con.print(
-        f"[bold]hsrm demo[/]: {cfg.n_prompts} prompts x {cfg.n} samples{extra} from {cfg.model}, "
-        f"{cfg.folds} prompt splits"
+        f"[bold]hsrm demo[/]: {cfg.n_prompts} prompts x {cfg.n} samples{extra} from {cfg.model} "
+        f"({cfg.dtype}), {cfg.folds} prompt splits"
     )
     rep = demo(cfg)
     con.print(
