@@ -103,7 +103,12 @@ def _questions(task: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def seen_counts(rep: dict[str, Any]) -> dict[str, int]:
-    """Test prompts whose question a training prompt asked: in store (out of fold) and fresh."""
+    """Test prompts whose question a training prompt asked: in store (out of fold) and fresh.
+    The demo's own counts where it reports them (they include its training-only prompts)."""
+    own = {"in_store": rep.get("questions", {}), "fresh": rep.get("fresh", {}).get("questions", {})}
+    if all("seen_prompts" in v for k, v in own.items() if k == "in_store" or "fresh" in rep):
+        out = {k: int(v["seen_prompts"]) for k, v in own.items() if "seen_prompts" in v}
+        return {**out, "distinct_questions": len(set(_questions(rep["task"])[1].tolist()))}
     ids, q = _questions(rep["task"])
     fold = prompt_folds(ids, rep["sizes"]["folds"], rep["seed"])
     seen = sum(int(np.isin(q[fold == f], q[fold != f]).sum()) for f in range(int(fold.max()) + 1))
@@ -126,7 +131,13 @@ def main() -> None:
             "run": run,
             "train_prompts_per_split": int(
                 round(rep["n_prompts"] * (rep["sizes"]["folds"] - 1) / rep["sizes"]["folds"])
-            ),
+            )
+            + rep["sizes"].get("train_only_prompts", 0),
+            "dtype": rep.get("dtype", "float32"),  # runs before it was recorded: float32 on a cpu
+            "train_only": [
+                rep["sizes"].get("train_only_prompts", 0),
+                rep["sizes"].get("train_only_samples", 0),
+            ],
             "in_store": summary(rep),
             "picks_in_store": [s["picked"] for s in rep["splits"]],
             "timing": rep["timing"],
@@ -141,7 +152,7 @@ def main() -> None:
         rows.append(row)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{a.tag}.json").write_text(json.dumps(rows, indent=1))
-    md = markdown(rows, a.runs)
+    md = markdown(rows, a.runs + ([] if a.tag == "quality_demo_size" else ["--tag", a.tag]))
     (RESULTS / f"{a.tag}.md").write_text(md)
     print(md)
 
@@ -162,7 +173,8 @@ def markdown(rows: list[dict[str, Any]], runs: list[str]) -> str:
         f"PYTHONPATH=src python benchmarks/quality_demo_size.py {' '.join(runs)}",
         "```",
         "",
-        "Each run is `hsrm demo --n-prompts P` (3 prompt splits; everything else the default). "
+        "Each run is an `hsrm demo` (3 prompt splits; its prompts, training-only prompts and dtype "
+        "in the list at the end). Training prompts per split include the training-only ones. "
         "BoN@16; `picked` with its 95% CI over prompts and the share of the gap between random "
         "and pass@16 that it closes (the goal: 50%).",
         "",
@@ -223,7 +235,9 @@ def markdown(rows: list[dict[str, Any]], runs: list[str]) -> str:
     ]
     for r in rows:
         L.append(
-            f"- {r['run']}: in store {r['picks_in_store']}; fresh {r.get('picks_fresh')}; "
+            f"- {r['run']} ({r['dtype']}; {r['train_only'][0]} training-only prompts, "
+            f"{r['train_only'][1]} samples): in store {r['picks_in_store']}; fresh "
+            f"{r.get('picks_fresh')}; "
             f"sampling {r['timing']['sampling_s']:.0f} s, total {r['timing']['total_s']:.0f} s"
             + (" (rerun over a store already sampled)" if r["timing"]["sampling_s"] < 60 else "")
         )

@@ -401,8 +401,9 @@ def resolve_device(device: str | None) -> str:
 
 def cpu_bf16_native(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """Whether this CPU computes bfloat16 dot products in hardware (x86 ``avx512_bf16`` or AMX-BF16).
-    There torch's bf16 kernels outrun float32: the embedded model samples the demo's task 1.7-1.8x
-    faster at the same accuracy (docs/engine.md); without them bf16 is emulated and slower."""
+    There torch's bf16 kernels outrun float32: the embedded model samples the demo's task 1.8-2.1x
+    faster at the same accuracy (benchmarks/results/cpu_dtype.md). Without them bf16 is converted
+    in software; the demo keeps float32 there (not measured on such a CPU here)."""
     try:
         flags = Path(cpuinfo).read_text().split()
     except OSError:  # not Linux, or no procfs: assume not

@@ -56,7 +56,7 @@ class DemoConfig:
     dtype: str = field(
         "auto",
         "model dtype: auto (bfloat16 on gpus and on cpus with native bf16, avx512_bf16 or AMX, "
-        "where it samples 1.7x faster than float32; float32 on other cpus) | float32 | bfloat16 "
+        "where it samples 1.8-2.1x faster than float32; float32 on other cpus) | float32 | bfloat16 "
         "| float16",
     )
     batch_prompts: int = field(
@@ -265,7 +265,7 @@ def picked_out_of_fold(
 
 
 #: training-only (prompts, samples each) when not given, by the dtype the demo samples in. bf16
-#: samples the demo's task 1.6-1.7x faster than float32 on this project's 2-core CPU
+#: samples the demo's task 1.8-2.1x faster than float32 on this project's 2-core CPU
 #: (benchmarks/results/cpu_dtype.md), and that time buys 896 x 8 instead of 384 x 4 (docs/quality.md,
 #: tenth session); 320 + 896 prompts stay under the task's 1,560 questions, so none repeats.
 TRAIN_ONLY = {"float32": (384, 4), "bf16": (896, 8)}
