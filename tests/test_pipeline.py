@@ -404,7 +404,8 @@ def test_demo_training_only_prompts_train_every_split(tmp_path, monkeypatch):
     assert [s["train_prompts"] for s in rep["splits"]] == [4 + 6, 4 + 6]
     assert rep["n_prompts"] == 8  # only the store's prompts are tested
     assert "6 training-only prompts (12 samples)" in (out / "results.md").read_text()
-    assert "also trained on 6 training-only prompts" in (out / "results.html").read_text()
+    page = (out / "results.html").read_text()
+    assert "also trained on 6 training-only prompts" in page and "tiny-llama-0 (bfloat16)" in page
     # the training-only prompts reach the fits: the out-of-fold scores change with them
     spec = {"probe": ("probe", {})}
     alone, _ = cross_fit(store, 2, 0, spec, progress=False)

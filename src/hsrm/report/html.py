@@ -379,6 +379,7 @@ def write_bon_html(
         f"{rep['n_prompts']} held-out prompts, {rep['n_samples']} samples, "
         f"mean accuracy {rep['mean_accuracy']:.3f}"
         + (f"; model {rep['model']['name']}" if isinstance(rep.get("model"), dict) else "")
+        + (f" ({rep['dtype']})" if isinstance(rep.get("model"), dict) and rep.get("dtype") else "")
         + (f"; {extra['folds']}-fold cross-fit by prompt" if isinstance(extra, dict) else "")
         + (
             f", each fold also trained on {extra['train_only_prompts']} training-only prompts"
