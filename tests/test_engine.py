@@ -455,6 +455,26 @@ def test_resume_refuses_another_model_dtype(tmp_path, tiny_lm):
     assert len(b) == 18 and "model_dtype" not in b.meta
 
 
+def test_sample_hints_at_bf16_where_auto_keeps_float32_on_a_native_cpu(
+    tmp_path, monkeypatch, caplog
+):
+    from hsrm.sampling import sample
+
+    hint = "computes bfloat16 natively"
+    for native, dtype, said in (
+        (True, "auto", True),
+        (False, "auto", False),
+        (True, "float32", False),
+    ):
+        monkeypatch.setattr(lmx, "cpu_bf16_native", lambda native=native: native)
+        caplog.clear()
+        with caplog.at_level("INFO", logger="hsrm.sampling"):
+            sample(
+                _sample_cfg(tmp_path / f"{native}{dtype}", n_prompts=2, dtype=dtype, device="cpu")
+            )
+        assert (hint in caplog.text) is said
+
+
 # ----------------------------------------------------------------------------------------------
 # refill: a finished prompt's slot goes to the next prompt
 @pytest.mark.parametrize("capture", [True, False])
