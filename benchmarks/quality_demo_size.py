@@ -134,6 +134,7 @@ def main() -> None:
             )
             + rep["sizes"].get("train_only_prompts", 0),
             "dtype": rep.get("dtype", "float32"),  # runs before it was recorded: float32 on a cpu
+            "seed": rep.get("seed", 0),
             "train_only": [
                 rep["sizes"].get("train_only_prompts", 0),
                 rep["sizes"].get("train_only_samples", 0),
@@ -235,7 +236,7 @@ def markdown(rows: list[dict[str, Any]], runs: list[str]) -> str:
     ]
     for r in rows:
         L.append(
-            f"- {r['run']} ({r['dtype']}; {r['train_only'][0]} training-only prompts, "
+            f"- {r['run']} (seed {r['seed']}, {r['dtype']}; {r['train_only'][0]} training-only prompts, "
             f"{r['train_only'][1]} samples): in store {r['picks_in_store']}; fresh "
             f"{r.get('picks_fresh')}; "
             f"sampling {r['timing']['sampling_s']:.0f} s, total {r['timing']['total_s']:.0f} s"
