@@ -276,6 +276,9 @@ def test_demo_tiny(tmp_path):
     # the task draws distinct questions while it can: no test prompt repeats a training question
     assert saved["questions"] == {"seen_prompts": 0, "prompts": 12}
     assert saved["fresh"]["questions"]["prompts"] == 6
+    # nor a fresh prompt: its store avoids the questions of every prompt the heads trained on
+    assert saved["fresh"]["task"]["avoid_questions"] == [0, 12]
+    assert saved["fresh"]["questions"]["seen_prompts"] == 0
 
     # where questions do repeat, each part gets its own report (here: a made-up mask)
     from hsrm.bon.demo import question_split
@@ -399,6 +402,7 @@ def test_demo_training_only_prompts_train_every_split(tmp_path, monkeypatch):
     assert rep["dtype"] == "bfloat16"
     assert {s.meta["model_dtype"] for s in (store, extra, fresh)} == {"bfloat16"}
     assert extra.meta["task"]["skip_prompts"] == 8 and len(extra) == 12
+    assert fresh.meta["task"]["avoid_questions"] == [0, 8 + 6]
     assert set(extra.prompt_ids).isdisjoint(store.prompt_ids)
     assert rep["sizes"]["train_only_prompts"] == 6 and rep["sizes"]["train_only_samples"] == 12
     assert [s["train_prompts"] for s in rep["splits"]] == [4 + 6, 4 + 6]
@@ -455,3 +459,29 @@ def test_demo_reports_the_picked_head(tmp_path):
     assert set(saved["fresh"]["picked"].values()) <= {"elhsr", "probe", "rank"}
     for split in saved["splits"]:
         assert set(split["picked"].values()) <= {"elhsr", "probe", "rank"}
+
+    # a fresh store an older demo sampled (its prompts could repeat training questions) cannot
+    # resume: the rerun names it, with the way out, before it samples or writes anything
+    from hsrm.errors import HsrmError
+
+    mp = tmp_path / "demo" / "fresh_samples" / "meta.json"
+    meta = json.loads(mp.read_text())
+    del meta["task"]["avoid_questions"]
+    mp.write_text(json.dumps(meta))
+    before = (tmp_path / "demo" / "results.json").read_bytes()
+    with pytest.raises(HsrmError, match=r"fresh_samples/meta.json: existing run has task=.*delete"):
+        demo(tiny_demo(tmp_path / "demo", fresh_prompts=6))
+    assert (tmp_path / "demo" / "results.json").read_bytes() == before
+
+
+def test_demo_cli_says_the_fresh_prompts_ask_no_training_question(tmp_path, capsys):
+    """`hsrm demo` prints the fresh store's table under a title that says what it is: other task
+    seed, nothing fitted on it, and (its store avoiding them) none of the training questions."""
+    from hsrm.cli import main
+
+    args = "--model tiny:0 --n-prompts 12 --n 4 --folds 2 --head-layers all --n-boot 20"
+    argv = ["demo", *args.split(), "--train-prompts", "0", "--fresh-prompts", "6"]
+    assert main([*argv, "--out", str(tmp_path / "demo")]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "6 prompts no head or control was fitted on, none a training question" in said
+    assert "ask a question the heads trained on" not in said

@@ -22,6 +22,29 @@ def test_synthetic_seeded_and_distinct():
     assert get_task("synthetic", n=5, seed=2).prompts()[0].question != a[0].question
 
 
+def test_synthetic_avoid_asks_none_of_another_tasks_questions(tmp_path, capsys):
+    """``avoid=(seed, n)``: a test store whose questions the first n prompts of that task seed
+    never asked (another seed alone repeats most of them once n nears the question space)."""
+    from hsrm.cli import main
+
+    train = {p.question for p in get_task("synthetic", n=1216, seed=0).prompts()}
+    plain = get_task("synthetic", n=128, seed=1, fewshot="per_prompt").prompts()
+    fresh = get_task("synthetic", n=128, seed=1, fewshot="per_prompt", avoid=(0, 1216))
+    ps = fresh.prompts()
+    assert sum(p.question in train for p in plain) > 64  # the overlap it removes
+    assert not any(p.question in train for p in ps) and len({p.question for p in ps}) == 128
+    assert {p.family for p in ps} == {"arith", "compare"}
+    assert [p.messages for p in ps] == [p.messages for p in fresh.prompts()]
+    assert fresh.describe()["avoid_questions"] == [0, 1216]
+    assert "avoid_questions" not in get_task("synthetic", n=4).describe()
+    # bad specs name the field and write nothing
+    for bad, task in (("1", "synthetic"), ("0:0", "synthetic"), ("0:4", "gsm8k:x.jsonl")):
+        out = tmp_path / "s"
+        args = ["sample", "--out", str(out), "--model", "tiny:0", "--task", task]
+        assert main([*args, "--avoid-questions", bad]) == 2
+        assert "avoid_questions" in capsys.readouterr().err and not out.exists()
+
+
 def test_synthetic_is_shortcut_controlled():
     ps = get_task("synthetic", n=400, families="compare").prompts()
     qtypes = Counter(p.meta["qtype"] for p in ps)

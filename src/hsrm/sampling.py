@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from hsrm.capture import PromptResult, SampleConfig, parse_layers, sample_prompts
 from hsrm.config import field, validate
 from hsrm.errors import HsrmError
-from hsrm.io import atomic_write_text, check_out
+from hsrm.io import atomic_write_text, check_out, read_json
 from hsrm.models import DEFAULT_MODEL, ModelFingerprint, load_model
 from hsrm.projection import Projection
 from hsrm.shardwriter import BackgroundWriter
@@ -50,6 +50,11 @@ class SampleRunConfig:
         "leave out the task's first K prompts (more prompts of the same task after another "
         "store's, never the same questions: the demo's training-only prompts)",
         min=0,
+    )
+    avoid_questions: str = field(
+        "",
+        "synthetic: never ask a question that the first N prompts of task seed S asked, S:N (a "
+        "test store of questions no head trained on; the demo's fresh store)",
     )
     task_range: str = field(
         "1,20", "synthetic operands LO,HI (cot caps HI at 9; 1,5: an easier cot)"
@@ -156,6 +161,20 @@ def _task_range(spec: str) -> tuple[int, int]:
     return lo, hi
 
 
+def _avoid_questions(spec: str) -> tuple[int, int] | None:
+    if not spec:
+        return None
+    try:
+        seed, n = (int(x) for x in spec.split(":"))
+    except ValueError:
+        raise HsrmError(
+            f"avoid_questions: {spec!r} is not S:N (a task seed and a prompt count)"
+        ) from None
+    if n < 1:
+        raise HsrmError(f"avoid_questions: {spec!r} needs N >= 1 prompts")
+    return seed, n
+
+
 def make_task(cfg: SampleRunConfig) -> Task:
     if cfg.task.split(":", 1)[0] == "synthetic":
         fams = cfg.task.split(":", 1)[1] if ":" in cfg.task else cfg.families
@@ -169,7 +188,10 @@ def make_task(cfg: SampleRunConfig) -> Task:
             lo=lo,
             hi=hi,
             shots=cfg.shots,
+            avoid=_avoid_questions(cfg.avoid_questions),
         )
+    if cfg.avoid_questions:
+        raise HsrmError("avoid_questions: only the synthetic task draws its own questions")
     return get_task(
         cfg.task,
         limit=cfg.n_prompts + cfg.skip_prompts,
@@ -186,6 +208,24 @@ def task_description(task: Task, cfg: SampleRunConfig) -> dict[str, Any]:
     if cfg.skip_prompts:
         d["skip_prompts"] = cfg.skip_prompts
     return d
+
+
+def check_task_resumes(cfg: SampleRunConfig) -> None:
+    """Before any model is loaded: where ``cfg.out`` already holds a store, its prompts must be
+    the ones ``cfg`` asks for (``StoreWriter`` checks every other setting once the model is up).
+    So a run of several stores names the one that cannot resume before sampling the others."""
+    mp = Path(cfg.out) / "meta.json"
+    if not mp.exists():
+        return
+    old = read_json(mp, "store meta.json")
+    want = task_description(make_task(cfg), cfg)
+    if isinstance(old, dict) and json.dumps(old.get("task"), sort_keys=True) != json.dumps(
+        want, sort_keys=True
+    ):
+        raise HsrmError(
+            f"{mp}: existing run has task={old.get('task')!r}, this run asks for task={want!r}; "
+            f"use another --out, or delete {cfg.out} to sample it again"
+        )
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from hsrm.io import check_out, exclusive, mark_output
 from hsrm.lm import auto_dtype, resolve_device, resolve_dtype
 from hsrm.metrics import score_vote_weights
 from hsrm.models import DEFAULT_MODEL
-from hsrm.sampling import SampleRunConfig, sample
+from hsrm.sampling import SampleRunConfig, check_task_resumes, sample
 from hsrm.splits import prompt_folds
 from hsrm.store import RecordsView, Store, StoreUnion
 
@@ -82,7 +82,8 @@ class DemoConfig:
     )
     fresh_prompts: int = field(
         128,
-        "prompts of a second store from another task seed that nothing is fitted on (0: skip)",
+        "prompts of a second store that nothing is fitted on: another task seed, none of the "
+        "training prompts' questions (0: skip)",
         min=0,
     )
 
@@ -300,19 +301,26 @@ def demo(cfg: DemoConfig, console: Any = None) -> dict[str, Any]:
     check_out(out, "demo", overwrite=cfg.overwrite)
     # the stores inside it too, before any of them is sampled (a foreign folder in their place
     # would otherwise stop the demo after minutes of sampling, a store half-done)
-    stores = ["samples"] + ["train_samples"] * bool(cfg.train_prompts)
-    for name in stores + ["fresh_samples"] * bool(cfg.fresh_prompts):
+    # and their prompts: a store an older demo sampled with other prompts is named now, not
+    # after minutes of sampling the others
+    runs = demo_sample_configs(cfg)
+    for name, scfg in runs.items():
         check_out(out / name, "store")
+        check_task_resumes(scfg)
     with exclusive(out):
         out.mkdir(parents=True, exist_ok=True)
         mark_output(out, "demo", ["samples"])
-        return _demo(cfg, out)
+        return _demo(cfg, out, runs)
 
 
-def _demo(cfg: DemoConfig, out: Path) -> dict[str, Any]:
-    t_start = time.perf_counter()
+def demo_sample_configs(cfg: DemoConfig) -> dict[str, SampleRunConfig]:
+    """The demo's stores (folder name -> ``hsrm sample`` settings): ``samples`` (tested out of
+    fold), ``train_samples`` (the task's next ``train_prompts``, trained on only; same task
+    seed, so other questions until the task's question space runs out) and ``fresh_samples``
+    (another task seed and sampling seed, asking none of the other two stores' questions, that
+    nothing is fitted on). ``cfg`` resolved (``resolve_demo``)."""
     scfg = SampleRunConfig(
-        out=str(out / "samples"),
+        out=str(Path(cfg.out) / "samples"),
         model=cfg.model,
         n_prompts=cfg.n_prompts,
         families=cfg.families,
@@ -325,8 +333,39 @@ def _demo(cfg: DemoConfig, out: Path) -> dict[str, Any]:
         dtype=cfg.dtype,
         batch_prompts=cfg.batch_prompts,
     )
-    store = sample(scfg)
-    extra = _sample_training_only(cfg, scfg)
+    runs = {"samples": scfg}
+    if cfg.train_prompts:
+        assert cfg.train_n is not None, "resolve_demo settles train_n"
+        runs["train_samples"] = replace(
+            scfg,
+            out=str(Path(cfg.out) / "train_samples"),
+            n_prompts=cfg.train_prompts,
+            skip_prompts=scfg.n_prompts,
+            n=cfg.train_n,
+            # the store's rows per decode step (batch_prompts x n)
+            batch_prompts=max(1, cfg.batch_prompts * cfg.n // cfg.train_n),
+        )
+    if cfg.fresh_prompts:
+        runs["fresh_samples"] = replace(
+            scfg,
+            out=str(Path(cfg.out) / "fresh_samples"),
+            n_prompts=cfg.fresh_prompts,
+            task_seed=scfg.task_seed + 1,
+            seed=scfg.seed + 1,
+            # another seed alone draws from the same small question space, most of which the
+            # training prompts asked
+            avoid_questions=f"{scfg.task_seed}:{scfg.n_prompts + (cfg.train_prompts or 0)}",
+        )
+    return runs
+
+
+def _demo(cfg: DemoConfig, out: Path, runs: dict[str, SampleRunConfig]) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    store = sample(runs["samples"])
+    extra = None
+    if "train_samples" in runs:
+        mark_output(out, "demo", ["train_samples"])
+        extra = sample(runs["train_samples"])
     t_sample = time.perf_counter() - t_start
     layers = demo_head_layers(cfg.head_layers, store.fingerprint.n_layers)
     specs = demo_specs(layers, resolve_device(cfg.device))
@@ -381,7 +420,9 @@ def _demo(cfg: DemoConfig, out: Path) -> dict[str, Any]:
         seen[fold == f] = np.isin(q[fold == f], np.concatenate([q[fold != f], qx]))
     rep["questions"] = question_split(store, idx, scores, seen, cfg)
     if cfg.fresh_prompts:
-        rep["fresh"] = _demo_fresh(cfg, scfg, training_view(store, extra), specs, pick_all)
+        rep["fresh"] = _demo_fresh(
+            cfg, runs["fresh_samples"], training_view(store, extra), specs, pick_all
+        )
         t_sample += rep["fresh"].pop("sampling_s")
     rep["timing"] = {"sampling_s": t_sample, "total_s": time.perf_counter() - t_start}
     write_outputs(out, rep, data, title="hsrm demo: best-of-N with hidden-state heads")
@@ -391,26 +432,6 @@ def _demo(cfg: DemoConfig, out: Path) -> dict[str, Any]:
         ["results.json", "results.md", "bon.png", "results.html", "fresh", "fresh_samples"],
     )
     return rep
-
-
-def _sample_training_only(cfg: DemoConfig, scfg: SampleRunConfig) -> Store | None:
-    """The ``train_prompts`` prompts after the store's (same task seed, so other questions until
-    the task's question space runs out), ``train_n`` samples each, into ``train_samples``. The
-    batch keeps the store's rows per step (``batch_prompts x n``)."""
-    if not cfg.train_prompts:
-        return None
-    assert cfg.train_n is not None, "resolve_demo settles train_n"
-    mark_output(Path(cfg.out), "demo", ["train_samples"])
-    return sample(
-        replace(
-            scfg,
-            out=str(Path(cfg.out) / "train_samples"),
-            n_prompts=cfg.train_prompts,
-            skip_prompts=scfg.n_prompts,
-            n=cfg.train_n,
-            batch_prompts=max(1, cfg.batch_prompts * cfg.n // cfg.train_n),
-        )
-    )
 
 
 def out_of_fold_scores(
@@ -486,23 +507,15 @@ def question_split(
 
 def _demo_fresh(
     cfg: DemoConfig,
-    scfg: SampleRunConfig,
+    fcfg: SampleRunConfig,
     store: RecordsView,
     specs: dict[str, tuple[str, dict[str, Any]]],
     pick: dict[str, str],
 ) -> dict[str, Any]:
-    """Heads and controls fitted on every prompt of ``store``, scored on a store sampled from
-    another task seed (other questions, other few-shot contexts) that nothing was fitted on.
+    """Heads and controls fitted on every prompt of ``store``, scored on the fresh store
+    (``fcfg``: another task seed, so other few-shot contexts, and none of ``store``'s questions
+    while the task's question space lasts) that nothing was fitted on.
     ``pick``: the head per family chosen on ``store``'s out-of-fold scores."""
-    fcfg = SampleRunConfig(
-        **{
-            **asdict(scfg),
-            "out": str(Path(cfg.out) / "fresh_samples"),
-            "n_prompts": cfg.fresh_prompts,
-            "task_seed": scfg.task_seed + 1,
-            "seed": scfg.seed + 1,
-        }
-    )
     t0 = time.perf_counter()
     fresh = sample(fcfg)
     t_sample = time.perf_counter() - t0

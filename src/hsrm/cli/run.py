@@ -55,10 +55,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     _print_seen(con, rep, N, "held-out")
     if "fresh" in rep:
         fr = rep["fresh"]
+        unseen = "" if fr.get("questions", {}).get("seen_prompts") else ", none a training question"
         con.print(
             rich_table(
                 fr,
-                f"fresh task seed: {fr['n_prompts']} prompts no head or control was fitted on",
+                f"fresh task seed: {fr['n_prompts']} prompts no head or control was fitted "
+                f"on{unseen}",
             )
         )
         for fam, sub in fr.get("per_family", {}).items():

@@ -9,6 +9,9 @@ SmolLM2-135M needs a few-shot chat prompt and the prefill "The answer is " (``co
 
 ``fewshot="per_prompt"`` draws each prompt's few-shot examples from its own seeded stream, so that
 a store holds many contexts; ``"fixed"`` (the default) keeps one set of examples per family.
+``avoid=(seed, n)`` never asks a question that the first ``n`` prompts of task seed ``seed`` asked:
+a test store of questions no head was trained on (the demo's fresh store), since another task seed
+alone draws from the same small question space (arith 800 questions, compare 760).
 """
 
 from __future__ import annotations
@@ -95,6 +98,7 @@ class SyntheticTask(Task):
         hi: int = 20,
         shots: int = 3,
         fewshot: str = "fixed",
+        avoid: tuple[int, int] | None = None,
     ):
         if isinstance(families, str):
             families = tuple(f.strip() for f in families.split(",") if f.strip())
@@ -107,7 +111,10 @@ class SyntheticTask(Task):
             raise HsrmError(
                 f"synthetic fewshot must be one of {', '.join(FEWSHOT)}, got {fewshot!r}"
             )
+        if avoid is not None and (len(avoid) != 2 or avoid[1] < 0):
+            raise HsrmError(f"synthetic avoid must be (task seed, prompts >= 0), got {avoid!r}")
         self.fewshot = fewshot
+        self.avoid = None if avoid is None else (int(avoid[0]), int(avoid[1]))
         self.n, self.families, self.seed, self.lo, self.hi, self.shots = (
             n,
             families,
@@ -134,19 +141,29 @@ class SyntheticTask(Task):
             turns += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
         return turns
 
-    def prompts(self) -> list[Prompt]:
-        rng = random.Random(f"synthetic-{self.seed}")
-        out: list[Prompt] = []
-        seen: set[str] = set()
-        shots = {f: self._fewshot(f) for f in self.families}
+    def _questions(self, seed: int, n: int, seen: set[str]) -> list[tuple[str, str, str, str]]:
+        """The first ``n`` (family, question, answer, question type) of task seed ``seed``, each
+        question new to ``seen`` (which gains them) until about 50 n draws, then repeats."""
+        rng = random.Random(f"synthetic-{seed}")
+        out: list[tuple[str, str, str, str]] = []
         i = 0
-        while len(out) < self.n:
+        while len(out) < n:
             fam = self.families[i % len(self.families)]
             i += 1
             q, a, qtype = _make(fam, rng, self.lo, self.hi)
-            if q in seen and i < 50 * self.n:
+            if q in seen and i < 50 * n:
                 continue  # distinct questions, so that a split by prompt is a split by question
             seen.add(q)
+            out.append((fam, q, a, qtype))
+        return out
+
+    def prompts(self) -> list[Prompt]:
+        seen: set[str] = set()
+        if self.avoid is not None:  # the other task's questions, drawn as that task draws them
+            seen = {q for _, q, _, _ in self._questions(*self.avoid, set())}
+        out: list[Prompt] = []
+        shots = {f: self._fewshot(f) for f in self.families}
+        for fam, q, a, qtype in self._questions(self.seed, self.n, seen):
             ctx = shots[fam] if self.fewshot == "fixed" else self._fewshot(fam, len(out), q)
             msgs = (*ctx, {"role": "user", "content": q})
             out.append(
@@ -172,6 +189,8 @@ class SyntheticTask(Task):
         }
         if self.fewshot != "fixed":  # stores written before the option keep their description
             d["fewshot"] = self.fewshot
+        if self.avoid is not None:  # likewise
+            d["avoid_questions"] = list(self.avoid)
         return d
 
     def extract(self, completion: str, prompt: Prompt) -> str | None:
