@@ -147,6 +147,8 @@ def main() -> None:
         if "fresh" in rep:
             row["fresh"] = summary(rep["fresh"])
             row["picks_fresh"] = rep["fresh"].get("picked")
+            # the questions its store was told to avoid (task seed, prompts), or None: older runs
+            row["fresh_avoids"] = rep["fresh"].get("task", {}).get("avoid_questions")
         for where, r in (("in_store", rep), ("fresh", rep.get("fresh"))):
             if r is not None:
                 row[where]["unseen"] = unseen(r, row["seen_questions"][where])
@@ -185,7 +187,8 @@ def markdown(rows: list[dict[str, Any]], runs: list[str]) -> str:
             "In store, out of fold (each prompt tested by heads that did not train on it)"
             if where == "in_store"
             else "Fresh seed (128 prompts of task seed 1, 512 in the GPU run; heads trained on "
-            "the whole store)"
+            "the whole store; runs whose fresh store avoids the training questions say so at "
+            "the end)"
         )
         L += [
             f"## {title}",
@@ -230,17 +233,23 @@ def markdown(rows: list[dict[str, Any]], runs: list[str]) -> str:
         "",
     ]
     L += [
-        "Picks (per family, chosen out of fold) and wall time (the 2-core box; the GPU run: one "
-        "H200 with 16 CPU cores, `demo_h200_4096/run.md`):",
+        "Picks (per family, chosen out of fold) and this run's time (the 2-core box; the GPU "
+        "run: one H200 with 16 CPU cores, `demo_h200_4096/run.md`; a run that resumed stores "
+        "already sampled counts only the sampling it did):",
         "",
     ]
     for r in rows:
         L.append(
             f"- {r['run']} (seed {r['seed']}, {r['dtype']}; {r['train_only'][0]} training-only prompts, "
             f"{r['train_only'][1]} samples): in store {r['picks_in_store']}; fresh "
-            f"{r.get('picks_fresh')}; "
-            f"sampling {r['timing']['sampling_s']:.0f} s, total {r['timing']['total_s']:.0f} s"
-            + (" (rerun over a store already sampled)" if r["timing"]["sampling_s"] < 60 else "")
+            f"{r.get('picks_fresh')}"
+            + (
+                f" (fresh store avoids the questions of task seed {r['fresh_avoids'][0]}'s first "
+                f"{r['fresh_avoids'][1]} prompts)"
+                if r.get("fresh_avoids")
+                else ""
+            )
+            + f"; sampling {r['timing']['sampling_s']:.0f} s, total {r['timing']['total_s']:.0f} s"
         )
     return "\n".join(L) + "\n"
 
