@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hsrm.bon.demo import DemoConfig, demo
+from hsrm.bon.demo import demo
 from hsrm.cli import main
 from hsrm.splits import prompt_folds
 from tests.conftest import tiny_demo
@@ -281,15 +281,14 @@ def test_demo_tiny(tmp_path):
     assert saved["fresh"]["questions"]["seen_prompts"] == 0
 
     # where questions do repeat, each part gets its own report (here: a made-up mask)
-    from hsrm.bon.demo import question_split
+    from hsrm.bon.outputs import question_split
     from hsrm.store import Store
 
     store = Store(tmp_path / "demo" / "samples")
     idx = np.arange(len(store))
     seen = np.isin(store.prompt_ids, np.unique(store.prompt_ids)[:5])
     scores = {"picked": np.random.default_rng(0).random(len(store)), "majority": np.zeros(len(idx))}
-    cfg = DemoConfig(n_boot=20)
-    qs = question_split(store, idx, scores, seen, cfg)
+    qs = question_split(store, idx, scores, seen, n_boot=20, votes=("picked",))
     assert (qs["seen_prompts"], qs["prompts"]) == (5, 12)
     assert (qs["seen"]["n_prompts"], qs["unseen"]["n_prompts"]) == (5, 7)
 

@@ -105,12 +105,15 @@ def _mixed(monkeypatch):
     monkeypatch.setattr(SyntheticTask, "check", lambda self, ext, p: ext is None)
 
 
-def test_evaluate_fresh_store_reports_every_baseline(tmp_path, _mixed):
+def test_evaluate_fresh_store_reports_every_baseline(tmp_path, _mixed, capsys):
+    """A store no head trained on: every baseline (controls fitted on the head's training
+    store), and the test prompts split by whether the heads' training prompts asked their
+    question (in another context)."""
     tiny = ["--model", "tiny:0", "--n", "4", "--max-new-tokens", "3", "--layers", "every:1"]
     assert main(["sample", "--out", str(tmp_path / "a"), "--n-prompts", "10", *tiny]) == 0
     b = ["--task-seed", "7", "--fewshot", "per_prompt"]
     assert main(["sample", "--out", str(tmp_path / "b"), "--n-prompts", "6", *b, *tiny]) == 0
-    head = ["--head", "probe", "--layers", "all", "--test-frac", "0.2"]
+    head = ["--head-type", "probe", "--layers", "all", "--test-frac", "0.2"]
     assert main(["train", str(tmp_path / "a"), "--out", str(tmp_path / "h"), *head]) == 0
     assert main(["evaluate", str(tmp_path / "b"), "--head", str(tmp_path / "h")]) == 0
     rep = json.loads((tmp_path / "b" / "eval" / "results.json").read_text())
@@ -130,3 +133,19 @@ def test_evaluate_fresh_store_reports_every_baseline(tmp_path, _mixed):
         "deepconf_vote",
     ):
         assert name in rep["bon"], name
+    # no question of seed 7's six is among the head's training questions (seed 0), and it says so
+    assert rep["questions"] == {"seen_prompts": 0, "prompts": 6}
+
+    # the head's own questions in other contexts: each part is reported, and the CLI says it
+    c = ["--fewshot", "per_prompt", "--n-prompts", "10"]  # store a's ten questions
+    assert main(["sample", "--out", str(tmp_path / "c"), *c, *tiny]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "c"), "--head", str(tmp_path / "h")]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    rep = json.loads((tmp_path / "c" / "eval" / "results.json").read_text())
+    k = len(json.loads((tmp_path / "h" / "training.json").read_text())["train_prompts"])
+    assert 0 < k < 10 and rep["questions"]["seen_prompts"] == k
+    assert rep["questions"]["unseen"]["n_prompts"] == 10 - k
+    assert rep["questions"]["seen"]["n_prompts"] == k
+    assert f"{k} of 10 test prompts ask a question the heads trained on" in said
+    assert f"on the other {10 - k}, probe BoN@4" in said

@@ -13,7 +13,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from hsrm.bon.baselines import baseline_scores, prompt_question
-from hsrm.bon.outputs import html_data, store_report, write_outputs
+from hsrm.bon.outputs import html_data, question_split, store_report, write_outputs
 from hsrm.bon.report import bon_per_prompt, bon_report
 from hsrm.bon.scorers import VOTE_SUFFIX, add_head_votes, vote_keep
 from hsrm.capture import parse_layers
@@ -418,7 +418,9 @@ def _demo(cfg: DemoConfig, out: Path, runs: dict[str, SampleRunConfig]) -> dict[
     seen = np.zeros(len(store), bool)
     for f in range(cfg.folds):
         seen[fold == f] = np.isin(q[fold == f], np.concatenate([q[fold != f], qx]))
-    rep["questions"] = question_split(store, idx, scores, seen, cfg)
+    rep["questions"] = question_split(
+        store, idx, scores, seen, cfg.n_boot, cfg.seed, votes=(PICKED,)
+    )
     if cfg.fresh_prompts:
         rep["fresh"] = _demo_fresh(
             cfg, runs["fresh_samples"], training_view(store, extra), specs, pick_all
@@ -484,27 +486,6 @@ def fresh_scores(
     return scores
 
 
-def question_split(
-    store: Store, idx: np.ndarray, scores: dict[str, np.ndarray], seen: np.ndarray, cfg: DemoConfig
-) -> dict[str, Any]:
-    """How many test prompts ask a question (its text, whatever the few-shot context) that a
-    training prompt asked too, and the report on each part. The synthetic task draws distinct
-    questions until its space runs out (arith 800, compare 760), so a store of more prompts
-    repeats questions, and a head can then be right by remembering a question's right answer
-    rather than by reading the model's states: the ``unseen`` report is the one that generalises.
-    ``seen``: per sample of ``idx``; ``scores`` aligned with ``idx``."""
-    pids = store.prompt_ids[idx]
-    out: dict[str, Any] = {
-        "seen_prompts": int(len(set(pids[seen]))),
-        "prompts": int(len(set(pids))),
-    }
-    for name, m in (("seen", seen), ("unseen", ~seen)):
-        if m.any() and not m.all():
-            part = {k: v[m] for k, v in scores.items()}
-            out[name] = store_report(store, idx[m], part, cfg.n_boot, cfg.seed, votes=(PICKED,))
-    return out
-
-
 def _demo_fresh(
     cfg: DemoConfig,
     fcfg: SampleRunConfig,
@@ -524,7 +505,9 @@ def _demo_fresh(
     rep = store_report(fresh, te, scores, cfg.n_boot, cfg.seed, votes=(PICKED,))
     fq = np.array([prompt_question(fresh, r) for r in fresh.records])
     trained_on = np.unique([prompt_question(store, r) for r in store.records])
-    rep["questions"] = question_split(fresh, te, scores, np.isin(fq, trained_on), cfg)
+    rep["questions"] = question_split(
+        fresh, te, scores, np.isin(fq, trained_on), cfg.n_boot, cfg.seed, votes=(PICKED,)
+    )
     rep["task"] = fresh.meta["task"]
     rep["picked"] = pick
     write_outputs(Path(cfg.out) / "fresh", rep)

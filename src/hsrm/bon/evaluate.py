@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from hsrm.bon.baselines import baseline_scores
-from hsrm.bon.outputs import html_data, store_report, write_outputs
+from hsrm.bon.baselines import baseline_scores, prompt_question
+from hsrm.bon.outputs import html_data, question_split, store_report, write_outputs
 from hsrm.bon.scorers import add_head_votes
 from hsrm.config import field, validate
 from hsrm.errors import HsrmError
@@ -53,6 +53,7 @@ def evaluate(cfg: EvaluateConfig, store: Store | None = None) -> dict[str, Any]:
     store = store or Store(cfg.run)
     heads, seen = {}, set()
     ctrl_from: tuple[str, list[str]] | None = None  # (training store, its training prompts)
+    trained_on: list[tuple[str, set[str]]] = []  # every head's (training store, its prompts)
     for hp in cfg.heads:
         h = Head.load(hp)
         h.check_compatible(store.fingerprint, store.layers)
@@ -65,6 +66,7 @@ def evaluate(cfg: EvaluateConfig, store: Store | None = None) -> dict[str, Any]:
             seen |= train_prompts
         if tinfo.get("run"):
             ctrl_from = ctrl_from or (tinfo["run"], sorted(train_prompts))
+            trained_on.append((tinfo["run"], train_prompts))
         name = (
             h.architecture if h.architecture not in heads else f"{h.architecture}:{Path(hp).name}"
         )
@@ -89,6 +91,19 @@ def evaluate(cfg: EvaluateConfig, store: Store | None = None) -> dict[str, Any]:
         log.info("no training store found for the controls; reporting the unfitted baselines")
         scores.update(baseline_scores(store, np.zeros(0, int), test_idx, train_store=store))
     rep = store_report(store, test_idx, scores, cfg.n_boot, protocol=cfg.protocol)
+    asked = _training_questions(trained_on)
+    if asked is not None:
+        tq = [prompt_question(store, store.records[i]) for i in test_idx]
+        rep["questions"] = question_split(
+            store, test_idx, scores, np.isin(tq, sorted(asked)), cfg.n_boot, protocol=cfg.protocol
+        )
+        if rep["questions"]["seen_prompts"]:
+            log.warning(
+                "%d of %d test prompts ask a question the heads trained on (in another context); "
+                "results.json 'questions' reports the seen and unseen ones apart",
+                rep["questions"]["seen_prompts"],
+                rep["questions"]["prompts"],
+            )
     elhsr = next((n for n, h in heads.items() if hasattr(h, "token_contributions")), None)
     data = html_data(
         store,
@@ -106,6 +121,20 @@ def evaluate(cfg: EvaluateConfig, store: Store | None = None) -> dict[str, Any]:
     ) as tmp:
         write_outputs(tmp, rep, data, title=f"hsrm evaluate: {cfg.run}")
     return rep
+
+
+def _training_questions(trained_on: list[tuple[str, set[str]]]) -> set[str] | None:
+    """The questions the heads' training prompts asked (``prompt_question``), read from their
+    training stores; None when no head's training store is at hand (nothing to compare)."""
+    asked: set[str] | None = None
+    for run, prompts in trained_on:
+        if not Path(run, "meta.json").exists():
+            continue
+        ts = Store(run)
+        asked = (asked or set()) | {
+            prompt_question(ts, r) for r, p in zip(ts.records, ts.prompt_ids) if p in prompts
+        }
+    return asked
 
 
 def _training_prompts(head_dir: Path, allow_unknown: bool) -> set[str]:

@@ -46,6 +46,34 @@ def store_report(
     )
 
 
+def question_split(
+    store: Store,
+    idx: np.ndarray,
+    scores: dict[str, np.ndarray],
+    seen: np.ndarray,
+    n_boot: int,
+    seed: int = 0,
+    **kw: Any,
+) -> dict[str, Any]:
+    """How many test prompts ask a question (its text, whatever the few-shot context) that a
+    training prompt asked too, and the report on each part. The synthetic task draws distinct
+    questions until its space runs out (arith 800, compare 760), so a store of more prompts, or
+    of another task seed, repeats questions, and a head can then be right by remembering a
+    question's right answer rather than by reading the model's states: the ``unseen`` report is
+    the one that generalises. ``seen``: per sample of ``idx``; ``scores`` aligned with ``idx``;
+    ``kw``: ``store_report``'s (``protocol``, ``votes``)."""
+    pids = store.prompt_ids[idx]
+    out: dict[str, Any] = {
+        "seen_prompts": int(len(set(pids[seen]))),
+        "prompts": int(len(set(pids))),
+    }
+    for name, m in (("seen", seen), ("unseen", ~seen)):
+        if m.any() and not m.all():
+            part = {k: v[m] for k, v in scores.items()}
+            out[name] = store_report(store, idx[m], part, n_boot, seed, **kw)
+    return out
+
+
 def write_outputs(out: Path, rep: dict[str, Any], data: Any = None, title: str = "") -> None:
     from hsrm.report.bon import bon_markdown, plot_bon
     from hsrm.report.html import write_bon_html

@@ -81,8 +81,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_seen(con: Any, rep: dict[str, Any], N: str, which: str) -> None:
-    """One line when test prompts repeat a training question: what `picked` does without them."""
+def _print_seen(con: Any, rep: dict[str, Any], N: str, which: str, key: str = "picked") -> None:
+    """One line when test prompts repeat a training question: what ``key`` does without them."""
     qs = rep.get("questions", {})
     if not qs.get("seen_prompts"):
         return
@@ -93,8 +93,8 @@ def _print_seen(con: Any, rep: dict[str, Any], N: str, which: str) -> None:
     if "unseen" in qs:
         u = qs["unseen"]
         line += (
-            f"; on the other {u['n_prompts']}, picked BoN@{N} {u['bon']['picked'][N]:.3f} closes "
-            f"{100 * u['gap_closed']['picked'][N]:.0f}% of the gap (majority "
+            f"; on the other {u['n_prompts']}, {key} BoN@{N} {u['bon'][key][N]:.3f} closes "
+            f"{100 * u['gap_closed'][key][N]:.0f}% of the gap (majority "
             f"{u['bon']['majority'][N]:.3f})"
         )
     con.print(line + ".")
@@ -154,6 +154,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     rep = evaluate(cfg)
     con = _console()
     con.print(rich_table(rep))
+    first = next(iter(rep["bon"]))  # the first head given
+    _print_seen(con, rep, max(rep["bon"][first], key=int), "test", key=first)
     if rep.get("n_stopped_early"):
         con.print(
             f"{rep['n_stopped_early']} samples were stopped early (--prune): they count as no "
