@@ -210,15 +210,16 @@ def task_description(task: Task, cfg: SampleRunConfig) -> dict[str, Any]:
     return d
 
 
-def check_task_resumes(cfg: SampleRunConfig) -> None:
+def check_task_resumes(cfg: SampleRunConfig, task: Task | None = None) -> None:
     """Before any model is loaded: where ``cfg.out`` already holds a store, its prompts must be
     the ones ``cfg`` asks for (``StoreWriter`` checks every other setting once the model is up).
-    So a run of several stores names the one that cannot resume before sampling the others."""
+    So a run of several stores names the one that cannot resume before sampling the others.
+    ``task``: ``make_task(cfg)``, where the caller has built it."""
     mp = Path(cfg.out) / "meta.json"
     if not mp.exists():
         return
     old = read_json(mp, "store meta.json")
-    want = task_description(make_task(cfg), cfg)
+    want = task_description(task or make_task(cfg), cfg)
     if isinstance(old, dict) and json.dumps(old.get("task"), sort_keys=True) != json.dumps(
         want, sort_keys=True
     ):
@@ -264,6 +265,7 @@ def sample_inputs(cfg: SampleRunConfig) -> tuple[SampleConfig, Task, list[Prompt
 
     check_prune_config(cfg)
     task = make_task(cfg)
+    check_task_resumes(cfg, task)  # before the prompts are built and the model is loaded
     prompts = task.prompts()[cfg.skip_prompts :]
     if not prompts:
         raise HsrmError(
