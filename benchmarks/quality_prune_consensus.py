@@ -48,6 +48,7 @@ TAUS = (0.5, 0.75, 1.0)
 FRACS = (0.0, 0.5, 0.67, 0.75)
 HEAD_TAUS = (0.5, 0.6, 0.7)
 MIN_SAVED = 0.40
+TRAIN = "runs/cot2_train384"  # the default training store (float32, seventh session)
 
 
 def grid_policies(st: Store, pref: np.ndarray, head: np.ndarray) -> dict[str, Any]:
@@ -133,7 +134,7 @@ def consensus_setting(name: str) -> tuple[int, float] | None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--train", default="runs/cot2_train384")
+    ap.add_argument("--train", default=TRAIN)
     ap.add_argument(
         "--tests",
         nargs="+",
@@ -174,9 +175,16 @@ def main() -> None:
     # 2. the chosen setting and the controls on every test store
     cons = consensus_setting(chosen)
     per_store: dict[str, dict[str, Any]] = {}
+    heads: dict[str, dict[str, float]] = {}  # how well each head ranks a prompt's samples
     for path, st in tests.items():
         p12 = QN.real_prefix_scores(train, st, cps=(CP,))["test"]
         h = QP.final_head_scores(train, st)
+        y, g = st.labels, st.prompt_ids
+        heads[path] = {
+            "accuracy": float(y.mean()),
+            "prefix_auroc": M.within_prompt_auroc(p12[CP], y, g),
+            "final_auroc": M.within_prompt_auroc(h, y, g),
+        }
         pol = grid_policies(st, p12[CP], h)
         ct = pruning_curve(
             st, np.arange(len(st)), p12, selectors=SELECTORS, head_settings=(((CP,), 0.75),),
@@ -217,6 +225,7 @@ def main() -> None:
             for k, v in grid.items()
         },
         "rows": rows,
+        "heads": heads,
         "seconds": time.perf_counter() - t0,
     }
     (RESULTS / f"{a.tag}.json").write_text(json.dumps(out, indent=1))
@@ -267,7 +276,9 @@ def markdown(out: dict[str, Any], a: argparse.Namespace) -> str:
         "# Consensus stopping against prefix-head pruning (`quality_prune_consensus.py`)",
         "",
         "```",
-        "PYTHONPATH=src python benchmarks/quality_prune_consensus.py --tests "
+        "PYTHONPATH=src python benchmarks/quality_prune_consensus.py "
+        + ("" if out["train"] == TRAIN else f"--train {out['train']} ")
+        + "--tests "
         + " ".join(out["tests"])
         + ("" if a.tag == "quality_prune_consensus" else f" --tag {a.tag}"),
         "```",
@@ -275,6 +286,21 @@ def markdown(out: dict[str, Any], a: argparse.Namespace) -> str:
         f"Training store `{out['train']}` (heads fitted on it); rule: {out['rule']}. "
         f"**Chosen on the training store: `{out['chosen']}`.**",
         "",
+    ]
+    if "heads" in out:  # runs before it was recorded lack it
+        L += [
+            "Within-prompt AUROC on each test store of the prefix head at token "
+            f"{CP} and of the final head (both fitted on the training store):",
+            "",
+            "| test store | accuracy | prefix head at token 12 | final head |",
+            "|---|---|---|---|",
+            *(
+                f"| {k} | {v['accuracy']:.3f} | {v['prefix_auroc']:.3f} | {v['final_auroc']:.3f} |"
+                for k, v in out["heads"].items()
+            ),
+            "",
+        ]
+    L += [
         "## Test stores: BoN@16 change against no pruning [95% bootstrap CI over prompts, "
         f"{a.n_boot} resamples]",
         "",
