@@ -73,7 +73,8 @@ def main() -> None:
         "",
         "```",
         f"PYTHONPATH=src python benchmarks/quality_prune_check.py --unpruned {a.unpruned} "
-        f"--pruned {a.pruned} --train {a.train}",
+        f"--pruned {a.pruned} --train {a.train}"
+        + ("" if a.tag == "quality_prune_check" else f" --tag {a.tag}"),
         "```",
         "",
         f"Pruning: `{json.dumps(out['prune'])}`. Answer tokens {t[0]} against {t[1]} "
