@@ -53,8 +53,9 @@ class SampleRunConfig:
     )
     avoid_questions: str = field(
         "",
-        "synthetic: never ask a question that the first N prompts of task seed S asked, S:N (a "
-        "test store of questions no head trained on; the demo's fresh store)",
+        "synthetic: never ask a question that the first N prompts of task seed S (same "
+        "families and range) asked, S:N (a test store of questions no head trained on; the "
+        "demo's fresh store)",
     )
     task_range: str = field(
         "1,20", "synthetic operands LO,HI (cot caps HI at 9; 1,5: an easier cot)"

@@ -9,9 +9,10 @@ SmolLM2-135M needs a few-shot chat prompt and the prefill "The answer is " (``co
 
 ``fewshot="per_prompt"`` draws each prompt's few-shot examples from its own seeded stream, so that
 a store holds many contexts; ``"fixed"`` (the default) keeps one set of examples per family.
-``avoid=(seed, n)`` never asks a question that the first ``n`` prompts of task seed ``seed`` asked:
-a test store of questions no head was trained on (the demo's fresh store), since another task seed
-alone draws from the same small question space (arith 800 questions, compare 760).
+``avoid=(seed, n)`` never asks a question that the first ``n`` prompts of task seed ``seed`` (same
+families and operand range) asked, until the questions left run out. That gives a test store of
+questions no head was trained on (the demo's fresh store): another task seed alone draws from the
+same small question space (arith 800 questions, compare 760).
 """
 
 from __future__ import annotations
