@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,16 @@ def evaluate(cfg: EvaluateConfig, store: Store | None = None) -> dict[str, Any]:
         out, "eval", overwrite=cfg.overwrite, inputs=[cfg.run, *cfg.heads], inside_inputs_ok=True
     )
     store = store or Store(cfg.run)
+    # each store read once: the controls and the question split may both need a head's training
+    # store, which may be the evaluated store itself
+    opened: dict[Path, Store] = {Path(cfg.run).resolve(): store}
+
+    def open_store(run: str) -> Store:
+        key = Path(run).resolve()
+        if key not in opened:
+            opened[key] = Store(run)
+        return opened[key]
+
     heads, seen = {}, set()
     ctrl_from: tuple[str, list[str]] | None = None  # (training store, its training prompts)
     trained_on: list[tuple[str, set[str]]] = []  # every head's (training store, its prompts)
@@ -83,7 +94,7 @@ def evaluate(cfg: EvaluateConfig, store: Store | None = None) -> dict[str, Any]:
         scores.update(baseline_scores(store, train_idx, test_idx))
     elif ctrl_from and Path(ctrl_from[0], "meta.json").exists():
         # a store no head saw: controls are fitted on the first head's training store and prompts
-        tstore = Store(ctrl_from[0])
+        tstore = open_store(ctrl_from[0])
         keep = set(ctrl_from[1])
         t_idx = np.flatnonzero([p in keep for p in tstore.prompt_ids])
         scores.update(baseline_scores(store, t_idx, test_idx, train_store=tstore))
@@ -91,7 +102,7 @@ def evaluate(cfg: EvaluateConfig, store: Store | None = None) -> dict[str, Any]:
         log.info("no training store found for the controls; reporting the unfitted baselines")
         scores.update(baseline_scores(store, np.zeros(0, int), test_idx, train_store=store))
     rep = store_report(store, test_idx, scores, cfg.n_boot, protocol=cfg.protocol)
-    asked = _training_questions(trained_on)
+    asked = _training_questions(trained_on, open_store)
     if asked is not None:
         tq = [prompt_question(store, store.records[i]) for i in test_idx]
         rep["questions"] = question_split(
@@ -123,14 +134,16 @@ def evaluate(cfg: EvaluateConfig, store: Store | None = None) -> dict[str, Any]:
     return rep
 
 
-def _training_questions(trained_on: list[tuple[str, set[str]]]) -> set[str] | None:
+def _training_questions(
+    trained_on: list[tuple[str, set[str]]], open_store: Callable[[str], Store]
+) -> set[str] | None:
     """The questions the heads' training prompts asked (``prompt_question``), read from their
     training stores; None when no head's training store is at hand (nothing to compare)."""
     asked: set[str] | None = None
     for run, prompts in trained_on:
         if not Path(run, "meta.json").exists():
             continue
-        ts = Store(run)
+        ts = open_store(run)
         asked = (asked or set()) | {
             prompt_question(ts, r) for r, p in zip(ts.records, ts.prompt_ids) if p in prompts
         }
