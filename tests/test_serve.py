@@ -357,22 +357,23 @@ def test_queue_full_429_and_disconnect_stops_costing(lm, head_dir, monkeypatch):
 
     # A gate in front of the sampler: while it is closed a request stays "being sampled", so the
     # queue fills and a client can leave while queued, however fast the sampler is.
-    gate = threading.Event()
+    gate, entered = threading.Event(), threading.Event()
     gate.set()
     real = engine_mod.sample_prompts
 
     def gated(*a, **kw):
+        entered.set()
         gate.wait(120)
         return real(*a, **kw)
 
     monkeypatch.setattr(engine_mod, "sample_prompts", gated)
-    s = Live(
-        create_app(
-            _cfg(head_dir, max_queue=1, max_batch=1, max_best_of=64, max_tokens=400),
-            lm,
-            Head.load(head_dir),
-        )
+    app = create_app(
+        _cfg(head_dir, max_queue=1, max_batch=1, max_best_of=64, max_tokens=400),
+        lm,
+        Head.load(head_dir),
     )
+    engine = app.state.ctx.engine
+    s = Live(app)
     heavy = {
         "model": MODEL,
         "prompt": "A:",
@@ -398,13 +399,20 @@ def test_queue_full_429_and_disconnect_stops_costing(lm, head_dir, monkeypatch):
         # a client that leaves while queued is never sampled
         before = _metric(_http.get(f"{s.url}/metrics").text, "hsrm_samples_generated_total")
         gate.clear()
+        entered.clear()
         t = threading.Thread(
             target=lambda: _http.post(f"{s.url}/v1/completions", json=heavy, timeout=120)
         )
         t.start()
-        time.sleep(0.3)  # the heavy request is being sampled (held at the gate); the next queues
-        with pytest.raises(httpx.TimeoutException):
+        assert entered.wait(60)  # the heavy request is being sampled (held at the gate)
+        with pytest.raises(httpx.TimeoutException):  # the next one queues, and its client leaves
             _http.post(f"{s.url}/v1/completions", json=heavy, timeout=0.3)
+        # the server sees the client leave by polling: wait for that, not for a guessed time,
+        # before the engine may take the queued job
+        for _ in range(300):
+            if any(j.cancelled.is_set() for j in list(engine._q)):
+                break
+            time.sleep(0.1)
         gate.set()
         t.join()
         for _ in range(300):  # the engine drops the abandoned job once the heavy one is done
