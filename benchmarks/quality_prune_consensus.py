@@ -195,14 +195,25 @@ def main() -> None:
         per_store[path] = deltas(ct, a.n_boot)
         print(f"{path}: {time.perf_counter() - t0:.0f} s", flush=True)
 
-    def pooled(stores: list[str], policy: str) -> dict[str, Any]:
+    # whether a training prompt asked each test prompt's question (in another context), per store
+    # in per-prompt order (sorted prompt ids, as ``pruning_curve`` reports them)
+    asked = {r["question"] for r in train.records}
+    seen = {
+        path: np.array([st.records[rows[0]]["question"] in asked for rows in M.by_group(st.prompt_ids).values()])
+        for path, st in tests.items()
+    }  # fmt: skip
+
+    def pooled(stores: list[str], policy: str, part: bool | None = None) -> dict[str, Any]:
+        """The pooled change; ``part``: only prompts whose question was (True) or was not (False)
+        asked by a training prompt (tokens saved stay those of all the prompts)."""
         parts = [per_store[s][policy] for s in stores]
+        keep = [np.ones(len(seen[s]), bool) if part is None else seen[s] == part for s in stores]
         out: dict[str, Any] = {
-            "n_prompts": sum(len(p["diff"][SELECTORS[0]]) for p in parts),
+            "n_prompts": int(sum(k.sum() for k in keep)),
             "saved": 1 - sum(p["tokens"][0] for p in parts) / sum(p["tokens"][1] for p in parts),
         }
         for s in SELECTORS:
-            d = np.concatenate([p["diff"][s] for p in parts])
+            d = np.concatenate([np.asarray(p["diff"][s])[k] for p, k in zip(parts, keep)])
             out[s] = {"delta": float(d.mean()), "ci": list(M.bootstrap_ci(d, a.n_boot, seed=0))}
         return out
 
@@ -215,6 +226,10 @@ def main() -> None:
             (f"all {len(a.tests)} test stores", a.tests)
         ]:
             rows.append({"policy": pol, "store": name, **pooled(stores, pol)})
+        if pol in (HEAD, f"random, same budget as {HEAD}"):
+            for part, what in ((True, "seen"), (False, "unseen")):
+                name = f"all {len(a.tests)}, {what} questions"
+                rows.append({"policy": pol, "store": name, **pooled(a.tests, pol, part)})
     out = {
         "train": a.train,
         "tests": a.tests,
@@ -226,6 +241,7 @@ def main() -> None:
         },
         "rows": rows,
         "heads": heads,
+        "seen_questions": {p: [int(v.sum()), len(v)] for p, v in seen.items()},
         "seconds": time.perf_counter() - t0,
     }
     (RESULTS / f"{a.tag}.json").write_text(json.dumps(out, indent=1))
@@ -246,7 +262,9 @@ def plot(out: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in out["rows"] if r["store"].startswith("all ")]
+    rows = [
+        r for r in out["rows"] if r["store"].startswith("all ") and "questions" not in r["store"]
+    ]
     fig, axes = plt.subplots(1, len(SELECTORS), figsize=(3.6 * len(SELECTORS), 3.8), sharey=True)
     for ax, s in zip(axes, SELECTORS):
         for r in rows:
@@ -292,10 +310,12 @@ def markdown(out: dict[str, Any], a: argparse.Namespace) -> str:
             "Within-prompt AUROC on each test store of the prefix head at token "
             f"{CP} and of the final head (both fitted on the training store):",
             "",
-            "| test store | accuracy | prefix head at token 12 | final head |",
-            "|---|---|---|---|",
+            "| test store | accuracy | prefix head at token 12 | final head | prompts asking a training question |",
+            "|---|---|---|---|---|",
             *(
-                f"| {k} | {v['accuracy']:.3f} | {v['prefix_auroc']:.3f} | {v['final_auroc']:.3f} |"
+                f"| {k} | {v['accuracy']:.3f} | {v['prefix_auroc']:.3f} | {v['final_auroc']:.3f} | "
+                + ("/".join(map(str, out["seen_questions"][k])) if "seen_questions" in out else "")
+                + " |"
                 for k, v in out["heads"].items()
             ),
             "",
