@@ -354,6 +354,32 @@ def _sse(chunks: list[dict[str, Any]]) -> StreamingResponse:
     return StreamingResponse(gen(), media_type="text/event-stream")
 
 
+def _reply(
+    obj: str,
+    chunk_obj: str,
+    rid: str,
+    model: str,
+    choices: list[dict[str, Any]],
+    usage: dict[str, Any],
+    stream: bool,
+    stream_options: dict[str, Any] | None,
+) -> Any:
+    """An OpenAI response object (``obj``), or streamed: one ``chunk_obj`` chunk per choice, then a
+    chunk with the usage and no choices when ``stream_options.include_usage`` asks for it."""
+    head = {
+        "id": rid,
+        "object": chunk_obj if stream else obj,
+        "created": int(time.time()),
+        "model": model,
+    }
+    if not stream:
+        return {**head, "choices": choices, "usage": usage}
+    chunks = [{**head, "choices": [c]} for c in choices]
+    if (stream_options or {}).get("include_usage"):
+        chunks.append({**head, "choices": [], "usage": usage})
+    return _sse(chunks)
+
+
 def _client_closed() -> Response:
     return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
 
@@ -457,39 +483,10 @@ def create_app(cfg: ServeConfig, lm: Any = None, head: Any = None) -> FastAPI:
                         "hsrm": {"score": s.score, "rank": rank},
                     }
                 )
-        rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-        usage = _usage(n_prompt, groups)
-        if body.stream:
-            chunks: list[dict[str, Any]] = [
-                {
-                    "id": rid,
-                    "object": "text_completion",
-                    "created": created,
-                    "model": ctx.name,
-                    "choices": [c],
-                }
-                for c in choices
-            ]
-            if (body.stream_options or {}).get("include_usage"):
-                chunks.append(
-                    {
-                        "id": rid,
-                        "object": "text_completion",
-                        "created": created,
-                        "model": ctx.name,
-                        "choices": [],
-                        "usage": usage,
-                    }
-                )
-            return _sse(chunks)
-        return {
-            "id": rid,
-            "object": "text_completion",
-            "created": created,
-            "model": ctx.name,
-            "choices": choices,
-            "usage": usage,
-        }
+        return _reply(
+            "text_completion", "text_completion", f"cmpl-{uuid.uuid4().hex}", ctx.name, choices,
+            _usage(n_prompt, groups), bool(body.stream), body.stream_options,
+        )  # fmt: skip
 
     # -- OpenAI: chat ------------------------------------------------------------------------------
     @app.post("/v1/chat/completions")
@@ -517,58 +514,21 @@ def create_app(cfg: ServeConfig, lm: Any = None, head: Any = None) -> FastAPI:
             return _client_closed()
         ctx.metrics.add("prompt_tokens", n_prompt)
         tok = ctx.scorer.lm.tokenizer
-        ranked = _ranked(groups[0], body.n or 1)
-        rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        usage = _usage(n_prompt, groups)
-        if body.stream:
-            chunks: list[dict[str, Any]] = []
-            for i, (rank, s) in enumerate(ranked):
-                chunks.append(
-                    {
-                        "id": rid,
-                        "object": "chat.completion.chunk",
-                        "created": created,
-                        "model": ctx.name,
-                        "choices": [
-                            {
-                                "index": i,
-                                "delta": {"role": "assistant", "content": s.text},
-                                "logprobs": _chat_logprobs(tok, s, k) if body.logprobs else None,
-                                "finish_reason": s.finish_reason,
-                                "hsrm": {"score": s.score, "rank": rank},
-                            }
-                        ],
-                    }
-                )
-            if (body.stream_options or {}).get("include_usage"):
-                chunks.append(
-                    {
-                        "id": rid,
-                        "object": "chat.completion.chunk",
-                        "created": created,
-                        "model": ctx.name,
-                        "choices": [],
-                        "usage": usage,
-                    }
-                )
-            return _sse(chunks)
-        return {
-            "id": rid,
-            "object": "chat.completion",
-            "created": created,
-            "model": ctx.name,
-            "choices": [
-                {
-                    "index": i,
-                    "message": {"role": "assistant", "content": s.text},
-                    "logprobs": _chat_logprobs(tok, s, k) if body.logprobs else None,
-                    "finish_reason": s.finish_reason,
-                    "hsrm": {"score": s.score, "rank": rank},
-                }
-                for i, (rank, s) in enumerate(ranked)
-            ],
-            "usage": usage,
-        }
+        key = "delta" if body.stream else "message"
+        choices = [
+            {
+                "index": i,
+                key: {"role": "assistant", "content": s.text},
+                "logprobs": _chat_logprobs(tok, s, k) if body.logprobs else None,
+                "finish_reason": s.finish_reason,
+                "hsrm": {"score": s.score, "rank": rank},
+            }
+            for i, (rank, s) in enumerate(_ranked(groups[0], body.n or 1))
+        ]
+        return _reply(
+            "chat.completion", "chat.completion.chunk", f"chatcmpl-{uuid.uuid4().hex}", ctx.name,
+            choices, _usage(n_prompt, groups), bool(body.stream), body.stream_options,
+        )  # fmt: skip
 
     # -- rewards -----------------------------------------------------------------------------------
     async def _score_pairs(request: Request, prompts: list[Any], completions: list[str]):
