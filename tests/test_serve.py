@@ -240,6 +240,29 @@ def test_stream(server):
         )
     )
     assert len(parts) == 1 and parts[0].choices[0].delta.role == "assistant"
+    # include_usage: one more chunk, no choices, with the counts the unstreamed reply gives
+    parts = list(
+        c.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], stream=True, max_tokens=4,
+            n=2, seed=5, stream_options={"include_usage": True},
+        )
+    )  # fmt: skip
+    assert [len(p.choices) for p in parts] == [1, 1, 0]
+    assert {p.object for p in parts} == {"chat.completion.chunk"}
+    assert len({p.id for p in parts}) == 1
+    whole = c.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=4,
+        n=2,
+        seed=5,
+        extra_body={"best_of": 2},  # a streamed reply draws only its n
+    )
+    assert whole.object == "chat.completion"
+    assert parts[-1].usage == whole.usage
+    assert [p.choices[0].delta.content for p in parts[:2]] == [
+        ch.message.content for ch in whole.choices
+    ]
 
 
 def test_get_reward_openrlhf_shape(server, lm, head_dir):
