@@ -199,9 +199,11 @@ def main() -> None:
     # in per-prompt order (sorted prompt ids, as ``pruning_curve`` reports them)
     asked = {r["question"] for r in train.records}
     seen = {
-        path: np.array([st.records[rows[0]]["question"] in asked for rows in M.by_group(st.prompt_ids).values()])
+        path: np.array(
+            [st.records[r[0]]["question"] in asked for r in M.by_group(st.prompt_ids).values()]
+        )
         for path, st in tests.items()
-    }  # fmt: skip
+    }
 
     def pooled(stores: list[str], policy: str, part: bool | None = None) -> dict[str, Any]:
         """The pooled change; ``part``: only prompts whose question was (True) or was not (False)
