@@ -62,11 +62,28 @@ def summary(rep: dict[str, Any]) -> dict[str, Any]:
         "bon16": {s: rep["bon"][s][N] for s in SCORERS if s in rep["bon"]},
         "bon16_ci": {s: rep["bon_ci"][s][N] for s in SCORERS if s in rep.get("bon_ci", {})},
         "per_family": {
-            f: {s: v["bon"][s][N] for s in ("picked", "majority", "answer_prior") if s in v["bon"]}
+            f: {
+                **{
+                    s: v["bon"][s][N]
+                    for s in ("picked", "majority", "answer_prior")
+                    if s in v["bon"]
+                },
+                # the pick minus majority, paired over the family's prompts (reports that have it)
+                **(
+                    {"picked_vs_majority": v["vs_majority"]["picked"]} if "vs_majority" in v else {}
+                ),
+            }
             for f, v in rep.get("per_family", {}).items()
         },
     }
     return out
+
+
+def _family(f: dict[str, Any]) -> str:
+    """`picked` / majority, and the paired difference [95% CI] where the report has it."""
+    cell = f"{f['picked']:.3f} / {f['majority']:.3f}"
+    d = f.get("picked_vs_majority")
+    return cell + (f" ({d['delta']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}])" if d else "")
 
 
 def unseen(rep: dict[str, Any], n_seen: int) -> dict[str, Any] | None:
@@ -186,9 +203,9 @@ def markdown(rows: list[dict[str, Any]], runs: list[str]) -> str:
         title = (
             "In store, out of fold (each prompt tested by heads that did not train on it)"
             if where == "in_store"
-            else "Fresh seed (128 prompts of task seed 1, 512 in the GPU run; heads trained on "
-            "the whole store; runs whose fresh store avoids the training questions say so at "
-            "the end)"
+            else "Fresh seed (prompts of task seed 1, as many as the second column counts; heads "
+            "trained on the whole store; runs whose fresh store avoids the training questions "
+            "say so at the end)"
         )
         L += [
             f"## {title}",
@@ -196,7 +213,8 @@ def markdown(rows: list[dict[str, Any]], runs: list[str]) -> str:
             "| store prompts (training prompts) | test prompts with a seen question | "
             "picked on the unseen ones [95% CI] (gap) | picked | gap | "
             + " | ".join(SCORERS[1:])
-            + " | pass@16 | arith: picked / majority | compare: picked / majority |",
+            + " | pass@16 | arith: picked / majority (paired difference [95% CI]) | compare: picked / "
+            "majority (paired difference) |",
             "|---|---|---|---|---|" + "---|" * (len(SCORERS) - 1) + "---|---|---|",
         ]
         for r in rows:
@@ -204,10 +222,7 @@ def markdown(rows: list[dict[str, Any]], runs: list[str]) -> str:
             if s is None:
                 continue
             pf = s["per_family"]
-            fam = [
-                f"{pf[f]['picked']:.3f} / {pf[f]['majority']:.3f}" if f in pf else ""
-                for f in ("arith", "compare")
-            ]
+            fam = [_family(pf[f]) if f in pf else "" for f in ("arith", "compare")]
             train = r["train_prompts_per_split"] if where == "in_store" else "all"
             seen = f"{r['seen_questions'][where]} of {s['prompts']}"
             u = s.get("unseen")

@@ -99,6 +99,17 @@ def test_bon_report_keys_and_controls():
     assert rep["bon"]["random"]["8"] == pytest.approx(rep["mean_accuracy"])
     assert rep["gap_closed"]["oracle_like"]["8"] == pytest.approx(1.0)
     assert set(rep["per_family"]) == {"a", "b"}
+    # paired against majority at the largest k: the difference of the two BoNs, with a CI
+    vm = rep["vs_majority"]
+    assert vm["k"] == 8 and vm["majority"]["delta"] == 0.0
+    d = vm["oracle_like"]
+    assert d["delta"] == pytest.approx(rep["bon"]["oracle_like"]["8"] - rep["bon"]["majority"]["8"])
+    assert d["delta"] > 0 and d["ci"][0] <= d["delta"] <= d["ci"][1]
+    assert vm["random"]["delta"] == pytest.approx(
+        rep["bon"]["random"]["8"] - rep["bon"]["majority"]["8"]
+    )
+    assert rep["per_family"]["a"]["vs_majority"]["oracle_like"]["delta"] > 0
+    assert "vs_majority" not in bon_report({"s": y}, y, g, n_boot=10)
 
 
 def test_first_k_protocol():

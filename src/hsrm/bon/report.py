@@ -63,6 +63,7 @@ def _summary(
         pk[k] = float(np.mean(list(vals.values())))
         out["pass_at_k"][str(k)] = pk[k]
     rng = np.random.default_rng(seed)
+    top: dict[str, dict[object, float]] = {}  # per-prompt BoN at the largest k, for vs_majority
     for name, s in scores.items():
         s = np.asarray(s, float)
         out["bon"][name], out["bon_ci"][name], out["gap_closed"][name] = {}, {}, {}
@@ -70,6 +71,7 @@ def _summary(
             per = bon_per_prompt(
                 name, s, y, groups, extracted, k, rng, protocol, vote_weights.get(name)
             )
+            top[name] = per
             v = float(np.mean(list(per.values())))
             out["bon"][name][str(k)] = v
             out["bon_ci"][name][str(k)] = list(M.bootstrap_ci(per, n_boot, seed=seed))
@@ -83,6 +85,14 @@ def _summary(
         out["within_prompt_auroc"][name] = M.within_prompt_auroc(s, yf, gf)
         out["within_prompt_auroc_ci"][name] = list(M.bootstrap_ci(wp, n_boot, seed=seed))
     out["n_mixed_prompts"] = int(sum(0 < y[i].mean() < 1 for i in by.values()))
+    if MAJORITY in top and ks:
+        # "beats majority vote" asked as it should be: the same prompts, paired, at the largest k
+        maj = top[MAJORITY]
+        out["vs_majority"] = {"k": ks[-1]}
+        for name, per in top.items():
+            d = np.array([per[g] - maj[g] for g in by])
+            ci = M.bootstrap_ci(d, n_boot, seed=seed)
+            out["vs_majority"][name] = {"delta": float(d.mean()), "ci": list(ci)}
     return out
 
 
@@ -136,7 +146,9 @@ def bon_report(
     samples of each prompt, in sample order).
     ``finished``: (n,) False for samples stopped early (``hsrm sample --prune``). Such a sample has
     no answer: it is never right, never votes, and a scorer picks it only when every sample of the
-    k drawn was stopped; AUROCs are over the finished samples."""
+    k drawn was stopped; AUROCs are over the finished samples.
+    With ``majority`` scored, ``vs_majority`` holds each scorer's BoN at the largest k minus
+    majority's, paired over prompts (mean and bootstrap CI), overall and per family."""
     if protocol not in ("random", "first"):
         raise HsrmError(f"protocol must be 'random' or 'first', got {protocol!r}")
     labels, groups = np.asarray(labels), np.asarray(groups)
