@@ -484,3 +484,11 @@ def test_demo_cli_says_the_fresh_prompts_ask_no_training_question(tmp_path, caps
     said = " ".join(capsys.readouterr().out.split())
     assert "6 prompts no head or control was fitted on, none a training question" in said
     assert "ask a question the heads trained on" not in said
+    # per family, the pick against majority vote, paired, in store and on the fresh store
+    saved = json.loads((tmp_path / "demo" / "results.json").read_text())
+    for rep in (saved, saved["fresh"]):
+        d = {f: sub["vs_majority"]["picked"] for f, sub in rep["per_family"].items()}
+        line = ", ".join(
+            f"{f} {v['delta']:+.3f} [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}]" for f, v in d.items()
+        )
+        assert f"picked minus majority vote at N=4, paired over prompts [95% CI]: {line}" in said

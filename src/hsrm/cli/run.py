@@ -52,6 +52,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         f"on the other splits) closes {100 * rep['gap_closed']['picked'][N]:.0f}% of the gap at N={N}. "
         f"Took {rep['timing']['total_s']:.0f} s."
     )
+    _print_vs_majority(con, rep, N)
     _print_seen(con, rep, N, "held-out")
     if "fresh" in rep:
         fr = rep["fresh"]
@@ -72,6 +73,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             f"{100 * fr['gap_closed']['picked'][N]:.0f}% of the gap at N={N} "
             f"(tables in {Path(cfg.out) / 'fresh'})."
         )
+        _print_vs_majority(con, fr, N)
         _print_seen(con, fr, N, "fresh")
     out = Path(cfg.out)
     con.print(
@@ -79,6 +81,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         f"{out / 'results.html'} (samples in {out / 'samples'})"
     )
     return 0
+
+
+def _print_vs_majority(con: Any, rep: dict[str, Any], N: str, key: str = "picked") -> None:
+    """One line: ``key``'s BoN@N minus majority vote's per family, paired over the family's prompts
+    (``vs_majority``), the comparison goal 2 of issue 12 asks for."""
+    parts = [
+        f"{fam} {d['delta']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"
+        for fam, sub in rep.get("per_family", {}).items()
+        if (d := sub.get("vs_majority", {}).get(key)) and str(sub["vs_majority"]["k"]) == N
+    ]
+    if parts:
+        con.print(
+            f"{key} minus majority vote at N={N}, paired over prompts [95% CI]: " + ", ".join(parts)
+        )
 
 
 def _print_seen(con: Any, rep: dict[str, Any], N: str, which: str, key: str = "picked") -> None:
