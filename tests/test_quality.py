@@ -149,3 +149,8 @@ def test_evaluate_fresh_store_reports_every_baseline(tmp_path, _mixed, capsys):
     assert rep["questions"]["seen"]["n_prompts"] == k
     assert f"{k} of 10 test prompts ask a question the heads trained on" in said
     assert f"on the other {10 - k}, probe BoN@4" in said
+    # and the first head against majority vote per family, paired, as the report has it
+    d = rep["per_family"]["arith"]["vs_majority"]["probe"]
+    assert rep["per_family"]["arith"]["vs_majority"]["k"] == 4
+    assert "probe minus majority vote at N=4, paired over prompts [95% CI]: arith " in said
+    assert f"arith {d['delta']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]" in said

@@ -171,7 +171,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     con = _console()
     con.print(rich_table(rep))
     first = next(iter(rep["bon"]))  # the first head given
-    _print_seen(con, rep, max(rep["bon"][first], key=int), "test", key=first)
+    N = max(rep["bon"][first], key=int)
+    _print_vs_majority(con, rep, N, key=first)
+    _print_seen(con, rep, N, "test", key=first)
     if rep.get("n_stopped_early"):
         con.print(
             f"{rep['n_stopped_early']} samples were stopped early (--prune): they count as no "
