@@ -85,7 +85,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _print_vs_majority(con: Any, rep: dict[str, Any], N: str, key: str = "picked") -> None:
     """One line: ``key``'s BoN@N minus majority vote's per family, paired over the family's prompts
-    (``vs_majority``), the comparison goal 2 of issue 12 asks for."""
+    (``vs_majority``): whether it beats majority vote, asked on the same prompts."""
     parts = [
         f"{fam} {d['delta']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"
         for fam, sub in rep.get("per_family", {}).items()
