@@ -110,6 +110,12 @@ def test_bon_report_keys_and_controls():
     )
     assert rep["per_family"]["a"]["vs_majority"]["oracle_like"]["delta"] > 0
     assert "vs_majority" not in bon_report({"s": y}, y, g, n_boot=10)
+    # results.md (and results.html) carry it as a column of every table
+    from hsrm.report.bon import bon_markdown
+
+    md = bon_markdown(rep)
+    assert md.count("| BoN@8 minus majority, paired [95% CI] |") == 3  # all, family a, family b
+    assert f"| {d['delta']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] |" in md
 
 
 def test_first_k_protocol():

@@ -31,20 +31,27 @@ def bon_rows(rep: dict[str, Any], ks: list[str] | None = None) -> tuple[list[str
         k for k in rep["pass_at_k"] if k in ("1", "4", "8", "16") or k == list(rep["pass_at_k"])[-1]
     ]
     ks = list(dict.fromkeys(ks))
-    header = ["scorer"] + [f"BoN@{k} [95% CI]" for k in ks] + ["within-prompt AUROC", "AUROC"]
+    vm = rep.get("vs_majority")  # reports written before it lack it
+    header = ["scorer"] + [f"BoN@{k} [95% CI]" for k in ks]
+    header += [f"BoN@{vm['k']} minus majority, paired [95% CI]"] if vm else []
+    header += ["within-prompt AUROC", "AUROC"]
     rows = []
     for name in _scorers(rep):
         row = [name]
         for k in ks:
             lo, hi = rep["bon_ci"][name][k]
             row.append(f"{rep['bon'][name][k]:.3f} [{lo:.3f}, {hi:.3f}]")
+        if vm:
+            d = vm.get(name)
+            row.append(f"{d['delta']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]" if d else "")
         w = rep["within_prompt_auroc"][name]
         wlo, whi = rep["within_prompt_auroc_ci"][name]
         row.append(f"{w:.3f} [{wlo:.3f}, {whi:.3f}]" if w == w else "n/a")
         a = rep["auroc"][name]
         row.append(f"{a:.3f}" if a == a else "n/a")
         rows.append(row)
-    rows.append(["oracle (pass@k)"] + [f"{rep['pass_at_k'][k]:.3f}" for k in ks] + ["", ""])
+    oracle = ["oracle (pass@k)"] + [f"{rep['pass_at_k'][k]:.3f}" for k in ks]
+    rows.append(oracle + [""] * (len(header) - len(oracle)))
     return header, rows
 
 
