@@ -114,7 +114,7 @@ def test_bon_report_keys_and_controls():
     from hsrm.report.bon import bon_markdown
 
     md = bon_markdown(rep)
-    assert md.count("| BoN@8 minus majority, paired [95% CI] |") == 3  # all, family a, family b
+    assert md.count("| vs majority @8, paired [95% CI] |") == 3  # all, family a, family b
     assert f"| {d['delta']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] |" in md
 
 

@@ -33,7 +33,7 @@ def bon_rows(rep: dict[str, Any], ks: list[str] | None = None) -> tuple[list[str
     ks = list(dict.fromkeys(ks))
     vm = rep.get("vs_majority")  # reports written before it lack it
     header = ["scorer"] + [f"BoN@{k} [95% CI]" for k in ks]
-    header += [f"BoN@{vm['k']} minus majority, paired [95% CI]"] if vm else []
+    header += [f"vs majority @{vm['k']}, paired [95% CI]"] if vm else []
     header += ["within-prompt AUROC", "AUROC"]
     rows = []
     for name in _scorers(rep):
