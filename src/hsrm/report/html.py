@@ -160,7 +160,7 @@ def calibration_svg(scores: dict[str, np.ndarray], labels: np.ndarray) -> tuple[
 # HTML pieces
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
-main{max-width:1180px;margin:0 auto;padding:18px 24px 48px}
+main{max-width:1360px;margin:0 auto;padding:18px 24px 48px}
 h1{font-size:22px;margin:6px 0 2px} h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #dde1e7;padding-bottom:4px}
 h3{font-size:14px;margin:16px 0 6px}
 .sub{color:#5b6473;margin:0 0 12px}
