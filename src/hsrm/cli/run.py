@@ -86,8 +86,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _print_vs_majority(con: Any, rep: dict[str, Any], N: str, key: str = "picked") -> None:
     """One line: ``key``'s BoN@N minus majority vote's per family, paired over the family's prompts
     (``vs_majority``): whether it beats majority vote, asked on the same prompts."""
+    from hsrm.report.bon import paired_text
+
     parts = [
-        f"{fam} {d['delta']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"
+        f"{fam} {paired_text(d)}"
         for fam, sub in rep.get("per_family", {}).items()
         if (d := sub.get("vs_majority", {}).get(key)) and str(sub["vs_majority"]["k"]) == N
     ]

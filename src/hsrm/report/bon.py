@@ -26,6 +26,11 @@ def _scorers(rep: dict[str, Any]) -> list[str]:
     return sorted(names, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
 
 
+def paired_text(d: dict[str, Any]) -> str:
+    """A ``vs_majority`` entry as text: "+0.082 [+0.021, +0.140]" (difference [95% CI])."""
+    return f"{d['delta']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"
+
+
 def bon_rows(rep: dict[str, Any], ks: list[str] | None = None) -> tuple[list[str], list[list[str]]]:
     ks = ks or [
         k for k in rep["pass_at_k"] if k in ("1", "4", "8", "16") or k == list(rep["pass_at_k"])[-1]
@@ -43,7 +48,7 @@ def bon_rows(rep: dict[str, Any], ks: list[str] | None = None) -> tuple[list[str
             row.append(f"{rep['bon'][name][k]:.3f} [{lo:.3f}, {hi:.3f}]")
         if vm:
             d = vm.get(name)
-            row.append(f"{d['delta']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]" if d else "")
+            row.append(paired_text(d) if d else "")
         w = rep["within_prompt_auroc"][name]
         wlo, whi = rep["within_prompt_auroc_ci"][name]
         row.append(f"{w:.3f} [{wlo:.3f}, {whi:.3f}]" if w == w else "n/a")
