@@ -152,6 +152,7 @@ def main() -> None:
             + rep["sizes"].get("train_only_prompts", 0),
             "dtype": rep.get("dtype", "float32"),  # runs before it was recorded: float32 on a cpu
             "seed": rep.get("seed", 0),
+            "folds": rep["sizes"]["folds"],
             "train_only": [
                 rep["sizes"].get("train_only_prompts", 0),
                 rep["sizes"].get("train_only_samples", 0),
@@ -193,7 +194,7 @@ def markdown(rows: list[dict[str, Any]], runs: list[str]) -> str:
         f"PYTHONPATH=src python benchmarks/quality_demo_size.py {' '.join(runs)}",
         "```",
         "",
-        "Each run is an `hsrm demo` (3 prompt splits; its prompts, training-only prompts and dtype "
+        "Each run is an `hsrm demo` (its prompt splits, prompts, training-only prompts and dtype "
         "in the list at the end). Training prompts per split include the training-only ones. "
         "BoN@16; `picked` with its 95% CI over prompts and the share of the gap between random "
         "and pass@16 that it closes (the goal: 50%).",
@@ -255,7 +256,7 @@ def markdown(rows: list[dict[str, Any]], runs: list[str]) -> str:
     ]
     for r in rows:
         L.append(
-            f"- {r['run']} (seed {r['seed']}, {r['dtype']}; {r['train_only'][0]} training-only prompts, "
+            f"- {r['run']} (seed {r['seed']}, {r['dtype']}, {r.get('folds', 3)} prompt splits; {r['train_only'][0]} training-only prompts, "
             f"{r['train_only'][1]} samples): in store {r['picks_in_store']}; fresh "
             f"{r.get('picks_fresh')}"
             + (
