@@ -72,3 +72,24 @@ def test_train_and_evaluate_need_a_run(capsys):
 def test_model_and_head_commands_take_config_and_threads(argv):
     a = build_parser().parse_args([*argv, "--config", "c.yaml", "--threads", "1"])
     assert a.config == "c.yaml" and a.threads == 1
+
+
+def test_deprecated_alias_moves_the_value_and_warns_once(caplog):
+    from hsrm.cli._common import deprecated_alias
+
+    p = build_parser()
+    a = p.parse_args(["detect", "evaluate", "--json", "old.json"])
+    with caplog.at_level("WARNING", logger="hsrm.cli"):
+        deprecated_alias(a, "json", "out", "detect evaluate: --json", "--out")
+    assert a.out == "old.json"
+    assert [r.getMessage() for r in caplog.records] == [
+        "detect evaluate: --json is deprecated; use --out"
+    ]
+    # the new flag wins when both are given; without the old one nothing is said
+    a = p.parse_args(["prefs", "train", "--head", "probe", "--head-type", "elhsr"])
+    deprecated_alias(a, "head_alias", "head_type", "prefs train: --head NAME", "--head-type NAME")
+    assert a.head_type == "elhsr"
+    caplog.clear()
+    a = p.parse_args(["detect", "train", "--head-type", "probe"])
+    deprecated_alias(a, "head_alias", "head_type", "detect train: --head NAME", "--head-type NAME")
+    assert a.head_type == "probe" and not caplog.records

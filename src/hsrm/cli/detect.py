@@ -10,7 +10,7 @@ import logging
 
 import numpy as np
 
-from hsrm.cli._common import add_common, file_values
+from hsrm.cli._common import add_common, deprecated_alias, file_values
 from hsrm.cli._params import (
     add_params_argument,
     head_config,
@@ -45,9 +45,9 @@ def cmd_capture(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from hsrm.detect import DetectTrainConfig, train_detector
 
-    if args.head_alias is not None:
-        log.warning("detect train: --head NAME is deprecated; use --head-type NAME")
-        args.head_type = args.head_type or args.head_alias
+    deprecated_alias(
+        args, "head_alias", "head_type", "detect train: --head NAME", "--head-type NAME"
+    )
     values = file_values(args, "train")
     cfg = head_config(DetectTrainConfig, args, values, "head_type")
     head, data = train_detector(cfg)
@@ -61,9 +61,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from hsrm.detect import DetectEvalConfig, evaluate_store, markdown_table
 
-    if args.json is not None:
-        log.warning("detect evaluate: --json is deprecated; use --out")
-        args.out = args.out or args.json
+    deprecated_alias(args, "json", "out", "detect evaluate: --json", "--out")
     cfg = from_sources(DetectEvalConfig, file_values(args, "evaluate"), args)
     rows = evaluate_store(cfg)
     _out(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from hsrm.cli._common import add_common, file_values
+from hsrm.cli._common import add_common, deprecated_alias, file_values
 from hsrm.cli._params import (
     add_params_argument,
     head_config,
@@ -23,9 +23,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from hsrm.prefs.commands import PrefsTrainConfig, train_prefs
 
-    if args.head_alias is not None:
-        log.warning("prefs train: --head NAME is deprecated; use --head-type NAME")
-        args.head_type = args.head_type or args.head_alias
+    deprecated_alias(
+        args, "head_alias", "head_type", "prefs train: --head NAME", "--head-type NAME"
+    )
     values = file_values(args, "prefs_train")
     cfg = head_config(PrefsTrainConfig, args, values, "head_type")
     head, ps = train_prefs(cfg)

@@ -4,7 +4,6 @@ best-of-N selection (``hsrm.bon``)."""
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -141,14 +140,10 @@ def _require_run(args: argparse.Namespace, values: dict, command: str) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from hsrm.bon.train import TrainConfig, train
-    from hsrm.cli._common import file_values
+    from hsrm.cli._common import deprecated_alias, file_values
     from hsrm.cli._params import head_config
 
-    if args.head_alias is not None:
-        logging.getLogger(__name__).warning(
-            "train: --head NAME is deprecated; use --head-type NAME"
-        )
-        args.head = args.head or args.head_alias
+    deprecated_alias(args, "head_alias", "head", "train: --head NAME", "--head-type NAME")
     values = file_values(args, "train")
     _require_run(args, values, "train")
     if "head_type" in values:  # the vocabulary's name for TrainConfig.head
