@@ -119,7 +119,7 @@ def test_grpo_trainer_calls_and_logs_the_reward(lm, head, tmp_path):
     """A real trl.GRPOTrainer run of a few steps, the hsrm reward beside a plain text reward."""
     pytest.importorskip("trl")
     from datasets import Dataset
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
     policy = tiny_model(seed=0)  # same weights as the frozen scoring model: on-policy states
     reward = HiddenStateReward(lm, head, tokens="ids", name="hsrm_elhsr", value_column="value")
@@ -132,19 +132,7 @@ def test_grpo_trainer_calls_and_logs_the_reward(lm, head, tmp_path):
     ds = Dataset.from_dict(
         {"prompt": ["Q: pick\nA: ", "Q: choose\nA: "] * 2, "value": [0.0, 0.1] * 2}
     )
-    args = GRPOConfig(
-        output_dir=str(tmp_path),
-        use_cpu=True,
-        per_device_train_batch_size=4,
-        num_generations=4,
-        max_completion_length=6,
-        max_steps=2,
-        logging_steps=1,
-        learning_rate=1e-3,
-        report_to="none",
-        save_strategy="no",
-        seed=0,
-    )
+    args = _grpo_args(tmp_path, 1e-3)
     trainer = GRPOTrainer(
         model=policy.model,
         reward_funcs=[reward, length_reward],
@@ -159,6 +147,25 @@ def test_grpo_trainer_calls_and_logs_the_reward(lm, head, tmp_path):
     assert len(logged) >= 2
     vals = [h["rewards/hsrm_elhsr/mean"] for h in logged]
     assert all(np.isfinite(vals)) and any(v != 0 for v in vals)
+
+
+def _grpo_args(tmp_path, lr):
+    """Two GRPO steps of 4 prompts x 4 generations of at most 6 tokens, on the CPU."""
+    from trl import GRPOConfig
+
+    return GRPOConfig(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        per_device_train_batch_size=4,
+        num_generations=4,
+        max_completion_length=6,
+        max_steps=2,
+        logging_steps=1,
+        learning_rate=lr,
+        report_to="none",
+        save_strategy="no",
+        seed=0,
+    )
 
 
 def _lora_policy(seed=0):
@@ -203,24 +210,12 @@ def test_grpo_with_lora_and_no_second_model(head, tmp_path):
     pytest.importorskip("trl")
     pytest.importorskip("peft")
     from datasets import Dataset
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
     policy = _lora_policy()
     reward = HiddenStateReward(policy, head, tokens="ids", name="hsrm", mode="adapters_off")
     before = {k: v.detach().clone() for k, v in policy.model.named_parameters()}
-    args = GRPOConfig(
-        output_dir=str(tmp_path),
-        use_cpu=True,
-        per_device_train_batch_size=4,
-        num_generations=4,
-        max_completion_length=6,
-        max_steps=2,
-        logging_steps=1,
-        learning_rate=1e-2,
-        report_to="none",
-        save_strategy="no",
-        seed=0,
-    )
+    args = _grpo_args(tmp_path, 1e-2)
     trainer = GRPOTrainer(
         model=policy.model,
         reward_funcs=[reward],
