@@ -8,7 +8,8 @@
    count), and controls (text-only TF-IDF on the answer, majority vote, mean log-prob, random).
 2. The cost table: trainable parameters, seconds and FLOPs per sample for scoring, and the cost
    of best-of-N (sampling N + everything scoring adds) as a ratio to plain sampling, for ELHSR with
-   states captured during sampling and with a second teacher-forced pass (SWIFT's code), the
+   states captured during sampling and with a second teacher-forced pass (SWIFT's code: prompt +
+   answer run again for every answer, ``bench_teacher_force.one_forward_per_answer``), the
    logits-only heads, the text RM and the judge. Timing runs interleave the variants on the same
    prompts with one torch thread; CPU seconds of this process are the primary measure (robust to
    other load on a shared machine), wall seconds are kept in the JSON. FLOPs are counted by torch.
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_teacher_force import one_forward_per_answer  # SWIFT's second pass, as SWIFT runs it
 
 from hsrm.apilog import read_api_log, write_api_log
 from hsrm.baselines.controls import TextOnlyScorer
@@ -38,7 +40,7 @@ from hsrm.baselines.fusion import minmax_fusion, rank_fusion, vote_counts
 from hsrm.baselines.judge import LLMJudge
 from hsrm.baselines.text_rm import TextRewardModel, rm_text
 from hsrm.bon.report import bon_report
-from hsrm.capture import SampleConfig, parse_layers, sample_prompt, teacher_force
+from hsrm.capture import SampleConfig, parse_layers, sample_prompt
 from hsrm.cost import CostRow, Timer, cost_markdown, count_flops, count_parameters
 from hsrm.features import TokenFeatures
 from hsrm.heads import make_head
@@ -284,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             tf = run(
                 key("teacher_force"),
-                teacher_force,
+                one_forward_per_answer,
                 lm,
                 p,
                 [x.token_ids or [lm.tokenizer.eos_token_id] for x in cap.answers],
@@ -326,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         flop("sample_topk", sample_prompt, lm, p, topk_cfg, layers=layers, capture=False)
         flop(
             "teacher_force",
-            teacher_force,
+            one_forward_per_answer,
             lm,
             p,
             [ans.token_ids or [lm.tokenizer.eos_token_id] for ans in cap.answers],

@@ -146,3 +146,29 @@ def test_sampled_answers_carry_per_token_confidence(tiny_lm):
     for a in res[0].answers:
         assert a.self_certainty.shape == a.logprobs.shape == a.confidence.shape
         assert bool((a.self_certainty >= -1e-5).all()) and bool((a.confidence > 0).all())
+
+
+def test_teacher_forcing_shares_the_prompt_and_equals_one_plain_forward(tiny_lm):
+    """The prompt runs once per chunk and its cache is shared by the answer rows; each answer's
+    states and log-probs equal one uncached forward over prompt + answer, whatever the chunking
+    and however uneven the answers."""
+    from hsrm import lm as lmx
+
+    prompt = get_task("synthetic", n=3).prompts()[1]
+    layers = (0, 1, 2)
+    answers = [[5, 9, 11], [7], [3, 3, 3, 3, 8], [12, 4]]
+    got = teacher_force(tiny_lm, prompt, answers, layers, batch_size=3)  # chunks of 3 and 1
+    p_ids = lmx.encode(tiny_lm.tokenizer, lmx.prompt_text(tiny_lm.tokenizer, prompt))
+    _, head, softcap = lmx.lm_parts(tiny_lm.model)
+    P = len(p_ids)
+    for a, g in zip(answers, got, strict=True):
+        with torch.inference_mode():
+            out = lmx.forward(tiny_lm, torch.tensor([p_ids + a]), layers=layers)
+            logp = torch.log_softmax(
+                lmx.head_logits(head, softcap, out.last[:, P - 1 : P + len(a) - 1]), -1
+            )[0]
+        want_h = out.stack(layers, slice(P, P + len(a)))[0]  # (T, L, d)
+        want_lp = logp.gather(-1, torch.tensor(a)[:, None]).squeeze(-1)
+        assert g.token_ids == a and g.hidden.shape == want_h.shape
+        assert _rel(g.hidden, want_h) < 1e-4
+        assert _rel(g.logprobs, want_lp) < 1e-4

@@ -924,7 +924,9 @@ def teacher_force(
     layers: tuple[int, ...] | str = "all",
     batch_size: int = 16,
 ) -> list[Answer]:
-    """Features of given answers to one prompt, from one forward pass over prompt + answer.
+    """Features of given answers to one prompt: the prompt is run once per ``batch_size``
+    answers and its keys and values shared by their rows (as the sampler shares a prompt's
+    prefill), then the answers run over it, so each answer costs its own tokens only.
 
     ``answers`` are strings (tokenised after the prompt text) or token-id lists. The LM head runs
     only on the positions that predict answer tokens (``logits_to_keep`` in spirit).
@@ -945,15 +947,29 @@ def teacher_force(
         seqs.append(a_ids)
     out_answers: list[Answer] = []
     P = len(p_ids)
+    if P == 0:
+        raise HsrmError(
+            "teacher_force: the prompt has no tokens (its last state predicts the answer)"
+        )
     padv = tok.pad_token_id if tok.pad_token_id is not None else 0
+    p_t = torch.tensor([p_ids], device=device)
     for b0 in range(0, len(seqs), batch_size):
         chunk = seqs[b0 : b0 + batch_size]
-        T = max(len(s) for s in chunk)
-        ids, mask, _ = lmx.pad([p_ids + s for s in chunk], padv, "right", device)
-        out = lmx.forward(lm, ids, mask, layers=layers)
-        # Positions P-1 .. P+T-2 predict the answer tokens.
-        logp = torch.log_softmax(lmx.head_logits(head, softcap, out.last[:, P - 1 : P + T - 1]), -1)
-        hs = out.stack(layers, slice(P, P + T))  # (B, T, L, d)
+        B, T = len(chunk), max(len(s) for s in chunk)
+        # The prompt once per chunk, into a cache every answer row then reads (as the sampler's
+        # shared prefill does): before, each row recomputed the whole prompt, B x (P + T) token
+        # positions a chunk instead of P + B x T.
+        cache = lmx.new_cache(lm)
+        pre = lmx.forward(lm, p_t, layers=(), cache=cache)  # (1, P, d)
+        cache.batch_select_indices(torch.zeros(B, dtype=torch.long, device=device))
+        ids, amask, _ = lmx.pad(chunk, padv, "right", device)  # (B, T); pads after the answer
+        mask = torch.cat([torch.ones(B, P, dtype=amask.dtype, device=device), amask], 1)
+        pos = torch.arange(P, P + T, device=device).expand(B, T)
+        out = lmx.forward(lm, ids, mask, layers=layers, position_ids=pos, cache=cache)
+        # the prompt's last state predicts answer token 0, answer state t predicts token t + 1
+        states = torch.cat([pre.last[:, -1:].expand(B, 1, -1), out.last[:, : T - 1]], 1)
+        logp = torch.log_softmax(lmx.head_logits(head, softcap, states), -1)  # (B, T, V)
+        hs = out.stack(layers)  # (B, T, L, d)
         for i, s in enumerate(chunk):
             t = len(s)
             tgt = torch.tensor(s, device=device)
