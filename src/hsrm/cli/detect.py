@@ -6,7 +6,6 @@ Each command parses flags (and ``--config run.yaml``) into its config dataclass 
 from __future__ import annotations
 
 import argparse
-import logging
 
 import numpy as np
 
@@ -16,8 +15,6 @@ from hsrm.cli._params import (
     head_config,
 )
 from hsrm.config import add_arguments, from_sources
-
-log = logging.getLogger(__name__)
 
 
 def _out(text: str) -> None:

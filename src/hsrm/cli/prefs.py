@@ -6,7 +6,6 @@ Thin: flags and ``--config`` -> ``hsrm.prefs.commands`` config -> one library ca
 from __future__ import annotations
 
 import argparse
-import logging
 
 from hsrm.cli._common import add_common, deprecated_alias, file_values
 from hsrm.cli._params import (
@@ -14,8 +13,6 @@ from hsrm.cli._params import (
     head_config,
 )
 from hsrm.config import add_arguments, from_sources
-
-log = logging.getLogger(__name__)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
