@@ -149,7 +149,7 @@ def test_sampled_answers_carry_per_token_confidence(tiny_lm):
 
 
 def test_teacher_forcing_shares_the_prompt_and_equals_one_plain_forward(tiny_lm):
-    """The prompt runs once per chunk and its cache is shared by the answer rows; each answer's
+    """The prompt runs once and its cache is shared by the answer rows; each answer's
     states and log-probs equal one uncached forward over prompt + answer, whatever the chunking
     and however uneven the answers."""
     from hsrm import lm as lmx

@@ -21,6 +21,7 @@ batch, on the batch size, or on rows that finished or were pruned around it.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -924,9 +925,9 @@ def teacher_force(
     layers: tuple[int, ...] | str = "all",
     batch_size: int = 16,
 ) -> list[Answer]:
-    """Features of given answers to one prompt: the prompt is run once per ``batch_size``
-    answers and its keys and values shared by their rows (as the sampler shares a prompt's
-    prefill), then the answers run over it, so each answer costs its own tokens only.
+    """Features of given answers to one prompt: the prompt is run once and its keys and values
+    shared by the answers' rows (as the sampler shares a prompt's prefill), then the answers run
+    over it, ``batch_size`` at a time, so each answer costs its own tokens only.
 
     ``answers`` are strings (tokenised after the prompt text) or token-id lists. The LM head runs
     only on the positions that predict answer tokens (``logits_to_keep`` in spirit).
@@ -952,15 +953,15 @@ def teacher_force(
             "teacher_force: the prompt has no tokens (its last state predicts the answer)"
         )
     padv = tok.pad_token_id if tok.pad_token_id is not None else 0
-    p_t = torch.tensor([p_ids], device=device)
+    # The prompt once, into a cache every answer row then reads (as the sampler's shared prefill
+    # does): before, each row recomputed the whole prompt, B x (P + T) token positions a chunk
+    # instead of B x T. Each chunk extends a copy of it.
+    prompt_cache = lmx.new_cache(lm)
+    pre = lmx.forward(lm, torch.tensor([p_ids], device=device), layers=(), cache=prompt_cache)
     for b0 in range(0, len(seqs), batch_size):
         chunk = seqs[b0 : b0 + batch_size]
         B, T = len(chunk), max(len(s) for s in chunk)
-        # The prompt once per chunk, into a cache every answer row then reads (as the sampler's
-        # shared prefill does): before, each row recomputed the whole prompt, B x (P + T) token
-        # positions a chunk instead of P + B x T.
-        cache = lmx.new_cache(lm)
-        pre = lmx.forward(lm, p_t, layers=(), cache=cache)  # (1, P, d)
+        cache = copy.deepcopy(prompt_cache) if b0 + batch_size < len(seqs) else prompt_cache
         cache.batch_select_indices(torch.zeros(B, dtype=torch.long, device=device))
         ids, amask, _ = lmx.pad(chunk, padv, "right", device)  # (B, T); pads after the answer
         mask = torch.cat([torch.ones(B, P, dtype=amask.dtype, device=device), amask], 1)
