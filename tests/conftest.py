@@ -8,6 +8,31 @@ from hsrm.models import ModelFingerprint
 # One thread: the heads and tiny models here are small; extra threads only add overhead.
 torch.set_num_threads(1)
 
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing test reports as a failure, never as pytest's INTERNALERROR.
+
+    On CPython < 3.12 the AST converter keeps its recursion depth in interpreter-wide state
+    (python/cpython#106905): when another thread of the test process parses source at the same
+    time (the servers the serving tests run in a thread format tracebacks, and 3.11's traceback
+    module parses source to place its carets), pytest's own ``ast.parse`` of the failing test's file
+    raises ``SystemError: AST constructor recursion depth mismatch`` and the whole session ends with
+    exit 3 and no summary. The report is then built again with Python's native traceback, which
+    parses nothing."""
+    try:
+        return (yield)
+    except SystemError as exc:
+        if "recursion depth mismatch" not in str(exc):
+            raise
+        option = item.config.option
+        saved = option.tbstyle
+        option.tbstyle = "native"
+        try:
+            return pytest.TestReport.from_item_and_call(item, call)
+        finally:
+            option.tbstyle = saved
+
 FP = ModelFingerprint(name="synthetic", revision="r0", n_layers=4, hidden_size=16, vocab_size=64)
 
 

@@ -40,7 +40,10 @@ from hsrm.tasks.base import Prompt  # noqa: E402
 
 LAYERS = (1, 2)
 MODEL = "tiny:0"
+# Raw HTTP goes through httpx; the openai client gets a plain float, the one timeout type every
+# release of it accepts (3.x is built on httpx2 and refuses an httpx.Timeout).
 TIMEOUT = httpx.Timeout(300, connect=120)
+CLIENT_TIMEOUT = 300.0
 _http = httpx.Client(timeout=TIMEOUT)
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -112,7 +115,7 @@ class Live:
     def client(self, key: str = "unused", **kw):
         # generous timeouts: the test machine may be shared and slow; nothing here is timed
         return openai.OpenAI(
-            base_url=f"{self.url}/v1", api_key=key, max_retries=0, timeout=TIMEOUT, **kw
+            base_url=f"{self.url}/v1", api_key=key, max_retries=0, timeout=CLIENT_TIMEOUT, **kw
         )
 
 
@@ -355,7 +358,7 @@ def test_50_concurrent_requests_are_micro_batched(lm, head_dir):
 
         async def go():
             c = openai.AsyncOpenAI(
-                base_url=f"{s.url}/v1", api_key="x", max_retries=0, timeout=TIMEOUT
+                base_url=f"{s.url}/v1", api_key="x", max_retries=0, timeout=CLIENT_TIMEOUT
             )
             return await asyncio.gather(
                 *[

@@ -12,6 +12,9 @@ import importlib.util
 import json
 import logging
 import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -132,14 +135,31 @@ def embedded_gguf_path(name: str) -> Path:
     return folder / fname
 
 
+@contextmanager
+def _no_weight_bars() -> Iterator[None]:
+    """transformers >= 5 draws a "Loading weights" bar for every load; hsrm logs one line instead."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
 def _convert_gguf(gguf: Path, out: Path, dtype: torch.dtype) -> None:
     """De-quantise a GGUF file once and save a plain safetensors folder (config + tokenizer)."""
     from safetensors.torch import save_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("converting %s to %s (once)", gguf.name, out)
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=dtype)
+    with _no_weight_bars():
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=dtype
+        )
     # A GGUF-loaded model is flagged as quantised and refuses save_pretrained; its weights are
     # already de-quantised, so drop the flag and write them ourselves.
     cfg = model.config
@@ -266,9 +286,11 @@ def load_model(
     kw: dict[str, Any] = {"dtype": torch_dtype}
     if gguf:
         kw["gguf_file"] = gguf
+    t0 = time.perf_counter()
     try:
-        tok = AutoTokenizer.from_pretrained(folder, **({"gguf_file": gguf} if gguf else {}))
-        model = AutoModelForCausalLM.from_pretrained(folder, **kw)
+        with _no_weight_bars():
+            tok = AutoTokenizer.from_pretrained(folder, **({"gguf_file": gguf} if gguf else {}))
+            model = AutoModelForCausalLM.from_pretrained(folder, **kw)
     except OSError as e:
         raise HsrmError(f"could not load model {name_or_path!r}: {e}") from e
     model = model.to(device).eval()  # type: ignore[arg-type]
@@ -277,6 +299,9 @@ def load_model(
     if revision == "hub":
         revision = str(getattr(model.config, "_commit_hash", None) or "hub")
     fp = fingerprint_of(model, name_or_path, revision)
+    log.info(
+        "loaded %s (%s, %s) in %.1f s", name_or_path, device, dtype, time.perf_counter() - t0
+    )
     return LoadedModel(model=model, tokenizer=tok, fingerprint=fp)
 
 
