@@ -18,7 +18,7 @@ that noise away; a head per family lets ``arith`` have weights of its own.
 ``--folds 5``: the same with 5 splits, so each split's heads train on 410 prompts, not 341.
 ``--extra STORE``: in store only, with every prompt of STORE (another task seed) added to each
 split's training prompts; ELHSR seeds 0-2 and the demo's other heads. Together these measure how
-the in-store number grows with the training prompts (docs/quality.md, fifth session).
+the in-store number grows with the training prompts (research/quality/HISTORY.md, fifth session).
 
 Out-of-fold scores are cached in ``--cache`` (a rerun only reports). Writes
 research/quality/results/TAG.json and .md (``--tag``, default quality_ensemble).

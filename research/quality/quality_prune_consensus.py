@@ -8,7 +8,7 @@ A prompt's first ``warmup`` samples run to the end; if their most common extract
 token 12 (``head_stops``), or the vote is weighted by the final head's sigmoid.
 
 1. The grid is replayed on the training store, out of fold (3 prompt splits: prefix head and final
-   head fitted on the other two), and one setting is chosen by the rule fixed in docs/quality.md:
+   head fitted on the other two), and one setting is chosen by the rule fixed in research/quality/HISTORY.md:
    of the settings that save >= 40% of answer tokens, the one whose worst BoN@16 change over the
    five selectors is smallest.
 2. That setting is replayed on each test store (task seeds no head was fitted on), beside the

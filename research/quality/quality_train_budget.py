@@ -4,7 +4,7 @@ training sets that differ in prompts x samples, tested on the same prompts every
     PYTHONPATH=src .venv/bin/python research/quality/quality_train_budget.py \\
         [--store runs/demo1024/samples] [--partitions 3] [--sampling-cost]
 
-Why: the demo's in-store number rises with its training prompts (docs/quality.md, fifth and sixth
+Why: the demo's in-store number rises with its training prompts (research/quality/HISTORY.md, fifth and sixth
 sessions), but every prompt of its store is sampled 16 times because each is tested once. A prompt
 that is only trained on does not need 16: if 4 samples of twice the prompts train as well as 16 of
 half, the demo can buy more training prompts with the same sampling time.

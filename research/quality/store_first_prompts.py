@@ -7,7 +7,7 @@ Every prompt draws from its own random stream and shard k always holds prompts [
 so the first K/S shards of a store are what `hsrm sample --n-prompts K` with its settings would
 write. This hard-links them (no copy) and writes a meta.json whose task asks for K prompts, so a
 benchmark can compare heads trained on the first K prompts with heads trained on all of them, on
-the same samples (the goal-4 protocol in docs/quality.md).
+the same samples (the goal-4 protocol in research/quality/HISTORY.md).
 """
 
 from __future__ import annotations
