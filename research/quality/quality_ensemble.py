@@ -1,7 +1,7 @@
 """ELHSR seed ensembles and per-family heads: chosen on a validation store, then tested in store
 (out of fold, 3 partitions) and on the demo's fresh seed.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/quality_ensemble.py \\
+    PYTHONPATH=src .venv/bin/python research/quality/quality_ensemble.py \\
         --train runs/demo/samples --val runs/val2 --fresh runs/demo/fresh_samples [--threads 2]
 
 Why: the demo's in-store number (``picked`` 0.473, 34% of the gap) rests on one ELHSR fit per
@@ -18,10 +18,10 @@ that noise away; a head per family lets ``arith`` have weights of its own.
 ``--folds 5``: the same with 5 splits, so each split's heads train on 410 prompts, not 341.
 ``--extra STORE``: in store only, with every prompt of STORE (another task seed) added to each
 split's training prompts; ELHSR seeds 0-2 and the demo's other heads. Together these measure how
-the in-store number grows with the training prompts (docs/quality.md, fifth session).
+the in-store number grows with the training prompts (research/quality/HISTORY.md, fifth session).
 
 Out-of-fold scores are cached in ``--cache`` (a rerun only reports). Writes
-benchmarks/results/TAG.json and .md (``--tag``, default quality_ensemble).
+research/quality/results/TAG.json and .md (``--tag``, default quality_ensemble).
 """
 
 from __future__ import annotations
@@ -297,7 +297,7 @@ def _extra(a: argparse.Namespace, st: Store, extra: Store, layers: list[int], ca
         "# In store with more training prompts (`quality_ensemble.py --extra`)",
         "",
         "```",
-        f"PYTHONPATH=src python benchmarks/quality_ensemble.py --train {a.train} --extra "
+        f"PYTHONPATH=src python research/quality/quality_ensemble.py --train {a.train} --extra "
         f"{a.extra} --folds {a.folds} --partitions {a.partitions}",
         "```",
         "",
@@ -338,7 +338,7 @@ def markdown(out: dict[str, Any], a: argparse.Namespace) -> str:
         "# ELHSR seed ensembles and per-family heads",
         "",
         "```",
-        "PYTHONPATH=src python benchmarks/quality_ensemble.py --train "
+        "PYTHONPATH=src python research/quality/quality_ensemble.py --train "
         f"{a.train} --val {a.val} --fresh {a.fresh} --partitions {a.partitions} --folds {a.folds}",
         "```",
         "",

@@ -1,6 +1,6 @@
 """BBH selection on fresh contexts *and* unseen questions: heads trained in one store, tested in another.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/quality_bbh_fresh.py --data ../shared/data \\
+    PYTHONPATH=src .venv/bin/python research/quality/quality_bbh_fresh.py --data ../shared/data \\
         --tasks object_counting,hyperbaton [--threads 2]
 
 Store A is ``quality_bbh.py``'s (``runs/bbh/<task>``: 3-shot, every prompt its own exemplars,
@@ -9,7 +9,7 @@ sampling seed (``runs/bbh_seed1/<task>``). For each of 3 prompt splits, the head
 (text-only, answer prior) are fitted on A's prompts outside the split and score B's prompts inside
 it: every tested answer comes from a context no head saw, to a question no head saw.
 
-Writes benchmarks/results/quality_bbh_fresh.json and .md.
+Writes research/quality/results/quality_bbh_fresh.json and .md.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def main() -> None:
     lines = [
         "# BBH best-of-16: heads trained on one store, tested on fresh contexts and unseen questions",
         "",
-        f"`PYTHONPATH=src python benchmarks/quality_bbh_fresh.py --tasks {args.tasks}` "
+        f"`PYTHONPATH=src python research/quality/quality_bbh_fresh.py --tasks {args.tasks}` "
         "(train: runs/bbh/<task>, task seed 0; test: task seed 1, other exemplars, held-out "
         "prompts of 3 splits; this project's 2-core CPU box).",
         "",

@@ -1,6 +1,6 @@
 """Early pruning on fresh task seeds, pooled (issue 12, goal 4).
 
-    PYTHONPATH=src .venv/bin/python benchmarks/quality_prune_fresh.py \\
+    PYTHONPATH=src .venv/bin/python research/quality/quality_prune_fresh.py \\
         quality_prune_needed_train384_test14 quality_prune_needed_train384_test12 \\
         quality_prune_needed_train384_test15
 
@@ -8,7 +8,7 @@ Reads the results of ``quality_prune_needed.py`` runs that share a training stor
 their test store (each a task seed no head was fitted on), and pools their test prompts: per
 policy and selector, the mean over all test prompts of BoN@16 after pruning minus BoN@16 without
 it, with a bootstrap CI over prompts. The training store's out-of-fold replay is shown beside it
-(from the first run). Writes benchmarks/results/quality_prune_fresh.json and .md.
+(from the first run). Writes research/quality/results/quality_prune_fresh.json and .md.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def main() -> None:
         "# Early pruning on fresh task seeds, pooled (`quality_prune_fresh.py`)",
         "",
         "```",
-        "PYTHONPATH=src python benchmarks/quality_prune_fresh.py " + " ".join(a.tags),
+        "PYTHONPATH=src python research/quality/quality_prune_fresh.py " + " ".join(a.tags),
         "```",
         "",
         f"Prefix head and final head fitted on `{out['train']}`; each test store is a task seed "

@@ -1,4 +1,4 @@
-"""Selection levers judged on prompts and contexts no fitting saw (`bench_quality.py --levers`).
+"""Selection levers judged on prompts and contexts no fitting saw (`quality_levers.py`).
 
 Three stores with per-prompt few-shot contexts: ``--train`` (the demo's, task seed 0), ``--val``
 (task seed 2: hyperparameters and the second stage are chosen / fitted on it) and ``--fresh``
@@ -9,7 +9,7 @@ Levers: layer choice (single layers, bands) and L2 strength of the pooled probe;
 (pointwise / listwise / pairwise within a prompt, ``hsrm.bon.rank.RankProbe``) with early stopping on
 val; a second stage over head score + vote share + mean log-prob + DeepConf fitted on val
 (``hsrm.bon.rank.SecondStage``); training on train+val; ELHSR layer bands and weight decay
-(``--levers-elhsr``, slow). Selection rule: within a lever, the setting with the best val
+(``--elhsr``, slow). Selection rule: within a lever, the setting with the best val
 within-prompt AUROC (less noisy than BoN@16 on 192 prompts).
 """
 
@@ -29,6 +29,7 @@ from hsrm.bon.report import bon_report
 from hsrm.bon.scorers import VOTES, weighted_vote_share
 from hsrm.store import Store
 
+RESULTS = Path(__file__).parent / "results"
 FREE = (
     "majority",
     "mean_logprob",
@@ -69,7 +70,7 @@ def _row(t: dict, s: np.ndarray) -> dict[str, float]:
 
 
 def _full(st: Store, t: dict, scores: dict[str, np.ndarray], n_boot: int) -> dict[str, Any]:
-    from bench_quality import _summ  # type: ignore[import-not-found]
+    from bench_quality import summ  # type: ignore[import-not-found]
 
     rep = bon_report(
         scores,
@@ -80,7 +81,7 @@ def _full(st: Store, t: dict, scores: dict[str, np.ndarray], n_boot: int) -> dic
         ks=[16],
         n_boot=n_boot,
     )
-    return _summ(rep, "16")
+    return summ(rep, "16")
 
 
 def levers(args) -> dict[str, Any]:
@@ -436,3 +437,52 @@ def more_md(out: dict[str, Any]) -> str:
         table_md("Fresh store (task seed 1; nothing fitted or chosen here)", out["full_fresh"])
     )
     return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    """``quality_levers.py [--elhsr | --more]``: the lever sweep, ELHSR's bands and decay, or ELHSR
+    trained on train + val. Writes results/quality_levers[_elhsr|_more].json and .md."""
+    import json
+
+    import torch
+    from bench_quality import arg_parser, table_md  # type: ignore[import-not-found]
+
+    ap = arg_parser()
+    ap.add_argument("--elhsr", action="store_true", help="only ELHSR's layer/decay sweep")
+    ap.add_argument("--more", action="store_true", help="only ELHSR trained on train+val")
+    ap.add_argument("--val", default="runs/val", help="the validation store")
+    ap.add_argument("--cache", default="runs/cache", help="pooled-state caches")
+    ap.add_argument("--rank-epochs", type=int, default=200)
+    ap.add_argument("--elhsr-seeds", type=int, default=3, help="--elhsr: seeds per setting")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    tag = args.tag if args.tag != "quality" else "quality_levers"
+    if args.more:
+        out = levers_more(args)
+        tag += "_more"
+        md = ["# More contexts (`quality_levers.py --more`)", "", more_md(out)]
+    elif args.elhsr:
+        out = levers_elhsr(args)
+        tag += "_elhsr"
+        md = ["# ELHSR levers (`quality_levers.py --elhsr`)", "", elhsr_md(out)]
+    else:
+        out = levers(args)
+        md = ["# Selection levers (`quality_levers.py`)", "", sweep_md(out)]
+        md.append(
+            "Rows marked `train+val` are trained on the validation store too: their val numbers"
+            " are in-sample, only their fresh numbers are a test.\n"
+        )
+        for t, title in (
+            ("val", "validation store (task seed 2; settings chosen here)"),
+            ("fresh", "fresh store (task seed 1; nothing fitted or chosen here)"),
+        ):
+            md.append(table_md(f"Each lever's val-chosen setting on the {title}", out["full"][t]))
+    out = {"machine": "2-core CPU box shared with other jobs", "config": vars(args), **out}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{tag}.json").write_text(json.dumps(out, indent=1))
+    (RESULTS / f"{tag}.md").write_text("\n".join(md))
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()

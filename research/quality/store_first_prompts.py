@@ -1,13 +1,13 @@
 """A store of the first K prompts of another store, without sampling them again.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/store_first_prompts.py runs/cot3_train768 \\
+    PYTHONPATH=src .venv/bin/python research/quality/store_first_prompts.py runs/cot3_train768 \\
         runs/cot3_train384 384
 
 Every prompt draws from its own random stream and shard k always holds prompts [k*S, (k+1)*S),
 so the first K/S shards of a store are what `hsrm sample --n-prompts K` with its settings would
 write. This hard-links them (no copy) and writes a meta.json whose task asks for K prompts, so a
 benchmark can compare heads trained on the first K prompts with heads trained on all of them, on
-the same samples (the goal-4 protocol in docs/quality.md).
+the same samples (the goal-4 protocol in research/quality/HISTORY.md).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def first_prompts(src: Path, dst: Path, k: int) -> Store:
             os.link(src / f"shard-{i:05d}.{ext}", dst / f"shard-{i:05d}.{ext}")
     meta = json.loads((src / "meta.json").read_text())
     meta["task"] = {**meta["task"], "n": k}
-    meta["command"] = f"the first {k} prompts of {src} (benchmarks/store_first_prompts.py)"
+    meta["command"] = f"the first {k} prompts of {src} (research/quality/store_first_prompts.py)"
     atomic_write_json(dst / "meta.json", meta)
     return Store(dst)
 

@@ -8,7 +8,7 @@
     hsrm demo --out runs/demo3072 --n-prompts 3072 --threads 1
     # on one H200 (benchmarks/results/demo_h200_4096/run.md):
     hsrm demo --n-prompts 4096 --fresh-prompts 512 --device cuda --dtype float32 --batch-prompts 64
-    PYTHONPATH=src .venv/bin/python benchmarks/quality_demo_size.py runs/demo512 runs/demo800 \
+    PYTHONPATH=src .venv/bin/python research/quality/quality_demo_size.py runs/demo512 runs/demo800 \
         runs/demo1024 runs/demo2048 runs/demo3072 benchmarks/results/demo_h200_4096
 
 The demo's in-store evaluation trains each split's heads on two thirds of the store's prompts
@@ -21,7 +21,7 @@ repeats while it can, so stores of more prompts repeat questions: a test prompt 
 question a training prompt asked (in another few-shot context). The ``seen`` columns count those
 test prompts, rebuilt from each run's task description and split seed (the prompts are a pure
 function of them); `quality_seen.py` reports the heads on the unseen ones. This script only reads
-the runs' results.json and writes benchmarks/results/quality_demo_size.json and .md.
+the runs' results.json and writes research/quality/results/quality_demo_size.json and .md.
 """
 
 from __future__ import annotations
@@ -191,7 +191,7 @@ def markdown(rows: list[dict[str, Any]], runs: list[str]) -> str:
         "# `hsrm demo` at more prompts (`quality_demo_size.py`)",
         "",
         "```",
-        f"PYTHONPATH=src python benchmarks/quality_demo_size.py {' '.join(runs)}",
+        f"PYTHONPATH=src python research/quality/quality_demo_size.py {' '.join(runs)}",
         "```",
         "",
         "Each run is an `hsrm demo` (its prompt splits, prompts, training-only prompts and dtype "

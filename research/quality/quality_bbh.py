@@ -1,6 +1,6 @@
 """Best-of-N selection on BIG-Bench Hard tasks, asked 3-shot, on the embedded model (issue 12).
 
-    PYTHONPATH=src .venv/bin/python benchmarks/quality_bbh.py --data ../shared/data \\
+    PYTHONPATH=src .venv/bin/python research/quality/quality_bbh.py --data ../shared/data \\
         --tasks object_counting,logical_deduction_three_objects [--threads 2]
 
 Each task file is sampled once into ``--runs/<task>`` (resumable). With ``--fewshot per_prompt``
@@ -14,7 +14,7 @@ training-free selector (mean log-prob, self-certainty, DeepConf, majority); ``pi
 each split, the head or head vote with the best BoN@16 on the other splits. The table gives BoN@16
 with 95% bootstrap CIs over prompts and the share of the random-to-pass@16 gap each closes.
 
-Writes benchmarks/results/quality_bbh.json and .md.
+Writes research/quality/results/quality_bbh.json and .md.
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def main() -> None:
     lines = [
         "# Best-of-N on BIG-Bench Hard, 3-shot, embedded model (in store, out of fold)",
         "",
-        "`PYTHONPATH=src python benchmarks/quality_bbh.py --data ../shared/data "
+        "`PYTHONPATH=src python research/quality/quality_bbh.py --data ../shared/data "
         f"--tasks {args.tasks} --seed {args.seed}` ({args.n} answers a prompt, {args.folds} prompt splits, "
         f"exemplars {args.fewshot}; this project's 2-core CPU box).",
         "",

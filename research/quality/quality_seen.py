@@ -1,7 +1,7 @@
 """Is the demo's in-store edge memorisation? Best-of-16 on test prompts whose question was, or was
 never, asked in the heads' training prompts.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/quality_seen.py runs/demo runs/demo1024 runs/demo2048
+    PYTHONPATH=src .venv/bin/python research/quality/quality_seen.py runs/demo runs/demo1024 runs/demo2048
 
 The synthetic task draws its questions from a small space (arith: 20 x 20 operands x 2 operations
 = 800 questions; compare: 380 ordered pairs x 2 = 760), so at thousands of prompts most test
@@ -18,7 +18,7 @@ for the same (question, extracted answer), else the answer prior. Correctness is
 sampled the same answer; what the heads do on *unseen* questions is the part that generalises.
 
 Scores are cached next to the run (`seen_scores.safetensors`); a rerun only reports. Writes
-benchmarks/results/quality_seen.json and .md.
+research/quality/results/quality_seen.json and .md.
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def markdown(rows: list[dict[str, Any]], runs: list[str]) -> str:
         "# Seen and unseen questions (`quality_seen.py`)",
         "",
         "```",
-        f"PYTHONPATH=src python benchmarks/quality_seen.py {' '.join(runs)}",
+        f"PYTHONPATH=src python research/quality/quality_seen.py {' '.join(runs)}",
         "```",
         "",
         "BoN@16 (gap closed between random and pass@16). *seen*: test prompts whose question text "

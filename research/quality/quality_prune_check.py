@@ -1,6 +1,6 @@
 """An online pruned run against its unpruned twin (issue 12, goal 4).
 
-    PYTHONPATH=src .venv/bin/python benchmarks/quality_prune_check.py \\
+    PYTHONPATH=src .venv/bin/python research/quality/quality_prune_check.py \\
         --unpruned runs/cot2_test15 --pruned runs/cot2_test15_pruned --train runs/cot2_train384
 
 The pruned run is `hsrm sample ... --prune head --prune-head DIR` with the unpruned run's task and
@@ -9,7 +9,7 @@ should be its unpruned twin and every pruned one a prefix of it; the replays in
 ``quality_prune_needed.py`` rest on that. Reported: answer tokens generated, wall time, the
 two checks, and BoN@16 over the finished samples per selector against the unpruned run (paired
 change, bootstrap CI over prompts). ``head``/``head_pvote``: the final head (pooled probe)
-fitted on ``--train``. Writes benchmarks/results/<tag>.json and .md.
+fitted on ``--train``. Writes research/quality/results/<tag>.json and .md.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def main() -> None:
         "# An online pruned run against its unpruned twin (`quality_prune_check.py`)",
         "",
         "```",
-        f"PYTHONPATH=src python benchmarks/quality_prune_check.py --unpruned {a.unpruned} "
+        f"PYTHONPATH=src python research/quality/quality_prune_check.py --unpruned {a.unpruned} "
         f"--pruned {a.pruned} --train {a.train}"
         + ("" if a.tag == "quality_prune_check" else f" --tag {a.tag}"),
         "```",

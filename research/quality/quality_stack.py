@@ -1,13 +1,13 @@
 """A learned second-stage combiner ("stacker") of the demo's per-sample signals, measured honestly.
 
-    PYTHONPATH=src nice -n 10 .venv/bin/python benchmarks/quality_stack.py \\
-        --train /work/main/runs/demo/samples --val /work/main/runs/val2 \\
-        --fresh /work/main/runs/demo/fresh_samples --cache /tmp/stack --threads 1
+    PYTHONPATH=src nice -n 10 .venv/bin/python research/quality/quality_stack.py \\
+        --train runs/demo/samples --val runs/val2 \\
+        --fresh runs/demo/fresh_samples --cache /tmp/stack --threads 1
     # the same with ELHSR and the rank head reseeded (writes quality_stack_seed1/2.{json,md}):
     ... --head-seed 1;  ... --head-seed 2
 
 ``--train``: the demo's store (512 prompts x 16, task seed 0); ``--val``: a store of task seed 2 (192
-prompts; ``benchmarks/quality_votes.py`` says how it was sampled) on which every choice is made;
+prompts; ``research/quality/quality_votes.py`` says how it was sampled) on which every choice is made;
 ``--fresh``: the demo's fresh store (task seed 1, 128 prompts), a test only.
 
 The stacker reads, per sample, signals the demo already computes: the within-prompt z-scores of
@@ -32,7 +32,7 @@ pointwise logistic regression: a learned scoring of answer groups); one model fo
 ``vote`` (a weighted vote, weights ``exp(z / T)`` of its within-prompt z-score). Only BoN@16 (N =
 every sample of a prompt) is reported: the vote shares are computed over a prompt's 16 samples.
 
-Writes benchmarks/results/quality_stack.json and .md. Head scores are cached under ``--cache``.
+Writes research/quality/results/quality_stack.json and .md. Head scores are cached under ``--cache``.
 """
 
 from __future__ import annotations
@@ -300,9 +300,9 @@ def prior_scores(st_tr: Store, tr: np.ndarray, st_te: Store, te: np.ndarray) -> 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--train", default="/work/main/runs/demo/samples")
-    ap.add_argument("--val", default="/work/main/runs/val2")
-    ap.add_argument("--fresh", default="/work/main/runs/demo/fresh_samples")
+    ap.add_argument("--train", default="runs/demo/samples")
+    ap.add_argument("--val", default="runs/val2")
+    ap.add_argument("--fresh", default="runs/demo/fresh_samples")
     ap.add_argument("--cache", default="/tmp/stack")
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
@@ -590,7 +590,7 @@ def _summary(out: dict[str, Any]) -> list[str]:
 def markdown(out: dict[str, Any]) -> str:
     s = out["seconds"]
     md = [
-        "# A learned second-stage combiner (`benchmarks/quality_stack.py`)",
+        "# A learned second-stage combiner (`research/quality/quality_stack.py`)",
         "",
         f"Head seed {out['config']['head_seed']} (0 = the demo's). "
         "Stacker inputs (per sample, within its prompt): " + ", ".join(out["features"]) + ".",

@@ -1,6 +1,6 @@
 """Pruning by a fixed prefix-head threshold instead of a fixed share per prompt (issue 12, goal 4).
 
-    PYTHONPATH=src .venv/bin/python benchmarks/quality_prune_threshold.py \\
+    PYTHONPATH=src .venv/bin/python research/quality/quality_prune_threshold.py \\
         --train runs/cot2_train --test runs/cache_cot2/cot2_online_none
 
 Why: the share policy (`hsrm sample --prune head --prune-frac 0.5`) stops half of *every*
@@ -23,7 +23,7 @@ Protocol (nothing is chosen on the test store):
    `quality_pruning_cot2_seed12.md`). Heads fitted on all of the training store; thresholds from
    step 1. Random pruning stops as many samples per prompt and checkpoint (20 draws).
 
-Writes benchmarks/results/quality_prune_threshold.json and .md.
+Writes research/quality/results/quality_prune_threshold.json and .md.
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ def markdown(out: dict[str, Any], a: argparse.Namespace) -> str:
         "# Pruning by a prefix-head threshold (`quality_prune_threshold.py`)",
         "",
         "```",
-        f"PYTHONPATH=src python benchmarks/quality_prune_threshold.py --train {a.train} "
+        f"PYTHONPATH=src python research/quality/quality_prune_threshold.py --train {a.train} "
         f"--test {a.test}",
         "```",
         "",

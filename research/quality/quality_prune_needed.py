@@ -1,6 +1,6 @@
 """How good must a prefix head be for early pruning to keep best-of-N? (issue 12, goal 4)
 
-    PYTHONPATH=src .venv/bin/python benchmarks/quality_prune_needed.py \\
+    PYTHONPATH=src .venv/bin/python research/quality/quality_prune_needed.py \\
         --train runs/cot2_train --test runs/cache_cot2/cot2_online_none
 
 Goal 4 asks for >= 40% fewer generated tokens with BoN@16 within 0.01 of full sampling. The real
@@ -28,7 +28,7 @@ AUROC a prefix score needs at the checkpoint.
    arithmetically right, what a perfect step checker would know at about token 8. Its AUROC, and
    its replay with half stopped at token 8.
 
-Writes benchmarks/results/quality_prune_needed.json and .md.
+Writes research/quality/results/quality_prune_needed.json and .md.
 """
 
 from __future__ import annotations
@@ -427,7 +427,7 @@ def markdown(out: dict[str, Any], a: argparse.Namespace) -> str:
         "# How good must a prefix head be? (`quality_prune_needed.py`)",
         "",
         "```",
-        f"PYTHONPATH=src python benchmarks/quality_prune_needed.py --train {a.train} --test {a.test} "
+        f"PYTHONPATH=src python research/quality/quality_prune_needed.py --train {a.train} --test {a.test} "
         f"--draws {a.draws}"
         + (" --no-variants" if a.no_variants else "")
         + (f" --tag {a.tag}" if a.tag != "quality_prune_needed" else ""),

@@ -1,4 +1,4 @@
-"""Online early pruning on the CoT family (`bench_quality.py --prune-online`).
+"""Online early pruning on the CoT family (`quality_pruning_online.py`).
 
 A prefix head (``hsrm.bon.prune_online.fit_prefix_head``, checkpoints 4 and 8 answer tokens) is fitted
 on a fully sampled CoT store (``--cot-train``, its own task seed). Then the same prompts of another
@@ -29,6 +29,7 @@ from hsrm.bon.scorers import lowest_group_confidence
 from hsrm.sampling import SampleRunConfig, sample
 from hsrm.store import Store
 
+RESULTS = Path(__file__).parent / "results"
 SELECTORS = ("mean_logprob", "majority", "deepconf_vote")
 # with a final hsrm head (``head``: its logit per sample; see ``hsrm.bon.prune.select``)
 HEAD_SELECTORS = ("majority", "deepconf_vote", "mean_logprob", "head", "head_pvote",
@@ -323,7 +324,7 @@ def plot_online(out: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-# --- goal 4 on the easier CoT setting (`bench_quality.py --prune-cot2`) ---------------------------
+# --- goal 4 on the easier CoT setting (`quality_pruning_online.py --cot2`) ---------------------------
 
 #: head pruning settings replayed: (checkpoints, share of running samples stopped at each)
 GRID = tuple(
@@ -675,3 +676,44 @@ def plot_cot2(out: dict[str, Any], path: Path) -> None:
     axes[0].legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    """``quality_pruning_online.py [--cot2]``: online pruning at checkpoints 4 and 8, or (``--cot2``)
+    the setting chosen on a training store and run online. Writes results/<tag>.json, .md, .png."""
+    from bench_quality import arg_parser  # type: ignore[import-not-found]
+
+    ap = arg_parser()
+    ap.add_argument("--cot2", action="store_true", help="choose on train, then run online")
+    ap.add_argument("--cot-train", default="runs/cot_train", help="the prefix head's store")
+    ap.add_argument("--cot-prompts", type=int, default=64, help="test prompts")
+    ap.add_argument("--cot-task-seed", type=int, default=11, help="test task seed")
+    ap.add_argument("--cot-range", default="1,20", help="--cot2: operands LO,HI")
+    ap.add_argument("--cot-shots", type=int, default=3, help="--cot2: few-shot examples")
+    ap.add_argument(
+        "--prune-select", default="head_pvote", help="--cot2: selector the setting is chosen for"
+    )
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    meta = {"machine": "2-core CPU box shared with other jobs", "config": vars(args)}
+    RESULTS.mkdir(exist_ok=True)
+    if args.cot2:
+        tag = args.tag if args.tag != "quality" else "quality_pruning_cot2"
+        out = {**meta, **prune_cot2(args)}
+        md = ["# Early pruning that keeps best-of-N (`quality_pruning_online.py --cot2`)", ""]
+        md.append(cot2_md(out))
+        (RESULTS / f"{tag}.json").write_text(json.dumps(compact(out), indent=1))
+        plot_cot2(out, RESULTS / f"{tag}.png")
+    else:
+        tag = args.tag if args.tag != "quality" else "quality_pruning_online"
+        out = {**meta, **prune_online(args)}
+        md = ["# Online early pruning (`quality_pruning_online.py`)", "", online_md(out)]
+        md.append(replay_md(out))
+        (RESULTS / f"{tag}.json").write_text(json.dumps(out, indent=1))
+        plot_online(out, RESULTS / f"{tag}.png")
+    (RESULTS / f"{tag}.md").write_text("\n".join(md))
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,10 +1,10 @@
 """Training prompts or samples per prompt? The demo's heads refitted out of fold on one store with
 training sets that differ in prompts x samples, tested on the same prompts every time.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/quality_train_budget.py \\
+    PYTHONPATH=src .venv/bin/python research/quality/quality_train_budget.py \\
         [--store runs/demo1024/samples] [--partitions 3] [--sampling-cost]
 
-Why: the demo's in-store number rises with its training prompts (docs/quality.md, fifth and sixth
+Why: the demo's in-store number rises with its training prompts (research/quality/HISTORY.md, fifth and sixth
 sessions), but every prompt of its store is sampled 16 times because each is tested once. A prompt
 that is only trained on does not need 16: if 4 samples of twice the prompts train as well as 16 of
 half, the demo can buy more training prompts with the same sampling time.
@@ -20,7 +20,7 @@ those samples on twice the prompts. Reports BoN@16 of ELHSR, its vote and the de
 ``--sampling-cost``: also times ``hsrm sample`` of 48 prompts of the demo's task at 16, 8 and 4
 samples each (the rows per step kept at 128), the cost that decides the demo's split.
 
-Writes benchmarks/results/quality_train_budget.json and .md.
+Writes research/quality/results/quality_train_budget.json and .md.
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def markdown(out: dict[str, Any], a: argparse.Namespace) -> str:
         "# Training prompts or samples per prompt (`quality_train_budget.py`)",
         "",
         "```",
-        f"PYTHONPATH=src python benchmarks/quality_train_budget.py --store {a.store} "
+        f"PYTHONPATH=src python research/quality/quality_train_budget.py --store {a.store} "
         f"--partitions {a.partitions}" + (" --sampling-cost" if a.sampling_cost else ""),
         "```",
         "",

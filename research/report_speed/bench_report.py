@@ -1,6 +1,6 @@
 """How long a best-of-N report takes at thousands of prompts, and what the vectorised metrics buy.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/bench_report.py [--prompts 512,4096]
+    PYTHONPATH=src .venv/bin/python research/report_speed/bench_report.py [--prompts 512,4096]
 
 A report (`hsrm.bon.report.bon_report`) computes, for every scorer and family, best-of-k at each k,
 within-prompt AUROC, the pooled AUROC and bootstrap CIs. Three of these ran as Python loops over
@@ -11,7 +11,7 @@ like the demo's (16 samples a prompt, two families, 23 scorers, 200 resamples), 
 and each of the three metrics both ways: vectorised, and through the per-prompt reference
 functions (`bon_prompt`, `auroc`, `bootstrap_metric_ci`) that the library kept.
 
-Writes benchmarks/results/report_speed.json and .md.
+Writes research/report_speed/results/report_speed.json and .md.
 """
 
 from __future__ import annotations
@@ -176,7 +176,7 @@ def main() -> None:
     rows = [measure(int(p)) for p in a.prompts.split(",")]
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "report_speed.json").write_text(json.dumps(rows, indent=1))
-    cmd = f"PYTHONPATH=src python benchmarks/bench_report.py --prompts {a.prompts}"
+    cmd = f"PYTHONPATH=src python research/report_speed/bench_report.py --prompts {a.prompts}"
     md = markdown(rows, cmd)
     (RESULTS / "report_speed.md").write_text(md)
     print(md)

@@ -1,6 +1,6 @@
 """Selection quality on fresh prompts and contexts, training-free selectors, and early pruning.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/bench_quality.py \\
+    PYTHONPATH=src .venv/bin/python research/quality/bench_quality.py \\
         --train runs/train_pp --fresh runs/fresh_pp --cot runs/cot [--tag quality]
 
 Stores (sampled with `hsrm sample --fewshot per_prompt`, so every prompt has its own few-shot
@@ -15,7 +15,7 @@ head or control is fitted on it) and ``--cot`` (the chain-of-thought family). A 
 3. Pruning curve (``hsrm.bon.prune``, offline over the fully sampled CoT store): tokens generated vs
    BoN@16 for no pruning, hsrm-head pruning, DeepConf online stopping, random at the same budget.
 
-Writes benchmarks/results/<tag>.json, <tag>.md and <tag>_pruning.png.
+Writes research/quality/results/<tag>.json, <tag>.md and <tag>_pruning.png.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def selectors(
     return s
 
 
-def _summ(rep: dict[str, Any], k: str) -> dict[str, Any]:
+def summ(rep: dict[str, Any], k: str) -> dict[str, Any]:
     rows = {}
     for name in rep["bon"]:
         rows[name] = {
@@ -111,7 +111,7 @@ def _report(st: Store, idx: np.ndarray, scores: dict[str, np.ndarray], n: int) -
         ks=[n],
         n_boot=1000,
     )
-    return _summ(rep, str(n))
+    return summ(rep, str(n))
 
 
 def _whole_prompts(st: Store, n: int) -> np.ndarray:
@@ -151,7 +151,9 @@ def table_md(title: str, t: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def arg_parser() -> argparse.ArgumentParser:
+    """The flags every study here shares (``quality_levers.py`` and ``quality_pruning_online.py``
+    add their own)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--train", default="runs/train_pp")
     ap.add_argument("--fresh", default="runs/fresh_pp")
@@ -161,41 +163,16 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=3)
     ap.add_argument("--no-elhsr", action="store_true", help="skip ELHSR (slow on a busy CPU)")
     ap.add_argument("--skip", default="", help="comma list of sections to skip: fresh,cot,prune")
-    ap.add_argument(
-        "--levers", action="store_true", help="only the lever sweep (quality_levers.py)"
-    )
-    ap.add_argument("--levers-elhsr", action="store_true", help="only ELHSR's layer/decay sweep")
-    ap.add_argument("--levers-more", action="store_true", help="only ELHSR trained on train+val")
-    ap.add_argument("--prune-online", action="store_true", help="only online CoT pruning")
-    ap.add_argument("--cot-train", default="runs/cot_train", help="--prune-online: head's store")
-    ap.add_argument("--cot-prompts", type=int, default=64, help="--prune-online: test prompts")
-    ap.add_argument("--cot-task-seed", type=int, default=11, help="--prune-online: test seed")
-    ap.add_argument(
-        "--prune-cot2", action="store_true", help="only CoT pruning: choose on train, run online"
-    )
-    ap.add_argument("--cot-range", default="1,20", help="--prune-cot2: operands LO,HI")
-    ap.add_argument("--cot-shots", type=int, default=3, help="--prune-cot2: few-shot examples")
-    ap.add_argument(
-        "--prune-select",
-        default="head_pvote",
-        help="--prune-cot2: selector the setting is chosen for",
-    )
-    ap.add_argument("--val", default="runs/val", help="--levers: the validation store")
-    ap.add_argument("--cache", default="runs/cache", help="--levers: pooled-state caches")
-    ap.add_argument("--rank-epochs", type=int, default=200)
-    ap.add_argument("--elhsr-seeds", type=int, default=3, help="--levers-elhsr: seeds per setting")
     ap.add_argument("--n-boot", type=int, default=1000)
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = arg_parser().parse_args()
     torch.set_num_threads(1)
-    if args.levers or args.levers_elhsr or args.levers_more:
-        return _levers_main(args)
-    if args.prune_online:
-        return _prune_online_main(args)
-    if args.prune_cot2:
-        return _prune_cot2_main(args)
     skip = set(args.skip.split(","))
     out: dict[str, Any] = {"machine": "2-core CPU box shared with other jobs", "config": vars(args)}
-    md = ["# Selection quality (`benchmarks/bench_quality.py`)", ""]
+    md = ["# Selection quality (`research/quality/bench_quality.py`)", ""]
     t_all = time.perf_counter()
 
     if "fresh" not in skip:
@@ -302,79 +279,6 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.tag}.json").write_text(json.dumps(out, indent=1))
     (RESULTS / f"{args.tag}.md").write_text("\n".join(md))
-    print("\n".join(md))
-
-
-def _levers_main(args) -> None:
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    import quality_levers as QL  # type: ignore[import-not-found]
-
-    tag = args.tag if args.tag != "quality" else "quality_levers"
-    if args.levers_more:
-        out = QL.levers_more(args)
-        tag += "_more"
-        md = ["# More contexts (`bench_quality.py --levers-more`)", "", QL.more_md(out)]
-    elif args.levers_elhsr:
-        out = QL.levers_elhsr(args)
-        tag += "_elhsr"
-        md = ["# ELHSR levers (`bench_quality.py --levers-elhsr`)", "", QL.elhsr_md(out)]
-    else:
-        out = QL.levers(args)
-        md = ["# Selection levers (`bench_quality.py --levers`)", "", QL.sweep_md(out)]
-        md.append(
-            "Rows marked `train+val` are trained on the validation store too: their val numbers"
-            " are in-sample, only their fresh numbers are a test.\n"
-        )
-        for t, title in (
-            ("val", "validation store (task seed 2; settings chosen here)"),
-            ("fresh", "fresh store (task seed 1; nothing fitted or chosen here)"),
-        ):
-            md.append(table_md(f"Each lever's val-chosen setting on the {title}", out["full"][t]))
-    out = {"machine": "2-core CPU box shared with other jobs", "config": vars(args), **out}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{tag}.json").write_text(json.dumps(out, indent=1))
-    (RESULTS / f"{tag}.md").write_text("\n".join(md))
-    print("\n".join(md))
-
-
-def _prune_online_main(args) -> None:
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    import quality_pruning_online as QP  # type: ignore[import-not-found]
-
-    tag = args.tag if args.tag != "quality" else "quality_pruning_online"
-    out = QP.prune_online(args)
-    out = {"machine": "2-core CPU box shared with other jobs", "config": vars(args), **out}
-    md = ["# Online early pruning (`bench_quality.py --prune-online`)", "", QP.online_md(out)]
-    md.append(QP.replay_md(out))
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{tag}.json").write_text(json.dumps(out, indent=1))
-    (RESULTS / f"{tag}.md").write_text("\n".join(md))
-    QP.plot_online(out, RESULTS / f"{tag}.png")
-    print("\n".join(md))
-
-
-def _prune_cot2_main(args) -> None:
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    import quality_pruning_online as QP  # type: ignore[import-not-found]
-
-    tag = args.tag if args.tag != "quality" else "quality_pruning_cot2"
-    out = QP.prune_cot2(args)
-    out = {"machine": "2-core CPU box shared with other jobs", "config": vars(args), **out}
-    md = [
-        "# Early pruning that keeps best-of-N (`bench_quality.py --prune-cot2`)",
-        "",
-        QP.cot2_md(out),
-    ]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{tag}.json").write_text(json.dumps(QP.compact(out), indent=1))
-    (RESULTS / f"{tag}.md").write_text("\n".join(md))
-    QP.plot_cot2(out, RESULTS / f"{tag}.png")
     print("\n".join(md))
 
 

@@ -1,7 +1,7 @@
 """Reference answers as training positives: does a forced right answer per training-only prompt
 help the demo's heads?
 
-    PYTHONPATH=src .venv/bin/python benchmarks/quality_forced.py runs/demo runs/demo_seed1 \\
+    PYTHONPATH=src .venv/bin/python research/quality/quality_forced.py runs/demo runs/demo_seed1 \\
         runs/demo_seed2 runs/demo_fp32 runs/demo_fp32_seed1 runs/demo_fp32_seed2
 
 Each argument is an ``hsrm demo`` output folder. Its training-only prompts (``train_samples``)
@@ -12,7 +12,7 @@ prompts have no right sample, so without it those prompts only show wrong answer
 fresh prompts never get one. The demo's in-store evaluation (out of fold, the run's own splits and
 seed) and its fresh-seed evaluation are then refitted with the forced answers added to every
 split's training prompts (heads and controls alike), and set beside the run's own results.json.
-Protocol: docs/quality.md, thirteenth session. Writes benchmarks/results/<tag>.json and .md.
+Protocol: research/quality/HISTORY.md, thirteenth session. Writes research/quality/results/<tag>.json and .md.
 """
 
 from __future__ import annotations
@@ -177,12 +177,12 @@ def markdown(rows: list[dict[str, Any]], argv: list[str]) -> str:
         "# Reference answers as training positives (`quality_forced.py`)",
         "",
         "```",
-        f"PYTHONPATH=src python benchmarks/quality_forced.py {' '.join(argv)}",
+        f"PYTHONPATH=src python research/quality/quality_forced.py {' '.join(argv)}",
         "```",
         "",
         "Each run's training-only prompts each get their reference answer, teacher-forced and "
         "labelled right; the demo's evaluations are refitted with them (protocol: "
-        "docs/quality.md). BoN@16 of `picked` (share of the gap between random and pass@16 it "
+        "research/quality/HISTORY.md). BoN@16 of `picked` (share of the gap between random and pass@16 it "
         "closes), with the run's own numbers (no forced answers) beside it; arith: `picked` "
         "minus majority, paired over prompts [95% CI].",
         "",

@@ -1,6 +1,6 @@
 """Consensus stopping (DeepConf's adaptive sampling) against prefix-head pruning (issue 12, goal 4).
 
-    PYTHONPATH=src .venv/bin/python benchmarks/quality_prune_consensus.py
+    PYTHONPATH=src .venv/bin/python research/quality/quality_prune_consensus.py
 
 A prompt's first ``warmup`` samples run to the end; if their most common extracted answer holds
 >= ``tau`` of them, the prompt's other samples are never started (``hsrm.bon.prune``,
@@ -8,7 +8,7 @@ A prompt's first ``warmup`` samples run to the end; if their most common extract
 token 12 (``head_stops``), or the vote is weighted by the final head's sigmoid.
 
 1. The grid is replayed on the training store, out of fold (3 prompt splits: prefix head and final
-   head fitted on the other two), and one setting is chosen by the rule fixed in docs/quality.md:
+   head fitted on the other two), and one setting is chosen by the rule fixed in research/quality/HISTORY.md:
    of the settings that save >= 40% of answer tokens, the one whose worst BoN@16 change over the
    five selectors is smallest.
 2. That setting is replayed on each test store (task seeds no head was fitted on), beside the
@@ -16,7 +16,7 @@ token 12 (``head_stops``), or the vote is weighted by the final head's sigmoid.
    budget, and DeepConf's single-trace online stop; per store and pooled, with paired bootstrap
    CIs over prompts.
 
-Writes benchmarks/results/quality_prune_consensus.json, .md and .png (tokens generated vs
+Writes research/quality/results/quality_prune_consensus.json, .md and .png (tokens generated vs
 BoN@16 change per selector, pooled over the test stores; ``--replot`` redraws it from the JSON).
 """
 
@@ -296,7 +296,7 @@ def markdown(out: dict[str, Any], a: argparse.Namespace) -> str:
         "# Consensus stopping against prefix-head pruning (`quality_prune_consensus.py`)",
         "",
         "```",
-        "PYTHONPATH=src python benchmarks/quality_prune_consensus.py "
+        "PYTHONPATH=src python research/quality/quality_prune_consensus.py "
         + ("" if out["train"] == TRAIN else f"--train {out['train']} ")
         + "--tests "
         + " ".join(out["tests"])

@@ -1,6 +1,6 @@
 """Head-weighted votes and ELHSR's training settings, chosen on a validation store; ELHSR's seed spread.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/quality_votes.py \\
+    PYTHONPATH=src .venv/bin/python research/quality/quality_votes.py \\
         --train runs/demo/samples --val runs/val2 [--threads 1]
 
 ``--train``: the demo's store (512 prompts x 16, task seed 0). ``--val``: a store of a third task seed
@@ -16,7 +16,7 @@ that neither the demo's out-of-fold numbers nor its fresh seed (task seed 1) tou
 2. In store: the chosen setting out of fold over the demo's 3 prompt splits, 3 seeds, to show how
    far the seed alone moves the demo's in-store number.
 
-Writes benchmarks/results/quality_votes.json and .md.
+Writes research/quality/results/quality_votes.json and .md.
 """
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ def markdown(out: dict[str, Any]) -> str:
         "fit s |\n|---|---|---|---|---|---|---|"
     )
     md = [
-        "# Head-weighted votes and ELHSR settings (`benchmarks/quality_votes.py`)",
+        "# Head-weighted votes and ELHSR settings (`research/quality/quality_votes.py`)",
         "",
         f"ELHSR at the demo's layers (top:11), fitted on all of `{out['config']['train']}` "
         f"(task seed {out['train']['seed']}), scored on `{out['config']['val']}` (task seed "
