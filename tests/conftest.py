@@ -33,6 +33,7 @@ def pytest_runtest_makereport(item, call):
         finally:
             option.tbstyle = saved
 
+
 FP = ModelFingerprint(name="synthetic", revision="r0", n_layers=4, hidden_size=16, vocab_size=64)
 
 

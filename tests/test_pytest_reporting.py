@@ -7,7 +7,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-FAILING = '''
+FAILING = """
 import ast
 import _pytest._code.source as source
 
@@ -24,12 +24,21 @@ def test_fails(monkeypatch):
 
 def test_passes():
     assert ast.parse("x = 1")
-'''
+"""
 
 
 def _run(tmp_path, *plugins):
     (tmp_path / "test_failing.py").write_text(FAILING)
-    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(tmp_path)]
+    args = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--rootdir",
+        str(tmp_path),
+    ]
     for p in plugins:
         args += ["-p", p]
     return subprocess.run(
