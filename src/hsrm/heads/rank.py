@@ -136,10 +136,13 @@ RANK_DEFAULT: dict[str, Any] = {
 
 @register("rank")
 class RankHead(Head):
-    """``layers``: ``last8`` | ``all`` | ``every:K`` | list of captured layer indices; ``loss``:
+    """``layers``: a layer spec (``hsrm.layer_spec``: ``top:8``, ``every:K``, ...) or a list of
+    hidden-state indices; the captured ones among them are read (all captured, if none); ``loss``:
     ``pairwise`` | ``listwise`` | ``pointwise``; ``l2``, ``lr``, ``epochs``: the full-batch Adam fit."""
 
     needs_groups = True
+    display_order = 30
+    label = "rank"
 
     def __init__(
         self,
