@@ -126,7 +126,10 @@ def test_registry_refuses_a_second_head_under_a_taken_name(toy):
     with pytest.raises(HsrmError, match="'elhsr' is already registered"):
         register("elhsr")(Other)
     assert REGISTRY["toy"] is ToyHead
-    register("toy")(ToyHead)  # the same class again (a module reloaded) is not a conflict
+    register("toy")(ToyHead)  # the same class again is not a conflict
+    again = type("ToyHead", (Head,), {"__module__": ToyHead.__module__, "__qualname__": "ToyHead"})
+    register("toy")(again)  # nor its module run again (importlib.reload): the new class wins
+    assert REGISTRY["toy"] is again
 
 
 @pytest.mark.parametrize(

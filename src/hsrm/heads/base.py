@@ -51,8 +51,13 @@ def register(name: str):
     def deco(cls: type[Head]) -> type[Head]:
         if not (isinstance(name, str) and name.isidentifier()):
             raise HsrmError(f"head name {name!r}: must be an identifier (letters, digits, _)")
-        if name in REGISTRY and REGISTRY[name] is not cls:
-            old = REGISTRY[name]
+        old = REGISTRY.get(name)
+        # the same class, or its module run again (importlib.reload, a notebook's autoreload)
+        same = old is not None and (old.__module__, old.__qualname__) == (
+            cls.__module__,
+            cls.__qualname__,
+        )
+        if old is not None and not same:
             raise HsrmError(
                 f"head name {name!r} is already registered by {old.__module__}.{old.__qualname__}; "
                 f"cannot register {cls.__module__}.{cls.__qualname__} under it"
