@@ -73,3 +73,16 @@ def test_cli_refuses_negative_layers(argv, flag, tmp_path, capsys):
     assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
     err = capsys.readouterr().err
     assert f"{flag} '-1'" in err and "negative" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["prefs", "train", "--pairs", "p.jsonl", "--out", "{tmp}/h", "--layer=-1"],
+        ["sae", "train", "--data", "p.jsonl", "--out", "{tmp}/s", "--layer=-1"],
+    ],
+)
+def test_one_layer_flags_refuse_negative_too(argv, tmp_path, capsys):
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert "--layer [-1]" in err and "negative" in err and "Traceback" not in err

@@ -105,6 +105,10 @@ def train_prefs(cfg: PrefsTrainConfig, lm: Any = None) -> tuple[Any, Any]:
 
     _required(cfg, "pairs", "out")
     from hsrm.io import check_out
+    from hsrm.layer_spec import check_layer_spec
+
+    if cfg.layer is not None:  # the one layer vocabulary's refusals (a negative index)
+        check_layer_spec([cfg.layer], "--layer")
 
     check_out(cfg.out, "head", inputs=[cfg.pairs])  # before any work
     cls = get_head_class(cfg.head_type)
