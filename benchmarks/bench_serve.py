@@ -177,7 +177,7 @@ def build_head(tmp: Path, args) -> Path:
         lm=lm,
         progress=False,
     )
-    train(TrainConfig(run=str(run), out=str(out), head="probe", layers="mid", test_frac=0.0))
+    train(TrainConfig(run=str(run), out=str(out), head_type="probe", layers="mid", test_frac=0.0))
     return out
 
 

@@ -41,7 +41,7 @@ def fit_head(lm, out: Path, threads: int):
         TrainConfig(
             run=str(run),
             out=str(out / "head"),
-            head="elhsr",
+            head_type="elhsr",
             layers="every:6",
             test_frac=0.0,
             params=dict(DEMO_ELHSR),

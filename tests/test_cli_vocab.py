@@ -3,7 +3,7 @@
 import pytest
 
 from hsrm.cli import build_parser, main
-from hsrm.cli._params import check_params, parse_params
+from hsrm.cli._params import parse_params
 from hsrm.errors import HsrmError
 
 
@@ -22,14 +22,11 @@ def test_parse_params_json_key_value_and_mapping():
         parse_params("[1]")
     with pytest.raises(HsrmError, match="key=value"):
         parse_params(["lr"])
-    assert check_params("elhsr", {"lr": 1.0}) == {"lr": 1.0}
-    with pytest.raises(HsrmError, match=r"no parameter\(s\) \['lrr'\]"):
-        check_params("elhsr", {"lrr": 1.0})
 
 
 def test_train_flags(capsys):
     a = build_parser().parse_args(["train", "R", "--head-type", "probe", "--params", "C=2"])
-    assert a.head == "probe" and a.params == ["C=2"] and a.threads is None
+    assert a.head_type == "probe" and a.params == ["C=2"] and a.threads is None
     # a bad --params is one message and exit 2, before any store is read
     assert main(["train", "R", "--head-type", "elhsr", "--params", "{lr: 1}"]) == 2
     assert "not valid JSON" in capsys.readouterr().err

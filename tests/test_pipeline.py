@@ -204,7 +204,7 @@ def test_bad_inputs_exit_2(tmp_path, capsys):
 
 def test_config_file_and_flags(tmp_path, run):
     cfg = tmp_path / "run.yaml"
-    cfg.write_text("train:\n  head: probe\n  layers: all\n")
+    cfg.write_text("train:\n  head_type: probe\n  layers: all\n")
     out = tmp_path / "h"
     assert main(["train", str(run / "run"), "--config", str(cfg), "--out", str(out)]) == 0
     assert json.loads((out / "config.json").read_text())["architecture"] == "probe"

@@ -114,19 +114,6 @@ def test_rank_head_fits_saves_and_loads(tmp_path):
         make_head("rank").fit(X, y)
 
 
-def test_demo_head_layers_top_k():
-    from hsrm.bon.demo import DemoConfig, demo_head_layers
-    from hsrm.errors import HsrmError
-
-    assert demo_head_layers("top:11", 30) == tuple(range(20, 31))
-    assert demo_head_layers("top:3", 2) == (0, 1, 2)
-    assert demo_head_layers("0,2", 4) == (0, 2)
-    assert DemoConfig().head_layers == "top:11"
-    for bad in ("top:0", "top:4", "top:x"):
-        with pytest.raises(HsrmError, match="head_layers"):
-            demo_head_layers(bad, 2)
-
-
 def test_concat_features_dispatches_to_each_store():
     from hsrm.bon.rank import concat_features
     from hsrm.errors import HsrmError

@@ -54,8 +54,15 @@ def open_in_chromium(path, tmp_path):
 def status(dom):
     m = re.search(r'id="render-status"[^>]*>', dom)
     assert m, "no render-status element"
-    attrs = dict(re.findall(r'data-(\w+)="(\d+)"', m.group(0)))
+    attrs = dict(re.findall(r'data-([\w-]+)="(\d+)"', m.group(0)))
     return {k: int(v) for k, v in attrs.items()}
+
+
+def shown_series(dom):
+    """The series the page's script found visible in the first panel (``bonStatus``)."""
+    m = re.search(r'id="render-status"[^>]*data-series-names="([^"]*)"', dom)
+    assert m, "no series status"
+    return m.group(1).split("|")
 
 
 def assert_clean(dom, log):
@@ -108,6 +115,12 @@ def test_bon_figure_one_panel_per_family_and_small_store_warning():
     assert len(fig.axes) == 3  # all + 2 families
     # one CI band (a PolyCollection) per head per panel, none for the baselines
     assert all(len(ax.collections) == 1 for ax in fig.axes)
+    # the legend sits below the panels, on none of them
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    (leg,) = fig.legends
+    box = leg.get_window_extent(r)
+    assert all(box.y1 <= ax.get_window_extent(r).y0 for ax in fig.axes), "legend on a panel"
     w = small_store_warnings(rep)
     assert any("only 8 held-out prompts" in x for x in w)
     assert not any("mixed" in x or "both right and wrong" in x for x in w)
@@ -147,6 +160,29 @@ def test_demo_writes_a_report_that_renders_in_chromium(demo_dir, tmp_path):
     assert st["rows"] >= 3 * 8, st
     assert st["tokens"] > 0, st
     assert dom.count("<figure") == st["svg"]
+    # at a glance: the pick, majority, the best other training-free selector and the oracle,
+    # and a legend beside (below) the 3 panels, not on one
+    rep = json.loads((demo_dir / "results.json").read_text())
+    shown = shown_series(dom)
+    assert st["series"] == 4 and shown[:3] == ["oracle", "picked", "majority"], shown
+    assert shown[3] not in ("random", "text_only", "answer_prior") and shown[3] in rep["bon"]
+    assert st["panels"] == 3 and st["legend-overlaps"] == 0, st
+
+
+def test_one_click_shows_every_series(demo_dir, tmp_path):
+    page = tmp_path / "r.html"
+    text = (demo_dir / "results.html").read_text()
+    n = len(json.loads((demo_dir / "results.json").read_text())["bon"]) + 1  # + the oracle
+    click = (
+        "<script>document.addEventListener('DOMContentLoaded',function(){"
+        "document.getElementById('bon-all').click();});</script></main>"
+    )
+    page.write_text(text.replace("</main>", click))
+    dom, log = open_in_chromium(page, tmp_path)
+    assert_clean(dom, log)
+    st = status(dom)
+    assert st["series"] == n > 4, st
+    assert st["legend-overlaps"] == 0, st
 
 
 def test_pairs_and_detect_pages_render(tmp_path):

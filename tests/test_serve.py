@@ -543,7 +543,7 @@ def test_embedded_model_with_a_trained_head(embedded_lm, tmp_path):
         lm=embedded_lm,
         progress=False,
     )
-    train(TrainConfig(run=str(run), out=str(head_out), head="probe", layers="mid", test_frac=0.0))
+    train(TrainConfig(run=str(run), out=str(head_out), head_type="probe", layers="mid", test_frac=0.0))
     name = "smollm2-135m-instruct"
     s = Live(
         create_app(ServeConfig(head=str(head_out), model=name), embedded_lm, Head.load(head_out))

@@ -61,7 +61,7 @@ def selectors(
     for name, (layers, C, center) in {
         "probe_pooled": (POOLED_DEFAULT["layers"], POOLED_DEFAULT["C"], False),
         "probe_pooled_centered": (POOLED_DEFAULT["layers"], POOLED_DEFAULT["C"], True),
-        "probe_pooled_last8": ("last8", POOLED_DEFAULT["C"], False),
+        "probe_pooled_last8": ("top:8", POOLED_DEFAULT["C"], False),
     }.items():
         probe = PooledProbe(layers, C, center, train.layers, train.fingerprint.n_layers)
         s[name] = probe.fit(P_tr, y, g).score(P_te, test.prompt_ids[te])

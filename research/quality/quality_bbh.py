@@ -31,13 +31,13 @@ import torch
 from hsrm.bon.demo import (
     PICKED,
     cross_fit,
-    demo_head_layers,
     demo_specs,
     pick_by_family,
     picked_out_of_fold,
 )
 from hsrm.bon.outputs import store_report
 from hsrm.bon.scorers import VOTE_SUFFIX, add_head_votes
+from hsrm.layer_spec import parse_layers
 from hsrm.models import load_model
 from hsrm.sampling import SampleRunConfig, sample
 from hsrm.splits import prompt_folds
@@ -77,7 +77,7 @@ def run_task(args: argparse.Namespace, name: str, lm: Any) -> dict[str, Any]:
         lm=lm,
     )
     t_sample = time.perf_counter() - t0
-    layers = demo_head_layers("top:11", store.fingerprint.n_layers)
+    layers = parse_layers("top:11", store.fingerprint.n_layers)
     specs = demo_specs(layers)
     t0 = time.perf_counter()
     scores, _ = cross_fit(store, args.folds, args.seed, specs)

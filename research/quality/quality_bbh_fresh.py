@@ -23,10 +23,11 @@ import numpy as np
 import torch
 
 from hsrm.bon.baselines import baseline_scores
-from hsrm.bon.demo import DEMO_ELHSR, demo_head_layers
+from hsrm.bon.demo import DEMO_ELHSR
 from hsrm.bon.outputs import store_report
 from hsrm.bon.scorers import add_head_votes
 from hsrm.heads import make_head
+from hsrm.layer_spec import parse_layers
 from hsrm.models import load_model
 from hsrm.sampling import SampleRunConfig, sample
 from hsrm.splits import prompt_folds
@@ -63,7 +64,7 @@ def main() -> None:
             SampleRunConfig(out=f"runs/bbh_seed1/{name}", task_seed=1, seed=1, **cfg),  # type: ignore[arg-type]
             lm=lm,
         )
-        layers = demo_head_layers("top:11", a.fingerprint.n_layers)
+        layers = parse_layers("top:11", a.fingerprint.n_layers)
         specs = {"elhsr": ("elhsr", {"layers": list(layers), **DEMO_ELHSR}), "rank": ("rank", {})}
         fa, fb = prompt_folds(a.prompt_ids, 3, 0), prompt_folds(b.prompt_ids, 3, 0)
         scores: dict[str, np.ndarray] = {}

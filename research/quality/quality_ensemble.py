@@ -37,7 +37,6 @@ import torch
 
 from hsrm.bon.demo import (
     DEMO_ELHSR,
-    demo_head_layers,
     pick_by_family,
     picked_out_of_fold,
     picked_scores,
@@ -47,6 +46,7 @@ from hsrm.bon.report import bon_per_prompt
 from hsrm.bon.scorers import VOTE_SUFFIX, add_head_votes, vote_keep
 from hsrm.features import TokenFeatures
 from hsrm.heads import make_head
+from hsrm.layer_spec import parse_layers
 from hsrm.metrics import gap_closed, pass_at_k, within_prompt_auroc, zscore_by_prompt
 from hsrm.splits import prompt_folds
 from hsrm.store import Store
@@ -183,7 +183,7 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     st, val, fresh = Store(a.train), Store(a.val), Store(a.fresh)
-    layers = list(demo_head_layers("top:11", st.fingerprint.n_layers))
+    layers = list(parse_layers("top:11", st.fingerprint.n_layers))
     cache = Path(a.cache)
     cache.mkdir(parents=True, exist_ok=True)
     every = np.arange(len(st))

@@ -30,7 +30,6 @@ from tqdm.auto import tqdm
 from hsrm.bon.demo import (
     PICKED,
     DemoConfig,
-    demo_head_layers,
     demo_sample_configs,
     demo_specs,
     fresh_scores,
@@ -40,6 +39,7 @@ from hsrm.bon.demo import (
 )
 from hsrm.bon.outputs import store_report
 from hsrm.capture import teacher_force
+from hsrm.layer_spec import parse_layers
 from hsrm.lm import encode, resolve_device
 from hsrm.models import load_model
 from hsrm.sampling import sample_inputs
@@ -130,7 +130,7 @@ def refit(run: Path, force: bool = True) -> dict[str, Any]:
     t_force = time.perf_counter() - t0
     # read like a store; without forcing, exactly the demo's training set (a check of this path)
     extra = StoreUnion([train, forced]) if force else train  # type: ignore[list-item]
-    layers = demo_head_layers(cfg.head_layers, store.fingerprint.n_layers)
+    layers = parse_layers(cfg.head_layers, store.fingerprint.n_layers)
     specs = demo_specs(layers, resolve_device(cfg.device))
     scores, folds, pick_all = out_of_fold_scores(
         store,

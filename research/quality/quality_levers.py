@@ -45,7 +45,7 @@ BANDS: dict[str, Any] = {
     "0-9": list(range(0, 10)),
     "10-19": list(range(10, 20)),
     "20-30": list(range(20, 31)),
-    "last8": "last8",
+    "last8": "top:8",  # the last 8 hidden states
     "every:2": "every:2",
     "all": "all",
 }

@@ -34,7 +34,6 @@ from safetensors.numpy import load_file, save_file
 from hsrm.baselines.controls import AnswerPriorScorer
 from hsrm.bon.demo import (
     PICKED,
-    demo_head_layers,
     demo_specs,
     fresh_scores,
     out_of_fold_scores,
@@ -42,6 +41,7 @@ from hsrm.bon.demo import (
 )
 from hsrm.bon.outputs import store_report
 from hsrm.bon.scorers import VOTE_SUFFIX
+from hsrm.layer_spec import parse_layers
 from hsrm.splits import prompt_folds
 from hsrm.store import Store
 
@@ -136,7 +136,7 @@ def summary(store: Store, idx: np.ndarray, scores: dict[str, np.ndarray]) -> dic
 
 def run(path: Path) -> dict[str, Any]:
     store = Store(path / "samples")
-    layers = demo_head_layers("top:11", store.fingerprint.n_layers)
+    layers = parse_layers("top:11", store.fingerprint.n_layers)
     scores = cached(path / "seen_scores.safetensors", lambda: in_store(store, layers))
     fold = prompt_folds(store.prompt_ids, 3, 0)  # the split in_store used
     q = np.array([r["question"] for r in store.records])

@@ -52,13 +52,13 @@ from hsrm.bon.demo import (
     DEMO_ELHSR,
     PICKED,
     cross_fit,
-    demo_head_layers,
     pick_by_family,
     picked_scores,
 )
 from hsrm.bon.report import bon_per_prompt, bon_report
 from hsrm.bon.scorers import VOTE_SUFFIX, add_head_votes, store_scores, weighted_vote_share
 from hsrm.heads import make_head
+from hsrm.layer_spec import parse_layers
 from hsrm.splits import prompt_folds
 from hsrm.store import Store
 
@@ -71,7 +71,7 @@ KEEP = ("random", "majority", "mean_logprob", "answer_prior", "deepconf_vote")
 def head_specs(store: Store, seed: int = 0) -> dict[str, tuple[str, dict[str, Any]]]:
     """The demo's three heads, spelled as ``hsrm.bon.demo._demo`` does; ``seed`` != 0 reseeds the
     two heads trained by SGD (the probe is deterministic)."""
-    layers = list(demo_head_layers("top:11", store.fingerprint.n_layers))
+    layers = list(parse_layers("top:11", store.fingerprint.n_layers))
     extra = {"seed": seed} if seed else {}
     return {
         "elhsr": ("elhsr", {"layers": layers, **DEMO_ELHSR, **extra}),

@@ -40,8 +40,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from quality_ensemble import _fams, candidates, fit_scores, table  # noqa: E402
 
-from hsrm.bon.demo import demo_head_layers, picked_out_of_fold  # noqa: E402
+from hsrm.bon.demo import picked_out_of_fold  # noqa: E402
 from hsrm.bon.scorers import add_head_votes  # noqa: E402
+from hsrm.layer_spec import parse_layers  # noqa: E402
 from hsrm.metrics import gap_closed  # noqa: E402
 from hsrm.splits import prompt_folds  # noqa: E402
 from hsrm.store import Store  # noqa: E402
@@ -139,7 +140,7 @@ def main() -> None:
         return
     torch.set_num_threads(a.threads)
     st = Store(a.store)
-    layers = list(demo_head_layers("top:11", st.fingerprint.n_layers))
+    layers = list(parse_layers("top:11", st.fingerprint.n_layers))
     settings = a.settings.split(",")
     out: dict[str, Any] = {"store": a.store, "settings": settings, "partitions": []}
     for p in range(a.partitions):

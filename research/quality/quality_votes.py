@@ -30,10 +30,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from hsrm.bon.demo import DEMO_ELHSR, cross_fit, demo_head_layers
+from hsrm.bon.demo import DEMO_ELHSR, cross_fit
 from hsrm.bon.report import bon_per_prompt
 from hsrm.bon.scorers import add_head_votes
 from hsrm.heads import make_head
+from hsrm.layer_spec import parse_layers
 from hsrm.metrics import within_prompt_auroc
 from hsrm.splits import prompt_folds
 from hsrm.store import Store
@@ -97,7 +98,7 @@ def main() -> None:
     assert SETTINGS[args.chosen] == DEMO_ELHSR, "--chosen should be the demo's setting"
     torch.set_num_threads(args.threads)
     st, va = Store(args.train), Store(args.val)
-    layers = list(demo_head_layers("top:11", st.fingerprint.n_layers))
+    layers = list(parse_layers("top:11", st.fingerprint.n_layers))
     Xtr, Xva = st.features(np.arange(len(st))), va.features(np.arange(len(va)))
     fr = Store(args.fresh)
     Xfr = fr.features(np.arange(len(fr)))

@@ -31,6 +31,7 @@ import torch
 
 from hsrm import lm as lmx
 from hsrm.errors import HsrmError
+from hsrm.layer_spec import parse_layers
 from hsrm.lm import PrenormTap, prenorm_index, prompt_text  # noqa: F401  (re-exported)
 from hsrm.models import LoadedModel
 from hsrm.projection import Projection
@@ -43,67 +44,6 @@ _eos_ids = lmx.eos_ids
 _lm_parts = lmx.lm_parts
 _cache_kw = lmx.cache_kw
 _logits = lmx.head_logits
-
-
-def parse_layers(spec: str | Sequence[int], n_layers: int) -> tuple[int, ...]:
-    """``all`` (0..n_layers, embedding output included), ``last``, ``mid``, ``every:K`` (0, K, 2K, ...
-    and the last), or a comma list like ``0,8,16``; negative indices count from the end.
-    ``prenorm`` (alone or in a list, e.g. ``last,prenorm``) adds the last block's output before the
-    final norm, at index ``n_layers + 1``."""
-    total = n_layers + 1
-    pre = False
-    if not isinstance(spec, str) and not all(
-        hasattr(i, "__index__") and not isinstance(i, bool) for i in spec
-    ):
-        raise HsrmError(f"layers: expected integers, got {list(spec)!r}")
-    if isinstance(spec, str) and "prenorm" in spec.lower():
-        parts = [x for x in spec.lower().split(",") if x.strip() and x.strip() != "prenorm"]
-        pre = True
-        if not parts:
-            return (prenorm_index(n_layers),)
-        spec = ",".join(parts) if len(parts) > 1 else parts[0]
-    elif not isinstance(spec, str) and prenorm_index(n_layers) in [int(i) for i in spec]:
-        pre = True
-        spec = [int(i) for i in spec if int(i) != prenorm_index(n_layers)]
-    if not isinstance(spec, str):
-        idx = [int(i) for i in spec]
-    else:
-        s = spec.strip().lower()
-        if s == "all":
-            idx = list(range(total))
-        elif s == "last":
-            idx = [n_layers]
-        elif s == "mid":
-            idx = [n_layers // 2]
-        elif s.startswith("every:"):
-            k_str = s.split(":", 1)[1].strip()
-            k = int(k_str) if k_str.lstrip("-").isdigit() else 0
-            if k < 1:
-                raise HsrmError(f"layers: every:K needs an integer K >= 1, got {spec!r}")
-            idx = list(range(0, total, k))
-            if idx[-1] != n_layers:
-                idx.append(n_layers)
-        else:
-            try:
-                idx = [int(x) for x in s.split(",") if x.strip()]
-            except ValueError:
-                raise HsrmError(
-                    f"layers: cannot parse {spec!r}; use all, last, mid, every:K or 0,4,8"
-                ) from None
-    out = []
-    for i in idx:
-        j = i + total if i < 0 else i
-        if not 0 <= j < total:
-            raise HsrmError(
-                f"layers: index {i} out of range for a model with {n_layers} layers (0..{n_layers})"
-            )
-        if j not in out:
-            out.append(j)
-    if pre:
-        out.append(prenorm_index(n_layers))
-    if not out:
-        raise HsrmError(f"layers: {spec!r} selects no layer")
-    return tuple(out)
 
 
 @dataclass

@@ -67,14 +67,18 @@ def train_sae(cfg: SAETrainConfig, lm: Any = None) -> tuple[Any, dict[str, Any]]
     ``cfg.data``, train a TopK SAE and save it to ``cfg.out``. Returns (sae, stats); ``stats`` also
     holds ``layer`` and ``n_tokens``."""
     from hsrm.io import check_out
+    from hsrm.layer_spec import check_layer_spec, parse_layers
     from hsrm.models import load_model
     from hsrm.prefs.data import load_pairs, pair_texts
     from hsrm.sae import collect_activations, hook_metadata, train_topk_sae
 
     _need(cfg, "data", "out")
+    if cfg.layer is not None:  # -1 would read the last layer and record -1 as the SAE's hook
+        check_layer_spec([cfg.layer], "--layer")
     check_out(cfg.out, "sae")  # before any work: refuse an output folder it must not write
     lm = lm or load_model(cfg.model)
-    layer = cfg.layer if cfg.layer is not None else lm.fingerprint.n_layers // 2
+    spec = [cfg.layer] if cfg.layer is not None else "mid"
+    (layer,) = parse_layers(spec, lm.fingerprint.n_layers, "--layer")
     texts = pair_texts(
         lm.tokenizer, load_pairs(cfg.data, on_error="warn", max_answers=cfg.max_answers)
     )

@@ -81,7 +81,7 @@ class SampleRunConfig:
     stop: list[str] = field([], "stop strings: an answer ends where one appears")
     max_new_tokens: int = field(6, "maximum answer tokens", min=1)
     seed: int = field(0, "sampling seed (each prompt draws from its own stream)")
-    layers: str = field("all", "hidden states to capture: all | every:K | mid | last | 0,4,8")
+    layers: str = field("all", "hidden states to capture: all | every:K | top:K | A-B | 0,4,8")
     store_dtype: str = field("float16", "storage dtype: float16 | bfloat16 | int8 | fp8")
     project: int = field(
         0, "compact store: keep a seeded random projection of each layer to k dims (0 = full)"

@@ -16,11 +16,10 @@ from hsrm.bon.baselines import baseline_scores, prompt_question
 from hsrm.bon.outputs import html_data, question_split, store_report, write_outputs
 from hsrm.bon.report import bon_per_prompt, bon_report
 from hsrm.bon.scorers import VOTE_SUFFIX, add_head_votes, vote_keep
-from hsrm.capture import parse_layers
 from hsrm.config import field, validate
-from hsrm.errors import HsrmError
 from hsrm.heads.base import Head, make_head
 from hsrm.io import check_out, exclusive, mark_output
+from hsrm.layer_spec import VOCABULARY, check_layer_spec, parse_layers
 from hsrm.lm import auto_dtype, resolve_device, resolve_dtype
 from hsrm.metrics import score_vote_weights
 from hsrm.models import DEFAULT_MODEL
@@ -41,9 +40,9 @@ class DemoConfig:
     )
     head_layers: str = field(
         "top:11",
-        "layers ELHSR reads: top:K (the last K hidden states; top:11 = 20-30 of the embedded "
-        "model, chosen on another task seed's store: benchmarks/results/quality_levers_elhsr.md, "
-        "quality_levers_more.md) | all | every:K | 0,4,8",
+        "layers ELHSR reads (top:11 = the last 11 hidden states, 20-30 of the embedded model, "
+        "chosen on another task seed's store: benchmarks/results/quality_levers_elhsr.md, "
+        f"quality_levers_more.md): {VOCABULARY}",
     )
     seed: int = field(0, "seed for sampling and splits")
     n_boot: int = field(1000, "bootstrap resamples over prompts", min=1)
@@ -103,19 +102,6 @@ DEMO_ELHSR: dict[str, Any] = {
     "val_frac": 0.0,
     "max_epochs": 10,
 }
-
-
-def demo_head_layers(spec: str, n_layers: int) -> tuple[int, ...]:
-    """``top:K``: the last K of the n_layers + 1 hidden states; anything else: ``parse_layers``."""
-    if spec.startswith("top:"):
-        try:
-            k = int(spec[4:])
-        except ValueError:
-            raise HsrmError(f"head_layers: {spec!r}: top:K needs an integer K") from None
-        if not 1 <= k <= n_layers + 1:
-            raise HsrmError(f"head_layers: {spec!r}: K must be in 1..{n_layers + 1}")
-        return tuple(range(n_layers + 1 - k, n_layers + 1))
-    return tuple(parse_layers(spec, n_layers))
 
 
 def demo_specs(layers: Sequence[int], device: str = "cpu") -> dict[str, tuple[str, dict[str, Any]]]:
@@ -293,7 +279,7 @@ def demo(cfg: DemoConfig, console: Any = None) -> dict[str, Any]:
     """Sample on the embedded synthetic task, cross-fit ELHSR and the probe by prompt, report."""
     validate(cfg, "demo")
     # the layer spec's form, before minutes of sampling (its range is checked on the store)
-    demo_head_layers(cfg.head_layers, 1 << 20 if cfg.head_layers.startswith("top:") else 10**3)
+    check_layer_spec(cfg.head_layers, "--head-layers")
     # and the engine's device and dtype, before the output folder exists; the stores record the
     # dtype resolved, so a rerun on another CPU is refused instead of mixing float32 and bf16 samples
     cfg = resolve_demo(cfg)
@@ -367,7 +353,7 @@ def _demo(cfg: DemoConfig, out: Path, runs: dict[str, SampleRunConfig]) -> dict[
         mark_output(out, "demo", ["train_samples"])
         extra = sample(runs["train_samples"])
     t_sample = time.perf_counter() - t_start
-    layers = demo_head_layers(cfg.head_layers, store.fingerprint.n_layers)
+    layers = parse_layers(cfg.head_layers, store.fingerprint.n_layers, "--head-layers")
     specs = demo_specs(layers, resolve_device(cfg.device))
     fitted: dict[tuple[str, int], Head] = {}
     scores, folds, pick_all = out_of_fold_scores(

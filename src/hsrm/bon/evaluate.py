@@ -115,7 +115,7 @@ def evaluate(cfg: EvaluateConfig, store: Store | None = None) -> dict[str, Any]:
                 rep["questions"]["seen_prompts"],
                 rep["questions"]["prompts"],
             )
-    elhsr = next((n for n, h in heads.items() if hasattr(h, "token_contributions")), None)
+    elhsr = next((n for n, h in heads.items() if h.token_view), None)
     data = html_data(
         store,
         test_idx,

@@ -114,7 +114,8 @@ def html_data(
     """Per-sample scores and labels of samples ``idx`` for the HTML report, plus token-view examples
     picked by ``scores[key]`` and explained by ``elhsr_for(i)`` (the ELHSR head that scored store
     sample i out of sample), when given."""
-    from hsrm.report.html import CALIBRATED, ScoreData, TokenExample, pick_examples, token_strings
+    from hsrm.report.bon import scorer_head
+    from hsrm.report.html import ScoreData, TokenExample, pick_examples, token_strings
 
     y = store.labels[idx]
     if "majority" in scores:  # bon_report's votes, not the placeholder zeros
@@ -122,7 +123,10 @@ def html_data(
 
         ext = [store.records[int(i)]["extracted"] for i in idx]
         scores = {**scores, "majority": vote_counts(ext, store.prompt_ids[idx])}
-    cal = tuple(n for n in scores if n.split(":")[0] in CALIBRATED)
+    # a head's own scores, not its vote's weights (``Head.calibrated``)
+    cal = tuple(
+        n for n in scores if (h := scorer_head(n))[0] is not None and not h[1] and h[0].calibrated
+    )
     data = ScoreData({k: np.asarray(v) for k, v in scores.items()}, y, cal)
     if elhsr_for is None or key not in scores:
         return data

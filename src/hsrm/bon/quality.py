@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from hsrm.capture import parse_layers
+from hsrm.layer_spec import layer_positions
 from hsrm.metrics import zscore_by_prompt
 
 #: Settings of the pooled probe the issue found to transfer (every 2nd layer, C = 0.01).
@@ -35,14 +35,6 @@ def pooled_states(store, idx: Sequence[int] | np.ndarray, prefix: int | None = N
         if len(h):
             out[j] = h.mean(0).numpy()
     return out
-
-
-def _layer_pos(spec: str | Sequence[int], store_layers: Sequence[int], n_layers: int) -> list[int]:
-    if spec == "last8":
-        return list(range(max(0, len(store_layers) - 8), len(store_layers)))
-    want = set(parse_layers(spec, n_layers))
-    pos = [j for j, lay in enumerate(store_layers) if lay in want]
-    return pos or list(range(len(store_layers)))
 
 
 def center_by_prompt(X: np.ndarray, groups: np.ndarray) -> np.ndarray:
@@ -69,7 +61,7 @@ class PooledProbe:
 
     def _x(self, P: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
         sl = self.store_layers or list(range(P.shape[1]))
-        pos = _layer_pos(self.layers, sl, self.n_layers)
+        pos = layer_positions(self.layers, sl, self.n_layers)
         X = P[:, pos].reshape(len(P), -1)
         if self.center:
             if groups is None:

@@ -5,15 +5,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import numpy as np
 
-from hsrm.capture import parse_layers
 from hsrm.config import field, validate
 from hsrm.errors import HsrmError
-from hsrm.heads.base import Head, make_head
+from hsrm.heads.base import Head, get_head_class, make_head
 from hsrm.io import check_out, exclusive
+from hsrm.layer_spec import VOCABULARY, check_layer_spec, parse_layers
 from hsrm.splits import is_test_prompt
 from hsrm.store import Store
 
@@ -24,8 +23,12 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     run: str = field("runs/sample", "sample store to train on")
     out: str = field("runs/head", "output folder of the head")
-    head: str = field("elhsr", "head architecture (elhsr, probe, ...)")
-    layers: str = field("every:4", "layers the head reads (subset of the captured ones)")
+    head_type: str = field("elhsr", "head architecture (elhsr, probe, ...)")
+    layers: str | None = field(
+        None,
+        f"layers the head reads, among the captured ones: {VOCABULARY} (default: the head's "
+        "own, Head.default_layers: every:4 for elhsr; the layers the store holds for the others)",
+    )
     test_frac: float = field(
         0.3, "share of prompts held out for evaluation (by prompt id hash)", min=0.0, max=1.0
     )
@@ -36,32 +39,35 @@ class TrainConfig:
     )
 
 
-def _head_params(name: str, layers: tuple[int, ...], params: dict[str, Any]) -> dict[str, Any]:
-    from hsrm.heads.base import get_head_class
-
-    p = dict(params)
-    names = get_head_class(name).param_names()
-    if "layers" in names and "layers" not in p:
-        p["layers"] = list(layers)
-    if "layer" in names and "layer" not in p and len(layers) == 1:
-        p["layer"] = layers[0]
-    return p
-
-
 def train(cfg: TrainConfig, store: Store | None = None) -> Head:
     """Fit a head on the training prompts of a store and save it (with the prompt ids it saw).
 
     The head folder appears complete, ``training.json`` included, in one rename; it is locked
     for the whole run (a second writer is refused)."""
     validate(cfg, "train")
+    cls = get_head_class(cfg.head_type)  # the head type and its parameters fail before any read
+    cls.check_params(cfg.params, f"head {cfg.head_type!r}")
+    spec = cfg.layers if cfg.layers is not None else cls.default_layers
+    flag = "--layers" if cfg.layers is not None else f"--layers (the {cfg.head_type} default)"
+    if spec is not None:
+        check_layer_spec(spec, flag)
     check_out(cfg.out, "head", overwrite=cfg.overwrite, inputs=[cfg.run])
     store = store or Store(cfg.run)
-    layers = parse_layers(cfg.layers, store.fingerprint.n_layers)
+    params = cls.model_params(dict(cfg.params), store.fingerprint)
+    if spec is not None:  # what the user set in --params wins over --layers
+        layers = parse_layers(spec, store.fingerprint.n_layers, flag)
+        missing = [lay for lay in layers if lay not in store.layers]
+        if missing:
+            raise HsrmError(
+                f"{flag} {spec!r}: layers {missing} were not captured in {cfg.run} "
+                f"(it holds {list(store.layers)})"
+            )
+        params = {**cls.layer_params(layers), **params}
     pids = store.prompt_ids
     train_idx = np.flatnonzero([not is_test_prompt(p, cfg.test_frac, cfg.split_seed) for p in pids])
     if len(train_idx) == 0:
         raise HsrmError(f"{cfg.run}: no training prompts (test_frac={cfg.test_frac})")
-    head = make_head(cfg.head, **_head_params(cfg.head, layers, cfg.params))
+    head = make_head(cls, **params)
     with exclusive(cfg.out):
         X = store.features(train_idx)
         t0 = time.perf_counter()
@@ -83,7 +89,7 @@ def train(cfg: TrainConfig, store: Store | None = None) -> Head:
         )
     log.info(
         "trained %s on %d samples (%d prompts) in %.1f s -> %s",
-        cfg.head,
+        cfg.head_type,
         len(train_idx),
         len(set(pids[train_idx])),
         dt,

@@ -67,29 +67,12 @@ def file_params(values: dict[str, Any]) -> dict[str, Any]:
     return parse_params(v)
 
 
-def check_params(head_type: str, params: dict[str, Any]) -> dict[str, Any]:
-    """``params`` unchanged, or ``HsrmError`` naming the unknown keys and the head's parameters."""
-    from hsrm.heads import get_head_class
-
-    valid = get_head_class(head_type).param_names()
-    bad = sorted(k for k in params if k not in valid)
-    if bad:
-        raise HsrmError(
-            f"--params: head {head_type!r} has no parameter(s) {bad}; it takes {sorted(valid)}"
-        )
-    return params
-
-
-def head_config(
-    cls: type, args: argparse.Namespace, values: dict[str, Any], head_field: str
-) -> Any:
+def head_config(cls: type, args: argparse.Namespace, values: dict[str, Any]) -> Any:
     """The config of a command that builds a head (``train``, ``detect train``, ``prefs train``):
-    the ``--config`` section and the flags, with ``params`` merged from both (flags win per key)
-    and checked against the head named by ``head_field``."""
+    the ``--config`` section and the flags, with ``params`` merged from both (flags win per key).
+    The command checks them against its ``head_type`` (``Head.check_params``) before any read."""
     from hsrm.config import from_sources
 
     params = {**file_params(values), **parse_params(args.params)}
     args.params = None
-    cfg: Any = from_sources(cls, values, args, params=params or None)
-    check_params(getattr(cfg, head_field), cfg.params)
-    return cfg
+    return from_sources(cls, values, args, params=params or None)

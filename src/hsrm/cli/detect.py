@@ -46,7 +46,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         args, "head_alias", "head_type", "detect train: --head NAME", "--head-type NAME"
     )
     values = file_values(args, "train")
-    cfg = head_config(DetectTrainConfig, args, values, "head_type")
+    cfg = head_config(DetectTrainConfig, args, values)
     head, data = train_detector(cfg)
     _out(
         f"trained {cfg.head_type} on {len(data)} answers ({len(np.unique(data.groups))} questions)"

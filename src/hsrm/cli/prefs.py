@@ -24,7 +24,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         args, "head_alias", "head_type", "prefs train: --head NAME", "--head-type NAME"
     )
     values = file_values(args, "prefs_train")
-    cfg = head_config(PrefsTrainConfig, args, values, "head_type")
+    cfg = head_config(PrefsTrainConfig, args, values)
     head, ps = train_prefs(cfg)
     Console().print(
         f"{cfg.head_type}: fit on {len(ps)} pairs ({len(set(ps.pair_groups))} questions), "

@@ -143,14 +143,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from hsrm.cli._common import deprecated_alias, file_values
     from hsrm.cli._params import head_config
 
-    deprecated_alias(args, "head_alias", "head", "train: --head NAME", "--head-type NAME")
+    deprecated_alias(args, "head_alias", "head_type", "train: --head NAME", "--head-type NAME")
     values = file_values(args, "train")
     _require_run(args, values, "train")
-    if "head_type" in values:  # the vocabulary's name for TrainConfig.head
-        values["head"] = values.pop("head_type")
-    cfg = head_config(TrainConfig, args, values, "head")
+    cfg = head_config(TrainConfig, args, values)
     head = train(cfg)
-    _console().print(f"saved {cfg.head} head ({head.n_parameters():,} parameters) to {cfg.out}")
+    _console().print(
+        f"saved {cfg.head_type} head ({head.n_parameters():,} parameters) to {cfg.out}"
+    )
     return 0
 
 
@@ -207,10 +207,7 @@ def register(sub, groups) -> None:
     p = sub.add_parser("train", help="train a head on a store's training prompts")
     p.add_argument("run", nargs="?", default=None, help="sample store (RUN/)")
     add_common(p, "train")
-    add_arguments(p, TrainConfig, skip=("run", "params", "head"))
-    p.add_argument(
-        "--head-type", dest="head", default=None, help="head architecture (default: elhsr)"
-    )
+    add_arguments(p, TrainConfig, skip=("run", "params"))
     p.add_argument("--head", dest="head_alias", default=None, help=argparse.SUPPRESS)
     add_params_argument(p)
     p.set_defaults(func=_cmd_train)

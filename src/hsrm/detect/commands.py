@@ -39,30 +39,18 @@ class DetectTrainConfig:
     overwrite: bool = field(False, "replace an earlier head folder at --out (never foreign files)")
 
 
-def _harp_basis(params: dict[str, Any], fingerprint: ModelFingerprint) -> dict[str, Any]:
-    """For HARP's SVD-based projections, make sure the SVD exists (computed once, then cached)."""
-    if params.get("projection", "reasoning") in ("reasoning", "semantic") and not params.get(
-        "basis_file"
-    ):
-        from hsrm.subspace import cache_path, svd_for_fingerprint
-
-        svd_for_fingerprint(fingerprint)
-        params = {**params, "basis_file": str(cache_path(fingerprint))}
-    return params
-
-
 def train_detector(cfg: DetectTrainConfig) -> tuple[Any, DetectData]:
     """Fit ``cfg.head_type`` on the ``cfg.split`` questions of ``cfg.store``, save it to
     ``cfg.out``. Returns (head, the data it was fit on)."""
-    from hsrm.heads import make_head
+    from hsrm.heads import get_head_class, make_head
     from hsrm.io import check_out
 
+    cls = get_head_class(cfg.head_type)  # the head type and its parameters fail first
+    cls.check_params(cfg.params, f"head {cfg.head_type!r}")
     check_out(cfg.out, "head", overwrite=cfg.overwrite, inputs=[cfg.store])  # before any work
     data = select_split(load_labelled(cfg.store), cfg.split, cfg.test_frac, cfg.seed)
-    params = dict(cfg.params)
-    if cfg.head_type == "harp":
-        params = _harp_basis(params, data.features.fingerprint)
-    head = make_head(cfg.head_type, **params).fit(data.features, data.labels, data.groups)
+    params = cls.model_params(dict(cfg.params), data.features.fingerprint)
+    head = make_head(cls, **params).fit(data.features, data.labels, data.groups)
     head.save(cfg.out, overwrite=cfg.overwrite, inputs=(cfg.store,))
     return head, data
 
@@ -88,7 +76,7 @@ def evaluate_store(cfg: DetectEvalConfig) -> list[dict[str, Any]]:
     """AUROC rows of every saved head in ``cfg.heads``, then perplexity, length-normalised
     entropy and (test split only) the text-only control; written to ``cfg.out`` as JSON if set."""
     from hsrm.heads import Head
-    from hsrm.report.html import CALIBRATED, ScoreData, write_detect_html
+    from hsrm.report.html import ScoreData, write_detect_html
 
     full = load_labelled(cfg.store)
     data = select_split(full, cfg.split, cfg.test_frac, cfg.seed)
@@ -99,7 +87,7 @@ def evaluate_store(cfg: DetectEvalConfig) -> list[dict[str, Any]]:
         head = Head.load(h)
         name = f"{head.architecture} ({Path(h).name})"
         halluc[name] = head_hallucination_scores(head, data.features)
-        if head.architecture in CALIBRATED:
+        if head.calibrated:
             calibrated.append(name)
         rows.append(auroc_row(name, halluc[name], data.labels, data.groups, cfg.n_boot, cfg.seed))
     train = None

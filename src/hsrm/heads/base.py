@@ -44,14 +44,65 @@ REGISTRY: dict[str, type[Head]] = {}
 
 
 def register(name: str):
-    """Class decorator: make a head available by ``name`` (CLI ``--head NAME``)."""
+    """Class decorator: make a head available by ``name`` (``hsrm train --head-type NAME``), after
+    checking what the class declares about itself (``Head``'s capability attributes). A name is
+    registered once: a second class under it is refused (``unregister`` first to replace it)."""
 
     def deco(cls: type[Head]) -> type[Head]:
+        if not (isinstance(name, str) and name.isidentifier()):
+            raise HsrmError(f"head name {name!r}: must be an identifier (letters, digits, _)")
+        old = REGISTRY.get(name)
+        # the same class, or its module run again (importlib.reload, a notebook's autoreload)
+        same = old is not None and (old.__module__, old.__qualname__) == (
+            cls.__module__,
+            cls.__qualname__,
+        )
+        if old is not None and not same:
+            raise HsrmError(
+                f"head name {name!r} is already registered by {old.__module__}.{old.__qualname__}; "
+                f"cannot register {cls.__module__}.{cls.__qualname__} under it"
+            )
         cls.architecture = name
+        _check_capabilities(cls)
         REGISTRY[name] = cls
         return cls
 
     return deco
+
+
+def unregister(name: str) -> None:
+    """Remove a registered head (tests that register a toy head undo it with this)."""
+    REGISTRY.pop(name, None)
+
+
+def _check_capabilities(cls: type[Head]) -> None:
+    """Refuse a head class whose capability attributes have the wrong type or form, naming the
+    class and attribute: checked once, when it registers, so no command meets a broken one."""
+    from hsrm.layer_spec import check_layer_spec
+
+    where = f"head {cls.architecture!r} ({cls.__qualname__})"
+    for attr, tp in (("needs_groups", bool), ("calibrated", bool), ("token_view", bool)):
+        if not isinstance(getattr(cls, attr), tp):
+            raise HsrmError(f"{where}: {attr} must be True or False, got {getattr(cls, attr)!r}")
+    order = cls.display_order
+    if not isinstance(order, int) or isinstance(order, bool):
+        raise HsrmError(f"{where}: display_order must be an integer, got {order!r}")
+    if not isinstance(cls.label, str):
+        raise HsrmError(f"{where}: label must be a string, got {cls.label!r}")
+    if cls.default_layers is not None:
+        if not isinstance(cls.default_layers, str):
+            raise HsrmError(
+                f"{where}: default_layers must be a layer spec string or None, "
+                f"got {cls.default_layers!r}"
+            )
+        check_layer_spec(cls.default_layers, f"{where}: default_layers")
+        if not {"layers", "layer"} & set(cls.param_names()):
+            raise HsrmError(
+                f"{where}: default_layers is set but the head takes no 'layers' or 'layer' "
+                "parameter to receive them"
+            )
+    if cls.token_view and not callable(getattr(cls, "token_contributions", None)):
+        raise HsrmError(f"{where}: token_view needs a token_contributions(X) method")
 
 
 def get_head_class(name: str) -> type[Head]:
@@ -62,13 +113,12 @@ def get_head_class(name: str) -> type[Head]:
     return REGISTRY[name]
 
 
-def make_head(name: str, **params: Any) -> Head:
-    cls = get_head_class(name)
-    valid = cls.param_names()
-    bad = [k for k in params if k not in valid]
-    if bad:
-        raise HsrmError(f"head {name!r} has no parameter(s) {bad}; it takes {sorted(valid)}")
-    _check_param_types(cls, params, f"head {name!r}")
+def make_head(head_type: str | type[Head], **params: Any) -> Head:
+    """A head of ``head_type`` (a registered name, or the class ``get_head_class`` gave) with
+    ``params``: the one place a head type is looked up and its parameters checked (names and
+    types) before any data is read."""
+    cls = head_type if isinstance(head_type, type) else get_head_class(head_type)
+    cls.check_params(params, f"head {cls.architecture!r}")
     return cls(**params)
 
 
@@ -76,8 +126,24 @@ class Head:
     """Base class. Subclasses implement ``_fit``, ``_score``, ``_state`` and ``_set_state``."""
 
     architecture: ClassVar[str] = "base"
+    # -- capabilities: what commands and reports need to know about a head type, declared here
+    # once (checked by ``register``) instead of special-cased by name in each of them.
     #: Whether fit needs ``groups`` (pairwise / within-prompt losses).
     needs_groups: ClassVar[bool] = False
+    #: The layers ``hsrm train`` fits the head on when ``--layers`` is not given (a spec of
+    #: ``hsrm.layer_spec``), passed as its ``layers`` (or, for one layer, ``layer``) parameter;
+    #: None: the head reads the layers the features hold and picks among them itself.
+    default_layers: ClassVar[str | None] = None
+    #: Whether sigmoid(score) is meant as P(correct) (a logistic loss): reports draw its
+    #: reliability diagram.
+    calibrated: ClassVar[bool] = False
+    #: Whether the head explains a score per token (``token_contributions``): the report's token
+    #: view shows it.
+    token_view: ClassVar[bool] = False
+    #: Where the head sorts among heads in reports' tables and plots (lower first), and its name
+    #: in plot legends (the architecture when empty).
+    display_order: ClassVar[int] = 100
+    label: ClassVar[str] = ""
     #: The folder ``from_pretrained`` read (its training.json / evaluation.json travel on).
     _source_dir: Path | None = None
 
@@ -86,6 +152,37 @@ class Head:
     def param_names(cls) -> list[str]:
         sig = inspect.signature(cls.__init__)
         return [p for p in sig.parameters if p != "self"]
+
+    @classmethod
+    def check_params(cls, params: dict[str, Any], where: str | Path) -> None:
+        """Refuse unknown hyperparameter names and values whose type does not fit, naming
+        ``where`` (a head, a file)."""
+        valid = cls.param_names()
+        bad = sorted(k for k in params if k not in valid)
+        if bad:
+            raise HsrmError(f"{where} has no parameter(s) {bad}; it takes {sorted(valid)}")
+        _check_param_types(cls, params, where)
+
+    @classmethod
+    def layer_params(cls, layers: tuple[int, ...]) -> dict[str, Any]:
+        """The hyperparameters that make the head read ``layers``: ``layers`` for heads that
+        take several, ``layer`` for one-layer heads when one is given; nothing otherwise."""
+        names = cls.param_names()
+        if "layers" in names:
+            return {"layers": list(layers)}
+        if "layer" in names and len(layers) == 1:
+            return {"layer": layers[0]}
+        return {}
+
+    @classmethod
+    def model_params(cls, params: dict[str, Any], fingerprint: ModelFingerprint) -> dict[str, Any]:
+        """``params`` completed with what the head needs from the model before it fits (HARP: the
+        unembedding SVD's file), computed once and cached; most heads need nothing."""
+        return params
+
+    @classmethod
+    def display_label(cls) -> str:
+        return cls.label or cls.architecture
 
     def get_params(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.param_names()}

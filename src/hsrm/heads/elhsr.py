@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -92,6 +92,14 @@ class ELHSRHead(Head):
     optimiser live there, and the fitted head comes back to the CPU, so scoring, saving and
     loading do not depend on it. ``memory_gb`` bounds the packed fp16 copy (on that device).
     """
+
+    # hsrm train's layers: every 4th of the model's, 8 of 31 hidden states on the embedded model,
+    # a quarter of the features' memory and fit time of all of them
+    default_layers: ClassVar[str | None] = "every:4"
+    calibrated = True  # trained with BCE: sigmoid(score) is meant as P(correct)
+    token_view = True  # token_contributions: per-token gate and reward
+    display_order = 10
+    label = "ELHSR"
 
     def __init__(
         self,

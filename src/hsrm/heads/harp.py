@@ -32,6 +32,7 @@ from torch import nn
 from hsrm.errors import HsrmError
 from hsrm.features import TokenFeatures
 from hsrm.heads.base import Head, register
+from hsrm.models import ModelFingerprint
 from hsrm.subspace import (
     DEFAULT_REASONING_SIZE,
     UnembeddingSVD,
@@ -53,6 +54,25 @@ def _mlp(k: int, hidden: int) -> nn.Sequential:
 class HARPHead(Head):
     """``size``: subspace size, a fraction of d (0 < size < 1) or a count; ``layer``: hidden-state index
     to read (None = the last, n_layers); ``pool``: ``max`` or ``mean`` over tokens."""
+
+    # the max-pooled token logit is not trained as a probability; the report's reliability
+    # diagram shows how far sigmoid of it is from one
+    calibrated = True
+    display_order = 40
+    label = "HARP"
+
+    @classmethod
+    def model_params(cls, params: dict[str, Any], fingerprint: ModelFingerprint) -> dict[str, Any]:
+        """The SVD-based projections get ``basis_file``: the unembedding SVD of the features'
+        model, computed once (loading the model by its name) and cached."""
+        if params.get("projection", "reasoning") in ("reasoning", "semantic") and not params.get(
+            "basis_file"
+        ):
+            from hsrm.subspace import cache_path, svd_for_fingerprint
+
+            svd_for_fingerprint(fingerprint)
+            params = {**params, "basis_file": str(cache_path(fingerprint))}
+        return params
 
     def __init__(
         self,

@@ -51,6 +51,10 @@ class _StandardizedELHSR(ELHSRHead):
     """ELHSR over per-feature standardised inputs (``elhsr``'s ``standardize``, on by default here:
     log-prob features differ in scale by orders of magnitude) and no per-token RMS norm."""
 
+    # its features hold one pseudo-layer (the log-probs), not hidden states: no layer to choose
+    default_layers = None
+    display_order = 15
+
 
 @register("elhsr_logits")
 @with_defaults(memory_gb=1.0)

@@ -18,6 +18,10 @@ class ProbeHead(Head):
     """``layer``: hidden-state index (None = the middle captured layer); ``method``: ``logreg`` or
     ``lda`` (PCA to ``pca_dim`` then LDA); ``C``: inverse L2 strength of the logistic regression."""
 
+    calibrated = True  # logistic regression: sigmoid(score) is meant as P(correct)
+    display_order = 20
+    label = "probe"
+
     def __init__(
         self,
         layer: int | None = None,

@@ -2,7 +2,7 @@
 
 Trained with a pairwise logistic loss over each prompt's (right, wrong) answer pairs (RankNet;
 Burges et al., ICML 2005), so it only learns to order one prompt's answers and cannot score a
-prompt's difficulty. Defaults (``RANK_DEFAULT``: the last 8 captured layers, L2 0.01, Adam lr 1e-3,
+prompt's difficulty. Defaults (``RANK_DEFAULT``: the last 8 hidden states, ``top:8``, L2 0.01, Adam lr 1e-3,
 120 full-batch epochs) were chosen on a validation store of another task seed
 (`benchmarks/bench_quality.py --levers`, `benchmarks/results/quality_levers.md`).
 """
@@ -19,22 +19,9 @@ from hsrm import metrics as M
 from hsrm.errors import HsrmError
 from hsrm.features import TokenFeatures
 from hsrm.heads.base import Head, register
+from hsrm.layer_spec import layer_positions
 
 LOSSES = ("listwise", "pairwise", "pointwise")
-
-
-def layer_positions(
-    spec: str | Sequence[int], store_layers: Sequence[int], n_layers: int
-) -> list[int]:
-    """Positions in ``store_layers`` of the layers ``spec`` names: ``last8`` (the last 8 captured),
-    or any ``capture.parse_layers`` spec; all captured layers when none of them match."""
-    from hsrm.capture import parse_layers
-
-    if spec == "last8":
-        return list(range(max(0, len(store_layers) - 8), len(store_layers)))
-    want = set(parse_layers(spec, n_layers)) if isinstance(spec, str) else set(spec)
-    pos = [j for j, lay in enumerate(store_layers) if lay in want]
-    return pos or list(range(len(store_layers)))
 
 
 def _mixed_groups(y: np.ndarray, g: np.ndarray) -> list[np.ndarray]:
@@ -139,7 +126,7 @@ class RankProbe:
 
 
 RANK_DEFAULT: dict[str, Any] = {
-    "layers": "last8",
+    "layers": "top:8",
     "loss": "pairwise",
     "l2": 0.01,
     "lr": 1e-3,
@@ -149,10 +136,13 @@ RANK_DEFAULT: dict[str, Any] = {
 
 @register("rank")
 class RankHead(Head):
-    """``layers``: ``last8`` | ``all`` | ``every:K`` | list of captured layer indices; ``loss``:
+    """``layers``: a layer spec (``hsrm.layer_spec``: ``top:8``, ``every:K``, ...) or a list of
+    hidden-state indices; the captured ones among them are read (all captured, if none); ``loss``:
     ``pairwise`` | ``listwise`` | ``pointwise``; ``l2``, ``lr``, ``epochs``: the full-batch Adam fit."""
 
     needs_groups = True
+    display_order = 30
+    label = "rank"
 
     def __init__(
         self,

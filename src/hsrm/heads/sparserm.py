@@ -70,6 +70,8 @@ class SparseRMHead(Head):
     the pairwise accuracy of a ``val_frac`` split by group."""
 
     needs_groups = True
+    display_order = 50
+    label = "SparseRM"
 
     def __init__(
         self,
@@ -365,3 +367,6 @@ class SparseRMHead(Head):
 @with_defaults(features="dense")
 class DenseRMHead(SparseRMHead):
     """DenseRM: SparseRM's MLP and loss on the pooled state z itself (no SAE)."""
+
+    display_order = 51
+    label = "DenseRM"

@@ -85,31 +85,34 @@ def select_pairs_split(cfg: PrefsTrainConfig | PrefsEvalConfig, side: str) -> li
     return train if side == "train" else test
 
 
-def _head_params(cfg: PrefsTrainConfig) -> dict[str, Any]:
+def _head_params(cls: Any, cfg: PrefsTrainConfig) -> dict[str, Any]:
+    """``cfg.params`` with ``--sae`` for heads (``cls``) that read one and ``--layer`` in the form
+    the head takes it (``Head.layer_params``); what ``--params`` sets wins."""
     params = dict(cfg.params)
-    if cfg.head_type in ("sparserm", "denserm"):
+    if "sae" in cls.param_names() and cfg.sae is not None:
         params.setdefault("sae", cfg.sae)
-        params.setdefault("layer", cfg.layer)
-    elif cfg.layer is not None:
-        params.setdefault(
-            "layers" if cfg.head_type == "elhsr" else "layer",
-            [cfg.layer] if cfg.head_type == "elhsr" else cfg.layer,
-        )
+    if cfg.layer is not None:
+        params = {**cls.layer_params((cfg.layer,)), **params}
     return params
 
 
 def train_prefs(cfg: PrefsTrainConfig, lm: Any = None) -> tuple[Any, Any]:
     """Teacher-force every pair's answers once, fit ``cfg.head_type`` (y=1 chosen / 0 rejected,
     grouped by question or pair) and save it to ``cfg.out``. Returns (head, PairSet)."""
-    from hsrm.heads import make_head
+    from hsrm.heads import get_head_class, make_head
     from hsrm.models import load_model
     from hsrm.prefs.evaluate import encode_pairs, fit_head_on_pairs
 
     _required(cfg, "pairs", "out")
     from hsrm.io import check_out
+    from hsrm.layer_spec import check_layer_spec
+
+    if cfg.layer is not None:  # the one layer vocabulary's refusals (a negative index)
+        check_layer_spec([cfg.layer], "--layer")
 
     check_out(cfg.out, "head", inputs=[cfg.pairs])  # before any work
-    head = make_head(cfg.head_type, **_head_params(cfg))  # bad parameters fail first
+    cls = get_head_class(cfg.head_type)
+    head = make_head(cls, **_head_params(cls, cfg))  # bad parameters fail first
     pairs = select_pairs_split(cfg, "train")  # bad input fails before the model loads
     lm = lm or load_model(cfg.model)
     layers: str | list[int]

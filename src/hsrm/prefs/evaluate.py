@@ -237,7 +237,7 @@ def encode_pairs(
     default adds ~20 tokens per prompt). With ``cache``, load it if present, else write it."""
     from tqdm.auto import tqdm
 
-    from hsrm.capture import parse_layers
+    from hsrm.layer_spec import parse_layers
 
     if cache is not None and Path(cache).exists():
         ps = PairSet.load(cache)

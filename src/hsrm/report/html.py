@@ -22,12 +22,9 @@ from typing import Any
 import numpy as np
 
 from hsrm.io import atomic_write_bytes
-from hsrm.report.bon import _scorers, bon_figure, bon_rows, small_store_warnings
+from hsrm.report.bon import _scorers, bon_figure, bon_rows, series_styles, small_store_warnings
 
 MIN_CALIBRATION = 30  # answers: fewer make a reliability diagram of 10 bins mostly empty
-# Heads trained with a logistic loss, whose sigmoid(score) is meant as P(correct) (HARP's is the
-# max-pooled token logit: the diagram shows how far that is from a probability).
-CALIBRATED = ("elhsr", "probe", "harp")
 
 
 @dataclass
@@ -178,6 +175,10 @@ tr:hover td{background:#f8fafc}
 .ok{color:#18794e}.bad{color:#c0392b}
 .prompt{color:#5b6473;font-size:12px;white-space:pre-wrap;margin:2px 0 6px}
 .legend span{display:inline-block;width:38px;height:12px;vertical-align:middle;border-radius:2px}
+.bon-legend{display:flex;flex-wrap:wrap;gap:4px 16px;font-size:12.5px;margin:8px 0 0}
+.bon-legend label{white-space:nowrap;cursor:pointer}.bon-legend .sw{display:inline-block;width:22px;height:3px;vertical-align:middle;margin:0 5px 0 3px}
+.bon-legend .role{color:#5b6473}.bon-more{font-size:12.5px;margin:6px 0 0}.bon-more summary{cursor:pointer;color:#3465a4}
+.bon-legend button{font-size:12px;margin-right:6px}
 #js-errors:empty{display:none} #js-errors{color:#c0392b;white-space:pre-wrap}
 """
 
@@ -189,6 +190,27 @@ function tokColour(g,r,mode){
  if(mode==='gate'){return 'rgba(52,101,164,'+(0.08+0.8*v).toFixed(3)+')';}
  var a=(0.08+0.75*Math.abs(v)).toFixed(3);
  return v>=0?'rgba(46,160,67,'+a+')':'rgba(214,69,65,'+a+')';}
+function bonApply(){
+ document.querySelectorAll('input.bon-series').forEach(function(cb){
+  document.querySelectorAll('[id^="bon-s'+cb.dataset.series+'-p"],[id^="bon-b'+cb.dataset.series+'-p"]').forEach(function(g){
+   g.style.display=cb.checked?'':'none';});});
+ bonStatus();}
+function bonSet(which){
+ document.querySelectorAll('input.bon-series').forEach(function(cb){
+  cb.checked=which==='all'||(which==='default'&&cb.dataset.default==='1');});
+ bonApply();}
+function overlaps(a,b){return a.left<b.right&&b.left<a.right&&a.top<b.bottom&&b.top<a.bottom;}
+function bonStatus(){
+ var st=document.getElementById('render-status');if(!st){return;}
+ var shown=[];document.querySelectorAll('input.bon-series').forEach(function(cb){
+  var g=document.getElementById('bon-s'+cb.dataset.series+'-p0');
+  if(g&&getComputedStyle(g).display!=='none'){shown.push(cb.dataset.name);}});
+ st.dataset.series=shown.length;st.dataset.seriesNames=shown.join('|');
+ var n=0;var leg=document.querySelector('.bon-legend');
+ if(leg){var r=leg.getBoundingClientRect();
+  document.querySelectorAll('[id^="bon-panel-"]').forEach(function(p){
+   if(overlaps(r,p.getBoundingClientRect())){n++;}});}
+ st.dataset.legendOverlaps=n;st.dataset.panels=document.querySelectorAll('[id^="bon-panel-"]').length;}
 function colourTokens(mode){
  document.querySelectorAll('.tok').forEach(function(t){
   t.style.background=tokColour(parseFloat(t.dataset.g),parseFloat(t.dataset.r),mode);});}
@@ -205,6 +227,10 @@ document.addEventListener('DOMContentLoaded',function(){
  document.querySelectorAll('input[name=tokmode]').forEach(function(r){
   r.addEventListener('change',function(){colourTokens(r.value);});});
  colourTokens('contribution');
+ document.querySelectorAll('input.bon-series').forEach(function(cb){cb.addEventListener('change',bonApply);});
+ document.querySelectorAll('button[data-bon]').forEach(function(b){
+  b.addEventListener('click',function(){bonSet(b.dataset.bon);});});
+ bonApply();
  var st=document.getElementById('render-status');
  st.dataset.svg=document.querySelectorAll('figure svg').length;
  st.dataset.rows=document.querySelectorAll('table tbody tr').length;
@@ -315,6 +341,37 @@ def _calibration_section(data: ScoreData) -> tuple[str, list[str]]:
     ), []
 
 
+def bon_legend_html(rep: dict[str, Any]) -> str:
+    """results.html's legend of the best-of-N figure, below it: one checkbox per series (the
+    defaults ticked: ``hsrm.report.bon.default_series`` and the oracle), the others folded in a
+    ``<details>``, and buttons for all / the defaults."""
+
+    def item(i: int, st: dict[str, Any]) -> str:
+        role = f" <span class='role'>· {_e(st['role'])}</span>" if st["role"] else ""
+        dash = "border-top:2px dashed" if st["name"] == "oracle" else "border-top:3px solid"
+        return (
+            f"<label title='{_e(st['name'])}'><input type='checkbox' class='bon-series' "
+            f"data-series='{i}' data-name='{_e(st['name'])}' data-default='{int(st['default'])}'"
+            f"{' checked' if st['default'] else ''}><span class='sw' style='{dash} "
+            f"{st['colour']}'></span>{_e(st['label'])}{role}</label>"
+        )
+
+    series = series_styles(rep)
+    first = "".join(item(i, st) for i, st in enumerate(series) if st["default"])
+    rest = "".join(item(i, st) for i, st in enumerate(series) if not st["default"])
+    more = (
+        f"<details class='bon-more'><summary>{sum(not s['default'] for s in series)} more "
+        f"scorers</summary><div class='bon-legend'>{rest}</div></details>"
+        if rest
+        else ""
+    )
+    buttons = (
+        "<div class='bon-legend'><button type='button' id='bon-all' data-bon='all'>show all"
+        "</button><button type='button' id='bon-default' data-bon='default'>defaults</button></div>"
+    )
+    return f"<div class='bon-legend'>{first}</div>{more}{buttons if rest else ''}"
+
+
 def _row(*cards: str) -> str:
     inner = "".join(c for c in cards if c)
     return f"<div class='row'>{inner}</div>" if inner else ""
@@ -342,12 +399,12 @@ def write_bon_html(
             (
                 "Best-of-N",
                 "<div class='card'>"
-                + figure_html(
-                    _svg(bon_figure(rep)),
-                    "Accuracy of the answer each scorer picks among N samples of a prompt; the "
-                    "oracle picks a correct one whenever there is one (pass@N).",
-                )
-                + "</div>",
+                + figure_html(_svg(bon_figure(rep, html=True)))
+                + bon_legend_html(rep)
+                + "<p class='sub'>Accuracy of the answer each scorer picks among N samples of a "
+                "prompt; the oracle picks a correct one whenever there is one (pass@N). Drawn: "
+                "the pick, majority vote and the best other training-free selector; tick a "
+                "scorer to add it.</p>" + "</div>",
             )
         )
     tables = [
