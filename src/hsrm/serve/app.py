@@ -181,7 +181,7 @@ class ServerState:
         for i, c in enumerate(completions):
             got = self.scorer.completion_ids(c)
             self._limit(
-                len(got), self.cfg.max_score_tokens, f"completion [{i}]", "completions",
+                len(got), self.cfg.max_score_tokens, f"completions[{i}]", "completions",
                 "--max-score-tokens",
             )  # fmt: skip
             ids.append(got)
