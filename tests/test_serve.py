@@ -736,3 +736,127 @@ def test_stop_string_finish_reason_and_score(server):
         f"{server.url}/v1/score", json={"prompt": "A:", "completions": [ch["text"] for ch in cut]}
     ).json()["scores"]
     np.testing.assert_allclose(got, [ch["hsrm"]["score"] for ch in cut], rtol=1e-4, atol=1e-4)
+
+
+# -- fuzz ------------------------------------------------------------------------------------------
+FUZZ_KEY = "fuzzkey"
+_GOOD = {
+    "/v1/completions": {"model": MODEL, "prompt": "A:", "max_tokens": 2, "n": 1, "best_of": 2},
+    "/v1/chat/completions": {
+        "model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+    },
+    "/v1/score": {"prompt": "A:", "completions": ["1", "a"]},
+    "/get_reward": {"query": ["A:1"], "prompts": ["A:"]},
+}  # fmt: skip
+
+
+def _fuzz_value(rng, depth: int = 0):
+    """A JSON value of any type, often the wrong one, often at or past a limit."""
+    kinds = ["int", "big", "float", "str", "bad", "bool", "null", "list", "dict", "deep"]
+    k = rng.choice(kinds if depth < 2 else kinds[:7])
+    if k == "int":
+        return rng.choice([-1, 0, 1, 2, 3, 5, 21, 64, 65, 10**6, -(10**9)])
+    if k == "big":
+        return 10 ** rng.randint(18, 400)
+    if k == "float":
+        return rng.choice([0.0, -0.5, 0.5, 1.5, 2.5, 1e308, -1e-308, 3.7])
+    if k == "str":
+        return rng.choice(["", "A:", "x" * rng.randint(1, 3000), "é中🙂", "\x00\x01", "<|im_end|>"])
+    if k == "bad":
+        return "\ud800" + rng.choice(["", "x", "\udc00"])  # lone surrogates
+    if k == "bool":
+        return rng.random() < 0.5
+    if k == "null":
+        return None
+    if k == "list":
+        return [_fuzz_value(rng, depth + 1) for _ in range(rng.randint(0, 4))]
+    if k == "dict":
+        keys = ["role", "content", "text", "type", "include_usage", "x"]
+        return {rng.choice(keys): _fuzz_value(rng, depth + 1) for _ in range(rng.randint(0, 3))}
+    v: object = "x"
+    for _ in range(rng.randint(10, 800)):  # nested as deep as JSON parsers allow, or nearly
+        v = [v] if rng.random() < 0.5 else {"a": v}
+    return v
+
+
+def _fuzz_body(rng, path: str) -> bytes:
+    """A body for ``path``: a good request with fields dropped or replaced, or broken bytes."""
+    roll = rng.random()
+    if roll < 0.12:  # not JSON, not UTF-8, truncated, or too deep for the parser
+        return rng.choice([
+            b"", b"{", b'{"prompt": "A:"', b"\xff\xfe\x00", b'{"prompt": "\xc3\x28"}', b"null",
+            b"[" * 50_000 + b"]" * 50_000, b'{"n": 1' + b"0" * 5000 + b"}", b"NaN",
+            bytes(rng.randrange(256) for _ in range(rng.randint(1, 200))),
+        ])  # fmt: skip
+    if roll < 0.18:  # over the byte limit
+        return json.dumps({"prompt": "x" * 70_000}).encode()
+    body: object = json.loads(json.dumps(_GOOD.get(path, _GOOD["/v1/completions"])))
+    if roll < 0.22:
+        body = _fuzz_value(rng)  # not an object at all
+    elif isinstance(body, dict):
+        fields = [*body, "n", "best_of", "max_tokens", "temperature", "top_p", "stop", "seed",
+                  "logprobs", "top_logprobs", "stream", "stream_options", "echo", "messages",
+                  "prompt", "completions", "query", "prompts", "max_completion_tokens", "model"]  # fmt: skip
+        for _ in range(rng.randint(1, 3)):
+            f = rng.choice(fields)
+            if rng.random() < 0.2:
+                body.pop(f, None)
+            else:
+                body[f] = _fuzz_value(rng)
+    text = json.dumps(body, allow_nan=True)
+    if rng.random() < 0.1:  # JSON's non-standard constants, which Python's parser reads
+        text = text.replace("0.5", rng.choice(["NaN", "Infinity", "-Infinity"]))
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _fuzz_cases(n: int, seed: int = 0):
+    rng = __import__("random").Random(seed)
+    paths = [*_GOOD, "/v1/models", "/health", "/metrics", "/", "/v1", "/v1/completions/",
+             "/v1/embeddings", "/%ff%fe", "/v1/%00", "/" + "a" * 2000, "/../etc/passwd",
+             "/v1//score", "/docs/../health"]  # fmt: skip
+    for _ in range(n):
+        path = rng.choice(list(_GOOD) if rng.random() < 0.75 else paths)
+        method = "POST" if path in _GOOD and rng.random() < 0.8 else rng.choice(
+            ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"])  # fmt: skip
+        headers: dict[str, str | bytes] = {"authorization": rng.choice([f"Bearer {FUZZ_KEY}", f"bearer {FUZZ_KEY}",
+                   f"BEARER {FUZZ_KEY}"])}  # fmt: skip
+        r = rng.random()
+        if r < 0.08:
+            headers["authorization"] = rng.choice(
+                ["", "Bearer", "Bearer wrong", "Basic abc", f"Bearer {FUZZ_KEY}x", b"Bearer \xff"]
+            )
+        ct = rng.choice(["application/json"] * 6 + ["", "text/plain", "application/x+json",
+                        "application/json; charset=latin-1", "multipart/form-data", ";;="])  # fmt: skip
+        if ct:
+            headers["content-type"] = ct
+        body = _fuzz_body(rng, path) if method in ("POST", "PUT", "PATCH") else b""
+        yield method, path, headers, body
+
+
+def test_fuzz_never_5xx_always_openai_shaped_one_connection(lm, head_dir):
+    """Hundreds of malformed requests (seeded), all on one keep-alive connection: none answers 5xx,
+    every refusal has OpenAI's shape, and the connection carries the next request."""
+    cfg = _cfg(head_dir, api_key=FUZZ_KEY, best_of=2, max_best_of=4, default_max_tokens=2,
+               max_tokens=4, max_prompt_tokens=64, max_score_tokens=16, max_prompts=4,
+               max_score_items=8, max_request_bytes=64 * 1024)  # fmt: skip
+    s = Live(create_app(cfg, lm, Head.load(head_dir)))
+    statuses: dict[int, int] = {}
+    try:
+        with httpx.Client(base_url=s.url, timeout=TIMEOUT) as c:
+            port = None
+            for i, (method, path, headers, body) in enumerate(_fuzz_cases(400)):
+                case = f"case {i}: {method} {path} {headers} {body[:120]!r}"
+                r = c.request(method, path, headers=headers, content=body)
+                statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+                assert r.status_code < 500, f"{case} -> {r.status_code} {r.text[:300]}"
+                if r.status_code >= 400:
+                    _openai_error(r)
+                port = port or _local_port(r)
+                assert _local_port(r) == port, f"{case} closed the connection"
+            assert c.get("/health").status_code == 200 and _local_port(r) == port
+        text = _http.get(f"{s.url}/metrics").text
+        assert _metric(text, 'status="5') == 0
+    finally:
+        s.close()
+    # the table reached every kind of answer: accepted, refused for each reason
+    assert {200, 400, 401, 404, 405, 413, 422} <= set(statuses), statuses
