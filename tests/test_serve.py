@@ -860,3 +860,27 @@ def test_fuzz_never_5xx_always_openai_shaped_one_connection(lm, head_dir):
         s.close()
     # the table reached every kind of answer: accepted, refused for each reason
     assert {200, 400, 401, 404, 405, 413, 422} <= set(statuses), statuses
+
+
+def test_an_unexpected_error_is_a_500_in_openai_shape_and_the_connection_lives(lm, head_dir):
+    """The last resort: a bug is answered (500, OpenAI's shape, no traceback in the body) and the
+    keep-alive connection carries the next request."""
+    app = create_app(_cfg(head_dir), lm, Head.load(head_dir))
+
+    def boom(*a, **kw):
+        raise RuntimeError("a bug with a secret path /home/x")
+
+    app.state.ctx.scorer.score_pairs = boom
+    s = Live(app)
+    try:
+        with httpx.Client(base_url=s.url, timeout=TIMEOUT) as c:
+            r = c.post("/v1/score", json={"prompt": "A:", "completions": ["1"]})
+            err = _openai_error(r)
+            assert r.status_code == 500 and err["type"] == "server_error"
+            assert "RuntimeError" in err["message"] and "/home/x" not in r.text
+            ok = c.post("/v1/completions", json={"prompt": "A:", "max_tokens": 2})
+            assert ok.status_code == 200 and _local_port(ok) == _local_port(r)
+            text = c.get("/metrics").text
+            assert _metric(text, 'hsrm_requests_total{endpoint="/v1/score",status="500"}') == 1
+    finally:
+        s.close()
