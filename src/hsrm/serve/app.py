@@ -150,7 +150,7 @@ class ServerState:
         if k > limit:
             raise ApiError(
                 400,
-                f"the {what} has {k} tokens; this server accepts at most {limit} ({flag})",
+                f"{what} has {k} tokens; this server accepts at most {limit} ({flag})",
                 param,
                 code="context_length_exceeded",
             )
@@ -169,7 +169,9 @@ class ServerState:
                     400, f"messages: the chat template cannot render them: {e}", "messages"
                 ) from None
         k = len(_encode(self.tokenizer, text))
-        return self._limit(k, self.cfg.max_prompt_tokens, "prompt", "prompt", "--max-prompt-tokens")
+        return self._limit(
+            k, self.cfg.max_prompt_tokens, "the prompt", "prompt", "--max-prompt-tokens"
+        )
 
     def score_inputs(self, prompts: Sequence[Any], completions: Sequence[str]) -> list[list[int]]:
         """Check each distinct prompt and every completion against the token limits; the
