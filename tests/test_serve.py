@@ -327,10 +327,14 @@ def test_api_key(lm, head_dir):
             s.client(key="wrong").models.list()
         assert s.client(key="sekret").models.list().data[0].id == MODEL
         assert _http.get(f"{s.url}/health").status_code == 200
-        assert (
-            _http.post(f"{s.url}/get_reward", json={"query": ["a"], "prompts": [""]}).status_code
-            == 401
-        )
+        r = _http.post(f"{s.url}/get_reward", json={"query": ["a"], "prompts": [""]})
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+        assert _openai_error(r)["type"] == "authentication_error"
+        # the scheme is case-insensitive (RFC 9110); the key is not
+        for auth, code in [("bearer sekret", 200), ("BEARER  sekret", 200), ("Bearer SEKRET", 401),
+                           ("Basic sekret", 401), ("sekret", 401), ("Bearer", 401)]:  # fmt: skip
+            r = _http.get(f"{s.url}/v1/models", headers={"authorization": auth})
+            assert r.status_code == code, auth
     finally:
         s.close()
 
@@ -565,5 +569,318 @@ def test_embedded_model_with_a_trained_head(embedded_lm, tmp_path):
             json={"query": ["Q: 2+2?\nA: 4"], "prompts": ["Q: 2+2?\nA: "]},
         ).json()
         assert len(rw["rewards"]) == 1 and np.isfinite(rw["rewards"][0])
+    finally:
+        s.close()
+
+
+# -- a server that never answers 500 (issue 33) ----------------------------------------------------
+def _openai_error(r: httpx.Response) -> dict:
+    """The body of an error answer, checked to be OpenAI's shape."""
+    assert r.headers["content-type"].startswith("application/json"), r.text
+    body = r.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    return body["error"]
+
+
+def _local_port(r: httpx.Response) -> int:
+    """The client-side port of the connection that carried ``r`` (same port: same connection)."""
+    return r.extensions["network_stream"].get_extra_info("client_addr")[1]
+
+
+LONE = '"\\ud800 hi"'  # JSON for a string holding a lone surrogate, which no tokenizer can encode
+
+
+def test_lone_surrogate_is_400_and_the_connection_lives(server):
+    with httpx.Client(base_url=server.url, timeout=TIMEOUT) as c:
+        ports = set()
+        for path, body in [
+            ("/v1/completions", f'{{"prompt": {LONE}}}'),
+            ("/v1/completions", f'{{"prompt": ["ok", {LONE}]}}'),
+            ("/v1/completions", f'{{"prompt": "A:", "stop": [{LONE}]}}'),
+            ("/v1/chat/completions", f'{{"messages": [{{"role": "user", "content": {LONE}}}]}}'),
+            ("/v1/chat/completions",
+             f'{{"messages": [{{"role": "user", "content": [{{"type": "text", "text": {LONE}}}]}}]}}'),
+            ("/v1/score", f'{{"prompt": {LONE}, "completions": ["a"]}}'),
+            ("/v1/score", f'{{"prompt": "a", "completions": [{LONE}]}}'),
+            ("/get_reward", f'{{"query": [{LONE}], "prompts": [""]}}'),
+        ]:  # fmt: skip
+            r = c.post(path, content=body, headers={"content-type": "application/json"})
+            assert r.status_code == 400, (path, body, r.text)
+            assert "surrogate" in _openai_error(r)["message"]
+            ports.add(_local_port(r))
+            ok = c.post("/v1/score", json={"prompt": "A:", "completions": ["1"]})
+            assert ok.status_code == 200
+            ports.add(_local_port(ok))
+        assert len(ports) == 1  # one keep-alive connection carried every request
+
+
+def test_parse_errors_404_405_are_openai_shaped(server):
+    with httpx.Client(base_url=server.url, timeout=TIMEOUT) as c:
+        js = {"content-type": "application/json"}
+        for body in (
+            b'{"prompt": "\xff\xfe"}',
+            b"[" * 50_000 + b"]" * 50_000,
+            b'{"n": 1' + b"0" * 5000 + b"}",
+        ):
+            r = c.post("/v1/completions", content=body, headers=js)
+            assert r.status_code == 400 and "parsed" in _openai_error(r)["message"]
+        r = c.get("/v1/nope")
+        assert r.status_code == 404 and "/v1/nope" in _openai_error(r)["message"]
+        r = c.get("/v1/completions")
+        assert r.status_code == 405 and r.headers["allow"] == "POST"
+        _openai_error(r)
+        r = c.post("/v1/completions", content=b'{"prompt": "A:"}')  # no Content-Type
+        assert r.status_code == 422 and "JSON object" in _openai_error(r)["message"]
+        assert c.get("/health").status_code == 200
+
+
+def test_request_byte_limit_is_413_before_parsing(server):
+    # 10 MB: refused from its Content-Length, before a byte of it is read or tokenised
+    r = _http.post(f"{server.url}/v1/completions", json={"prompt": "x" * 10_000_000})
+    assert r.status_code == 413 and "--max-request-bytes" in _openai_error(r)["message"]
+
+    def chunks():  # a chunked body declares no length: counted while it is read
+        for _ in range(5):
+            yield b"x" * 1_000_000
+
+    r = _http.post(
+        f"{server.url}/v1/score", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 413
+    _openai_error(r)
+
+
+def test_score_and_get_reward_honour_token_limits(lm, head_dir):
+    s = Live(
+        create_app(
+            _cfg(head_dir, max_prompt_tokens=20, max_score_tokens=6), lm, Head.load(head_dir)
+        )
+    )
+    try:
+        url = s.url
+        r = _http.post(f"{url}/v1/score", json={"prompt": "1 " * 30, "completions": ["1"]})
+        assert r.status_code == 400 and "--max-prompt-tokens" in _openai_error(r)["message"]
+        r = _http.post(
+            f"{url}/v1/score", json={"prompt": "A:", "completions": ["1", "1 2 3 4 5 6"]}
+        )
+        err = _openai_error(r)
+        assert (
+            r.status_code == 400
+            and "--max-score-tokens" in err["message"]
+            and "completions[1]" in err["message"]
+        )
+        r = _http.post(f"{url}/get_reward", json={"query": ["A:1 2 3 4 5"], "prompts": ["A:"]})
+        assert r.status_code == 400 and "--max-score-tokens" in _openai_error(r)["message"]
+        r = _http.post(
+            f"{url}/get_reward", json={"query": ["1 " * 30 + "x"], "prompts": ["1 " * 30]}
+        )
+        assert r.status_code == 400 and "--max-prompt-tokens" in _openai_error(r)["message"]
+        # at the limits, scored
+        r = _http.post(f"{url}/v1/score", json={"prompt": "A:", "completions": ["1 2 3"]})
+        assert r.status_code == 200 and len(r.json()["scores"]) == 1
+    finally:
+        s.close()
+
+
+def test_health_answers_while_a_request_is_tokenised(lm, head_dir, monkeypatch):
+    """Tokenisation runs off the event loop: /health answers while a request is held inside it
+    (on the loop, the held tokenisation would block /health until it was released)."""
+    import hsrm.serve.app as app_mod
+
+    held, release = threading.Event(), threading.Event()
+    real = app_mod._encode
+
+    def slow_encode(tok, text):
+        if text.startswith("HOLD"):
+            held.set()
+            release.wait(120)
+        return real(tok, text)
+
+    monkeypatch.setattr(app_mod, "_encode", slow_encode)
+    s = Live(create_app(_cfg(head_dir), lm, Head.load(head_dir)))
+    order: list[str] = []
+    try:
+
+        def long_request():
+            r = _http.post(f"{s.url}/v1/score", json={"prompt": "HOLD A:", "completions": ["1"]})
+            order.append(f"score {r.status_code}")
+
+        t = threading.Thread(target=long_request)
+        t.start()
+        assert held.wait(60)
+        for path in ("/health", "/metrics"):
+            r = _http.get(f"{s.url}{path}", timeout=60)
+            order.append(f"{path} {r.status_code}")
+        release.set()
+        t.join(120)
+        assert order == ["/health 200", "/metrics 200", "score 200"]
+    finally:
+        release.set()
+        s.close()
+
+
+def test_stop_string_finish_reason_and_score(server):
+    """A stop string ends the text before it; the choice says "stop", and its score is what
+    /v1/score gives the returned text."""
+    req = {"prompt": "A:", "n": 4, "best_of": 4, "max_tokens": 20, "seed": 2}
+    plain = _http.post(f"{server.url}/v1/completions", json=req).json()["choices"]
+    cut = _http.post(f"{server.url}/v1/completions", json=dict(req, stop=["1"])).json()["choices"]
+    # the same seed draws the same tokens up to the stop string
+    expect = [ch["text"].split("1")[0] for ch in plain if "1" in ch["text"]]
+    assert expect
+    by_text = {ch["text"]: ch for ch in cut}
+    assert all(by_text[t]["finish_reason"] == "stop" for t in expect)
+    assert all("1" not in ch["text"] for ch in cut)
+    got = _http.post(
+        f"{server.url}/v1/score", json={"prompt": "A:", "completions": [ch["text"] for ch in cut]}
+    ).json()["scores"]
+    np.testing.assert_allclose(got, [ch["hsrm"]["score"] for ch in cut], rtol=1e-4, atol=1e-4)
+
+
+# -- fuzz ------------------------------------------------------------------------------------------
+FUZZ_KEY = "fuzzkey"
+_GOOD = {
+    "/v1/completions": {"model": MODEL, "prompt": "A:", "max_tokens": 2, "n": 1, "best_of": 2},
+    "/v1/chat/completions": {
+        "model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+    },
+    "/v1/score": {"prompt": "A:", "completions": ["1", "a"]},
+    "/get_reward": {"query": ["A:1"], "prompts": ["A:"]},
+}  # fmt: skip
+
+
+def _fuzz_value(rng, depth: int = 0):
+    """A JSON value of any type, often the wrong one, often at or past a limit."""
+    kinds = ["int", "big", "float", "str", "bad", "bool", "null", "list", "dict", "deep"]
+    k = rng.choice(kinds if depth < 2 else kinds[:7])
+    if k == "int":
+        return rng.choice([-1, 0, 1, 2, 3, 5, 21, 64, 65, 10**6, -(10**9)])
+    if k == "big":
+        return 10 ** rng.randint(18, 400)
+    if k == "float":
+        return rng.choice([0.0, -0.5, 0.5, 1.5, 2.5, 1e308, -1e-308, 3.7])
+    if k == "str":
+        return rng.choice(["", "A:", "x" * rng.randint(1, 3000), "é中🙂", "\x00\x01", "<|im_end|>"])
+    if k == "bad":
+        return "\ud800" + rng.choice(["", "x", "\udc00"])  # lone surrogates
+    if k == "bool":
+        return rng.random() < 0.5
+    if k == "null":
+        return None
+    if k == "list":
+        return [_fuzz_value(rng, depth + 1) for _ in range(rng.randint(0, 4))]
+    if k == "dict":
+        keys = ["role", "content", "text", "type", "include_usage", "x"]
+        return {rng.choice(keys): _fuzz_value(rng, depth + 1) for _ in range(rng.randint(0, 3))}
+    v: object = "x"
+    for _ in range(rng.randint(10, 800)):  # nested as deep as JSON parsers allow, or nearly
+        v = [v] if rng.random() < 0.5 else {"a": v}
+    return v
+
+
+def _fuzz_body(rng, path: str) -> bytes:
+    """A body for ``path``: a good request with fields dropped or replaced, or broken bytes."""
+    roll = rng.random()
+    if roll < 0.12:  # not JSON, not UTF-8, truncated, or too deep for the parser
+        return rng.choice([
+            b"", b"{", b'{"prompt": "A:"', b"\xff\xfe\x00", b'{"prompt": "\xc3\x28"}', b"null",
+            b"[" * 50_000 + b"]" * 50_000, b'{"n": 1' + b"0" * 5000 + b"}", b"NaN",
+            bytes(rng.randrange(256) for _ in range(rng.randint(1, 200))),
+        ])  # fmt: skip
+    if roll < 0.18:  # over the byte limit
+        return json.dumps({"prompt": "x" * 70_000}).encode()
+    body: object = json.loads(json.dumps(_GOOD.get(path, _GOOD["/v1/completions"])))
+    if roll < 0.22:
+        body = _fuzz_value(rng)  # not an object at all
+    elif isinstance(body, dict):
+        fields = [*body, "n", "best_of", "max_tokens", "temperature", "top_p", "stop", "seed",
+                  "logprobs", "top_logprobs", "stream", "stream_options", "echo", "messages",
+                  "prompt", "completions", "query", "prompts", "max_completion_tokens", "model"]  # fmt: skip
+        for _ in range(rng.randint(1, 3)):
+            f = rng.choice(fields)
+            if rng.random() < 0.2:
+                body.pop(f, None)
+            else:
+                body[f] = _fuzz_value(rng)
+    text = json.dumps(body, allow_nan=True)
+    if rng.random() < 0.1:  # JSON's non-standard constants, which Python's parser reads
+        text = text.replace("0.5", rng.choice(["NaN", "Infinity", "-Infinity"]))
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _fuzz_cases(n: int, seed: int = 0):
+    rng = __import__("random").Random(seed)
+    paths = [*_GOOD, "/v1/models", "/health", "/metrics", "/", "/v1", "/v1/completions/",
+             "/v1/embeddings", "/%ff%fe", "/v1/%00", "/" + "a" * 2000, "/../etc/passwd",
+             "/v1//score", "/docs/../health"]  # fmt: skip
+    for _ in range(n):
+        path = rng.choice(list(_GOOD) if rng.random() < 0.75 else paths)
+        method = "POST" if path in _GOOD and rng.random() < 0.8 else rng.choice(
+            ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"])  # fmt: skip
+        headers: dict[str, str | bytes] = {"authorization": rng.choice([f"Bearer {FUZZ_KEY}", f"bearer {FUZZ_KEY}",
+                   f"BEARER {FUZZ_KEY}"])}  # fmt: skip
+        r = rng.random()
+        if r < 0.08:
+            headers["authorization"] = rng.choice(
+                ["", "Bearer", "Bearer wrong", "Basic abc", f"Bearer {FUZZ_KEY}x", b"Bearer \xff"]
+            )
+        ct = rng.choice(["application/json"] * 6 + ["", "text/plain", "application/x+json",
+                        "application/json; charset=latin-1", "multipart/form-data", ";;="])  # fmt: skip
+        if ct:
+            headers["content-type"] = ct
+        body = _fuzz_body(rng, path) if method in ("POST", "PUT", "PATCH") else b""
+        yield method, path, headers, body
+
+
+def test_fuzz_never_5xx_always_openai_shaped_one_connection(lm, head_dir):
+    """Hundreds of malformed requests (seeded), all on one keep-alive connection: none answers 5xx,
+    every refusal has OpenAI's shape, and the connection carries the next request."""
+    cfg = _cfg(head_dir, api_key=FUZZ_KEY, best_of=2, max_best_of=4, default_max_tokens=2,
+               max_tokens=4, max_prompt_tokens=64, max_score_tokens=16, max_prompts=4,
+               max_score_items=8, max_request_bytes=64 * 1024)  # fmt: skip
+    s = Live(create_app(cfg, lm, Head.load(head_dir)))
+    statuses: dict[int, int] = {}
+    try:
+        with httpx.Client(base_url=s.url, timeout=TIMEOUT) as c:
+            port = None
+            for i, (method, path, headers, body) in enumerate(_fuzz_cases(400)):
+                case = f"case {i}: {method} {path} {headers} {body[:120]!r}"
+                r = c.request(method, path, headers=headers, content=body)
+                statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+                assert r.status_code < 500, f"{case} -> {r.status_code} {r.text[:300]}"
+                if r.status_code >= 400:
+                    _openai_error(r)
+                port = port or _local_port(r)
+                assert _local_port(r) == port, f"{case} closed the connection"
+            assert c.get("/health").status_code == 200 and _local_port(r) == port
+        text = _http.get(f"{s.url}/metrics").text
+        assert _metric(text, 'status="5') == 0
+    finally:
+        s.close()
+    # the table reached every kind of answer: accepted, refused for each reason
+    assert {200, 400, 401, 404, 405, 413, 422} <= set(statuses), statuses
+
+
+def test_an_unexpected_error_is_a_500_in_openai_shape_and_the_connection_lives(lm, head_dir):
+    """The last resort: a bug is answered (500, OpenAI's shape, no traceback in the body) and the
+    keep-alive connection carries the next request."""
+    app = create_app(_cfg(head_dir), lm, Head.load(head_dir))
+
+    def boom(*a, **kw):
+        raise RuntimeError("a bug with a secret path /home/x")
+
+    app.state.ctx.scorer.score_pairs = boom
+    s = Live(app)
+    try:
+        with httpx.Client(base_url=s.url, timeout=TIMEOUT) as c:
+            r = c.post("/v1/score", json={"prompt": "A:", "completions": ["1"]})
+            err = _openai_error(r)
+            assert r.status_code == 500 and err["type"] == "server_error"
+            assert "RuntimeError" in err["message"] and "/home/x" not in r.text
+            ok = c.post("/v1/completions", json={"prompt": "A:", "max_tokens": 2})
+            assert ok.status_code == 200 and _local_port(ok) == _local_port(r)
+            text = c.get("/metrics").text
+            assert _metric(text, 'hsrm_requests_total{endpoint="/v1/score",status="500"}') == 1
     finally:
         s.close()

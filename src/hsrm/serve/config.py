@@ -30,7 +30,13 @@ class ServeConfig:
     max_best_of: int = field(64, "largest best_of (and n) a request may ask for")
     default_max_tokens: int = field(16, "max_tokens when a request gives none")
     max_tokens: int = field(512, "largest max_tokens a request may ask for")
-    max_prompt_tokens: int = field(2048, "longest prompt, in tokens")
+    max_prompt_tokens: int = field(2048, "longest prompt, in tokens (every endpoint)")
+    max_score_tokens: int = field(
+        512, "longest completion /v1/score and /get_reward score, in tokens"
+    )
+    max_request_bytes: int = field(
+        4 * 1024 * 1024, "largest request body, in bytes, refused with 413 before it is parsed"
+    )
     max_prompts: int = field(16, "most prompts in one /v1/completions request")
     max_score_items: int = field(512, "most completions in one /v1/score or /get_reward request")
     max_queue: int = field(64, "requests waiting for the model beyond which the server answers 429")
@@ -47,7 +53,13 @@ class ServeConfig:
         for name in ("best_of", "max_best_of", "default_max_tokens", "max_tokens", "max_batch"):
             if getattr(self, name) < 1:
                 raise HsrmError(f"serve: {name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_prompt_tokens", "max_prompts", "max_score_items"):
+        for name in (
+            "max_prompt_tokens",
+            "max_score_tokens",
+            "max_request_bytes",
+            "max_prompts",
+            "max_score_items",
+        ):
             if getattr(self, name) < 1:
                 raise HsrmError(f"serve: {name} must be >= 1, got {getattr(self, name)}")
         if self.max_queue < 0:

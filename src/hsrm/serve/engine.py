@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,12 +55,11 @@ class _Job:
 class SampleJob(_Job):
     prompts: list[Prompt] = field(default_factory=list)
     cfg: SampleConfig = field(default_factory=SampleConfig)
-    stop: list[str] = field(default_factory=list)
 
     @property
     def key(self) -> tuple:
         c = self.cfg
-        return (c.n, c.temperature, c.top_p, c.max_new_tokens, c.top_logprobs, tuple(self.stop))
+        return (c.n, c.temperature, c.top_p, c.max_new_tokens, c.top_logprobs, c.stop)
 
 
 @dataclass
@@ -77,25 +76,22 @@ def _resolve(fut: asyncio.Future, value: Any = None, exc: BaseException | None =
         fut.set_result(value)
 
 
-def apply_stop(tok: Any, a: Answer, stop: Sequence[str]) -> Sample:
-    """Cut an answer at the first stop string (OpenAI: the stop string is not returned). The kept
-    tokens are those whose decoded text ends at or before the cut, and the head scores them."""
-    generated = len(a.token_ids) + (1 if a.extra.get("eos_logprob") is not None else 0)
-    eos = a.extra.get("eos_logprob") is not None
-    cuts = [a.text.find(s) for s in stop if s and s in a.text]
-    if not cuts:
-        return Sample(a, a.text, "stop" if eos else "length", generated)
-    cut = min(cuts)
-    k = 0
-    for j in range(1, len(a.token_ids) + 1):
-        if len(tok.decode(a.token_ids[:j], skip_special_tokens=True)) > cut:
-            break
-        k = j
+def as_sample(tok: Any, a: Answer) -> Sample:
+    """A drawn answer as the API returns it. Capture made the stop-string cut (``SampleConfig.stop``:
+    the text ends before the stop string, the tokens run to the one that completed it); the kept
+    tokens here are those whose text ends at or before the cut, so the log-probs spell the text and
+    the head scores what ``/v1/score`` would score for it."""
+    why = a.extra.get("stop")
+    generated = len(a.token_ids) + (1 if why == "eos" else 0)  # EOS and cut tokens included
+    if why != "stop":
+        return Sample(a, a.text, "stop" if why == "eos" else "length", generated)
+    k = len(a.token_ids) - 1  # the stop string is usually one or two tokens: count down
+    while k > 0 and len(tok.decode(a.token_ids[:k], skip_special_tokens=True)) > len(a.text):
+        k -= 1
     extra = {key: v[:k] if hasattr(v, "shape") else v for key, v in a.extra.items()}
-    extra["eos_logprob"] = None
     kept = Answer(
         token_ids=a.token_ids[:k],
-        text=a.text[:cut],
+        text=a.text,
         hidden=a.hidden[:k] if a.hidden is not None else None,
         logprobs=a.logprobs[:k],
         entropy=a.entropy[:k],
@@ -103,7 +99,7 @@ def apply_stop(tok: Any, a: Answer, stop: Sequence[str]) -> Sample:
         confidence=a.confidence[:k] if a.confidence is not None else None,
         extra=extra,
     )
-    return Sample(kept, a.text[:cut], "stop", generated)
+    return Sample(kept, a.text, "stop", generated)
 
 
 class Engine:
@@ -155,9 +151,9 @@ class Engine:
             self.metrics.set_queue_depth(len(self._q))
             self._cv.notify_all()
 
-    def submit_sample(self, prompts: list[Prompt], cfg: SampleConfig, stop: list[str]) -> SampleJob:
+    def submit_sample(self, prompts: list[Prompt], cfg: SampleConfig) -> SampleJob:
         loop = asyncio.get_running_loop()
-        job = SampleJob(loop, loop.create_future(), prompts=prompts, cfg=cfg, stop=stop)
+        job = SampleJob(loop, loop.create_future(), prompts=prompts, cfg=cfg)
         self._submit(job)
         return job
 
@@ -245,7 +241,7 @@ class Engine:
         for j in jobs:
             groups = []
             for _ in j.prompts:
-                samples = [apply_stop(tok, a, j.stop) for a in next(it).answers]
+                samples = [as_sample(tok, a) for a in next(it).answers]
                 groups.append(samples)
                 flat.extend(samples)
             per_job.append(groups)
