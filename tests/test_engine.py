@@ -520,9 +520,10 @@ def test_sample_refuses_a_dtype_its_given_model_is_not_in(tmp_path, tiny_lm):
 
     with pytest.raises(HsrmError, match="dtype 'bfloat16' asked for.*passed in is float32"):
         sample(_sample_cfg(tmp_path / "r", n_prompts=2, dtype="bfloat16"), tiny_lm, False)
-    assert sample(_sample_cfg(tmp_path / "r", n_prompts=2), tiny_lm, False).meta[
-        "model_dtype"
-    ] == "float32"
+    assert (
+        sample(_sample_cfg(tmp_path / "r", n_prompts=2), tiny_lm, False).meta["model_dtype"]
+        == "float32"
+    )
 
 
 # ----------------------------------------------------------------------------------------------
