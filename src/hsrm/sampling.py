@@ -287,14 +287,19 @@ def sample_inputs(cfg: SampleRunConfig) -> tuple[SampleConfig, Task, list[Prompt
 def resolve_model(cfg: SampleRunConfig, lm: Any = None) -> ModelConfig:
     """The model ``cfg`` samples with, ``auto`` settled once (``ModelConfig.resolve``), before any
     weights are read: what the store records and what every Ray worker loads. ``lm``: a model the
-    caller loaded; then its own dtype and device, and a ``cfg.dtype`` other than ``auto`` must be
-    it. Ray: ``ModelConfig.resolve_workers``."""
+    caller loaded; then its own dtype and device, and ``cfg.dtype`` / ``cfg.device`` other than
+    ``auto`` must be them. Ray: ``ModelConfig.resolve_workers``."""
     if lm is not None:
         got = loaded_config(lm)
         if cfg.dtype not in ("auto", got.dtype):
             raise HsrmError(
                 f"sample: dtype {cfg.dtype!r} asked for, but the model passed in is {got.dtype}; "
                 "load it in that dtype, or leave dtype auto"
+            )
+        if cfg.device not in ("auto", None) and cfg.device.split(":", 1)[0] != got.device:
+            raise HsrmError(
+                f"sample: device {cfg.device!r} asked for, but the model passed in is on "
+                f"{got.device}; move it there, or leave device auto"
             )
         return replace(got, model=cfg.model, threads=cfg.threads)
     if cfg.engine == "ray":
