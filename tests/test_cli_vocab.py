@@ -90,3 +90,89 @@ def test_deprecated_alias_moves_the_value_and_warns_once(caplog):
     a = p.parse_args(["detect", "train", "--head-type", "probe"])
     deprecated_alias(a, "head_alias", "head_type", "detect train: --head NAME", "--head-type NAME")
     assert a.head_type == "probe" and not caplog.records
+
+
+#: every command that runs a model: each takes the ModelConfig flags
+MODEL_COMMANDS = [
+    ["sample"],
+    ["demo"],
+    ["score"],
+    ["serve"],
+    ["detect", "capture"],
+    ["detect", "score"],
+    ["prefs", "train"],
+    ["prefs", "evaluate"],
+    ["prefs", "build"],
+    ["prefs", "loop"],
+    ["sae", "train"],
+    ["sae", "inspect"],
+]
+MODEL_FLAGS = ("--model", "--dtype", "--device", "--threads")
+
+
+def _subparser(argv):
+    import argparse
+
+    p = build_parser()
+    for name in argv:
+        sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+        p = sub.choices[name]
+    return p
+
+
+@pytest.mark.parametrize("argv", MODEL_COMMANDS)
+def test_model_commands_take_the_model_flags(argv):
+    a = build_parser().parse_args(
+        [*argv, "--model", "tiny:0", "--dtype", "bfloat16", "--device", "cpu", "--threads", "1"]
+    )
+    assert (a.model, a.dtype, a.device, a.threads) == ("tiny:0", "bfloat16", "cpu", 1)
+
+
+def test_model_flags_mean_the_same_in_every_command():
+    """Declared once (``ModelConfig``): the same help and default everywhere (detect score's
+    --model alone defaults to the head's own model)."""
+    from hsrm.models import ModelConfig
+
+    helps = {}
+    for argv in MODEL_COMMANDS:
+        p = _subparser(argv)
+        for flag in MODEL_FLAGS:
+            if argv == ["detect", "score"] and flag == "--model":
+                continue
+            helps.setdefault(flag, set()).add(p._option_string_actions[flag].help)
+    assert all(len(h) == 1 for h in helps.values()), helps
+    assert "(default: auto)" in helps["--dtype"].pop() and ModelConfig().dtype == "auto"
+    # commands that run no model do not take them
+    for argv in (["train"], ["evaluate"], ["detect", "train"], ["prune-head"]):
+        p = _subparser(argv)
+        assert "--dtype" not in p._option_string_actions, argv
+        assert "--threads" in p._option_string_actions, argv
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["sample", "--n-prompts", "2"],
+        ["demo", "--n-prompts", "2"],
+        ["detect", "capture", "--n-prompts", "2"],
+        ["prefs", "build", "--n-prompts", "2"],
+    ],
+)
+def test_model_commands_check_dtype_against_device_before_loading(argv, tmp_path, capsys):
+    out = tmp_path / "o"
+    rc = main(
+        [*argv, "--out", str(out), "--model", "tiny:0", "--dtype", "float16", "--device", "cpu"]
+    )
+    assert rc == 2
+    assert "float16 is not supported for models on cpu" in capsys.readouterr().err
+    assert not (out / "meta.json").exists()
+
+
+def test_sample_and_demo_share_their_task_defaults():
+    from hsrm.bon.demo import DemoConfig
+    from hsrm.sampling import TASK_DEFAULTS, SampleRunConfig
+
+    s, d = SampleRunConfig(), DemoConfig()
+    for k, v in TASK_DEFAULTS.items():
+        assert getattr(s, k) == getattr(d, k) == v, k
+    assert s.fewshot == "per_prompt"  # what the README calls the default

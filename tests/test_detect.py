@@ -349,3 +349,27 @@ def test_cli_capture_train_evaluate_score(tmp_path, capsys):
     # bad input: a clear error, exit code 2
     assert main(["detect", "train", "--store", str(tmp_path / "nope"), "--out", head]) == 2
     assert "not a sample store" in capsys.readouterr().err
+
+
+def test_capture_records_the_resolved_dtype_and_resumes_only_in_it(tmp_path, capsys, monkeypatch):
+    """``detect capture`` takes the model flags, records the dtype resolved (never ``auto``) and
+    refuses to resume its store in another, before the model loads."""
+    import json
+
+    import hsrm.models
+    from hsrm.cli import main
+
+    out = tmp_path / "cap"
+    argv = ["detect", "capture", "--model", "tiny:0", "--n-prompts", "2", "--n", "2"]
+    argv += ["--max-new-tokens", "2", "--layers", "last", "--shard-prompts", "1", "--out", str(out)]
+    assert main([*argv, "--dtype", "bfloat16", "--device", "cpu"]) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert (meta["model_dtype"], meta["model_device"]) == ("bfloat16", "cpu")
+    capsys.readouterr()
+    loads = []
+    real = hsrm.models.load_model
+    monkeypatch.setattr(hsrm.models, "load_model", lambda *a, **k: loads.append(1) or real(*a, **k))
+    assert main([*argv, "--dtype", "float32"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"{out / 'meta.json'}: the store was sampled with model_dtype='bfloat16'" in err
+    assert "model_dtype='float32'" in err and not loads

@@ -169,7 +169,11 @@ def test_bad_device_and_dtype():
     assert lmx.resolve_device("cpu") == "cpu"
 
 
-def test_auto_dtype_takes_cpu_bf16_only_where_asked_and_native(tmp_path, monkeypatch):
+def test_auto_dtype_is_one_rule_bf16_where_the_cpu_computes_it_natively(tmp_path, monkeypatch):
+    """``auto`` means the same in every command (``ModelConfig.resolve``): bf16 on GPUs and on
+    CPUs with native bf16, float32 on other CPUs, float16 on mps (which refuses bf16)."""
+    from hsrm.models import ModelConfig
+
     zen4 = tmp_path / "zen4"
     zen4.write_text("flags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n")
     old = tmp_path / "old"
@@ -177,11 +181,24 @@ def test_auto_dtype_takes_cpu_bf16_only_where_asked_and_native(tmp_path, monkeyp
     assert lmx.cpu_bf16_native(str(zen4)) and not lmx.cpu_bf16_native(str(old))
     assert not lmx.cpu_bf16_native(str(tmp_path / "absent"))
     monkeypatch.setattr(lmx, "cpu_bf16_native", lambda: True)
-    assert lmx.auto_dtype("cpu") == "float32"  # plain auto: the same numbers on every cpu
-    assert lmx.auto_dtype("cpu", cpu_bf16=True) == "bfloat16"
+    assert lmx.auto_dtype("cpu") == "bfloat16"
+    assert ModelConfig(device="cpu").resolve().dtype == "bfloat16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert lmx.auto_dtype("cuda:1") == "bfloat16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert lmx.auto_dtype("cuda") == "float16"
+    assert lmx.auto_dtype("mps") == "float16"
     monkeypatch.setattr(lmx, "cpu_bf16_native", lambda: False)
-    assert lmx.auto_dtype("cpu", cpu_bf16=True) == "float32"
+    assert lmx.auto_dtype("cpu") == "float32"
+    assert ModelConfig(device="cpu").resolve() == ModelConfig(device="cpu", dtype="float32")
+    # a given dtype is kept, and checked against the device before any weights are read
+    assert ModelConfig(dtype="bfloat16", device="cpu").resolve().dtype == "bfloat16"
+    with pytest.raises(HsrmError, match="float16 is not supported"):
+        ModelConfig(dtype="float16", device="cpu").resolve()
+    # Ray workers: `auto` is the CPU unless they are given GPUs (not the driver's device)
+    assert ModelConfig().resolve_workers(0).device == "cpu"
+    if not torch.cuda.is_available():
+        assert ModelConfig().resolve_workers(1) == ModelConfig(device="cuda", dtype="bfloat16")
 
 
 def test_pad_sides():
@@ -435,44 +452,78 @@ def test_resume_in_process(tmp_path, tiny_lm):
     assert [r["text"] for r in b.records] == [r["text"] for r in a.records]
 
 
-def test_resume_refuses_another_model_dtype(tmp_path, tiny_lm):
-    """float32 and bf16 draw different samples: a store is not resumed in the other dtype, except
-    one written before stores recorded it (nothing to compare)."""
+def test_resume_refuses_another_model_dtype_before_the_model_loads(tmp_path, monkeypatch):
+    """float32 and bf16 draw different samples: a store is not resumed in the other dtype (one
+    message naming the store, the field and both values, before any weights load), except one
+    written before stores recorded it (nothing to compare)."""
+    import json
+
+    import hsrm.sampling
+    from hsrm.sampling import sample
+
+    out = tmp_path / "r"
+    a = sample(_sample_cfg(out, n_prompts=6, dtype="bfloat16", device="cpu"), progress=False)
+    assert (a.meta["model_dtype"], a.meta["model_device"]) == ("bfloat16", "cpu")
+    for p in sorted(out.glob("shard-00001.*")):
+        p.unlink()
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded before the store was checked")
+
+    with monkeypatch.context() as m:
+        m.setattr(hsrm.sampling, "load_model", no_load)
+        m.setattr(lmx, "cpu_bf16_native", lambda: False)  # auto: float32 here
+        for dtype in ("float32", "auto"):
+            with pytest.raises(HsrmError) as e:
+                sample(_sample_cfg(out, n_prompts=6, dtype=dtype), progress=False)
+            assert str(e.value).startswith(f"{out / 'meta.json'}: the store was sampled with ")
+            assert "model_dtype='bfloat16'" in str(e.value)
+            assert "model_dtype='float32'" in str(e.value) and "--dtype bfloat16" in str(e.value)
+    # `auto` where it resolves to the store's dtype resumes it, and the store stays whole
+    monkeypatch.setattr(lmx, "cpu_bf16_native", lambda: True)
+    b = sample(_sample_cfg(out, n_prompts=6), progress=False)
+    assert len(b) == 18 and b.meta["model_dtype"] == "bfloat16"
+    meta = json.loads((out / "meta.json").read_text())
+    del meta["model_dtype"]
+    (out / "meta.json").write_text(json.dumps(meta))
+    for p in sorted(out.glob("shard-00001.*")):
+        p.unlink()
+    c = sample(_sample_cfg(out, n_prompts=6, dtype="float32"), progress=False)
+    assert len(c) == 18 and "model_dtype" not in c.meta
+
+
+def test_store_that_recorded_auto_resumes_only_in_what_auto_meant_then(tmp_path, monkeypatch):
+    """Stores written when ``sample`` recorded ``auto`` unresolved: it meant float32 on CPUs."""
     import json
 
     from hsrm.sampling import sample
 
     out = tmp_path / "r"
-    sample(_sample_cfg(out, n_prompts=6, dtype="float32"), tiny_lm, False)
+    monkeypatch.setattr(lmx, "cpu_bf16_native", lambda: False)
+    sample(_sample_cfg(out, n_prompts=6), progress=False)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["model_dtype"] == "float32"  # resolved, never `auto`
+    meta["model_dtype"] = "auto"
+    del meta["model_device"]
+    (out / "meta.json").write_text(json.dumps(meta))
     for p in sorted(out.glob("shard-00001.*")):
         p.unlink()
-    with pytest.raises(HsrmError, match="model_dtype='float32'.*model_dtype='bfloat16'"):
-        sample(_sample_cfg(out, n_prompts=6, dtype="bfloat16"), tiny_lm, False)
-    meta = json.loads((out / "meta.json").read_text())
-    del meta["model_dtype"]
-    (out / "meta.json").write_text(json.dumps(meta))
-    b = sample(_sample_cfg(out, n_prompts=6, dtype="bfloat16"), tiny_lm, False)
-    assert len(b) == 18 and "model_dtype" not in b.meta
+    monkeypatch.setattr(lmx, "cpu_bf16_native", lambda: True)  # auto is bf16 on this cpu now
+    with pytest.raises(HsrmError, match=r"model_dtype='auto' \(float32 on cpu then\).*'bfloat16'"):
+        sample(_sample_cfg(out, n_prompts=6), progress=False)
+    b = sample(_sample_cfg(out, n_prompts=6, dtype="float32"), progress=False)
+    assert len(b) == 18 and b.meta["model_dtype"] == "auto"
 
 
-def test_sample_hints_at_bf16_where_auto_keeps_float32_on_a_native_cpu(
-    tmp_path, monkeypatch, caplog
-):
+def test_sample_refuses_a_dtype_its_given_model_is_not_in(tmp_path, tiny_lm):
     from hsrm.sampling import sample
 
-    hint = "computes bfloat16 natively"
-    for native, dtype, said in (
-        (True, "auto", True),
-        (False, "auto", False),
-        (True, "float32", False),
-    ):
-        monkeypatch.setattr(lmx, "cpu_bf16_native", lambda native=native: native)
-        caplog.clear()
-        with caplog.at_level("INFO", logger="hsrm.sampling"):
-            sample(
-                _sample_cfg(tmp_path / f"{native}{dtype}", n_prompts=2, dtype=dtype, device="cpu")
-            )
-        assert (hint in caplog.text) is said
+    with pytest.raises(HsrmError, match="dtype 'bfloat16' asked for.*passed in is float32"):
+        sample(_sample_cfg(tmp_path / "r", n_prompts=2, dtype="bfloat16"), tiny_lm, False)
+    assert (
+        sample(_sample_cfg(tmp_path / "r", n_prompts=2), tiny_lm, False).meta["model_dtype"]
+        == "float32"
+    )
 
 
 # ----------------------------------------------------------------------------------------------

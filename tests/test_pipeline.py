@@ -85,6 +85,9 @@ def test_sample_train_evaluate(run, capsys):
     )
     training = json.loads((d / "head" / "training.json").read_text())
     assert training["train_prompts"]
+    # the head records the dtype its states were computed in, resolved as the store's meta.json
+    meta = json.loads((d / "run" / "meta.json").read_text())
+    assert training["model_dtype"] == meta["model_dtype"] in ("float32", "bfloat16")
     card = (d / "head" / "README.md").read_text()  # the model card reads the training record
     assert f"| answers (samples) | {training['n_samples']} |" in card
     assert (

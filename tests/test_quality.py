@@ -137,7 +137,7 @@ def test_evaluate_fresh_store_reports_every_baseline(tmp_path, _mixed, capsys):
     assert rep["questions"] == {"seen_prompts": 0, "prompts": 6}
 
     # the head's own questions in other contexts: each part is reported, and the CLI says it
-    c = ["--fewshot", "per_prompt", "--n-prompts", "10"]  # store a's ten questions
+    c = ["--fewshot", "fixed", "--n-prompts", "10"]  # store a's ten questions
     assert main(["sample", "--out", str(tmp_path / "c"), *c, *tiny]) == 0
     capsys.readouterr()
     assert main(["evaluate", str(tmp_path / "c"), "--head", str(tmp_path / "h")]) == 0

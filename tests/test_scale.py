@@ -76,6 +76,60 @@ def test_two_workers_same_store_as_local(cluster, local_store, tmp_path):
     assert_same_store(local_store, out)
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "auto"])
+def test_ray_store_equals_local_in_the_dtype_resolved(cluster, local_store, tmp_path, dtype):
+    """Workers load the model config the driver resolved (before: ``load_model(model)``, float32
+    whatever --dtype said, while meta.json recorded the setting). ``auto`` is settled on the
+    driver: here as bf16 (a CPU computing it natively), which the workers' own CPU is not told."""
+    import hsrm.lm
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(hsrm.lm, "cpu_bf16_native", lambda: True)
+    try:
+        a, b = tmp_path / "local", tmp_path / "ray"
+        sample(SampleRunConfig(out=str(a), dtype=dtype, **TINY), progress=False)
+        store = sample(
+            SampleRunConfig(out=str(b), engine="ray", workers=2, dtype=dtype, **TINY),
+            progress=False,
+        )
+    finally:
+        mp.undo()
+    assert store.meta["model_dtype"] == "bfloat16" and store.meta["model_device"] == "cpu"
+    assert_same_store(a, b)
+    # and bf16 is not what float32 samples: the equality above could have failed
+    assert json.loads((local_store / "meta.json").read_text())["model_dtype"] == "float32"
+    assert any(
+        (a / n).read_bytes() != (local_store / n).read_bytes()
+        for n in (f"shard-{k:05d}.safetensors" for k in range(12))
+    )
+
+
+def test_ray_resume_refuses_another_dtype_before_workers(cluster, tmp_path, monkeypatch):
+    """A local bf16 store resumed on Ray: in float32 it is refused (one message, before any worker
+    starts); in bf16 the workers finish it as the local engine would have."""
+    import hsrm.scale.ray_engine as eng
+
+    a, b = tmp_path / "whole", tmp_path / "cut"
+    sample(SampleRunConfig(out=str(a), dtype="bfloat16", **TINY), progress=False)
+    sample(SampleRunConfig(out=str(b), dtype="bfloat16", **TINY), progress=False)
+    for p in sorted(b.glob("shard-0000[4-9].*")):
+        p.unlink()
+    cut = SampleRunConfig(out=str(b), engine="ray", workers=2, **TINY)
+
+    def no_pool(*a, **k):
+        raise AssertionError("workers started")
+
+    with monkeypatch.context() as m:
+        m.setattr(eng, "_run_pool", no_pool)
+        with pytest.raises(HsrmError) as e:
+            sample(replace(cut, dtype="float32"), progress=False)
+    msg = str(e.value)
+    assert msg.startswith(f"{b / 'meta.json'}: ")
+    assert "model_dtype='bfloat16'" in msg and "model_dtype='float32'" in msg
+    sample(replace(cut, dtype="bfloat16"), progress=False)
+    assert_same_store(a, b)
+
+
 def test_pruned_sampling_over_workers_same_store_as_local(cluster, tmp_path):
     """``--prune random``, ``deepconf`` and ``consensus`` with ``--engine ray``: each worker
     builds the run's hook (consensus: with the task's answer extraction, in waves); the store is

@@ -403,7 +403,7 @@ def cpu_bf16_native(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """Whether this CPU computes bfloat16 dot products in hardware (x86 ``avx512_bf16`` or AMX-BF16).
     There torch's bf16 kernels outrun float32: the embedded model samples the demo's task 1.8-2.1x
     faster at the same accuracy (benchmarks/results/cpu_dtype.md). Without them bf16 is converted
-    in software; the demo keeps float32 there (not measured on such a CPU here)."""
+    in software, so ``auto`` keeps float32 there (not measured on such a CPU here)."""
     try:
         flags = Path(cpuinfo).read_text().split()
     except OSError:  # not Linux, or no procfs: assume not
@@ -411,14 +411,17 @@ def cpu_bf16_native(cpuinfo: str = "/proc/cpuinfo") -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def auto_dtype(device: str, cpu_bf16: bool = False) -> str:
-    """What model dtype ``auto`` means on ``device``: bfloat16 on GPUs; float32 on the CPU, or
-    bfloat16 there too with ``cpu_bf16`` where the CPU computes it natively (``cpu_bf16_native``).
-    Plain ``auto`` keeps float32 on CPUs so that results do not depend on which CPU ran them; the
-    demo, whose time limit matters more, asks for ``cpu_bf16``."""
-    if device.split(":", 1)[0] != "cpu":
-        return "bfloat16"
-    return "bfloat16" if cpu_bf16 and cpu_bf16_native() else "float32"
+def auto_dtype(device: str) -> str:
+    """What model dtype ``auto`` means on ``device``, the one rule of every command
+    (``hsrm.models.ModelConfig``): bfloat16 on CUDA GPUs (float16 on those without bf16); float16
+    on mps (which lacks bf16 here); on the CPU bfloat16 where it computes it natively
+    (``cpu_bf16_native``), else float32."""
+    base = device.split(":", 1)[0]
+    if base == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    if base == "mps":
+        return "float16"
+    return "bfloat16" if cpu_bf16_native() else "float32"
 
 
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:

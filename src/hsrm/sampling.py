@@ -23,7 +23,7 @@ from hsrm.capture import PromptResult, SampleConfig, parse_layers, sample_prompt
 from hsrm.config import field, validate
 from hsrm.errors import HsrmError
 from hsrm.io import atomic_write_text, check_out, read_json
-from hsrm.models import DEFAULT_MODEL, ModelFingerprint, load_model
+from hsrm.models import ModelConfig, ModelFingerprint, load_model, loaded_config
 from hsrm.projection import Projection
 from hsrm.shardwriter import BackgroundWriter
 from hsrm.store import Store, StoreWriter
@@ -33,16 +33,35 @@ from hsrm.tasks.base import Prompt
 log = logging.getLogger(__name__)
 
 
+#: Task defaults ``hsrm sample`` and ``hsrm demo`` share (one source, so that a store sampled by
+#: either with defaults asks the same prompts the same way).
+TASK_DEFAULTS: dict[str, Any] = {
+    "n_prompts": 320,
+    "families": "arith,compare",
+    "n": 16,
+    # every prompt its own seeded few-shot draw: a head cannot learn one fixed context
+    "fewshot": "per_prompt",
+}
+FEWSHOT_HELP = (
+    "few-shot examples: per_prompt (every prompt its own seeded draw) | fixed (one set per "
+    "family; from a file, those rows are not asked)"
+)
+
+
 @dataclass
-class SampleRunConfig:
+class SampleRunConfig(ModelConfig):
+    """``hsrm sample``; the model fields (``--model --dtype --device --threads``) are
+    ``ModelConfig``'s."""
+
     out: str = field("runs/sample", "output folder of the sample store (resumes if it exists)")
-    model: str = field(DEFAULT_MODEL, "embedded name, hub id, local folder or .gguf file")
     task: str = field("synthetic", "synthetic[:FAMILIES] | gsm8k:PATH | bbh:PATH | jsonl:PATH")
     n_prompts: int = field(
-        320, "prompts to sample (synthetic: generated; files: the first N)", min=1
+        TASK_DEFAULTS["n_prompts"],
+        "prompts to sample (synthetic: generated; files: the first N)",
+        min=1,
     )
     families: str = field(
-        "arith,compare", "synthetic task families (comma list of arith, compare, count)"
+        TASK_DEFAULTS["families"], "synthetic task families (comma list of arith, compare, count)"
     )
     task_seed: int = field(0, "seed of the synthetic task generator and of few-shot draws")
     skip_prompts: int = field(
@@ -66,12 +85,8 @@ class SampleRunConfig:
         "file, never the question itself; 0 = zero-shot, files only)",
         min=0,
     )
-    fewshot: str = field(
-        "fixed",
-        "few-shot examples: fixed (one set per family; from a file, those rows are not asked) | "
-        "per_prompt (every prompt its own seeded draw)",
-    )
-    n: int = field(16, "samples per prompt", min=1)
+    fewshot: str = field(TASK_DEFAULTS["fewshot"], FEWSHOT_HELP)
+    n: int = field(TASK_DEFAULTS["n"], "samples per prompt", min=1)
     temperature: float = field(0.8, "sampling temperature", min=0.0)
     top_p: float = field(1.0, "nucleus sampling threshold", min=0.0, max=1.0)
     top_k: int = field(0, "keep only the k most likely tokens (0 = off)", min=0)
@@ -87,12 +102,6 @@ class SampleRunConfig:
         0, "compact store: keep a seeded random projection of each layer to k dims (0 = full)"
     )
     project_seed: int = field(0, "seed of the per-layer projection matrices (with --project)")
-    dtype: str = field(
-        "auto",
-        "model dtype: auto (float32 on cpu, bfloat16 on gpus) | float32 | bfloat16 | float16 "
-        "(on a cpu with avx512_bf16 or AMX, bfloat16 samples 1.8-2.1x faster than float32)",
-    )
-    device: str = field("auto", "device: auto | cpu | cuda | cuda:N | mps")
     batch_prompts: int = field(8, "prompts decoded together (x n samples each = rows per step)")
     refill_window: int = field(
         0,
@@ -106,7 +115,6 @@ class SampleRunConfig:
     )
     pool: str = field("none", "none (per token) | mean | last (one vector per answer)")
     shard_prompts: int = field(16, "prompts per shard (the unit of resumption)", min=1)
-    threads: int = field(0, "torch CPU threads (0 = torch's default)", min=0)
     api_log: str = field("", "also write the samples as OpenAI-style chat.completion JSONL here")
     top_logprobs: int = field(
         20, "top-k log-probs per token in the API log (k <= 20)", min=0, max=20
@@ -276,15 +284,74 @@ def sample_inputs(cfg: SampleRunConfig) -> tuple[SampleConfig, Task, list[Prompt
     return scfg, task, prompts
 
 
+def resolve_model(cfg: SampleRunConfig, lm: Any = None) -> ModelConfig:
+    """The model ``cfg`` samples with, ``auto`` settled once (``ModelConfig.resolve``), before any
+    weights are read: what the store records and what every Ray worker loads. ``lm``: a model the
+    caller loaded; then its own dtype and device, and ``cfg.dtype`` / ``cfg.device`` other than
+    ``auto`` must be them. Ray: ``ModelConfig.resolve_workers``."""
+    if lm is not None:
+        got = loaded_config(lm)
+        if cfg.dtype not in ("auto", got.dtype):
+            raise HsrmError(
+                f"sample: dtype {cfg.dtype!r} asked for, but the model passed in is {got.dtype}; "
+                "load it in that dtype, or leave dtype auto"
+            )
+        if cfg.device not in ("auto", None) and cfg.device.split(":", 1)[0] != got.device:
+            raise HsrmError(
+                f"sample: device {cfg.device!r} asked for, but the model passed in is on "
+                f"{got.device}; move it there, or leave device auto"
+            )
+        return replace(got, model=cfg.model, threads=cfg.threads)
+    if cfg.engine == "ray":
+        return cfg.resolve_workers(cfg.gpus_per_worker)
+    return cfg.resolve()
+
+
+def check_model_resumes(out: str | Path, mc: ModelConfig) -> str:
+    """Before any model is loaded: a store already in ``out`` is resumed only in the dtype and on
+    the kind of device it was sampled in (float32 and bf16, CPU and GPU kernels, draw different
+    samples; one store never mixes them, whichever engine resumes it). Returns the
+    ``model_dtype`` the store goes on recording: ``mc.dtype``, or ``auto`` for a store written when
+    hsrm recorded that unresolved (it then meant float32 on CPUs and bfloat16 elsewhere, and is
+    resumed only in that). Stores from before hsrm recorded a field are not compared on it."""
+    mp = Path(out) / "meta.json"
+    kind = mc.device.split(":", 1)[0]
+    if not mp.exists():
+        return mc.dtype
+    old = read_json(mp, "store meta.json")
+    if not isinstance(old, dict):
+        return mc.dtype  # StoreWriter names a damaged meta.json
+    if "model_device" in old and old["model_device"] != kind:
+        raise HsrmError(
+            f"{mp}: the store was sampled with model_device={old['model_device']!r}, this run "
+            f"resolves model_device={kind!r}; resume it with --device {old['model_device']}, or "
+            "use another --out"
+        )
+    if "model_dtype" not in old:
+        return mc.dtype
+    had = old["model_dtype"]
+    meant = ("float32" if kind == "cpu" else "bfloat16") if had == "auto" else had
+    if meant != mc.dtype:
+        was = f"{had!r} ({meant} on {kind} then)" if had == "auto" else repr(had)
+        raise HsrmError(
+            f"{mp}: the store was sampled with model_dtype={was}, this run resolves "
+            f"model_dtype={mc.dtype!r}; resume it with --dtype {meant}, or use another --out"
+        )
+    return str(had)
+
+
 def plan_sample(
     cfg: SampleRunConfig,
     fp: ModelFingerprint,
     scfg: SampleConfig,
     task: Task,
     prompts: list[Prompt],
+    mc: ModelConfig,
 ) -> SamplePlan:
-    """Open (or resume) the store for a model with fingerprint ``fp``; refuses a folder that holds
-    a different run. Shards already written are left out of ``todo``."""
+    """Open (or resume) the store for a model with fingerprint ``fp`` run as ``mc`` (resolved:
+    ``resolve_model``); refuses a folder that holds a different run. Shards already written are
+    left out of ``todo``."""
+    model_dtype = check_model_resumes(cfg.out, mc)
     layers = parse_layers(cfg.layers, fp.n_layers)
     sampling = asdict(scfg)
     sampling.pop("check_every")  # changes when the host looks, never what is sampled
@@ -304,8 +371,10 @@ def plan_sample(
             "task": task_description(task, cfg),
             "sampling": sampling,
             "dtype": cfg.store_dtype,
-            # the model dtype asked for: float32 and bf16 samples differ, so they are not mixed
-            "model_dtype": cfg.dtype,
+            # the model dtype and device kind resolved (never `auto`): float32 and bf16, CPU and
+            # GPU, draw different samples, so a store is not resumed in another
+            "model_dtype": model_dtype,
+            "model_device": mc.device.split(":", 1)[0],
             "pool": cfg.pool,
             "shard_prompts": cfg.shard_prompts,
             **(
@@ -369,19 +438,6 @@ def finish_sample(
     return store
 
 
-def _hint_cpu_bf16(cfg: SampleRunConfig, lm: Any) -> None:
-    """Say so when `auto` chose float32 on a CPU that computes bf16 natively: the user may want
-    the 1.8-2.1x (benchmarks/results/cpu_dtype.md), but `auto` keeps float32 so that numbers do
-    not depend on the CPU."""
-    from hsrm.lm import cpu_bf16_native
-
-    if cfg.dtype == "auto" and lm.model.device.type == "cpu" and cpu_bf16_native():
-        log.info(
-            "this CPU computes bfloat16 natively: --dtype bfloat16 samples about 2x faster than "
-            "the float32 that --dtype auto keeps on CPUs"
-        )
-
-
 def check_prompt_lengths(lm: Any, prompts: list, max_new_tokens: int, task: str) -> None:
     """Refuse a prompt that, with its answer, would not fit the model's context (before sampling:
     a 10 MB prompt line otherwise tries to allocate gigabytes)."""
@@ -419,13 +475,14 @@ def sample(cfg: SampleRunConfig, lm: Any = None, progress: bool = True) -> Store
     if cfg.engine != "local":
         raise HsrmError(f"engine: unknown engine {cfg.engine!r}; use local or ray")
     scfg, task, prompts = sample_inputs(cfg)
+    mc = resolve_model(cfg, lm)
+    check_model_resumes(cfg.out, mc)  # before the model loads
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if lm is None:
-        lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
-        _hint_cpu_bf16(cfg, lm)
+        lm = load_model(mc)
     check_prompt_lengths(lm, prompts, cfg.max_new_tokens, cfg.task)
-    plan = plan_sample(cfg, lm.fingerprint, scfg, task, prompts)
+    plan = plan_sample(cfg, lm.fingerprint, scfg, task, prompts, mc)
     from hsrm.bon.prune_online import hook_from_config
 
     prune = hook_from_config(cfg, plan.layers, task)

@@ -32,7 +32,7 @@ from hsrm.heads.base import Head
 from hsrm.lm import encode as _encode
 from hsrm.lm import eos_ids as _eos_ids
 from hsrm.lm import prompt_text
-from hsrm.models import DEFAULT_MODEL, LoadedModel, ModelFingerprint
+from hsrm.models import LoadedModel, ModelConfig, ModelFingerprint
 from hsrm.tasks.base import Prompt
 
 log = logging.getLogger(__name__)
@@ -187,8 +187,9 @@ class Scorer:
 
 
 @dataclass
-class ScoreConfig:
-    """``hsrm score``: teacher-forced head scores for completions hsrm did not sample."""
+class ScoreConfig(ModelConfig):
+    """``hsrm score``: teacher-forced head scores for completions hsrm did not sample (the model
+    fields are ``ModelConfig``'s; the model must be the one the head was fit on)."""
 
     head: str = field("", "saved head folder (required)")
     input: str = field("", "JSONL: per line 'prompt' (text) or 'messages', and 'completion'")
@@ -198,11 +199,7 @@ class ScoreConfig:
     out: str | None = field(
         None, "output JSONL (--input: else standard output; --store: else STORE/scores-HEAD.jsonl)"
     )
-    model: str = field(DEFAULT_MODEL, "model the head was fit on")
-    dtype: str = field("float32", "model dtype: float32, bfloat16 or float16")
-    device: str | None = field(None, "device (default: cuda if available, else cpu)")
     batch_size: int = field(16, "completions per forward pass")
-    threads: int | None = field(None, "torch CPU threads")
     engine: str = field("local", "local (this process) | ray (Ray workers; docs/scale.md)")
     workers: int = field(
         1, "engine=ray: model replicas (Ray actors), each scoring one prompt's batches"
@@ -273,7 +270,7 @@ def score(cfg: ScoreConfig, lm: LoadedModel | None = None) -> list[dict[str, Any
         scores = score_pairs_ray(cfg, head, prompts, completions)
     else:
         if lm is None:
-            lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+            lm = load_model(cfg)
         scores = Scorer(lm, head, batch_size=cfg.batch_size).score_pairs(prompts, completions)
     out = []
     for r, s in zip(rows, scores):

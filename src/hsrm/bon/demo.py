@@ -20,21 +20,33 @@ from hsrm.config import field, validate
 from hsrm.heads.base import Head, make_head
 from hsrm.io import check_out, exclusive, mark_output
 from hsrm.layer_spec import VOCABULARY, check_layer_spec, parse_layers
-from hsrm.lm import auto_dtype, resolve_device, resolve_dtype
+from hsrm.lm import resolve_device
 from hsrm.metrics import score_vote_weights
-from hsrm.models import DEFAULT_MODEL
-from hsrm.sampling import SampleRunConfig, check_task_resumes, sample
+from hsrm.models import ModelConfig
+from hsrm.sampling import (
+    FEWSHOT_HELP,
+    TASK_DEFAULTS,
+    SampleRunConfig,
+    check_model_resumes,
+    check_task_resumes,
+    sample,
+)
 from hsrm.splits import prompt_folds
 from hsrm.store import RecordsView, Store, StoreUnion
 
 
 @dataclass
-class DemoConfig:
+class DemoConfig(ModelConfig):
+    """``hsrm demo``. The model fields are ``ModelConfig``'s (the device also fits ELHSR; the other
+    heads and the controls fit on the CPU); the task defaults are ``hsrm sample``'s
+    (``TASK_DEFAULTS``)."""
+
     out: str = field("runs/demo", "output folder")
-    model: str = field(DEFAULT_MODEL, "model (default: the embedded SmolLM2-135M-Instruct)")
-    n_prompts: int = field(320, "synthetic prompts, each tested once (out of fold)", min=1)
-    families: str = field("arith,compare", "shortcut-controlled synthetic families")
-    n: int = field(16, "samples per prompt", min=1)
+    n_prompts: int = field(
+        TASK_DEFAULTS["n_prompts"], "synthetic prompts, each tested once (out of fold)", min=1
+    )
+    families: str = field(TASK_DEFAULTS["families"], "shortcut-controlled synthetic families")
+    n: int = field(TASK_DEFAULTS["n"], "samples per prompt", min=1)
     folds: int = field(
         3, "prompt splits (k-fold by prompt: every prompt is tested exactly once)", min=2
     )
@@ -46,27 +58,13 @@ class DemoConfig:
     )
     seed: int = field(0, "seed for sampling and splits")
     n_boot: int = field(1000, "bootstrap resamples over prompts", min=1)
-    threads: int = field(0, "torch CPU threads (0 = torch's default)", min=0)
-    device: str = field(
-        "auto",
-        "device of the model and of the ELHSR fits: auto | cpu | cuda | cuda:N | mps (the other "
-        "heads and the controls fit on the CPU)",
-    )
-    dtype: str = field(
-        "auto",
-        "model dtype: auto (bfloat16 on gpus and on cpus with native bf16, avx512_bf16 or AMX, "
-        "where it samples 1.8-2.1x faster than float32; float32 on other cpus) | float32 | bfloat16 "
-        "| float16",
-    )
     batch_prompts: int = field(
         8, "prompts decoded together (x n samples each = rows per step; raise it on a GPU)", min=1
     )
     overwrite: bool = field(
         False, "write into a non-empty folder hsrm did not make (only hsrm's own files replaced)"
     )
-    fewshot: str = field(
-        "per_prompt", "few-shot examples: per_prompt (every prompt its own context) | fixed"
-    )
+    fewshot: str = field(TASK_DEFAULTS["fewshot"], FEWSHOT_HELP)
     train_prompts: int | None = field(
         None,
         "training-only prompts: the task's next prompts after the store's, sampled --train-n "
@@ -259,17 +257,16 @@ TRAIN_ONLY = {"float32": (384, 4), "bf16": (896, 8)}
 
 
 def resolve_demo(cfg: DemoConfig) -> DemoConfig:
-    """``cfg`` with what it leaves to the machine settled: the model dtype (``auto``: bfloat16 on
-    GPUs and on CPUs that compute it natively, ``hsrm.lm.cpu_bf16_native``; float32 on other CPUs)
-    and, when not given, the training-only prompts and samples for that dtype (``TRAIN_ONLY``).
-    Raises HsrmError for a device or dtype this machine lacks."""
-    device = resolve_device(cfg.device)
-    dtype = auto_dtype(device, cpu_bf16=True) if cfg.dtype == "auto" else cfg.dtype
-    resolve_dtype(dtype, device)
-    k, n = TRAIN_ONLY["float32" if dtype == "float32" else "bf16"]
+    """``cfg`` with what it leaves to the machine settled: the model's device and dtype
+    (``ModelConfig.resolve``, the rule of every command) and, when not given, the training-only
+    prompts and samples for that dtype (``TRAIN_ONLY``). Raises HsrmError for a device or dtype
+    this machine lacks."""
+    mc = cfg.resolve()
+    k, n = TRAIN_ONLY["float32" if mc.dtype == "float32" else "bf16"]
     return replace(
         cfg,
-        dtype=dtype,
+        dtype=mc.dtype,
+        device=mc.device,
         train_prompts=k if cfg.train_prompts is None else cfg.train_prompts,
         train_n=n if cfg.train_n is None else cfg.train_n,
     )
@@ -293,6 +290,7 @@ def demo(cfg: DemoConfig, console: Any = None) -> dict[str, Any]:
     for name, scfg in runs.items():
         check_out(out / name, "store")
         check_task_resumes(scfg)
+        check_model_resumes(scfg.out, scfg.resolve())
     with exclusive(out):
         out.mkdir(parents=True, exist_ok=True)
         mark_output(out, "demo", ["samples"])

@@ -76,6 +76,9 @@ def train(cfg: TrainConfig, store: Store | None = None) -> Head:
         record = {
             "run": str(cfg.run),
             "task": store.meta.get("task"),
+            # the dtype the store's states were computed in, resolved (a head read in another
+            # dtype's states sees other numbers); None for stores from before it was recorded
+            "model_dtype": store.meta.get("model_dtype"),
             "train_prompts": sorted(set(pids[train_idx].tolist())),
             "n_samples": int(len(train_idx)),
             "seconds": dt,

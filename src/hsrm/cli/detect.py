@@ -26,9 +26,11 @@ def _out(text: str) -> None:
 def cmd_capture(args: argparse.Namespace) -> int:
     from hsrm.detect import CaptureConfig, capture
     from hsrm.models import load_model
+    from hsrm.sampling import check_model_resumes
 
     cfg = from_sources(CaptureConfig, file_values(args, "capture"), args)
-    st = capture(load_model(cfg.model), cfg)
+    check_model_resumes(cfg.out, cfg.resolve())  # before the model loads
+    st = capture(load_model(cfg), cfg)
     labels = [r.get("extracted") for r in st.records]
     n_unl = sum(x is None for x in labels) if st.meta["task"].get("name") == "truthfulqa" else 0
     n_ok = sum(bool(r["label"]) for r in st.records)
@@ -85,7 +87,7 @@ def register(sub, groups) -> None:
 
     g = groups["detect"]
     p = g.add_parser("capture", help="sample or teacher-force labelled answers into a store")
-    add_common(p, "capture")
+    add_common(p, "capture", CaptureConfig)
     add_arguments(p, CaptureConfig)
     p.add_argument("--samples", dest="n", type=int, help=argparse.SUPPRESS)  # old name of --n
     p.set_defaults(func=cmd_capture)
@@ -113,7 +115,7 @@ def register(sub, groups) -> None:
     p = g.add_parser(
         "score", help="per-answer hallucination probability and the token where the max is"
     )
-    add_common(p, "score")
+    add_common(p, "score", DetectScoreConfig)
     add_arguments(p, DetectScoreConfig, skip=("answers",))
     p.add_argument(
         "--answer",

@@ -60,7 +60,7 @@ def register(sub, groups) -> None:
         "0 rejected, grouped by pair. Pairs: TRL/RewardBench JSONL (prompt, chosen, rejected) or "
         "the TruthfulQA CSV.",
     )
-    add_common(p, "prefs_train")
+    add_common(p, "prefs_train", PrefsTrainConfig)
     add_arguments(p, PrefsTrainConfig, skip=("params",))
     add_params_argument(p)
     p.add_argument("--head", dest="head_alias", default=None, help=argparse.SUPPRESS)
@@ -71,6 +71,6 @@ def register(sub, groups) -> None:
         description="Score chosen and rejected answers with a saved head; report pairwise accuracy "
         "with a bootstrap CI resampling questions, next to the length-normalised log-prob baseline.",
     )
-    add_common(p, "prefs_evaluate")
+    add_common(p, "prefs_evaluate", PrefsEvalConfig)
     add_arguments(p, PrefsEvalConfig)
     p.set_defaults(func=_cmd_evaluate)

@@ -56,7 +56,7 @@ def register(sub, groups) -> None:
         "checker, and write best-vs-worst (prompt, chosen, rejected) pairs that trl.DPOTrainer "
         "reads as they are.",
     )
-    add_common(p, "prefs_build")
+    add_common(p, "prefs_build", BuildConfig)
     add_arguments(p, BuildConfig)
     p.add_argument("--k", dest="n", type=int, help=argparse.SUPPRESS)  # old name of --n
     p.set_defaults(func=_cmd_build)

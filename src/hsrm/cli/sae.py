@@ -58,7 +58,7 @@ def register(sub, groups) -> None:
         "prompt + answer texts, train a TopK SAE, and save it as cfg.json + "
         "sae_weights.safetensors (SAELens's format).",
     )
-    add_common(p, "sae_train")
+    add_common(p, "sae_train", SAETrainConfig)
     add_arguments(p, SAETrainConfig)
     p.set_defaults(func=_cmd_train)
     p = sae.add_parser(
@@ -66,6 +66,6 @@ def register(sub, groups) -> None:
         help="top-activating tokens of SAE latents (or of a sparserm head's selected latents)",
         description="Show, for each latent, the tokens (with context) where it activates most.",
     )
-    add_common(p, "sae_inspect")
+    add_common(p, "sae_inspect", SAEInspectConfig)
     add_arguments(p, SAEInspectConfig)
     p.set_defaults(func=_cmd_inspect)

@@ -11,18 +11,18 @@ from hsrm.capture import PromptResult, SampleConfig, parse_layers, sample_prompt
 from hsrm.config import field
 from hsrm.detect.data import make_task
 from hsrm.errors import HsrmError
-from hsrm.models import DEFAULT_MODEL, LoadedModel
+from hsrm.models import LoadedModel, ModelConfig, loaded_config
 from hsrm.store import Store, StoreWriter
 from hsrm.tasks.rouge import DEFAULT_ROUGE_THRESHOLD
 from hsrm.tasks.truthfulqa import TruthfulQATask
 
 
 @dataclass
-class CaptureConfig:
-    """What ``hsrm detect capture`` records. Defaults: short answers that fit a CPU budget."""
+class CaptureConfig(ModelConfig):
+    """What ``hsrm detect capture`` records. Defaults: short answers that fit a CPU budget. The
+    model fields are ``ModelConfig``'s."""
 
     out: str = field("runs/detect", "store folder to write (resumable)")
-    model: str = field(DEFAULT_MODEL, "model to load (default: the embedded one)")
 
     source: str = field(
         "synthetic",
@@ -81,6 +81,9 @@ def capture(lm: LoadedModel, cfg: CaptureConfig, out: str | Path | None = None) 
             "task": task.describe(),
             "sampling": {"mode": "teacher_force" if refs else "sample", **sampling},
             "dtype": "float16",
+            # resolved, as `hsrm sample` records them: a store is never resumed in another
+            "model_dtype": loaded_config(lm).dtype,
+            "model_device": loaded_config(lm).device,
             "pool": "none",
             "shard_prompts": cfg.shard_prompts,
         },

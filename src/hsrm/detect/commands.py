@@ -9,7 +9,7 @@ The CLI (``hsrm.cli.detect``) only parses flags into these configs, calls, and p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from hsrm.detect.data import DetectData, load_labelled, select_split
 from hsrm.detect.evaluation import auroc_row, baseline_rows, head_hallucination_scores
 from hsrm.errors import HsrmError
 from hsrm.heads.abilities import HallucinationScorer
-from hsrm.models import EMBEDDED, LoadedModel, ModelFingerprint
+from hsrm.models import EMBEDDED, LoadedModel, ModelConfig, ModelFingerprint
 from hsrm.tasks.truthfulqa import QA_PRIMER
 
 
@@ -111,15 +111,16 @@ def evaluate_store(cfg: DetectEvalConfig) -> list[dict[str, Any]]:
 
 # -- score ------------------------------------------------------------------------------------------
 @dataclass
-class DetectScoreConfig:
-    """``hsrm detect score``: hallucination probability of given (or sampled) answers to a question."""
+class DetectScoreConfig(ModelConfig):
+    """``hsrm detect score``: hallucination probability of given (or sampled) answers to a question.
+    The model fields are ``ModelConfig``'s, but ``model`` defaults to the head's own."""
 
     head: str = field("runs/detect-head", "saved harp head folder")
     question: str = field("", "the question")
     answers: list[str] = field(
         [], "answers to score (teacher-forced); none = sample from the model"
     )
-    model: str | None = field(
+    model: str | None = field(  # type: ignore[assignment]  # None: the head's model
         None,
         "model to load; default: the head's model if it is an embedded one, else this is required",
     )
@@ -171,7 +172,8 @@ def score_answers(cfg: DetectScoreConfig, lm: LoadedModel | None = None) -> list
             f"head {cfg.head} ({head.architecture}) gives no per-token hallucination scores; "
             "use a harp head"
         )
-    lm = lm or load_model(model_for_head(head.fingerprint_, cfg.model))
+    model = model_for_head(head.fingerprint_, cfg.model)
+    lm = lm or load_model(replace(cfg.model_config(), model=model))
     layers = head.required_layers()
     turns: list[dict[str, str]] = []
     for pq, pa in QA_PRIMER[: cfg.shots]:  # the primer the TruthfulQA captures use

@@ -16,13 +16,14 @@ from typing import Any
 
 from hsrm.config import field
 from hsrm.errors import HsrmError
-from hsrm.models import DEFAULT_MODEL
+from hsrm.models import ModelConfig
 from hsrm.prefs.data import PrefPair
 
 
 @dataclasses.dataclass
-class PrefsTrainConfig:
-    """``hsrm prefs train``."""
+class PrefsTrainConfig(ModelConfig):
+    """``hsrm prefs train`` (the model fields are ``ModelConfig``'s: the model whose hidden states
+    the head reads)."""
 
     pairs: str = field(
         "", "preference JSONL (prompt/chosen/rejected, optional id/group) or TruthfulQA CSV"
@@ -36,7 +37,6 @@ class PrefsTrainConfig:
         None, "hidden-state index (default: the SAE's hook layer, else the middle layer)"
     )
     params: dict = field({}, "head hyperparameters (YAML mapping; CLI: JSON or key=value)")
-    model: str = field(DEFAULT_MODEL, "model whose hidden states the head reads")
     split: str = field(
         "all", "train on: all pairs, or 'train' (the train side of a split by question)"
     )
@@ -48,12 +48,12 @@ class PrefsTrainConfig:
 
 
 @dataclasses.dataclass
-class PrefsEvalConfig:
-    """``hsrm prefs evaluate``."""
+class PrefsEvalConfig(ModelConfig):
+    """``hsrm prefs evaluate`` (the model fields are ``ModelConfig``'s; the model must match the
+    head's fingerprint)."""
 
     head: str = field("", "saved head folder")
     pairs: str = field("", "preference JSONL or TruthfulQA CSV")
-    model: str = field(DEFAULT_MODEL, "model (must match the head's fingerprint)")
     split: str = field(
         "all", "evaluate on: all pairs, or 'test' (the held-out side of a split by question)"
     )
@@ -114,7 +114,7 @@ def train_prefs(cfg: PrefsTrainConfig, lm: Any = None) -> tuple[Any, Any]:
     cls = get_head_class(cfg.head_type)
     head = make_head(cls, **_head_params(cls, cfg))  # bad parameters fail first
     pairs = select_pairs_split(cfg, "train")  # bad input fails before the model loads
-    lm = lm or load_model(cfg.model)
+    lm = lm or load_model(cfg)
     layers: str | list[int]
     if cfg.layer is not None:
         layers = [cfg.layer]
@@ -145,7 +145,7 @@ def evaluate_prefs(cfg: PrefsEvalConfig, lm: Any = None) -> dict[str, dict[str, 
     _required(cfg, "pairs", "head")
     head = Head.load(cfg.head)
     pairs = select_pairs_split(cfg, "test")
-    lm = lm or load_model(cfg.model)
+    lm = lm or load_model(cfg)
     head.check_compatible(lm.fingerprint, head.required_layers())
     ps = encode_pairs(lm, pairs, list(head.required_layers()), cache=cfg.cache)
     res = {
@@ -168,10 +168,10 @@ def evaluate_prefs(cfg: PrefsEvalConfig, lm: Any = None) -> dict[str, dict[str, 
 
 
 @dataclasses.dataclass
-class BuildConfig:
-    """``hsrm prefs build``."""
+class BuildConfig(ModelConfig):
+    """``hsrm prefs build`` (the model fields are ``ModelConfig``'s: the policy model to sample
+    from, and the head's model)."""
 
-    model: str = field(DEFAULT_MODEL, "policy model to sample from (and the head's model)")
     head: str | None = field(None, "saved head folder; without it pairs come from the verifier")
     task: str = field("synthetic", "task: synthetic, gsm8k:PATH, bbh:PATH, jsonl:PATH")
     families: str = field("arith,compare", "synthetic task families")
@@ -206,7 +206,7 @@ def build(cfg: BuildConfig, lm: Any = None) -> tuple[list[PrefPair], dict[str, A
     task = get_task(cfg.task, n=cfg.n_prompts, families=cfg.families, seed=cfg.task_seed)
     prompts = task.prompts()[: cfg.n_prompts]
     head = Head.load(cfg.head) if cfg.head else None
-    lm = lm or load_model(cfg.model)
+    lm = lm or load_model(cfg)
     pairs, stats = build_pairs(
         lm,
         prompts,

@@ -18,7 +18,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from hsrm.errors import HsrmError
 from hsrm.heads.base import Head
 from hsrm.io import atomic_dir, atomic_write_json
 from hsrm.metrics import bootstrap_ci
-from hsrm.models import DEFAULT_MODEL, LoadedModel, load_model
+from hsrm.models import LoadedModel, ModelConfig, load_model
 from hsrm.prefs.build import pair_stats, sample_and_score, select_pairs
 from hsrm.prefs.data import read_pairs, write_pairs
 from hsrm.tasks import get_task
@@ -40,10 +40,10 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class LoopConfig:
-    """``hsrm prefs loop``: iterative DPO on a task with a checker (for evaluation)."""
+class LoopConfig(ModelConfig):
+    """``hsrm prefs loop``: iterative DPO on a task with a checker (for evaluation). The model
+    fields are ``ModelConfig``'s: the policy and scoring model."""
 
-    model: str = field(DEFAULT_MODEL, "policy and scoring model (embedded name, hub id or folder)")
     head: str | None = field(None, "saved head folder (needed for --select head)")
     task: str = field(
         "synthetic", "task with a checker: synthetic, gsm8k:PATH, bbh:PATH, jsonl:PATH"
@@ -79,7 +79,6 @@ class LoopConfig:
     max_steps: int = field(-1, "cap on DPO steps per round (-1: epochs decide)")
     batch_size: int = field(8, "pairs per DPO step")
     out: str = field("runs/dpo", "output folder (resumable)")
-    threads: int = field(0, "torch CPU threads (0 = torch's default; CLI only)")
 
 
 def _split_prompts(cfg: LoopConfig, task: Task) -> tuple[list[Prompt], list[Prompt]]:
@@ -215,13 +214,16 @@ def run_loop(
 ) -> dict[str, Any]:
     """Run (or resume) the loop; returns ``{"rounds": [metrics of round 0..R]}``.
 
-    ``load`` builds a fresh copy of the model (default ``load_model(cfg.model)``); ``head`` and
+    ``load`` builds a fresh copy of the model (default ``load_model(cfg)``, ``auto`` settled once
+    and recorded in ``loop_config.json``, so a resumed run trains in the same dtype); ``head`` and
     ``task`` override ``cfg.head`` / ``cfg.task`` (for tests and benchmarks)."""
     if cfg.select not in ("head", "verifier", "random"):
         raise HsrmError(f"select must be head, verifier or random, got {cfg.select!r}")
     if cfg.rounds < 0:
         raise HsrmError(f"rounds must be >= 0, got {cfg.rounds}")
-    load = load or (lambda: load_model(cfg.model))
+    mc = cfg.resolve()
+    cfg = replace(cfg, dtype=mc.dtype, device=mc.device)
+    load = load or (lambda: load_model(mc))
     if head is None and cfg.head:
         head = Head.load(cfg.head)
     if cfg.select == "head" and head is None:
@@ -358,6 +360,7 @@ def run_loop(
 
 _RESUME_KEYS = (
     "model",
+    "dtype",
     "head",
     "task",
     "families",

@@ -184,22 +184,27 @@ def _remove_temporaries(folder: Path) -> None:
 class ShardSampler:
     """One model replica: samples whole shards with capture and writes them into the store."""
 
-    def __init__(
-        self, model: str, plan: Any, api_log: str, threads: int, fault_after: int, cfg: Any = None
-    ):
-        """``plan``: the driver's ``SamplePlan`` without its prompts (a shard's prompts come with
+    def __init__(self, mc: Any, plan: Any, api_log: str, fault_after: int, cfg: Any = None):
+        """``mc``: the ``ModelConfig`` the driver resolved (``sampling.resolve_model``: model,
+        dtype, device, threads), the one every worker loads, so the store holds one dtype.
+        ``plan``: the driver's ``SamplePlan`` without its prompts (a shard's prompts come with
         each call) and with the writer as (path, meta), so the arguments stay small and travel
         inline, safe for restarts. ``cfg``: the run's ``SampleRunConfig``, for its early-pruning
         settings (the prefix head is loaded from its folder, which workers must see)."""
-        from hsrm.models import load_model
+        from hsrm.models import load_model, loaded_config
 
         plan = dataclasses.replace(plan, writer=_shard_writer(*plan.writer))
-        torch.set_num_threads(threads)
-        self.lm = load_model(model)
+        self.lm = load_model(mc)
         want = plan.writer.meta["fingerprint"]
         if self.lm.fingerprint.to_dict() != want:
             raise HsrmError(
                 f"worker loaded {self.lm.fingerprint.short()} but the store expects {want}"
+            )
+        got = loaded_config(self.lm).dtype
+        if got != plan.writer.meta.get("model_dtype", got):  # never samples what it won't record
+            raise HsrmError(
+                f"worker loaded the model in {got} but the store records "
+                f"model_dtype={plan.writer.meta['model_dtype']!r}"
             )
         self.plan, self.api_log = plan, api_log
         from hsrm.sampling import window_prompts
@@ -274,20 +279,24 @@ def sample_ray(cfg: Any, progress: bool = True) -> Any:
         batch_window,
         finish_sample,
         plan_sample,
+        resolve_model,
         sample_inputs,
         window_prompts,
     )
     from hsrm.scale.fingerprint import model_fingerprint
 
     _check_pool_args(cfg.workers, cfg.cpus_per_worker, cfg.gpus_per_worker)
-    # Every check the local engine makes, with its messages, before any worker starts.
+    # Every check the local engine makes, with its messages, before any worker starts; the model
+    # settled once here (`auto` included) and handed to every worker.
     scfg, task, prompts = sample_inputs(cfg)
-    plan = plan_sample(cfg, model_fingerprint(cfg.model), scfg, task, prompts)
+    mc = dataclasses.replace(
+        resolve_model(cfg), threads=cfg.threads or max(1, int(cfg.cpus_per_worker))
+    )
+    plan = plan_sample(cfg, model_fingerprint(cfg.model), scfg, task, prompts, mc)
     t0, n_done = time.perf_counter(), 0
     if plan.todo:
         n_workers = min(cfg.workers, len(plan.todo))
         with _cluster(cfg.ray_address, n_workers, cfg.cpus_per_worker, cfg.gpus_per_worker):
-            threads = cfg.threads or max(1, int(cfg.cpus_per_worker))
             fault = int(os.environ.get(FAULT_ENV, "-1"))
             slim = dataclasses.replace(
                 plan,
@@ -305,7 +314,7 @@ def sample_ray(cfg: Any, progress: bool = True) -> Any:
 
             def make(i: int) -> Any:
                 return _actor(ShardSampler, cfg.cpus_per_worker, cfg.gpus_per_worker).remote(
-                    cfg.model, slim, cfg.api_log, threads, fault if i == 0 else -1, cfg
+                    mc, slim, cfg.api_log, fault if i == 0 else -1, cfg
                 )
 
             warned = False
@@ -408,20 +417,12 @@ class PairScorer:
     """One model replica and the head: teacher-forces (prompt, completion) pairs and scores them
     (``hsrm.score.Scorer``, the local engine's code)."""
 
-    def __init__(
-        self,
-        model: str,
-        head_path: str,
-        dtype: str,
-        device: str | None,
-        batch_size: int,
-        threads: int,
-    ):
+    def __init__(self, mc: Any, head_path: str, batch_size: int):
+        """``mc``: the driver's resolved ``ModelConfig``, the same for every worker."""
         from hsrm.models import load_model
         from hsrm.score import Scorer
 
-        torch.set_num_threads(threads)
-        lm = load_model(model, device=device, dtype=dtype)
+        lm = load_model(mc)
         self.scorer = Scorer(lm, head_path, batch_size=batch_size)
 
     def score(
@@ -459,13 +460,16 @@ def score_pairs(
     items = pair_items(prompts, completions, cfg.batch_size)
     scores = [float("nan")] * len(prompts)
     n_workers = max(1, min(cfg.workers, len(items)))
-    threads = cfg.threads or max(1, int(cfg.cpus_per_worker))
+    mc = dataclasses.replace(
+        cfg.resolve_workers(cfg.gpus_per_worker),
+        threads=cfg.threads or max(1, int(cfg.cpus_per_worker)),
+    )
     with _cluster(cfg.ray_address, n_workers, cfg.cpus_per_worker, cfg.gpus_per_worker):
         bar = tqdm(total=len(prompts), desc="scoring", unit="completion", disable=not progress)
 
         def make(i: int) -> Any:
             return _actor(PairScorer, cfg.cpus_per_worker, cfg.gpus_per_worker).remote(
-                cfg.model, str(cfg.head), cfg.dtype, cfg.device, cfg.batch_size, threads
+                mc, str(cfg.head), cfg.batch_size
             )
 
         def done(res: tuple[list[int], list[float]]) -> None:

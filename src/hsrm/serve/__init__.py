@@ -50,7 +50,7 @@ def serve(cfg: ServeConfig, lm: Any = None) -> None:
     if lm is None:
         from hsrm.models import load_model
 
-        lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+        lm = load_model(cfg)
     from hsrm.score import check_head_matches
 
     check_head_matches(lm, head, cfg.head)

@@ -493,7 +493,7 @@ def create_app(cfg: ServeConfig, lm: Any = None, head: Any = None) -> FastAPI:
     elif isinstance(head, str):
         head = Head.load(head)
     if lm is None:
-        lm = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
+        lm = load_model(cfg)
     ctx = ServerState(cfg, Scorer(lm, head))  # Scorer raises HsrmError on a fingerprint mismatch
 
     @asynccontextmanager

@@ -6,12 +6,13 @@ from dataclasses import dataclass
 
 from hsrm.config import field
 from hsrm.errors import HsrmError
-from hsrm.models import DEFAULT_MODEL
+from hsrm.models import ModelConfig
 
 
 @dataclass
-class ServeConfig:
-    """An OpenAI-compatible best-of-N server that ranks samples with a head.
+class ServeConfig(ModelConfig):
+    """An OpenAI-compatible best-of-N server that ranks samples with a head (the model fields are
+    ``ModelConfig``'s; the head must be fit on the model).
 
     Defaults: ``best_of`` 16 draws per prompt (the N at which hidden-state heads are usually
     reported, e.g. SWIFT, arXiv 2505.12225); ``max_tokens`` 16 when a request gives none (OpenAI's
@@ -19,7 +20,6 @@ class ServeConfig:
     """
 
     head: str = field("", "saved head folder (required)")
-    model: str = field(DEFAULT_MODEL, "model to sample from (the head must be fit on it)")
     host: str = field("127.0.0.1", "address to bind (0.0.0.0 exposes the server)")
     port: int = field(8000, "TCP port")
     api_key: str | None = field(
@@ -42,9 +42,6 @@ class ServeConfig:
     max_queue: int = field(64, "requests waiting for the model beyond which the server answers 429")
     max_batch: int = field(8, "most prompts sampled together in one micro-batch")
     batch_wait_ms: float = field(2.0, "how long the engine waits to gather a micro-batch")
-    dtype: str = field("float32", "model dtype: float32, bfloat16 or float16")
-    device: str | None = field(None, "device (default: cuda if available, else cpu)")
-    threads: int | None = field(None, "torch CPU threads")
     log_level: str = field("info", "uvicorn log level")
 
     def validate(self) -> None:
