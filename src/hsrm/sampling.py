@@ -26,7 +26,7 @@ from hsrm.io import atomic_write_text, check_out, read_json
 from hsrm.models import DEFAULT_MODEL, ModelFingerprint, load_model
 from hsrm.projection import Projection
 from hsrm.shardwriter import BackgroundWriter
-from hsrm.store import Store, StoreWriter
+from hsrm.store import DTYPES, POOLS, Store, StoreWriter
 from hsrm.tasks import Task, get_task
 from hsrm.tasks.base import Prompt
 
@@ -82,7 +82,11 @@ class SampleRunConfig:
     max_new_tokens: int = field(6, "maximum answer tokens", min=1)
     seed: int = field(0, "sampling seed (each prompt draws from its own stream)")
     layers: str = field("all", "hidden states to capture: all | every:K | mid | last | 0,4,8")
-    store_dtype: str = field("float16", "storage dtype: float16 | bfloat16 | int8 | fp8")
+    store_dtype: str = field(
+        "float16",
+        "storage dtype: float16 | bfloat16 | int8 | fp8",
+        choices=DTYPES,
+    )
     project: int = field(
         0, "compact store: keep a seeded random projection of each layer to k dims (0 = full)"
     )
@@ -104,7 +108,9 @@ class SampleRunConfig:
     writer_queue: int = field(
         2, "shards that may wait for the background writer (0 = write synchronously)"
     )
-    pool: str = field("none", "none (per token) | mean | last (one vector per answer)")
+    pool: str = field(
+        "none", "none (per token) | mean | last (one vector per answer)", choices=POOLS
+    )
     shard_prompts: int = field(16, "prompts per shard (the unit of resumption)", min=1)
     threads: int = field(0, "torch CPU threads (0 = torch's default)", min=0)
     api_log: str = field("", "also write the samples as OpenAI-style chat.completion JSONL here")
