@@ -58,9 +58,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             os.fsync(f.fileno())
         _chmod_default(tmp, is_dir=False)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:
+            # A full disk or `ulimit -f` (ENOSPC, EFBIG) fails a write on an open file, and
+            # Python names no file then: name the one being written, for the message.
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
 
 
@@ -212,6 +216,11 @@ def check_out(
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise HsrmError(f"{p}: exists and is a file, not a folder; choose another --out")
+    for up in p.parents:  # `--out afile/sub`: mkdir would say only "afile: File exists"
+        if up.exists() and not up.is_dir():
+            raise HsrmError(
+                f"{p}: cannot be made, {up} is a file, not a folder; choose another --out"
+            )
     rp = p.resolve()
     for inp in inputs:
         ri = Path(inp).resolve()
