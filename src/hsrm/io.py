@@ -365,6 +365,11 @@ def atomic_dir(
     is swapped out in two renames; one that holds other files too (or a foreign folder with
     ``overwrite``) keeps them: only hsrm's files are replaced, the record files last."""
     path = Path(path)
+    if path.is_symlink():
+        # `--out LINK` means the folder the link names: it is replaced there, atomically as any
+        # other, and the link stays a link (renaming over the link would turn it into a folder
+        # and leave the old target orphaned).
+        path = Path(os.path.realpath(path))
     check_out(path, kind, overwrite=overwrite, inputs=inputs, inside_inputs_ok=inside_inputs_ok)
     path.parent.mkdir(parents=True, exist_ok=True)
     with exclusive(path):
