@@ -299,7 +299,9 @@ def load_model(
     if revision == "hub":
         revision = str(getattr(model.config, "_commit_hash", None) or "hub")
     fp = fingerprint_of(model, name_or_path, revision)
-    log.info("loaded %s (%s, %s) in %.1f s", name_or_path, device, dtype, time.perf_counter() - t0)
+    log.info(
+        "loaded %s (%s, %s) in %.1f s", name_or_path, device, dtype, time.perf_counter() - t0
+    )
     return LoadedModel(model=model, tokenizer=tok, fingerprint=fp)
 
 
