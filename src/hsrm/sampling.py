@@ -26,7 +26,7 @@ from hsrm.io import atomic_write_text, check_out, read_json
 from hsrm.models import DEFAULT_MODEL, ModelFingerprint, load_model
 from hsrm.projection import Projection
 from hsrm.shardwriter import BackgroundWriter
-from hsrm.store import DTYPES, POOLS, Store, StoreWriter
+from hsrm.store import DTYPES, POOLS, Store, StoreWriter, differing
 from hsrm.tasks import Task, get_task
 from hsrm.tasks.base import Prompt
 
@@ -230,8 +230,9 @@ def check_task_resumes(cfg: SampleRunConfig, task: Task | None = None) -> None:
     if isinstance(old, dict) and json.dumps(old.get("task"), sort_keys=True) != json.dumps(
         want, sort_keys=True
     ):
+        was, now = differing(old.get("task"), want)
         raise HsrmError(
-            f"{mp}: existing run has task={old.get('task')!r}, this run asks for task={want!r}; "
+            f"{mp}: existing run has task={was!r}, this run asks for task={now!r}; "
             f"use another --out, or delete {cfg.out} to sample it again"
         )
 

@@ -74,17 +74,23 @@ _RESUME_KEYS = (
 _RESUME_KEYS_ADDED = ("model_dtype",)
 
 
-def _differences(old: Any, new: Any, name: str) -> str:
-    """Where two settings differ, key by key (nested dicts walked), e.g. ``sampling.n: the store
-    has 4, this run asks for 8``: a resume refusal names the keys, not two whole dicts."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        parts = [
-            _differences(old.get(k), new.get(k), f"{name}.{k}")
-            for k in sorted(set(old) | set(new), key=str)
-            if json.dumps(old.get(k), sort_keys=True) != json.dumps(new.get(k), sort_keys=True)
-        ]
-        return "; ".join(parts)
-    return f"{name}: the store has {old!r}, this run asks for {new!r}"
+def differing(old: Any, new: Any) -> tuple[Any, Any]:
+    """Two settings cut down to where they differ (nested dicts walked; a key one side lacks is
+    left out of that side), so a resume refusal shows ``sampling={'n': 4}`` against
+    ``sampling={'n': 8}``, not two whole dicts to compare by eye."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return old, new
+    a: dict[str, Any] = {}
+    b: dict[str, Any] = {}
+    for k in sorted(set(old) | set(new), key=str):
+        if json.dumps(old.get(k), sort_keys=True) == json.dumps(new.get(k), sort_keys=True):
+            continue
+        x, y = differing(old.get(k), new.get(k))
+        if k in old:
+            a[k] = x
+        if k in new:
+            b[k] = y
+    return a, b
 
 
 def _encode_hidden(h: torch.Tensor, dtype: str) -> dict[str, torch.Tensor]:
@@ -141,17 +147,23 @@ class StoreWriter:
                 old = read_json(mp, "store meta.json")
                 if not isinstance(old, dict):
                     raise HsrmError(f"{mp}: expected a JSON object (damaged store?)")
-                for k in _RESUME_KEYS:
-                    if k in _RESUME_KEYS_ADDED and k not in old:
-                        continue  # a store from before hsrm recorded it: nothing to compare
-                    if json.dumps(old.get(k), sort_keys=True) != json.dumps(
-                        self.meta.get(k), sort_keys=True
-                    ):
-                        raise HsrmError(
-                            f"{mp}: the existing run and this one differ in {k}: "
-                            f"{_differences(old.get(k), self.meta.get(k), k)}; use another --out "
-                            "or the same settings to resume"
-                        )
+                diff = [
+                    k
+                    for k in _RESUME_KEYS
+                    # a key newer than the store: nothing to compare
+                    if not (k in _RESUME_KEYS_ADDED and k not in old)
+                    and json.dumps(old.get(k), sort_keys=True)
+                    != json.dumps(self.meta.get(k), sort_keys=True)
+                ]
+                if diff:
+                    pairs = [(k, *differing(old.get(k), self.meta.get(k))) for k in diff]
+                    raise HsrmError(
+                        f"{mp}: existing run has "
+                        + ", ".join(f"{k}={a!r}" for k, a, _ in pairs)
+                        + "; this run asks for "
+                        + ", ".join(f"{k}={b!r}" for k, _, b in pairs)
+                        + "; use another --out or the same settings to resume"
+                    )
                 kept = [k for k in _RESUME_KEYS if k not in _RESUME_KEYS_ADDED or k in old]
                 self.meta = {**old, **{k: self.meta[k] for k in kept if k in self.meta}}
             else:
