@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import torch
 
 from hsrm.cli import main
 from hsrm.errors import HsrmError
@@ -122,7 +123,121 @@ def _file(ws: Path) -> None:
     (ws / "afile").write_text("precious")
 
 
+def _edit_tensors(path: Path, fn: Callable[[dict], None]) -> None:
+    from safetensors.torch import load_file, save_file
+
+    t = load_file(str(path))
+    fn(t)
+    save_file(t, str(path))
+
+
+def _old_store(ws: Path) -> None:
+    """The store as an hsrm before issue 33 wrote it: no summaries, no file list."""
+    run = ws / "run"
+    _edit_json(run / "meta.json", lambda d: [d.pop(k) for k in ("files", "counts")])
+    for j in run.glob("shard-*.json"):
+        _edit_json(j, lambda d: d.pop("summary"))
+
+
+def _narrow(ws: Path) -> None:
+    """A shard written consistently (summary and file list agree) but narrower than the model."""
+    run = ws / "run"
+    _old_store(ws)
+    _edit_tensors(
+        run / "shard-00000.safetensors",
+        lambda t: t.update(hidden=t["hidden"][..., :8].contiguous()),
+    )
+
+
+def _nan_head(ws: Path) -> None:
+    _edit_tensors(
+        ws / "head" / "model.safetensors",
+        lambda t: t.update({k: torch.full_like(v, float("nan")) for k, v in t.items()}),
+    )
+
+
+def _flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _edit_question(path: Path) -> None:
+    """One letter of a question changed in place: the index is still valid JSON of the same
+    size, so only its checksum can tell."""
+    data = path.read_bytes()
+    at = data.index(b'"question": "') + len(b'"question": "')
+    path.write_bytes(data[:at] + (b"Q" if data[at : at + 1] != b"Q" else b"R") + data[at + 1 :])
+
+
+def _other_model_head(ws: Path) -> None:
+    shutil.copytree(ws / "head", ws / "head2")
+    _edit_json(ws / "head2" / "config.json", lambda d: d["fingerprint"].update(hidden_size=64))
+
+
+def _recs(fn: Callable[[list], None]) -> Callable[[Path], None]:
+    return lambda ws: _edit_json(ws / "run" / "shard-00000.json", lambda d: fn(d["records"]))
+
+
 DAMAGE: dict[str, Callable[[Path], None]] = {
+    # -- stores that must prove they are whole (issue 33) --
+    "meta_layers_40": lambda ws: _edit_json(
+        ws / "run" / "meta.json", lambda d: d.update(layers=list(range(40)))
+    ),
+    "meta_layers_4": lambda ws: _edit_json(
+        ws / "run" / "meta.json", lambda d: d.update(layers=[0, 1, 2, 3])
+    ),
+    "record_deleted": _recs(lambda r: r.pop(5)),
+    "record_deleted_last": _recs(lambda r: r.pop()),
+    "record_duplicated": _recs(lambda r: r.append(dict(r[-1]))),
+    "rows_negative": _recs(lambda r: r[0].update(rows=-3)),
+    "prompt_id_foreign": _recs(lambda r: r[3].update(prompt_id="synthetic-99999")),
+    "label_yes": _recs(lambda r: r[2].update(label="yes")),
+    "label_one": _recs(lambda r: r[2].update(label=1)),
+    "offset_string": _recs(lambda r: r[1].update(offset="3")),
+    "hidden_narrow": lambda ws: _edit_tensors(
+        ws / "run" / "shard-00000.safetensors",
+        lambda t: t.update(hidden=t["hidden"][..., :8].contiguous()),
+    ),
+    "hidden_narrow_consistent": _narrow,
+    "old_store_record_deleted": lambda ws: (_old_store(ws), _recs(lambda r: r.pop(5))(ws)),
+    "old_store_rows_negative": lambda ws: (
+        _old_store(ws),
+        _recs(lambda r: r[0].update(rows=-3))(ws),
+    ),
+    "summary_records": lambda ws: _edit_json(
+        ws / "run" / "shard-00001.json", lambda d: d["summary"].update(records=15)
+    ),
+    "meta_counts": lambda ws: _edit_json(
+        ws / "run" / "meta.json", lambda d: d["counts"].update(records=33)
+    ),
+    "shard_added": lambda ws: [
+        shutil.copy(ws / "run" / f"shard-00001.{x}", ws / "run" / f"shard-00002.{x}")
+        for x in ("json", "safetensors")
+    ],
+    "files_unlisted": lambda ws: _edit_json(
+        ws / "run" / "meta.json", lambda d: d["files"].pop("shard-00001.json")
+    ),
+    "shard_pair_removed": lambda ws: [
+        (ws / "run" / f"shard-00001.{x}").unlink() for x in ("json", "safetensors")
+    ],
+    "shard_byte_flipped": lambda ws: _flip_byte(ws / "run" / "shard-00001.safetensors"),
+    "index_byte_flipped": lambda ws: _edit_question(ws / "run" / "shard-00000.json"),
+    "format_version_string": lambda ws: _edit_json(
+        ws / "run" / "meta.json", lambda d: d.update(format_version="1")
+    ),
+    "meta_files_string": lambda ws: _edit_json(
+        ws / "run" / "meta.json", lambda d: d.update(files="all")
+    ),
+    # -- heads --
+    "head_nan": _nan_head,
+    "head_layers_out_of_range": lambda ws: _edit_json(
+        ws / "head" / "config.json", lambda d: d.update(layers=[0, 1, 50])
+    ),
+    "head_format_string": lambda ws: _edit_json(
+        ws / "head" / "config.json", lambda d: d.update(format_version="1")
+    ),
+    "head_other_model": _other_model_head,
     "shard_missing": lambda ws: (ws / "run" / "shard-00000.safetensors").unlink(),
     "shard_truncated": lambda ws: _cut(ws / "run" / "shard-00001.safetensors", 0.5),
     "shard_tail_cut": lambda ws: _cut(
@@ -474,6 +589,199 @@ CASES = [
         "no_training_record",
         group="data-loss",
     ),
+    # -- stores prove they are whole (issue 33) ---------------------------------------------
+    Case("meta_layers_40", TRAIN, ["meta.json", "'layers'", "0..3"], "meta_layers_40", "accepted"),
+    Case(
+        "meta_layers_4",
+        TRAIN,
+        ["shard-00000.safetensors", "'hidden'", "[48, 3, 32]", "[48, 4, 32]"],
+        "meta_layers_4",
+        "accepted",
+    ),
+    Case(
+        "record_deleted",
+        TRAIN,
+        ["shard-00000.json", "records[5]", "'offset'"],
+        "record_deleted",
+        "accepted",
+    ),
+    Case(
+        "record_deleted_last",
+        EVAL,
+        ["shard-00000.safetensors", "rows", "shard-00000.json"],
+        "record_deleted_last",
+        "accepted",
+    ),
+    Case(
+        "record_duplicated",
+        TRAIN,
+        ["shard-00000.json", "records[16]", "appears twice"],
+        "record_duplicated",
+        "accepted",
+    ),
+    Case("rows_negative", TRAIN, ["shard-00000.json", "'rows'", "-3"], "rows_negative", "accepted"),
+    Case(
+        "prompt_id_foreign",
+        TRAIN,
+        ["shard-00000.json", "records[3]", "'prompt_id'", "synthetic-99999"],
+        "prompt_id_foreign",
+        "accepted",
+    ),
+    Case("label_yes", TRAIN, ["shard-00000.json", "records[2]", "'label'", "'yes'"], "label_yes"),
+    Case("label_one", EVAL, ["shard-00000.json", "'label'"], "label_one", "accepted"),
+    Case("offset_string", TRAIN, ["shard-00000.json", "'offset'", "'3'"], "offset_string"),
+    Case(
+        "hidden_narrow",
+        TRAIN,
+        ["shard-00000.safetensors", "'hidden'", "[48, 3, 8]", "width (32)"],
+        "hidden_narrow",
+    ),
+    Case(
+        "hidden_narrow_old_store",
+        TRAIN,
+        ["shard-00000.safetensors", "'hidden'", "width (32)"],
+        "hidden_narrow_consistent",
+    ),
+    Case(
+        "old_store_record_deleted",
+        TRAIN,
+        ["shard-00000.json", "records[5]"],
+        "old_store_record_deleted",
+        "accepted",
+    ),
+    Case(
+        "old_store_rows_negative",
+        TRAIN,
+        ["shard-00000.json", "'rows'"],
+        "old_store_rows_negative",
+        "accepted",
+    ),
+    Case(
+        "summary_records",
+        TRAIN,
+        ["shard-00001.json", "summary.records", "15", "16"],
+        "summary_records",
+        "accepted",
+    ),
+    Case(
+        "meta_counts", TRAIN, ["meta.json", "counts.records", "33", "32"], "meta_counts", "accepted"
+    ),
+    Case(
+        "shard_added",
+        TRAIN,
+        ["shard-00002.json", "also in shard-00001.json"],
+        "shard_added",
+        "accepted",
+    ),
+    Case(
+        "files_unlisted",
+        TRAIN,
+        ["shard-00001.json", "not listed in meta.json's files"],
+        "files_unlisted",
+        "accepted",
+    ),
+    Case(
+        "shard_pair_removed",
+        EVAL,
+        ["shard-00001.json", "missing", "meta.json"],
+        "shard_pair_removed",
+        "accepted",
+    ),
+    Case(
+        "check_shard_byte_flipped",
+        "check {run}",
+        ["shard-00001.safetensors", "sha256"],
+        "shard_byte_flipped",
+        "accepted",
+        subprocess=True,
+    ),
+    Case(
+        "check_index_edited",
+        "check {run}",
+        ["shard-00000.json", "sha256"],
+        "index_byte_flipped",
+        "accepted",
+    ),
+    Case(
+        "check_record_deleted", "check {run}", ["shard-00000.json", "records[5]"], "record_deleted"
+    ),
+    Case("check_not_a_store", "check {ws}", ["not a sample store"]),
+    Case(
+        "format_version_string",
+        TRAIN,
+        ["meta.json", "format_version '1' is not supported (this hsrm reads 1)"],
+        "format_version_string",
+        "messages",
+    ),
+    Case("meta_files_string", TRAIN, ["meta.json", "'files'"], "meta_files_string"),
+    # -- heads (issue 33) ----------------------------------------------------------------------
+    Case("head_nan", EVAL, ["model.safetensors", "not finite"], "head_nan", "accepted"),
+    Case(
+        "head_layers_out_of_range",
+        EVAL,
+        ["config.json", "'layers'", "[50]", "out of range"],
+        "head_layers_out_of_range",
+        "messages",
+    ),
+    Case(
+        "head_format_string",
+        EVAL,
+        ["config.json", "format_version '1' is not supported (this hsrm reads 1)"],
+        "head_format_string",
+        "messages",
+    ),
+    Case(
+        "heads_of_two_models",
+        EVAL + " --head {ws}/head2",
+        ["{ws}/head2:", "{ws}/head on", "d=64", "d=32"],
+        "head_other_model",
+        "messages",
+    ),
+    # -- config checked before any model loads, messages name both values (issue 33) ---------
+    Case("store_dtype_bad", S + " --store-dtype int4 --out {ws}/o", ["--store-dtype", "'int4'"]),
+    Case("pool_bad", S + " --pool max --out {ws}/o", ["--pool", "'max'", "mean"]),
+    Case(
+        "yaml_key_twice",
+        SY + " --config {bad}/dup_key.yaml --out {ws}/o",
+        ["dup_key.yaml:4", "'n'", "twice", "line 2"],
+        group="accepted",
+    ),
+    Case(
+        "answer_int",
+        S + " --task jsonl:{bad}/answer_int.jsonl --out {ws}/o",
+        ["answer_int.jsonl:1", "'answer'", '"6"'],
+        group="accepted",
+    ),
+    Case(
+        "out_under_a_file",
+        S + " --out {ws}/afile/sub",
+        ["afile/sub", "afile is a file"],
+        "file",
+        "messages",
+    ),
+    Case(
+        "train_out_under_a_file",
+        "train {run} --head probe --layers all --out {ws}/afile/sub",
+        ["afile is a file"],
+        "file",
+        "messages",
+    ),
+    Case(
+        "resume_other_settings",
+        "sample --out {run} " + " ".join(TINY).replace("--n 4", "--n 2"),
+        [
+            "meta.json",
+            "existing run has sampling={{'n': 4}}",
+            "this run asks for sampling={{'n': 2}}",
+        ],
+        group="messages",
+    ),
+    Case(
+        "resume_other_task",
+        "sample --out {run} " + " ".join(TINY).replace("--n-prompts 8", "--n-prompts 6"),
+        ["meta.json", "existing run has task={{'n': 8}}", "task={{'n': 6}}"],
+        group="messages",
+    ),
     # -- trust -------------------------------------------------------------------------------
     Case(
         "detect_score_hub_model",
@@ -486,13 +794,16 @@ CASES = [
 
 
 def _argv(case: Case, ws: Path) -> list[str]:
-    s = case.argv.format(run=ws / "run", head=ws / "head", harp=ws / "harp", ws=ws, bad=BAD)
-    return s.split()
+    return _fmt(case.argv, ws).split()
+
+
+def _fmt(s: str, ws: Path) -> str:
+    return s.format(run=ws / "run", head=ws / "head", harp=ws / "harp", ws=ws, bad=BAD)
 
 
 def test_corpus_is_counted():
     """The report's count; ids are unique so a failure names its case."""
-    assert len({c.id for c in CASES}) == len(CASES) >= 55
+    assert len({c.id for c in CASES}) == len(CASES) >= 95
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -507,6 +818,7 @@ def test_bad_input_exit_2_nothing_written(case, ws, capsys):
     assert rc == 2, msg
     assert "Traceback" not in msg
     for s in case.expect:
+        s = _fmt(s, ws)
         assert s in msg, f"{s!r} not in {msg!r}"
     assert _listing(ws) == before, "a refused command wrote or deleted something"
     assert _listing(BAD) == bad_before
@@ -531,7 +843,7 @@ def test_bad_input_real_process(case, ws):
     assert p.returncode == 2, msg
     assert "Traceback" not in msg
     for s in case.expect:
-        assert s in msg
+        assert _fmt(s, ws) in msg, msg
     assert _listing(ws) == before
 
 

@@ -465,8 +465,6 @@ class Store(RecordsView):
                             raise KeyError(key)
             except (KeyError, TypeError) as e:
                 raise HsrmError(f"{j}: damaged shard index (missing or bad field {e})") from None
-            if files is not None:
-                self._check_listed(files, j, st, seen)
             self._check_records(j, prompts, recs)
             for pi, pid in enumerate(prompts):
                 if pid in self._prompt_rows:
@@ -477,6 +475,9 @@ class Store(RecordsView):
                     )
                 self._prompt_rows[pid] = (k, pi)
             self._check_shard(k, recs, len(prompts), data.get("summary"))
+            # after the checks that say which record or tensor is wrong: a size alone says less
+            if files is not None:
+                self._check_listed(files, j, st, seen)
             for r in recs:
                 self.records.append({**r, "shard": k})
         if files is not None:
