@@ -1149,3 +1149,159 @@ def test_crash_between_fit_and_rename_leaves_no_head(ws, monkeypatch):
     assert not (ws / "h").exists()
     monkeypatch.setattr(hsrm.io.os, "replace", real)
     assert main(argv) == 0 and (ws / "h" / "training.json").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# stores prove they are whole, every OSError a message (issue 33)
+def test_check_whole_store_and_old_store(ws, capsys, caplog):
+    """`hsrm check` passes a fresh store; a store from before checksums still opens (its counts
+    checked) and `check` says what it could not verify."""
+    assert main(["check", str(ws / "run")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "2 shards, 8 prompts, 32 samples consistent; 4 files" in out
+    meta = json.loads((ws / "run" / "meta.json").read_text())
+    assert sorted(meta["files"]) == [
+        "shard-00000.json",
+        "shard-00000.safetensors",
+        "shard-00001.json",
+        "shard-00001.safetensors",
+    ]
+    assert meta["counts"] == {"shards": 2, "prompts": 8, "records": 32}
+    _old_store(ws)
+    assert len(Store(ws / "run")) == 32
+    assert main(["check", str(ws / "run")]) == 0
+    assert "before hsrm recorded checksums" in caplog.text
+
+
+def test_config_refused_before_the_model_loads(ws, monkeypatch, capsys):
+    import hsrm.sampling
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded before the config was checked")
+
+    monkeypatch.setattr(hsrm.sampling, "load_model", no_model)
+    for bad in (["--store-dtype", "int4"], ["--pool", "max"]):
+        assert main(["sample", "--out", str(ws / "o"), *TINY, *bad]) == 2
+        assert bad[0] in capsys.readouterr().err
+    assert not (ws / "o").exists()
+
+
+def test_non_finite_head_is_never_written(ws):
+    from hsrm.heads.base import Head
+
+    head = Head.load(ws / "head")
+    tensors, _ = head._state()
+    for t in tensors.values():
+        if t.is_floating_point():
+            t.fill_(float("inf"))
+    with pytest.raises(HsrmError, match="not saved.*not finite"):
+        head.save(ws / "h2")
+    assert not (ws / "h2").exists() and not [p for p in ws.iterdir() if p.name.startswith(".")]
+
+
+def test_disk_full_in_the_shard_writer_then_resume(tmp_path, monkeypatch, capsys):
+    """ENOSPC in the background writer's thread (at the fsync of shard 1's tensors, where a full
+    disk often shows): one message naming the file and how to resume, exit 2; the store holds
+    whole shards only, and the rerun finishes it."""
+    import errno
+    import threading
+
+    real_fsync = os.fsync
+    calls = []
+
+    def fsync(fd):
+        if threading.current_thread().name == "hsrm-shard-writer":
+            calls.append(fd)
+            if len(calls) == 3:  # shard 0: tensors, index; shard 1: tensors
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    out = tmp_path / "run"
+    argv = ["sample", "--out", str(out), *TINY]
+    assert main(argv) == 2
+    msg = " ".join(capsys.readouterr().err.split())
+    assert "shard-00001.safetensors: No space left on device" in msg
+    assert "rerun `hsrm sample --out" in msg and "to resume" in msg
+    assert "Traceback" not in msg
+    assert sorted(p.name for p in out.iterdir()) == [
+        "meta.json",
+        "shard-00000.json",
+        "shard-00000.safetensors",
+    ]
+    assert not json.loads((out / "meta.json").read_text())["complete"]
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert main(argv) == 0
+    assert Store(out).complete and len(Store(out)) == 32
+
+
+def _fsize_limit(n_bytes: int) -> Callable[[], None]:
+    import resource
+
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (n_bytes, n_bytes))
+
+
+def test_file_too_large_sample_and_train(base, tmp_path):
+    """`ulimit -f` (EFBIG) in a real process: the shard writer's thread and a head save each end
+    in one message, exit 2; nothing half-written, and the store resumes."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "hsrm", "sample", "--out", str(out), *TINY]
+    p = subprocess.run(
+        cmd, capture_output=True, text=True, env=_env(), timeout=300, preexec_fn=_fsize_limit(6000)
+    )
+    msg = " ".join((p.stdout + p.stderr).split())
+    assert p.returncode == 2, msg
+    assert "Traceback" not in msg and "File too large" in msg and "to resume" in msg
+    assert "shard-00000.safetensors" in msg
+    assert not list(out.glob(".*tmp")) and not list(out.glob("shard-*"))
+    p = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert main(["check", str(out)]) == 0
+    # a head save: its files are a few KB; 1000 bytes stops one of them
+    # (on the fixture's store, which has both label classes; train only reads it)
+    train = [sys.executable, "-m", "hsrm", "train", str(base / "run"), "--head-type", "probe"]
+    p = subprocess.run(
+        train + ["--out", str(tmp_path / "h")],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+        preexec_fn=_fsize_limit(1000),
+    )
+    msg = " ".join((p.stdout + p.stderr).split())
+    assert p.returncode == 2, msg
+    assert "Traceback" not in msg and f"{tmp_path / 'h'}: File too large" in msg
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_sigint_says_how_to_resume(tmp_path):
+    out = tmp_path / "run"
+    args = [a if a != "8" else "64" for a in TINY]  # --n-prompts 64: long enough to interrupt
+    cmd = [sys.executable, "-m", "hsrm", "sample", "--out", str(out), *args]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    deadline = time.time() + 240
+    while time.time() < deadline and p.poll() is None and not (out / "shard-00000.json").exists():
+        time.sleep(0.01)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    msg = " ".join(err.split())
+    if p.returncode == 0:
+        pytest.skip("sampling finished before the interrupt arrived")
+    assert p.returncode == 130, msg
+    assert "interrupted; the store keeps every shard written so far: rerun `hsrm sample" in msg
+    assert "Traceback" not in msg
+    assert main(["sample", "--out", str(out), *args]) == 0
+    assert Store(out).complete and len(Store(out)) == 64 * 4
+
+
+def test_out_symlink_writes_through(ws):
+    """`train --out LINK` (LINK -> an earlier head): the head is replaced where the link points,
+    the link stays a link, and nothing is left beside it."""
+    os.symlink(ws / "head", ws / "link")
+    before = json.loads((ws / "head" / "training.json").read_text())
+    argv = ["train", str(ws / "run"), "--head", "probe", "--layers", "all", "--test-frac", "0.5"]
+    assert main(argv + ["--out", str(ws / "link")]) == 0
+    assert (ws / "link").is_symlink() and os.readlink(ws / "link") == str(ws / "head")
+    after = json.loads((ws / "head" / "training.json").read_text())
+    assert before["config"]["test_frac"] == 0.3 and after["config"]["test_frac"] == 0.5
+    assert not [p.name for p in ws.iterdir() if p.name.startswith(".")]
