@@ -162,11 +162,11 @@ class Head:
         path = Path(path)
         tensors, extra = self._state()
         # A diverged fit (NaN/inf weights) would score every answer NaN wherever it is used.
-        bad = _non_finite(tensors)
-        if bad:
+        nan = _non_finite(tensors)
+        if nan:
             raise HsrmError(
                 f"{path}: not saved: the fitted {self.architecture} head's weights are not finite "
-                f"({bad}); the fit diverged (lower the learning rate, or standardise the features)"
+                f"({nan}); the fit diverged (lower the learning rate, or standardise the features)"
             )
         try:
             self._write(path, tensors, extra, overwrite, inputs, records)
@@ -269,9 +269,9 @@ class Head:
             tensors = load_file(str(st))
         except Exception as e:  # safetensors raises its own error types for damaged files
             raise HsrmError(f"{st}: damaged or truncated safetensors file ({e})") from None
-        bad = _non_finite(tensors)
-        if bad:
-            raise HsrmError(f"{st}: weights are not finite ({bad}); retrain the head")
+        nan = _non_finite(tensors)
+        if nan:
+            raise HsrmError(f"{st}: weights are not finite ({nan}); retrain the head")
         try:
             head._set_state(tensors, cfg.get("state") or {})
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
