@@ -1305,3 +1305,85 @@ def test_out_symlink_writes_through(ws):
     after = json.loads((ws / "head" / "training.json").read_text())
     assert before["config"]["test_frac"] == 0.3 and after["config"]["test_frac"] == 0.5
     assert not [p.name for p in ws.iterdir() if p.name.startswith(".")]
+
+
+# Generated damage (issue 33 asks that new cases, not only the reported ones, be refused): every
+# record field set to every wrongly typed or out-of-range value, and every tensor given a wrong
+# shape, must be refused by Store naming the shard, never accepted and never a traceback.
+_BAD_VALUES = [None, "x", "3", -1, -3, 1.5, True, [], {}, 10**9]
+_FIELDS = ["prompt_id", "sample", "label", "offset", "rows", "tok_offset", "n_tokens"]
+
+
+def _store_refuses(run: Path, where: str) -> str:
+    try:
+        Store(run)
+    except HsrmError as e:
+        assert where in str(e), str(e)
+        return str(e)
+    raise AssertionError(f"accepted silently: {where}")
+
+
+def test_generated_record_damage_is_refused(ws):
+    run = ws / "run"
+    j = run / "shard-00001.json"
+    good = j.read_text()
+    tried = 0
+    for key in _FIELDS:
+        for i in (0, 7, 15):
+            for v in _BAD_VALUES:
+                d = json.loads(good)
+                if d["records"][i][key] == v or (key == "label" and isinstance(v, bool)):
+                    continue  # the value it has, or another valid one
+                if key == "sample" and isinstance(v, int) and not isinstance(v, bool):
+                    if v not in [
+                        r["sample"]
+                        for r in d["records"]
+                        if r["prompt_id"] == d["records"][i]["prompt_id"]
+                    ]:
+                        continue  # another sample number is not damage the index can see
+                d["records"][i][key] = v
+                j.write_text(json.dumps(d))
+                _store_refuses(run, "shard-00001")
+                tried += 1
+    j.write_text(good)
+    assert len(Store(run)) == 32
+    assert tried >= 150
+
+
+def test_generated_tensor_damage_is_refused(ws):
+    from safetensors.torch import load_file, save_file
+
+    run = ws / "run"
+    st = run / "shard-00000.safetensors"
+    good = st.read_bytes()
+    names = sorted(load_file(str(st)))
+    assert {"hidden", "logprobs", "token_ids", "prompt_hidden"} <= set(names)
+    tried = 0
+    for old in (False, True):  # with summaries, and as a store from before them
+        if old:
+            _old_store(ws)
+        for name in names:
+            for dim, delta in ((0, -1), (0, 1), (-1, -1), (None, 0)):
+                st.write_bytes(good)
+                t = load_file(str(st))
+                x = t[name]
+                if dim is None:
+                    t[name] = x.reshape(-1)[: x.numel() // 2].clone()  # flattened, halved
+                elif x.dim() <= (dim if dim >= 0 else x.dim() + dim) or x.shape[dim] + delta < 0:
+                    continue
+                else:
+                    shape = list(x.shape)
+                    shape[dim] += delta
+                    t[name] = torch.zeros(shape, dtype=x.dtype)
+                save_file(t, str(st))
+                _store_refuses(run, "shard-00000")
+                tried += 1
+            st.write_bytes(good)
+            t = load_file(str(st))
+            del t[name]
+            save_file(t, str(st))
+            if name in ("hidden", "logprobs") or not old:
+                _store_refuses(run, "shard-00000")  # missing: needed, or not what was written
+                tried += 1
+            st.write_bytes(good)
+    assert tried >= 50

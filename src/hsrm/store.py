@@ -544,8 +544,8 @@ class Store(RecordsView):
             at = f"{j}: records[{i}]"
             if not isinstance(r, dict):
                 raise HsrmError(f"{at}: expected an object (damaged store)")
-            for key in ("offset", "rows", "tok_offset", "n_tokens"):
-                v = r[key]
+            for key in ("sample", "offset", "rows", "tok_offset", "n_tokens"):
+                v = r.get(key, 0)  # "sample": absent from hand-made indexes, never read
                 if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                     raise HsrmError(
                         f"{at}: field {key!r} is {v!r}, expected an integer >= 0 (damaged store)"
@@ -554,7 +554,7 @@ class Store(RecordsView):
                 raise HsrmError(
                     f"{at}: field 'label' is {r['label']!r}, expected true or false (damaged store)"
                 )
-            if r["prompt_id"] not in where:
+            if not isinstance(r["prompt_id"], str) or r["prompt_id"] not in where:
                 raise HsrmError(
                     f"{at}: field 'prompt_id' is {r['prompt_id']!r}, not one of the shard's "
                     "prompts (damaged store)"
@@ -621,8 +621,8 @@ class Store(RecordsView):
         want = {"hidden": [rows, L, d], "hidden_scale": [rows, L]}
         for name in ("entropy", "self_certainty", "confidence", "token_ids"):
             want[name] = [toks]
-        if "prompt_hidden" in shapes:
-            want["prompt_hidden"] = [shapes["prompt_hidden"][0], L, d]
+        if "prompt_hidden" in shapes:  # one row per prompt, in the index's order
+            want["prompt_hidden"] = [n_prompts, L, d]
         for name, shape in want.items():
             if name in shapes and shapes[name] != shape:
                 raise HsrmError(
