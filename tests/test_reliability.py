@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import torch
 
 from hsrm.cli import main
 from hsrm.errors import HsrmError
@@ -122,7 +123,121 @@ def _file(ws: Path) -> None:
     (ws / "afile").write_text("precious")
 
 
+def _edit_tensors(path: Path, fn: Callable[[dict], None]) -> None:
+    from safetensors.torch import load_file, save_file
+
+    t = load_file(str(path))
+    fn(t)
+    save_file(t, str(path))
+
+
+def _old_store(ws: Path) -> None:
+    """The store as an hsrm before issue 33 wrote it: no summaries, no file list."""
+    run = ws / "run"
+    _edit_json(run / "meta.json", lambda d: [d.pop(k) for k in ("files", "counts")])
+    for j in run.glob("shard-*.json"):
+        _edit_json(j, lambda d: d.pop("summary"))
+
+
+def _narrow(ws: Path) -> None:
+    """A shard written consistently (summary and file list agree) but narrower than the model."""
+    run = ws / "run"
+    _old_store(ws)
+    _edit_tensors(
+        run / "shard-00000.safetensors",
+        lambda t: t.update(hidden=t["hidden"][..., :8].contiguous()),
+    )
+
+
+def _nan_head(ws: Path) -> None:
+    _edit_tensors(
+        ws / "head" / "model.safetensors",
+        lambda t: t.update({k: torch.full_like(v, float("nan")) for k, v in t.items()}),
+    )
+
+
+def _flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _edit_question(path: Path) -> None:
+    """One letter of a question changed in place: the index is still valid JSON of the same
+    size, so only its checksum can tell."""
+    data = path.read_bytes()
+    at = data.index(b'"question": "') + len(b'"question": "')
+    path.write_bytes(data[:at] + (b"Q" if data[at : at + 1] != b"Q" else b"R") + data[at + 1 :])
+
+
+def _other_model_head(ws: Path) -> None:
+    shutil.copytree(ws / "head", ws / "head2")
+    _edit_json(ws / "head2" / "config.json", lambda d: d["fingerprint"].update(hidden_size=64))
+
+
+def _recs(fn: Callable[[list], None]) -> Callable[[Path], None]:
+    return lambda ws: _edit_json(ws / "run" / "shard-00000.json", lambda d: fn(d["records"]))
+
+
 DAMAGE: dict[str, Callable[[Path], None]] = {
+    # -- stores that must prove they are whole (issue 33) --
+    "meta_layers_40": lambda ws: _edit_json(
+        ws / "run" / "meta.json", lambda d: d.update(layers=list(range(40)))
+    ),
+    "meta_layers_4": lambda ws: _edit_json(
+        ws / "run" / "meta.json", lambda d: d.update(layers=[0, 1, 2, 3])
+    ),
+    "record_deleted": _recs(lambda r: r.pop(5)),
+    "record_deleted_last": _recs(lambda r: r.pop()),
+    "record_duplicated": _recs(lambda r: r.append(dict(r[-1]))),
+    "rows_negative": _recs(lambda r: r[0].update(rows=-3)),
+    "prompt_id_foreign": _recs(lambda r: r[3].update(prompt_id="synthetic-99999")),
+    "label_yes": _recs(lambda r: r[2].update(label="yes")),
+    "label_one": _recs(lambda r: r[2].update(label=1)),
+    "offset_string": _recs(lambda r: r[1].update(offset="3")),
+    "hidden_narrow": lambda ws: _edit_tensors(
+        ws / "run" / "shard-00000.safetensors",
+        lambda t: t.update(hidden=t["hidden"][..., :8].contiguous()),
+    ),
+    "hidden_narrow_consistent": _narrow,
+    "old_store_record_deleted": lambda ws: (_old_store(ws), _recs(lambda r: r.pop(5))(ws)),
+    "old_store_rows_negative": lambda ws: (
+        _old_store(ws),
+        _recs(lambda r: r[0].update(rows=-3))(ws),
+    ),
+    "summary_records": lambda ws: _edit_json(
+        ws / "run" / "shard-00001.json", lambda d: d["summary"].update(records=15)
+    ),
+    "meta_counts": lambda ws: _edit_json(
+        ws / "run" / "meta.json", lambda d: d["counts"].update(records=33)
+    ),
+    "shard_added": lambda ws: [
+        shutil.copy(ws / "run" / f"shard-00001.{x}", ws / "run" / f"shard-00002.{x}")
+        for x in ("json", "safetensors")
+    ],
+    "files_unlisted": lambda ws: _edit_json(
+        ws / "run" / "meta.json", lambda d: d["files"].pop("shard-00001.json")
+    ),
+    "shard_pair_removed": lambda ws: [
+        (ws / "run" / f"shard-00001.{x}").unlink() for x in ("json", "safetensors")
+    ],
+    "shard_byte_flipped": lambda ws: _flip_byte(ws / "run" / "shard-00001.safetensors"),
+    "index_byte_flipped": lambda ws: _edit_question(ws / "run" / "shard-00000.json"),
+    "format_version_string": lambda ws: _edit_json(
+        ws / "run" / "meta.json", lambda d: d.update(format_version="1")
+    ),
+    "meta_files_string": lambda ws: _edit_json(
+        ws / "run" / "meta.json", lambda d: d.update(files="all")
+    ),
+    # -- heads --
+    "head_nan": _nan_head,
+    "head_layers_out_of_range": lambda ws: _edit_json(
+        ws / "head" / "config.json", lambda d: d.update(layers=[0, 1, 50])
+    ),
+    "head_format_string": lambda ws: _edit_json(
+        ws / "head" / "config.json", lambda d: d.update(format_version="1")
+    ),
+    "head_other_model": _other_model_head,
     "shard_missing": lambda ws: (ws / "run" / "shard-00000.safetensors").unlink(),
     "shard_truncated": lambda ws: _cut(ws / "run" / "shard-00001.safetensors", 0.5),
     "shard_tail_cut": lambda ws: _cut(
@@ -474,6 +589,199 @@ CASES = [
         "no_training_record",
         group="data-loss",
     ),
+    # -- stores prove they are whole (issue 33) ---------------------------------------------
+    Case("meta_layers_40", TRAIN, ["meta.json", "'layers'", "0..3"], "meta_layers_40", "accepted"),
+    Case(
+        "meta_layers_4",
+        TRAIN,
+        ["shard-00000.safetensors", "'hidden'", "[48, 3, 32]", "[48, 4, 32]"],
+        "meta_layers_4",
+        "accepted",
+    ),
+    Case(
+        "record_deleted",
+        TRAIN,
+        ["shard-00000.json", "records[5]", "'offset'"],
+        "record_deleted",
+        "accepted",
+    ),
+    Case(
+        "record_deleted_last",
+        EVAL,
+        ["shard-00000.safetensors", "rows", "shard-00000.json"],
+        "record_deleted_last",
+        "accepted",
+    ),
+    Case(
+        "record_duplicated",
+        TRAIN,
+        ["shard-00000.json", "records[16]", "appears twice"],
+        "record_duplicated",
+        "accepted",
+    ),
+    Case("rows_negative", TRAIN, ["shard-00000.json", "'rows'", "-3"], "rows_negative", "accepted"),
+    Case(
+        "prompt_id_foreign",
+        TRAIN,
+        ["shard-00000.json", "records[3]", "'prompt_id'", "synthetic-99999"],
+        "prompt_id_foreign",
+        "accepted",
+    ),
+    Case("label_yes", TRAIN, ["shard-00000.json", "records[2]", "'label'", "'yes'"], "label_yes"),
+    Case("label_one", EVAL, ["shard-00000.json", "'label'"], "label_one", "accepted"),
+    Case("offset_string", TRAIN, ["shard-00000.json", "'offset'", "'3'"], "offset_string"),
+    Case(
+        "hidden_narrow",
+        TRAIN,
+        ["shard-00000.safetensors", "'hidden'", "[48, 3, 8]", "width (32)"],
+        "hidden_narrow",
+    ),
+    Case(
+        "hidden_narrow_old_store",
+        TRAIN,
+        ["shard-00000.safetensors", "'hidden'", "width (32)"],
+        "hidden_narrow_consistent",
+    ),
+    Case(
+        "old_store_record_deleted",
+        TRAIN,
+        ["shard-00000.json", "records[5]"],
+        "old_store_record_deleted",
+        "accepted",
+    ),
+    Case(
+        "old_store_rows_negative",
+        TRAIN,
+        ["shard-00000.json", "'rows'"],
+        "old_store_rows_negative",
+        "accepted",
+    ),
+    Case(
+        "summary_records",
+        TRAIN,
+        ["shard-00001.json", "summary.records", "15", "16"],
+        "summary_records",
+        "accepted",
+    ),
+    Case(
+        "meta_counts", TRAIN, ["meta.json", "counts.records", "33", "32"], "meta_counts", "accepted"
+    ),
+    Case(
+        "shard_added",
+        TRAIN,
+        ["shard-00002.json", "also in shard-00001.json"],
+        "shard_added",
+        "accepted",
+    ),
+    Case(
+        "files_unlisted",
+        TRAIN,
+        ["shard-00001.json", "not listed in meta.json's files"],
+        "files_unlisted",
+        "accepted",
+    ),
+    Case(
+        "shard_pair_removed",
+        EVAL,
+        ["shard-00001.json", "missing", "meta.json"],
+        "shard_pair_removed",
+        "accepted",
+    ),
+    Case(
+        "check_shard_byte_flipped",
+        "check {run}",
+        ["shard-00001.safetensors", "sha256"],
+        "shard_byte_flipped",
+        "accepted",
+        subprocess=True,
+    ),
+    Case(
+        "check_index_edited",
+        "check {run}",
+        ["shard-00000.json", "sha256"],
+        "index_byte_flipped",
+        "accepted",
+    ),
+    Case(
+        "check_record_deleted", "check {run}", ["shard-00000.json", "records[5]"], "record_deleted"
+    ),
+    Case("check_not_a_store", "check {ws}", ["not a sample store"]),
+    Case(
+        "format_version_string",
+        TRAIN,
+        ["meta.json", "format_version '1' is not supported (this hsrm reads 1)"],
+        "format_version_string",
+        "messages",
+    ),
+    Case("meta_files_string", TRAIN, ["meta.json", "'files'"], "meta_files_string"),
+    # -- heads (issue 33) ----------------------------------------------------------------------
+    Case("head_nan", EVAL, ["model.safetensors", "not finite"], "head_nan", "accepted"),
+    Case(
+        "head_layers_out_of_range",
+        EVAL,
+        ["config.json", "'layers'", "[50]", "out of range"],
+        "head_layers_out_of_range",
+        "messages",
+    ),
+    Case(
+        "head_format_string",
+        EVAL,
+        ["config.json", "format_version '1' is not supported (this hsrm reads 1)"],
+        "head_format_string",
+        "messages",
+    ),
+    Case(
+        "heads_of_two_models",
+        EVAL + " --head {ws}/head2",
+        ["{ws}/head2:", "{ws}/head on", "d=64", "d=32"],
+        "head_other_model",
+        "messages",
+    ),
+    # -- config checked before any model loads, messages name both values (issue 33) ---------
+    Case("store_dtype_bad", S + " --store-dtype int4 --out {ws}/o", ["--store-dtype", "'int4'"]),
+    Case("pool_bad", S + " --pool max --out {ws}/o", ["--pool", "'max'", "mean"]),
+    Case(
+        "yaml_key_twice",
+        SY + " --config {bad}/dup_key.yaml --out {ws}/o",
+        ["dup_key.yaml:4", "'n'", "twice", "line 2"],
+        group="accepted",
+    ),
+    Case(
+        "answer_int",
+        S + " --task jsonl:{bad}/answer_int.jsonl --out {ws}/o",
+        ["answer_int.jsonl:1", "'answer'", '"6"'],
+        group="accepted",
+    ),
+    Case(
+        "out_under_a_file",
+        S + " --out {ws}/afile/sub",
+        ["afile/sub", "afile is a file"],
+        "file",
+        "messages",
+    ),
+    Case(
+        "train_out_under_a_file",
+        "train {run} --head probe --layers all --out {ws}/afile/sub",
+        ["afile is a file"],
+        "file",
+        "messages",
+    ),
+    Case(
+        "resume_other_settings",
+        "sample --out {run} " + " ".join(TINY).replace("--n 4", "--n 2"),
+        [
+            "meta.json",
+            "existing run has sampling={{'n': 4}}",
+            "this run asks for sampling={{'n': 2}}",
+        ],
+        group="messages",
+    ),
+    Case(
+        "resume_other_task",
+        "sample --out {run} " + " ".join(TINY).replace("--n-prompts 8", "--n-prompts 6"),
+        ["meta.json", "existing run has task={{'n': 8}}", "task={{'n': 6}}"],
+        group="messages",
+    ),
     # -- trust -------------------------------------------------------------------------------
     Case(
         "detect_score_hub_model",
@@ -486,13 +794,16 @@ CASES = [
 
 
 def _argv(case: Case, ws: Path) -> list[str]:
-    s = case.argv.format(run=ws / "run", head=ws / "head", harp=ws / "harp", ws=ws, bad=BAD)
-    return s.split()
+    return _fmt(case.argv, ws).split()
+
+
+def _fmt(s: str, ws: Path) -> str:
+    return s.format(run=ws / "run", head=ws / "head", harp=ws / "harp", ws=ws, bad=BAD)
 
 
 def test_corpus_is_counted():
     """The report's count; ids are unique so a failure names its case."""
-    assert len({c.id for c in CASES}) == len(CASES) >= 55
+    assert len({c.id for c in CASES}) == len(CASES) >= 95
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -507,6 +818,7 @@ def test_bad_input_exit_2_nothing_written(case, ws, capsys):
     assert rc == 2, msg
     assert "Traceback" not in msg
     for s in case.expect:
+        s = _fmt(s, ws)
         assert s in msg, f"{s!r} not in {msg!r}"
     assert _listing(ws) == before, "a refused command wrote or deleted something"
     assert _listing(BAD) == bad_before
@@ -531,7 +843,7 @@ def test_bad_input_real_process(case, ws):
     assert p.returncode == 2, msg
     assert "Traceback" not in msg
     for s in case.expect:
-        assert s in msg
+        assert _fmt(s, ws) in msg, msg
     assert _listing(ws) == before
 
 
@@ -837,3 +1149,241 @@ def test_crash_between_fit_and_rename_leaves_no_head(ws, monkeypatch):
     assert not (ws / "h").exists()
     monkeypatch.setattr(hsrm.io.os, "replace", real)
     assert main(argv) == 0 and (ws / "h" / "training.json").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# stores prove they are whole, every OSError a message (issue 33)
+def test_check_whole_store_and_old_store(ws, capsys, caplog):
+    """`hsrm check` passes a fresh store; a store from before checksums still opens (its counts
+    checked) and `check` says what it could not verify."""
+    assert main(["check", str(ws / "run")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "2 shards, 8 prompts, 32 samples consistent; 4 files" in out
+    meta = json.loads((ws / "run" / "meta.json").read_text())
+    assert sorted(meta["files"]) == [
+        "shard-00000.json",
+        "shard-00000.safetensors",
+        "shard-00001.json",
+        "shard-00001.safetensors",
+    ]
+    assert meta["counts"] == {"shards": 2, "prompts": 8, "records": 32}
+    _old_store(ws)
+    assert len(Store(ws / "run")) == 32
+    assert main(["check", str(ws / "run")]) == 0
+    assert "before hsrm recorded checksums" in caplog.text
+
+
+def test_config_refused_before_the_model_loads(ws, monkeypatch, capsys):
+    import hsrm.sampling
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded before the config was checked")
+
+    monkeypatch.setattr(hsrm.sampling, "load_model", no_model)
+    for bad in (["--store-dtype", "int4"], ["--pool", "max"]):
+        assert main(["sample", "--out", str(ws / "o"), *TINY, *bad]) == 2
+        assert bad[0] in capsys.readouterr().err
+    assert not (ws / "o").exists()
+
+
+def test_non_finite_head_is_never_written(ws):
+    from hsrm.heads.base import Head
+
+    head = Head.load(ws / "head")
+    tensors, _ = head._state()
+    for t in tensors.values():
+        if t.is_floating_point():
+            t.fill_(float("inf"))
+    with pytest.raises(HsrmError, match="not saved.*not finite"):
+        head.save(ws / "h2")
+    assert not (ws / "h2").exists() and not [p for p in ws.iterdir() if p.name.startswith(".")]
+
+
+def test_disk_full_in_the_shard_writer_then_resume(tmp_path, monkeypatch, capsys):
+    """ENOSPC in the background writer's thread (at the fsync of shard 1's tensors, where a full
+    disk often shows): one message naming the file and how to resume, exit 2; the store holds
+    whole shards only, and the rerun finishes it."""
+    import errno
+    import threading
+
+    real_fsync = os.fsync
+    calls = []
+
+    def fsync(fd):
+        if threading.current_thread().name == "hsrm-shard-writer":
+            calls.append(fd)
+            if len(calls) == 3:  # shard 0: tensors, index; shard 1: tensors
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    out = tmp_path / "run"
+    argv = ["sample", "--out", str(out), *TINY]
+    assert main(argv) == 2
+    msg = " ".join(capsys.readouterr().err.split())
+    assert "shard-00001.safetensors: No space left on device" in msg
+    assert "rerun `hsrm sample --out" in msg and "to resume" in msg
+    assert "Traceback" not in msg
+    assert sorted(p.name for p in out.iterdir()) == [
+        "meta.json",
+        "shard-00000.json",
+        "shard-00000.safetensors",
+    ]
+    assert not json.loads((out / "meta.json").read_text())["complete"]
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert main(argv) == 0
+    assert Store(out).complete and len(Store(out)) == 32
+
+
+def _fsize_limit(n_bytes: int) -> Callable[[], None]:
+    import resource
+
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (n_bytes, n_bytes))
+
+
+def test_file_too_large_sample_and_train(base, tmp_path):
+    """`ulimit -f` (EFBIG) in a real process: the shard writer's thread and a head save each end
+    in one message, exit 2; nothing half-written, and the store resumes."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "hsrm", "sample", "--out", str(out), *TINY]
+    p = subprocess.run(
+        cmd, capture_output=True, text=True, env=_env(), timeout=300, preexec_fn=_fsize_limit(6000)
+    )
+    msg = " ".join((p.stdout + p.stderr).split())
+    assert p.returncode == 2, msg
+    assert "Traceback" not in msg and "File too large" in msg and "to resume" in msg
+    assert "shard-00000.safetensors" in msg
+    assert not list(out.glob(".*tmp")) and not list(out.glob("shard-*"))
+    p = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert main(["check", str(out)]) == 0
+    # a head save: its files are a few KB; 1000 bytes stops one of them
+    # (on the fixture's store, which has both label classes; train only reads it)
+    train = [sys.executable, "-m", "hsrm", "train", str(base / "run"), "--head-type", "probe"]
+    p = subprocess.run(
+        train + ["--out", str(tmp_path / "h")],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+        preexec_fn=_fsize_limit(1000),
+    )
+    msg = " ".join((p.stdout + p.stderr).split())
+    assert p.returncode == 2, msg
+    assert "Traceback" not in msg and f"{tmp_path / 'h'}: File too large" in msg
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_sigint_says_how_to_resume(tmp_path):
+    out = tmp_path / "run"
+    args = [a if a != "8" else "64" for a in TINY]  # --n-prompts 64: long enough to interrupt
+    cmd = [sys.executable, "-m", "hsrm", "sample", "--out", str(out), *args]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    deadline = time.time() + 240
+    while time.time() < deadline and p.poll() is None and not (out / "shard-00000.json").exists():
+        time.sleep(0.01)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    msg = " ".join(err.split())
+    if p.returncode == 0:
+        pytest.skip("sampling finished before the interrupt arrived")
+    assert p.returncode == 130, msg
+    assert "interrupted; the store keeps every shard written so far: rerun `hsrm sample" in msg
+    assert "Traceback" not in msg
+    assert main(["sample", "--out", str(out), *args]) == 0
+    assert Store(out).complete and len(Store(out)) == 64 * 4
+
+
+def test_out_symlink_writes_through(ws):
+    """`train --out LINK` (LINK -> an earlier head): the head is replaced where the link points,
+    the link stays a link, and nothing is left beside it."""
+    os.symlink(ws / "head", ws / "link")
+    before = json.loads((ws / "head" / "training.json").read_text())
+    argv = ["train", str(ws / "run"), "--head", "probe", "--layers", "all", "--test-frac", "0.5"]
+    assert main(argv + ["--out", str(ws / "link")]) == 0
+    assert (ws / "link").is_symlink() and os.readlink(ws / "link") == str(ws / "head")
+    after = json.loads((ws / "head" / "training.json").read_text())
+    assert before["config"]["test_frac"] == 0.3 and after["config"]["test_frac"] == 0.5
+    assert not [p.name for p in ws.iterdir() if p.name.startswith(".")]
+
+
+# Generated damage (issue 33 asks that new cases, not only the reported ones, be refused): every
+# record field set to every wrongly typed or out-of-range value, and every tensor given a wrong
+# shape, must be refused by Store naming the shard, never accepted and never a traceback.
+_BAD_VALUES = [None, "x", "3", -1, -3, 1.5, True, [], {}, 10**9]
+_FIELDS = ["prompt_id", "sample", "label", "offset", "rows", "tok_offset", "n_tokens"]
+
+
+def _store_refuses(run: Path, where: str) -> str:
+    try:
+        Store(run)
+    except HsrmError as e:
+        assert where in str(e), str(e)
+        return str(e)
+    raise AssertionError(f"accepted silently: {where}")
+
+
+def test_generated_record_damage_is_refused(ws):
+    run = ws / "run"
+    j = run / "shard-00001.json"
+    good = j.read_text()
+    tried = 0
+    for key in _FIELDS:
+        for i in (0, 7, 15):
+            for v in _BAD_VALUES:
+                d = json.loads(good)
+                if d["records"][i][key] == v or (key == "label" and isinstance(v, bool)):
+                    continue  # the value it has, or another valid one
+                if key == "sample" and isinstance(v, int) and not isinstance(v, bool):
+                    if v not in [
+                        r["sample"]
+                        for r in d["records"]
+                        if r["prompt_id"] == d["records"][i]["prompt_id"]
+                    ]:
+                        continue  # another sample number is not damage the index can see
+                d["records"][i][key] = v
+                j.write_text(json.dumps(d))
+                _store_refuses(run, "shard-00001")
+                tried += 1
+    j.write_text(good)
+    assert len(Store(run)) == 32
+    assert tried >= 150
+
+
+def test_generated_tensor_damage_is_refused(ws):
+    from safetensors.torch import load_file, save_file
+
+    run = ws / "run"
+    st = run / "shard-00000.safetensors"
+    good = st.read_bytes()
+    names = sorted(load_file(str(st)))
+    assert {"hidden", "logprobs", "token_ids", "prompt_hidden"} <= set(names)
+    tried = 0
+    for old in (False, True):  # with summaries, and as a store from before them
+        if old:
+            _old_store(ws)
+        for name in names:
+            for dim, delta in ((0, -1), (0, 1), (-1, -1), (None, 0)):
+                st.write_bytes(good)
+                t = load_file(str(st))
+                x = t[name]
+                if dim is None:
+                    t[name] = x.reshape(-1)[: x.numel() // 2].clone()  # flattened, halved
+                elif x.dim() <= (dim if dim >= 0 else x.dim() + dim) or x.shape[dim] + delta < 0:
+                    continue
+                else:
+                    shape = list(x.shape)
+                    shape[dim] += delta
+                    t[name] = torch.zeros(shape, dtype=x.dtype)
+                save_file(t, str(st))
+                _store_refuses(run, "shard-00000")
+                tried += 1
+            st.write_bytes(good)
+            t = load_file(str(st))
+            del t[name]
+            save_file(t, str(st))
+            if name in ("hidden", "logprobs") or not old:
+                _store_refuses(run, "shard-00000")  # missing: needed, or not what was written
+                tried += 1
+            st.write_bytes(good)
+    assert tried >= 50

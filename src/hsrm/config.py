@@ -26,8 +26,9 @@ COMMAND: list[str] | None = None
 
 
 def field(default: Any, help: str, **kw: Any) -> Any:
-    """A dataclass field with CLI help text; ``min=``/``max=`` bound a number (checked with the
-    type by ``validate``; floats must also be finite)."""
+    """A dataclass field with CLI help text; ``min=``/``max=`` bound a number, ``choices=`` lists
+    the values a string may take (checked with the type by ``validate``, before any model loads;
+    floats must also be finite)."""
     if isinstance(default, list | dict):
         return dataclasses.field(default_factory=lambda: default, metadata={"help": help, **kw})
     return dataclasses.field(default=default, metadata={"help": help, **kw})
@@ -142,6 +143,9 @@ def validate(
             raise HsrmError(f"{at} must be {type_name(hints[f.name])}, got {v!r}")
         if isinstance(v, float) and not math.isfinite(v):
             raise HsrmError(f"{at} must be a finite number, got {v!r}")
+        choices = f.metadata.get("choices")
+        if choices is not None and v not in choices:
+            raise HsrmError(f"{at} must be one of {', '.join(map(str, choices))}, got {v!r}")
         lo, hi = f.metadata.get("min"), f.metadata.get("max")
         if isinstance(v, int | float) and not isinstance(v, bool):
             if lo is not None and v < lo:
@@ -211,6 +215,13 @@ def load_yaml(path: str | Path | None, section: str | None = None) -> dict[str, 
         raise HsrmError(f"{p}{where}: malformed YAML ({getattr(e, 'problem', e)})") from None
     if not isinstance(data, dict):
         raise HsrmError(f"{p}: expected a mapping at the top level")
+    # YAML keeps the last of a key given twice without a word; the first was meant too, or not.
+    dup = _duplicate_key(node)
+    if dup is not None:
+        key, first, again = dup
+        raise HsrmError(
+            f"{p}:{again}: key {key!r} given twice (first on line {first}); keep one of them"
+        )
     out = _FileValues()
     out.source = str(p)
     if section and isinstance(data.get(section), dict):
@@ -230,4 +241,22 @@ def _child(node: Any, key: str) -> Any:
         for k, v in node.value:
             if k.value == key:
                 return v
+    return None
+
+
+def _duplicate_key(node: Any) -> tuple[str, int, int] | None:
+    """(key, first line, repeated line) of the first key given twice in any mapping of ``node``."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for k, v in node.value:
+            name, line = str(k.value), k.start_mark.line + 1
+            if name in seen:
+                return name, seen[name], line
+            seen[name] = line
+            if (dup := _duplicate_key(v)) is not None:
+                return dup
+    elif isinstance(node, yaml.SequenceNode):
+        for v in node.value:
+            if (dup := _duplicate_key(v)) is not None:
+                return dup
     return None

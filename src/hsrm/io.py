@@ -58,9 +58,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             os.fsync(f.fileno())
         _chmod_default(tmp, is_dir=False)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:
+            # A full disk or `ulimit -f` (ENOSPC, EFBIG) fails a write on an open file, and
+            # Python names no file then: name the one being written, for the message.
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
 
 
@@ -212,6 +216,11 @@ def check_out(
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise HsrmError(f"{p}: exists and is a file, not a folder; choose another --out")
+    for up in p.parents:  # `--out afile/sub`: mkdir would say only "afile: File exists"
+        if up.exists() and not up.is_dir():
+            raise HsrmError(
+                f"{p}: cannot be made, {up} is a file, not a folder; choose another --out"
+            )
     rp = p.resolve()
     for inp in inputs:
         ri = Path(inp).resolve()
@@ -356,6 +365,11 @@ def atomic_dir(
     is swapped out in two renames; one that holds other files too (or a foreign folder with
     ``overwrite``) keeps them: only hsrm's files are replaced, the record files last."""
     path = Path(path)
+    if path.is_symlink():
+        # `--out LINK` means the folder the link names: it is replaced there, atomically as any
+        # other, and the link stays a link (renaming over the link would turn it into a folder
+        # and leave the old target orphaned).
+        path = Path(os.path.realpath(path))
     check_out(path, kind, overwrite=overwrite, inputs=inputs, inside_inputs_ok=inside_inputs_ok)
     path.parent.mkdir(parents=True, exist_ok=True)
     with exclusive(path):

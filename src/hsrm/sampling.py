@@ -26,7 +26,7 @@ from hsrm.io import atomic_write_text, check_out, read_json
 from hsrm.models import ModelConfig, ModelFingerprint, load_model, loaded_config
 from hsrm.projection import Projection
 from hsrm.shardwriter import BackgroundWriter
-from hsrm.store import Store, StoreWriter
+from hsrm.store import DTYPES, POOLS, Store, StoreWriter, differing
 from hsrm.tasks import Task, get_task
 from hsrm.tasks.base import Prompt
 
@@ -97,7 +97,11 @@ class SampleRunConfig(ModelConfig):
     max_new_tokens: int = field(6, "maximum answer tokens", min=1)
     seed: int = field(0, "sampling seed (each prompt draws from its own stream)")
     layers: str = field("all", "hidden states to capture: all | every:K | top:K | A-B | 0,4,8")
-    store_dtype: str = field("float16", "storage dtype: float16 | bfloat16 | int8 | fp8")
+    store_dtype: str = field(
+        "float16",
+        "storage dtype: float16 | bfloat16 | int8 | fp8",
+        choices=DTYPES,
+    )
     project: int = field(
         0, "compact store: keep a seeded random projection of each layer to k dims (0 = full)"
     )
@@ -113,7 +117,9 @@ class SampleRunConfig(ModelConfig):
     writer_queue: int = field(
         2, "shards that may wait for the background writer (0 = write synchronously)"
     )
-    pool: str = field("none", "none (per token) | mean | last (one vector per answer)")
+    pool: str = field(
+        "none", "none (per token) | mean | last (one vector per answer)", choices=POOLS
+    )
     shard_prompts: int = field(16, "prompts per shard (the unit of resumption)", min=1)
     api_log: str = field("", "also write the samples as OpenAI-style chat.completion JSONL here")
     top_logprobs: int = field(
@@ -232,8 +238,9 @@ def check_task_resumes(cfg: SampleRunConfig, task: Task | None = None) -> None:
     if isinstance(old, dict) and json.dumps(old.get("task"), sort_keys=True) != json.dumps(
         want, sort_keys=True
     ):
+        was, now = differing(old.get("task"), want)
         raise HsrmError(
-            f"{mp}: existing run has task={old.get('task')!r}, this run asks for task={want!r}; "
+            f"{mp}: existing run has task={was!r}, this run asks for task={now!r}; "
             f"use another --out, or delete {cfg.out} to sample it again"
         )
 

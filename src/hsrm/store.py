@@ -25,6 +25,7 @@ absmax scale in fp16). ``pool="mean"`` stores one pooled vector per answer inste
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import shlex
@@ -71,6 +72,25 @@ _RESUME_KEYS = (
 )
 # Resume keys newer than some stores: checked only where the existing store records them.
 _RESUME_KEYS_ADDED = ("model_dtype",)
+
+
+def differing(old: Any, new: Any) -> tuple[Any, Any]:
+    """Two settings cut down to where they differ (nested dicts walked; a key one side lacks is
+    left out of that side), so a resume refusal shows ``sampling={'n': 4}`` against
+    ``sampling={'n': 8}``, not two whole dicts to compare by eye."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return old, new
+    a: dict[str, Any] = {}
+    b: dict[str, Any] = {}
+    for k in sorted(set(old) | set(new), key=str):
+        if json.dumps(old.get(k), sort_keys=True) == json.dumps(new.get(k), sort_keys=True):
+            continue
+        x, y = differing(old.get(k), new.get(k))
+        if k in old:
+            a[k] = x
+        if k in new:
+            b[k] = y
+    return a, b
 
 
 def _encode_hidden(h: torch.Tensor, dtype: str) -> dict[str, torch.Tensor]:
@@ -127,17 +147,23 @@ class StoreWriter:
                 old = read_json(mp, "store meta.json")
                 if not isinstance(old, dict):
                     raise HsrmError(f"{mp}: expected a JSON object (damaged store?)")
-                for k in _RESUME_KEYS:
-                    if k in _RESUME_KEYS_ADDED and k not in old:
-                        continue  # a store from before hsrm recorded it: nothing to compare
-                    if json.dumps(old.get(k), sort_keys=True) != json.dumps(
-                        self.meta.get(k), sort_keys=True
-                    ):
-                        raise HsrmError(
-                            f"{mp}: existing run has {k}={old.get(k)!r}, this run asks for "
-                            f"{k}={self.meta.get(k)!r}; use another --out or the same settings "
-                            "to resume"
-                        )
+                diff = [
+                    k
+                    for k in _RESUME_KEYS
+                    # a key newer than the store: nothing to compare
+                    if not (k in _RESUME_KEYS_ADDED and k not in old)
+                    and json.dumps(old.get(k), sort_keys=True)
+                    != json.dumps(self.meta.get(k), sort_keys=True)
+                ]
+                if diff:
+                    pairs = [(k, *differing(old.get(k), self.meta.get(k))) for k in diff]
+                    raise HsrmError(
+                        f"{mp}: existing run has "
+                        + ", ".join(f"{k}={a!r}" for k, a, _ in pairs)
+                        + "; this run asks for "
+                        + ", ".join(f"{k}={b!r}" for k, _, b in pairs)
+                        + "; use another --out or the same settings to resume"
+                    )
                 kept = [k for k in _RESUME_KEYS if k not in _RESUME_KEYS_ADDED or k in old]
                 self.meta = {**old, **{k: self.meta[k] for k in kept if k in self.meta}}
             else:
@@ -262,16 +288,59 @@ class StoreWriter:
             if project:
                 ph = self.projection.apply(ph, layers)  # type: ignore[union-attr]
             tensors["prompt_hidden"] = ph.to(torch.float16)
-        atomic_write_bytes(self.path / f"shard-{k:05d}.safetensors", save(tensors))
+        blob = save(tensors)
+        atomic_write_bytes(self.path / f"shard-{k:05d}.safetensors", blob)
+        # The index carries what its tensors must be (written in the same atomic step as the
+        # records, so it holds under the background writer and Ray workers alike, which each
+        # write whole shards): Store checks the counts, sizes and shapes on every open, `hsrm
+        # check` the checksum.
+        summary = {
+            "records": len(records),
+            "prompts": len(results),
+            "rows": offset,
+            "tokens": tok_offset,
+            "bytes": len(blob),
+            "sha256": hashlib.sha256(blob).hexdigest(),
+            "shapes": {n: list(t.shape) for n, t in sorted(tensors.items())},
+        }
         atomic_write_json(
             self.path / f"shard-{k:05d}.json",
-            {"prompts": [r.prompt.id for r in results], "records": records},
+            {"prompts": [r.prompt.id for r in results], "records": records, "summary": summary},
         )
 
     def finish(self, extra: dict[str, Any] | None = None) -> None:
-        meta = {**self.meta, **(extra or {}), "complete": True}
+        meta = {**self.meta, **(extra or {}), **shard_files(self.path), "complete": True}
         atomic_write_json(self.path / "meta.json", meta)
         self.close()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def shard_files(path: Path) -> dict[str, Any]:
+    """meta.json's record of a finished store: every shard file's size and sha256 (the tensors'
+    from their index, which hashed them as it wrote them; the small indexes hashed here) and
+    the totals, so a shard added, removed or edited afterwards is noticed."""
+    files: dict[str, dict[str, Any]] = {}
+    totals = {"shards": 0, "prompts": 0, "records": 0}
+    for j in sorted(path.glob("shard-*.json")):
+        data = read_json(j, "shard index")
+        summary = data.get("summary") if isinstance(data, dict) else None
+        files[j.name] = {"bytes": j.stat().st_size, "sha256": _sha256(j)}
+        st = j.with_suffix(".safetensors")
+        if isinstance(summary, dict) and "sha256" in summary:
+            files[st.name] = {"bytes": summary["bytes"], "sha256": summary["sha256"]}
+        elif st.exists():  # a shard of an older hsrm, resumed: hash it now
+            files[st.name] = {"bytes": st.stat().st_size, "sha256": _sha256(st)}
+        totals["shards"] += 1
+        totals["prompts"] += len(data.get("prompts") or []) if isinstance(data, dict) else 0
+        totals["records"] += len(data.get("records") or []) if isinstance(data, dict) else 0
+    return {"files": files, "counts": totals}
 
 
 _RECORD_KEYS = ("prompt_id", "label", "offset", "rows", "tok_offset", "n_tokens")
@@ -343,8 +412,8 @@ class Store(RecordsView):
         self.meta = meta
         if self.meta.get("format_version") != FORMAT_VERSION:
             raise HsrmError(
-                f"{mp}: format_version {self.meta.get('format_version')} is not supported "
-                f"(this hsrm reads {FORMAT_VERSION})"
+                f"{mp}: format_version {self.meta.get('format_version')!r} is not supported "
+                f"(this hsrm reads {FORMAT_VERSION!r})"
             )
         #: the model's own fingerprint; ``fingerprint`` is what the features carry (projected
         #: stores: width k and the projection's tag, so heads cannot mix projected and raw states)
@@ -356,6 +425,13 @@ class Store(RecordsView):
             raise HsrmError(
                 f"{mp}: field 'fingerprint', 'projection' or 'layers' is damaged ({e})"
             ) from None
+        # hidden-state indices run 0 (embeddings) .. n_layers, and n_layers + 1 (prenorm)
+        top = self.model_fingerprint.n_layers + 1
+        if not self.layers or any(not 0 <= v <= top for v in self.layers):
+            raise HsrmError(
+                f"{mp}: field 'layers' is {list(self.layers)}, but the model has hidden states "
+                f"0..{top} (damaged store)"
+            )
         self.fingerprint = (
             self.projection.fingerprint(self.model_fingerprint)
             if self.projection is not None
@@ -367,6 +443,10 @@ class Store(RecordsView):
         self._handles: dict[int, Any] = {}
         # A shard's JSON is written after its tensors, so a JSON without its safetensors (or with
         # a safetensors too short for its records) is damage, never an interrupted write.
+        files = self.meta.get("files")
+        if files is not None and not isinstance(files, dict):
+            raise HsrmError(f"{mp}: field 'files' is damaged (expected an object)")
+        seen: set[str] = set()
         for j in sorted(self.path.glob("shard-*.json")):
             st = j.with_suffix(".safetensors")
             if not st.exists():
@@ -385,11 +465,38 @@ class Store(RecordsView):
                             raise KeyError(key)
             except (KeyError, TypeError) as e:
                 raise HsrmError(f"{j}: damaged shard index (missing or bad field {e})") from None
+            self._check_records(j, prompts, recs)
             for pi, pid in enumerate(prompts):
+                if pid in self._prompt_rows:
+                    raise HsrmError(
+                        f"{j}: prompt {pid!r} is also in "
+                        f"{self._shards[self._prompt_rows[pid][0]].with_suffix('.json').name} "
+                        "(damaged store)"
+                    )
                 self._prompt_rows[pid] = (k, pi)
-            self._check_shard(k, recs)
+            self._check_shard(k, recs, len(prompts), data.get("summary"))
+            # after the checks that say which record or tensor is wrong: a size alone says less
+            if files is not None:
+                self._check_listed(files, j, st, seen)
             for r in recs:
                 self.records.append({**r, "shard": k})
+        if files is not None:
+            gone = sorted(set(files) - seen)
+            if gone:
+                raise HsrmError(
+                    f"{self.path / gone[0]}: missing, but meta.json lists it (damaged store; "
+                    f"{len(gone)} file(s) missing)"
+                )
+            counts = self.meta.get("counts")
+            have = {"shards": len(self._shards), "prompts": len(self._prompt_rows)}
+            have["records"] = len(self.records)
+            if isinstance(counts, dict):
+                for key, n in have.items():
+                    if counts.get(key) != n:
+                        raise HsrmError(
+                            f"{mp}: counts.{key} is {counts.get(key)!r}, the shards hold {n} "
+                            "(damaged store)"
+                        )
         if not self.complete:
             cmd = (
                 self.meta.get("command") or f"the same `hsrm sample ... --out {self.path}` command"
@@ -403,22 +510,91 @@ class Store(RecordsView):
                 cmd,
             )
 
-    def _check_shard(self, k: int, recs: list[dict[str, Any]]) -> None:
-        """Open shard k and check its tensors cover its records (a cut file fails here)."""
+    def _check_listed(self, files: dict[str, Any], j: Path, st: Path, seen: set[str]) -> None:
+        """A finished store lists every shard file with its size (meta.json ``files``); a file
+        added, cut or grown since is damage. (Checksums: ``hsrm check``, they read every byte.)"""
+        for f in (j, st):
+            want = files.get(f.name)
+            if not isinstance(want, dict):
+                if self.complete:
+                    raise HsrmError(
+                        f"{f}: not listed in meta.json's files (a shard added after the store was "
+                        "finished?); remove it, or resume sampling into the store"
+                    )
+                continue  # written by a resume still running: its index summary vouches for it
+            seen.add(f.name)
+            size = f.stat().st_size
+            if want.get("bytes") != size:
+                raise HsrmError(
+                    f"{f}: {size} bytes, meta.json's files.{f.name}.bytes says "
+                    f"{want.get('bytes')!r} (damaged store; `hsrm check {self.path}` compares "
+                    "checksums)"
+                )
+
+    def _check_records(self, j: Path, prompts: list[Any], recs: list[dict[str, Any]]) -> None:
+        """Each record of shard index ``j`` is one answer of one of the shard's prompts, with the
+        types ``write_shard`` gives them, laid end to end in the shard's tensors."""
+        if not all(isinstance(p, str) for p in prompts) or len(set(prompts)) != len(prompts):
+            raise HsrmError(f"{j}: field 'prompts' must be distinct strings (damaged store)")
+        where = set(prompts)
+        keys: set[tuple[str, Any]] = set()
+        rows = toks = 0
+        pooled = self.meta.get("pool", "none") != "none"
+        for i, r in enumerate(recs):
+            at = f"{j}: records[{i}]"
+            if not isinstance(r, dict):
+                raise HsrmError(f"{at}: expected an object (damaged store)")
+            for key in ("sample", "offset", "rows", "tok_offset", "n_tokens"):
+                v = r.get(key, 0)  # "sample": absent from hand-made indexes, never read
+                if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                    raise HsrmError(
+                        f"{at}: field {key!r} is {v!r}, expected an integer >= 0 (damaged store)"
+                    )
+            if not isinstance(r["label"], bool):
+                raise HsrmError(
+                    f"{at}: field 'label' is {r['label']!r}, expected true or false (damaged store)"
+                )
+            if not isinstance(r["prompt_id"], str) or r["prompt_id"] not in where:
+                raise HsrmError(
+                    f"{at}: field 'prompt_id' is {r['prompt_id']!r}, not one of the shard's "
+                    "prompts (damaged store)"
+                )
+            key2 = (r["prompt_id"], r.get("sample"))
+            if key2 in keys:
+                raise HsrmError(
+                    f"{at}: sample {r.get('sample')!r} of prompt {r['prompt_id']!r} appears twice "
+                    "(damaged store)"
+                )
+            keys.add(key2)
+            # write_shard lays answers end to end: a gap or overlap means a record was removed,
+            # duplicated or edited.
+            if r["offset"] != rows or r["tok_offset"] != toks:
+                raise HsrmError(
+                    f"{at}: field 'offset'/'tok_offset' is {r['offset']}/{r['tok_offset']}, the "
+                    f"records before it end at {rows}/{toks} (a record removed or edited; damaged "
+                    "store)"
+                )
+            if pooled and r["rows"] != 1:
+                raise HsrmError(
+                    f"{at}: field 'rows' is {r['rows']}, a pooled store keeps 1 per answer "
+                    "(damaged store)"
+                )
+            rows += r["rows"]
+            toks += r["n_tokens"]
+
+    def _check_shard(
+        self, k: int, recs: list[dict[str, Any]], n_prompts: int, summary: Any = None
+    ) -> None:
+        """Open shard k and check its tensors are exactly what its records and the store's meta
+        say: rows and tokens end to end, (rows, layers, width) hidden states, and, where the index
+        has one (stores since issue 33), its summary's counts, size and shapes."""
         st = self._shards[k]
+        j = st.with_suffix(".json")
         try:
             h = self._h(k)
-            rows = h.get_slice("hidden").get_shape()[0]
-            toks = h.get_slice("logprobs").get_shape()[0]
+            shapes = {n: list(h.get_slice(n).get_shape()) for n in h.keys()}
         except Exception as e:  # safetensors raises its own types for a damaged header
             raise HsrmError(f"{st}: damaged or truncated safetensors file ({e})") from None
-        need_rows = max((r["offset"] + r["rows"] for r in recs), default=0)
-        need_toks = max((r["tok_offset"] + r["n_tokens"] for r in recs), default=0)
-        if rows < need_rows or toks < need_toks:
-            raise HsrmError(
-                f"{st}: holds {rows} rows / {toks} tokens but its index needs {need_rows} / "
-                f"{need_toks} (damaged store)"
-            )
         size = st.stat().st_size
         try:
             n, header = _header(st)
@@ -430,6 +606,47 @@ class Store(RecordsView):
             raise HsrmError(f"{st}: damaged safetensors header ({e})") from None
         if size < 8 + n + end:
             raise HsrmError(f"{st}: truncated ({size} bytes, the header needs more)")
+        for name in ("hidden", "logprobs"):
+            if name not in shapes:
+                raise HsrmError(f"{st}: no {name!r} tensor (damaged store)")
+        rows, toks = shapes["hidden"][0], shapes["logprobs"][0]
+        need_rows = sum(r["rows"] for r in recs)
+        need_toks = sum(r["n_tokens"] for r in recs)
+        if rows != need_rows or toks != need_toks:
+            raise HsrmError(
+                f"{st}: holds {rows} rows / {toks} tokens but its index {j.name} needs "
+                f"{need_rows} / {need_toks} (damaged store)"
+            )
+        L, d = len(self.layers), self.fingerprint.hidden_size
+        want = {"hidden": [rows, L, d], "hidden_scale": [rows, L]}
+        for name in ("entropy", "self_certainty", "confidence", "token_ids"):
+            want[name] = [toks]
+        if "prompt_hidden" in shapes:  # one row per prompt, in the index's order
+            want["prompt_hidden"] = [n_prompts, L, d]
+        for name, shape in want.items():
+            if name in shapes and shapes[name] != shape:
+                raise HsrmError(
+                    f"{st}: tensor {name!r} has shape {shapes[name]}, but meta.json's layers "
+                    f"({L}) and width ({d}) and {j.name}'s records make it {shape} (damaged store)"
+                )
+        if summary is None:
+            return  # an index from before summaries: the checks above are all there is
+        if not isinstance(summary, dict):
+            raise HsrmError(f"{j}: field 'summary' is damaged (expected an object)")
+        have = {
+            "records": len(recs),
+            "prompts": n_prompts,
+            "rows": rows,
+            "tokens": toks,
+            "bytes": size,
+            "shapes": shapes,
+        }
+        for key, v in have.items():
+            if summary.get(key) != v:
+                raise HsrmError(
+                    f"{j}: summary.{key} is {summary.get(key)!r}, but the shard holds {v!r} "
+                    "(damaged store)"
+                )
 
     @property
     def complete(self) -> bool:
@@ -487,6 +704,38 @@ class Store(RecordsView):
 
     def bytes_on_disk(self) -> int:
         return sum(p.stat().st_size for p in self.path.glob("shard-*"))
+
+
+def check_store(path: str | Path) -> dict[str, Any]:
+    """Everything ``Store`` checks on open (counts, sizes, shapes, record fields), then every
+    byte: each shard file's sha256 against meta.json's ``files`` (a finished store) or its index's
+    summary (a store still being written). Damage raises HsrmError naming the file; returns
+    ``{"files": checked, "bytes": read, "checksums": bool}`` (False: a store from before hsrm
+    recorded checksums, whose counts alone could be checked)."""
+    st = Store(path)
+    files = st.meta.get("files")
+    want: dict[str, Any] = {}
+    for sh in st._shards:
+        summary = read_json(sh.with_suffix(".json"), "shard index").get("summary")
+        if isinstance(summary, dict) and "sha256" in summary:
+            want[sh.name] = summary["sha256"]
+    if isinstance(files, dict):
+        want.update({n: f.get("sha256") for n, f in files.items() if isinstance(f, dict)})
+    n_bytes = 0
+    for name in sorted(want):
+        f = st.path / name
+        got = _sha256(f)
+        n_bytes += f.stat().st_size
+        if got != want[name]:
+            where = (
+                "meta.json's files" if isinstance(files, dict) and name in files else "its index"
+            )
+            raise HsrmError(
+                f"{f}: sha256 {got[:16]}..., {where} recorded {str(want[name])[:16]}... (the file "
+                "changed after it was written: damaged store; restore it, or delete the shard's "
+                "two files and resume sampling to redo it)"
+            )
+    return {"files": len(want), "bytes": n_bytes, "checksums": bool(want), "store": st}
 
 
 class StoreUnion(RecordsView):

@@ -65,9 +65,19 @@ def evaluate(cfg: EvaluateConfig, store: Store | None = None) -> dict[str, Any]:
     heads, seen = {}, set()
     ctrl_from: tuple[str, list[str]] | None = None  # (training store, its training prompts)
     trained_on: list[tuple[str, set[str]]] = []  # every head's (training store, its prompts)
+    first: tuple[str, Head] | None = None
     for hp in cfg.heads:
         h = Head.load(hp)
-        h.check_compatible(store.fingerprint, store.layers)
+        if first is not None and not first[1].fingerprint_.compatible(h.fingerprint_):
+            raise HsrmError(
+                f"{hp}: trained on {h.fingerprint_.short()}, but {first[0]} on "
+                f"{first[1].fingerprint_.short()}; evaluate heads of one model together"
+            )
+        first = first or (hp, h)
+        try:
+            h.check_compatible(store.fingerprint, store.layers)
+        except HsrmError as e:
+            raise HsrmError(f"{e} (store {cfg.run})") from None
         train_prompts = _training_prompts(Path(hp), cfg.allow_unknown_training)
         tj = Path(hp) / "training.json"
         tinfo = read_json(tj, "training record") if tj.exists() else {}

@@ -76,21 +76,43 @@ def main(argv: list[str] | None = None) -> int:
         Console(stderr=True, soft_wrap=True).print(Text.assemble(("error: ", "bold red"), str(e)))
         return 2
     except OSError as e:
-        # A file the user named cannot be read or written (permissions, a folder where a file
-        # is expected, a full disk): say which, as a message, not a traceback.
-        if e.filename is None:
-            raise
+        # A file cannot be read or written (permissions, a folder where a file is expected, a
+        # full disk, a file-size limit), in this thread or re-raised from the shard writer's:
+        # say which, as a message, not a traceback. Every writer is atomic, so what is left is
+        # whole: a store resumes, a head folder is the old one or none.
         from rich.console import Console
         from rich.text import Text
 
-        Console(stderr=True, soft_wrap=True).print(
-            Text.assemble(("error: ", "bold red"), f"{e.filename}: {e.strerror}")
-        )
+        what = f"{e.filename}: " if e.filename is not None else ""
+        msg = f"{what}{e.strerror or e}" + _resume_hint(args, "fix that and rerun")
+        Console(stderr=True, soft_wrap=True).print(Text.assemble(("error: ", "bold red"), msg))
         return 2
     except KeyboardInterrupt:
+        hint = _resume_hint(args, "rerun")
+        if hint:
+            from rich.console import Console
+
+            Console(stderr=True, soft_wrap=True).print("interrupted" + hint, markup=False)
         return 130
     finally:
         hsrm.config.COMMAND = None
+
+
+# Commands that write a resumable store: rerunning the same command carries on where it stopped.
+_RESUMABLE = {"sample", "demo"}
+
+
+def _resume_hint(args: argparse.Namespace, lead: str) -> str:
+    import shlex
+
+    import hsrm.config
+
+    if args.command not in _RESUMABLE or not hsrm.config.COMMAND:
+        return ""
+    return (
+        f"; the store keeps every shard written so far: {lead} "
+        f"`{shlex.join(hsrm.config.COMMAND)}` to resume"
+    )
 
 
 if __name__ == "__main__":

@@ -146,6 +146,8 @@ class Head:
     label: ClassVar[str] = ""
     #: The folder ``from_pretrained`` read (its training.json / evaluation.json travel on).
     _source_dir: Path | None = None
+    #: The folder ``load`` read: messages about a loaded head name it.
+    _loaded_from: Path | None = None
 
     # -- hyperparameters (sklearn style) -------------------------------------------------------
     @classmethod
@@ -223,15 +225,17 @@ class Head:
 
     def check_compatible(self, fp: ModelFingerprint, layers: tuple[int, ...] | list[int]) -> None:
         mine = self.fingerprint_
+        # a loaded head names its folder: with several heads, which one does not fit
+        where = f"{self._loaded_from}: " if self._loaded_from is not None else ""
         if not mine.compatible(fp):
             raise HsrmError(
-                f"head was trained on {mine.short()} but the features come from {fp.short()}"
+                f"{where}head was trained on {mine.short()} but the features come from {fp.short()}"
             )
         missing = [lay for lay in self.required_layers() if lay not in tuple(layers)]
         if missing:
             raise HsrmError(
-                f"head reads layers {list(self.required_layers())} but the features hold layers "
-                f"{list(layers)} (missing {missing})"
+                f"{where}head reads layers {list(self.required_layers())} but the features hold "
+                f"layers {list(layers)} (missing {missing})"
             )
 
     def _check_fitted(self) -> None:
@@ -254,6 +258,29 @@ class Head:
         self._check_fitted()
         path = Path(path)
         tensors, extra = self._state()
+        # A diverged fit (NaN/inf weights) would score every answer NaN wherever it is used.
+        nan = _non_finite(tensors)
+        if nan:
+            raise HsrmError(
+                f"{path}: not saved: the fitted {self.architecture} head's weights are not finite "
+                f"({nan}); the fit diverged (lower the learning rate, or standardise the features)"
+            )
+        try:
+            self._write(path, tensors, extra, overwrite, inputs, records)
+        except OSError as e:
+            # The temporary folder it was built in is gone; name the head the user asked for.
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        return path
+
+    def _write(
+        self,
+        path: Path,
+        tensors: dict[str, torch.Tensor],
+        extra: dict[str, Any],
+        overwrite: bool,
+        inputs: tuple[str | Path, ...],
+        records: dict[str, Any] | None,
+    ) -> None:
         with atomic_dir(path, "head", overwrite=overwrite, inputs=inputs) as tmp:
             for name, obj in (records or {}).items():
                 atomic_write_json(tmp / name, obj)
@@ -270,7 +297,6 @@ class Head:
                 },
             )
             write_model_card(tmp)  # after training.json / evaluation.json, when written here
-        return path
 
     @staticmethod
     def load(path: str | Path) -> Head:
@@ -288,8 +314,8 @@ class Head:
                 raise HsrmError(f"{cfg_path}: missing field {key!r}")
         if cfg["format_version"] != HEAD_FORMAT_VERSION:
             raise HsrmError(
-                f"{cfg_path}: format_version {cfg['format_version']} is not supported "
-                f"(this hsrm reads {HEAD_FORMAT_VERSION})"
+                f"{cfg_path}: format_version {cfg['format_version']!r} is not supported "
+                f"(this hsrm reads {HEAD_FORMAT_VERSION!r})"
             )
         if not isinstance(cfg["architecture"], str):
             raise HsrmError(f"{cfg_path}: field 'architecture' must be a string")
@@ -321,8 +347,18 @@ class Head:
             head = cls(**params)
         except (TypeError, ValueError, HsrmError) as e:
             raise HsrmError(f"{cfg_path}: field 'params' is invalid ({e})") from None
+        # hidden-state indices run 0 (embeddings) .. n_layers, n_layers + 1 being prenorm; out of
+        # range, the weights would be blamed for a size mismatch instead
+        top = fp.n_layers + 1
+        out = [v for v in layers if not 0 <= v <= top]
+        if out:
+            raise HsrmError(
+                f"{cfg_path}: field 'layers' holds {out}, out of range for {fp.short()} (hidden "
+                f"states 0..{top})"
+            )
         head.fingerprint_ = fp
         head.layers_ = tuple(layers)
+        head._loaded_from = path
         st = weights_path(path)
         if not st.exists():
             raise HsrmError(f"{st}: missing (the head folder is incomplete)")
@@ -330,6 +366,9 @@ class Head:
             tensors = load_file(str(st))
         except Exception as e:  # safetensors raises its own error types for damaged files
             raise HsrmError(f"{st}: damaged or truncated safetensors file ({e})") from None
+        nan = _non_finite(tensors)
+        if nan:
+            raise HsrmError(f"{st}: weights are not finite ({nan}); retrain the head")
         try:
             head._set_state(tensors, cfg.get("state") or {})
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
@@ -407,6 +446,16 @@ class Head:
             return int(sum(p.numel() for p in net.parameters()))
         tensors, _ = self._state()
         return int(sum(t.numel() for t in tensors.values()))
+
+
+def _non_finite(tensors: dict[str, torch.Tensor]) -> str:
+    """ "tensor 'w': 12 of 64 values NaN or infinite" for the first such float tensor, else ""."""
+    for name, t in sorted(tensors.items()):
+        if t.is_floating_point():
+            n_bad = int((~torch.isfinite(t)).sum())
+            if n_bad:
+                return f"tensor {name!r}: {n_bad} of {t.numel()} values NaN or infinite"
+    return ""
 
 
 def _check_param_types(cls: type[Head], params: dict[str, Any], where: str | Path) -> None:

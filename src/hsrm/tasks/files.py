@@ -39,7 +39,8 @@ def _text(v: Any, where: str, key: str, numbers: bool = False) -> str:
     if numbers and isinstance(v, int | float) and not isinstance(v, bool):
         return str(v)
     want = "a string or a number" if numbers else "a string"
-    raise HsrmError(f"{where}: field {key!r} must be {want}, got {json.dumps(v)[:60]}")
+    quote = f' (quote it: "{v}")' if isinstance(v, int | float) and not isinstance(v, bool) else ""
+    raise HsrmError(f"{where}: field {key!r} must be {want}, got {json.dumps(v)[:60]}{quote}")
 
 
 @dataclass(frozen=True)
@@ -254,7 +255,9 @@ class JsonlTask(Task):
                 Prompt(
                     id=pid,
                     messages=({"role": "user", "content": _text(r["prompt"], where, "prompt")},),
-                    answer=_text(r["answer"], where, "answer", numbers=True),
+                    # a string only: a number would be graded as Python prints it ("2.5" for
+                    # 2.50, "1e+20"), not as the file wrote it
+                    answer=_text(r["answer"], where, "answer"),
                     family=_text(r.get("family", "default"), where, "family"),
                     prefill=self.prefill,
                 )
