@@ -251,11 +251,11 @@ def test_skip_prompts_samples_the_tasks_next_prompts(tmp_path, tiny_lm):
     assert len(both.features()) == 30
 
 
-def test_old_storage_dtype_key_is_an_alias(tmp_path):
+def test_model_and_store_dtypes_are_separate_keys(tmp_path):
     from hsrm.config import from_sources
     from hsrm.sampling import SampleRunConfig
 
-    cfg = from_sources(SampleRunConfig, {"dtype": "int8"})
+    cfg = from_sources(SampleRunConfig, {"store_dtype": "int8"})
     assert cfg.store_dtype == "int8" and cfg.dtype == "auto"
     with pytest.raises(HsrmError, match="batch_prompts"):
         SampleRunConfig(batch_prompts=0)

@@ -56,7 +56,7 @@ def test_sample_train_evaluate(run, capsys):
             [
                 "train",
                 str(d / "run"),
-                "--head",
+                "--head-type",
                 "elhsr",
                 "--out",
                 str(d / "head"),
@@ -73,7 +73,7 @@ def test_sample_train_evaluate(run, capsys):
             [
                 "train",
                 str(d / "run"),
-                "--head",
+                "--head-type",
                 "probe",
                 "--out",
                 str(d / "probe"),
@@ -168,7 +168,16 @@ def test_head_from_other_model_is_refused(run, capsys):
     )
     assert (
         main(
-            ["train", str(d / "run"), "--head", "probe", "--out", str(d / "p2"), "--layers", "all"]
+            [
+                "train",
+                str(d / "run"),
+                "--head-type",
+                "probe",
+                "--out",
+                str(d / "p2"),
+                "--layers",
+                "all",
+            ]
         )
         == 0
     )

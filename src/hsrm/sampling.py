@@ -140,10 +140,6 @@ class SampleRunConfig:
     prune_seed: int = field(0, "prune=random: seed of the random choice")
 
     def __post_init__(self) -> None:
-        # Before the model dtype existed, `dtype` was the storage dtype: old configs saying
-        # int8/fp8 there mean the store (float16/bfloat16 are read as the model dtype now).
-        if self.dtype in ("int8", "fp8"):
-            self.store_dtype, self.dtype = self.dtype, "auto"
         if self.batch_prompts < 1:
             raise HsrmError(f"batch_prompts must be >= 1, got {self.batch_prompts}")
         if self.project < 0:

@@ -140,10 +140,9 @@ def _require_run(args: argparse.Namespace, values: dict, command: str) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from hsrm.bon.train import TrainConfig, train
-    from hsrm.cli._common import deprecated_alias, file_values
+    from hsrm.cli._common import file_values
     from hsrm.cli._params import head_config
 
-    deprecated_alias(args, "head_alias", "head", "train: --head NAME", "--head-type NAME")
     values = file_values(args, "train")
     _require_run(args, values, "train")
     if "head_type" in values:  # the vocabulary's name for TrainConfig.head
@@ -211,7 +210,6 @@ def register(sub, groups) -> None:
     p.add_argument(
         "--head-type", dest="head", default=None, help="head architecture (default: elhsr)"
     )
-    p.add_argument("--head", dest="head_alias", default=None, help=argparse.SUPPRESS)
     add_params_argument(p)
     p.set_defaults(func=_cmd_train)
 
