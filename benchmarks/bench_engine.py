@@ -38,11 +38,11 @@ from hsrm.capture import (
     Answer,
     PromptResult,
     SampleConfig,
-    _prompt_generator,
     parse_layers,
     sample_prompts,
     token_stats,
 )
+from hsrm.capture.base import _prompt_generator
 from hsrm.io import atomic_write_json, atomic_write_text
 from hsrm.models import LoadedModel, fingerprint_of, load_model
 from hsrm.projection import Projection, bytes_per_token
@@ -170,7 +170,7 @@ class _HostTimer:
     overhead can be split into the device loop and the host-side unpacking."""
 
     def __init__(self) -> None:
-        import hsrm.capture as cap
+        import hsrm.capture.decode as cap
 
         self.cap, self.orig, self.s = cap, cap._results, 0.0
 
@@ -201,7 +201,7 @@ def time_engine(
     """Seconds and generated tokens for sampling ``prompts`` (``batch`` prompts per call; with
     ``refill`` = B, each call is a refill window of ``batch`` prompts with B decoding at once;
     ``share=False``: no shared-prefix prefill, ``capture.SHARED_PREFIX_MIN`` = 0)."""
-    import hsrm.capture as cap
+    import hsrm.capture.batch as cap
 
     if not share:
         old, cap.SHARED_PREFIX_MIN = cap.SHARED_PREFIX_MIN, 0

@@ -394,7 +394,7 @@ def test_prefix_groups():
 def test_shared_prefix_prefill_equals_one_padded_forward(tiny_lm, monkeypatch):
     """Prompts with the same few-shot exemplars prefill them once (SHARED_PREFIX_MIN); the answers
     equal those of one left-padded prefill: same tokens, states within tolerance."""
-    import hsrm.capture as cap
+    import hsrm.capture.batch as cap
 
     ps = _prompts(6)
     seqs = [lmx.prompt_ids(tiny_lm.tokenizer, p) for p in ps]
@@ -408,7 +408,7 @@ def test_shared_prefix_prefill_equals_one_padded_forward(tiny_lm, monkeypatch):
 
 
 def test_capture_in_host_flushed_chunks_equals_one_buffer(tiny_lm, monkeypatch):
-    import hsrm.capture as cap
+    import hsrm.capture.batch as cap
 
     ps = _prompts(3)
     cfg = SampleConfig(n=3, max_new_tokens=9, temperature=1.5, seed=6)
@@ -512,7 +512,7 @@ def test_refill_joiners_share_their_prefix(tiny_lm, monkeypatch):
     """Prompts joining a refill batch prefill their shared exemplars once per family, so rows
     have pads inside them and the columns a join keeps span more than any row's tokens; the
     answers equal one plain batch's."""
-    import hsrm.capture as cap
+    import hsrm.capture.batch as cap
 
     ps = get_task("synthetic", n=8, families="arith,compare,count", hi=100000).prompts()
     seqs = [lmx.prompt_ids(tiny_lm.tokenizer, p) for p in ps]
