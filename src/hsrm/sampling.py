@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hsrm.capture import PromptResult, SampleConfig, parse_layers, sample_prompts
+from hsrm.capture.prune import check_prune_config, hook_from_config, prune_settings
 from hsrm.config import field, validate
 from hsrm.errors import HsrmError
 from hsrm.io import atomic_write_text, check_out, read_json
@@ -118,9 +119,9 @@ class SampleRunConfig:
     cpus_per_worker: float = field(1.0, "engine=ray: CPUs per worker (also its torch threads)")
     gpus_per_worker: float = field(0.0, "engine=ray: GPUs per worker (0.5 = two workers a GPU)")
     ray_address: str = field("", "engine=ray: cluster to join (default $RAY_ADDRESS, else local)")
-    # early pruning while sampling (hsrm.bon.prune_online; docs/quality.md)
+    # early pruning while sampling (hsrm.capture.prune; docs/quality.md)
     prune: str = field("none", "stop samples early: none | head | deepconf | random | consensus")
-    prune_head: str = field("", "prune=head: prefix-head folder (prune_online.fit_prefix_head)")
+    prune_head: str = field("", "prune=head: prefix-head folder (hsrm prune-head)")
     # 12 and 0.75: the setting measured on the CoT family (docs/quality.md: at tokens 4 and 8 most
     # right and wrong answers are still the same text, so no prefix reader can tell them apart)
     prune_checkpoints: str = field(
@@ -258,8 +259,6 @@ def sample_inputs(cfg: SampleRunConfig) -> tuple[SampleConfig, Task, list[Prompt
         top_logprobs=cfg.top_logprobs if cfg.api_log else 0,
     )
     scfg.validate()
-    from hsrm.bon.prune_online import check_prune_config
-
     check_prune_config(cfg)
     task = make_task(cfg)
     check_task_resumes(cfg, task)  # before the prompts are built and the model is loaded
@@ -289,8 +288,6 @@ def plan_sample(
     # are refused on resume instead of being mixed with this one.
     sampling["draw"] = "inverse-cdf"
     if getattr(cfg, "prune", "none") != "none":  # a pruned store is never resumed unpruned
-        from hsrm.bon.prune_online import prune_settings
-
         sampling["prune"] = prune_settings(cfg)
     writer = StoreWriter(
         cfg.out,
@@ -422,8 +419,6 @@ def sample(cfg: SampleRunConfig, lm: Any = None, progress: bool = True) -> Store
         _hint_cpu_bf16(cfg, lm)
     check_prompt_lengths(lm, prompts, cfg.max_new_tokens, cfg.task)
     plan = plan_sample(cfg, lm.fingerprint, scfg, task, prompts)
-    from hsrm.bon.prune_online import hook_from_config
-
     prune = hook_from_config(cfg, plan.layers, task)
     t0, n_done = time.perf_counter(), 0
     bar = tqdm(
@@ -477,7 +472,7 @@ def sample_batch(
     prune: Any = None,
 ) -> list[PromptResult]:
     """``sample_prompts`` with the pruning policy: a per-step hook, or ``consensus``'s waves."""
-    if hasattr(prune, "sample"):  # hsrm.bon.prune_online.ConsensusStop
+    if hasattr(prune, "sample"):  # hsrm.capture.prune.ConsensusStop
         return prune.sample(lm, prompts, scfg, layers, batch_prompts)
     return sample_prompts(lm, prompts, scfg, layers, batch_prompts=batch_prompts, prune=prune)
 

@@ -209,9 +209,9 @@ class ShardSampler:
             self.batch_prompts, int(plan.writer.meta.get("refill_window", 0))
         )
         self.fault_after, self.done = fault_after, 0
-        from hsrm.bon.prune_online import hook_from_config
+        from hsrm.capture.prune import hook_from_config
 
-        self.prune = hook_from_config(cfg, plan.layers) if cfg is not None else None
+        self.prune = hook_from_config(cfg, plan.layers, plan.task) if cfg is not None else None
 
     def sample_shard(
         self, k: int, window: list, start: int, lo: int, hi: int
