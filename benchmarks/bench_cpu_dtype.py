@@ -26,10 +26,11 @@ from pathlib import Path
 
 import torch
 
+from hsrm.engines import sample
 from hsrm.io import atomic_write_json, atomic_write_text
 from hsrm.lm import cpu_bf16_native
 from hsrm.models import load_model
-from hsrm.sampling import SampleRunConfig, sample
+from hsrm.sampling import SampleRunConfig
 
 RESULTS = Path(__file__).parent / "results"
 DTYPES = ("float32", "bfloat16")

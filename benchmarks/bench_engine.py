@@ -396,7 +396,8 @@ def writer_bench(lm, args) -> dict[str, Any]:
     import shutil
     import tempfile
 
-    from hsrm.sampling import SampleRunConfig, sample
+    from hsrm.engines import sample
+    from hsrm.sampling import SampleRunConfig
     from hsrm.store import Store
 
     out: dict[str, Any] = {}
@@ -474,7 +475,8 @@ def shape_writer(lm, args) -> dict[str, Any]:
     import shutil
     import tempfile
 
-    from hsrm.sampling import SampleRunConfig, sample
+    from hsrm.engines import sample
+    from hsrm.sampling import SampleRunConfig
     from hsrm.store import Store
 
     out: dict[str, Any] = {}

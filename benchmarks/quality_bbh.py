@@ -38,8 +38,9 @@ from hsrm.bon.demo import (
 )
 from hsrm.bon.outputs import store_report
 from hsrm.bon.scorers import VOTE_SUFFIX, add_head_votes
+from hsrm.engines import sample
 from hsrm.models import load_model
-from hsrm.sampling import SampleRunConfig, sample
+from hsrm.sampling import SampleRunConfig
 from hsrm.splits import prompt_folds
 
 RESULTS = Path(__file__).parent / "results"

@@ -26,9 +26,10 @@ from hsrm.bon.baselines import baseline_scores
 from hsrm.bon.demo import DEMO_ELHSR, demo_head_layers
 from hsrm.bon.outputs import store_report
 from hsrm.bon.scorers import add_head_votes
+from hsrm.engines import sample
 from hsrm.heads import make_head
 from hsrm.models import load_model
-from hsrm.sampling import SampleRunConfig, sample
+from hsrm.sampling import SampleRunConfig
 from hsrm.splits import prompt_folds
 
 RESULTS = Path(__file__).parent / "results"

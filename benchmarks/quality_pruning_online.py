@@ -2,7 +2,7 @@
 
 A prefix head (``hsrm.bon.prefix_head.fit_prefix_head``, checkpoints 4 and 8 answer tokens) is fitted
 on a fully sampled CoT store (``--cot-train``, its own task seed). Then the same prompts of another
-task seed are sampled with ``hsrm.sampling.sample`` four times: no pruning, ``--prune head``,
+task seed are sampled with ``hsrm.engines.sample`` four times: no pruning, ``--prune head``,
 ``--prune deepconf`` and ``--prune random`` (same checkpoints and share as the head). Reported per
 run: answer tokens generated, wall time, and BoN@16 over the samples that finished (pruned ones are
 never picked) with three selectors, with bootstrap CIs over prompts.
@@ -26,7 +26,8 @@ from hsrm import metrics as M
 from hsrm.bon.prefix_head import fit_prefix_head
 from hsrm.bon.prune import select
 from hsrm.bon.scorers import lowest_group_confidence
-from hsrm.sampling import SampleRunConfig, sample
+from hsrm.engines import sample
+from hsrm.sampling import SampleRunConfig
 from hsrm.store import Store
 
 SELECTORS = ("mean_logprob", "majority", "deepconf_vote")

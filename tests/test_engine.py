@@ -212,7 +212,7 @@ def _sample_cfg(out, **kw):
 
 
 def test_batched_store_equals_unbatched_store(tmp_path, tiny_lm):
-    from hsrm.sampling import sample
+    from hsrm.engines import sample
 
     one = sample(_sample_cfg(tmp_path / "b1", batch_prompts=1, writer_queue=0), tiny_lm, False)
     many = sample(_sample_cfg(tmp_path / "b3", batch_prompts=3), tiny_lm, False)
@@ -232,7 +232,7 @@ def test_skip_prompts_samples_the_tasks_next_prompts(tmp_path, tiny_lm):
     """A store of the task's prompts 6-9 (``skip_prompts``) holds exactly those of a 10-prompt
     store, samples included (each prompt draws from its own stream), and one union reads both."""
     from hsrm.bon.evaluate import _same_task
-    from hsrm.sampling import sample
+    from hsrm.engines import sample
     from hsrm.store import StoreUnion
 
     full = sample(_sample_cfg(tmp_path / "full"), tiny_lm, False)
@@ -266,7 +266,7 @@ def test_model_and_store_dtypes_are_separate_keys(tmp_path):
     [({"min_p": 2.0}, "min_p"), ({"device": "tpu"}, "unknown device"), ({"top_k": -3}, "top_k")],
 )
 def test_pipeline_bad_options_write_nothing(tmp_path, kw, match):
-    from hsrm.sampling import sample
+    from hsrm.engines import sample
 
     with pytest.raises(HsrmError, match=match):
         sample(_sample_cfg(tmp_path / "o", **kw), progress=False)
@@ -292,9 +292,9 @@ def test_cli_bad_options_exit_2(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # compact (projected) stores
 def test_projected_store_and_heads_refuse_mixing(tmp_path, tiny_lm):
+    from hsrm.engines import sample
     from hsrm.heads.base import make_head
     from hsrm.projection import Projection, project_features
-    from hsrm.sampling import sample
 
     full = sample(_sample_cfg(tmp_path / "full", n=4), tiny_lm, False)
     proj = sample(_sample_cfg(tmp_path / "proj", n=4, project=8, project_seed=1), tiny_lm, False)
@@ -352,8 +352,8 @@ def test_projection_on_device_equals_projecting_after(tiny_lm, batch_prompts):
 def test_store_refuses_states_projected_another_way(tmp_path, tiny_lm):
     import dataclasses
 
+    from hsrm.engines import sample
     from hsrm.projection import Projection
-    from hsrm.sampling import sample
     from hsrm.store import StoreWriter
 
     st = sample(_sample_cfg(tmp_path / "p", n=2, n_prompts=2, project=8), tiny_lm, False)
@@ -425,7 +425,7 @@ def test_capture_in_host_flushed_chunks_equals_one_buffer(tiny_lm, monkeypatch):
 
 
 def test_resume_in_process(tmp_path, tiny_lm):
-    from hsrm.sampling import sample
+    from hsrm.engines import sample
 
     a = sample(_sample_cfg(tmp_path / "r", n_prompts=6), tiny_lm, False)
     for p in sorted((tmp_path / "r").glob("shard-00001.*")):
@@ -440,7 +440,7 @@ def test_resume_refuses_another_model_dtype(tmp_path, tiny_lm):
     one written before stores recorded it (nothing to compare)."""
     import json
 
-    from hsrm.sampling import sample
+    from hsrm.engines import sample
 
     out = tmp_path / "r"
     sample(_sample_cfg(out, n_prompts=6, dtype="float32"), tiny_lm, False)
@@ -458,7 +458,7 @@ def test_resume_refuses_another_model_dtype(tmp_path, tiny_lm):
 def test_sample_hints_at_bf16_where_auto_keeps_float32_on_a_native_cpu(
     tmp_path, monkeypatch, caplog
 ):
-    from hsrm.sampling import sample
+    from hsrm.engines import sample
 
     hint = "computes bfloat16 natively"
     for native, dtype, said in (
@@ -566,7 +566,8 @@ def test_stop_token_state_is_captured(tiny_lm, batch_prompts):
 
 
 def test_refill_store_equals_plain_store_and_resumes(tmp_path, tiny_lm):
-    from hsrm.sampling import batch_window, sample, sample_window, window_prompts
+    from hsrm.engines import sample
+    from hsrm.sampling import batch_window, sample_window, window_prompts
 
     plain = sample(_sample_cfg(tmp_path / "plain", batch_prompts=2), tiny_lm, False)
     kw = dict(batch_prompts=2, refill_window=3)

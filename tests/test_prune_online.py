@@ -9,8 +9,9 @@ import yaml
 from hsrm.bon.prefix_head import fit_prefix_head
 from hsrm.capture.prune import PrefixHead, prune_hook
 from hsrm.cli import main
+from hsrm.engines import sample
 from hsrm.errors import HsrmError
-from hsrm.sampling import SampleRunConfig, sample
+from hsrm.sampling import SampleRunConfig
 from hsrm.store import Store
 
 

@@ -34,7 +34,7 @@ from hsrm.features import TokenFeatures  # noqa: E402
 from hsrm.heads import make_head  # noqa: E402
 from hsrm.heads.base import Head  # noqa: E402
 from hsrm.models import tiny_model  # noqa: E402
-from hsrm.score import Scorer  # noqa: E402
+from hsrm.scoring import Scorer  # noqa: E402
 from hsrm.serve import ServeConfig, create_app  # noqa: E402
 from hsrm.tasks.base import Prompt  # noqa: E402
 
@@ -535,7 +535,8 @@ def test_score_config_from_yaml_and_stdout(head_dir, tmp_path, capsys):
 def test_embedded_model_with_a_trained_head(embedded_lm, tmp_path):
     """SmolLM2-135M with a probe trained on a small store of its own answers to the demo task."""
     from hsrm.bon.train import TrainConfig, train
-    from hsrm.sampling import SampleRunConfig, sample
+    from hsrm.engines import sample
+    from hsrm.sampling import SampleRunConfig
 
     run, head_out = tmp_path / "run", tmp_path / "head"
     sample(

@@ -2,9 +2,9 @@
 
 A task's prompts are sampled with capture (``hsrm.capture``), graded by the task
 (``Task.grade``) and written shard by shard (``hsrm.store``). The heads of every use are fit on
-such stores (best-of-N: ``hsrm.bon``; ``hsrm score --store``). ``sample`` is the local engine;
-``hsrm.scale`` (``engine="ray"``) reuses ``sample_inputs`` / ``plan_sample`` / ``save_shard`` /
-``finish_sample`` and the aligned batch windows here, so both engines write byte-identical shards.
+such stores (best-of-N: ``hsrm.bon``; ``hsrm score --store``). ``sample_local`` is the local
+engine; ``hsrm.scale`` (``engine="ray"``) reuses ``sample_inputs`` / ``plan_sample`` / ``save_shard`` /
+``finish_sample`` and the aligned batch windows here, so both engines write byte-identical shards. Which engine runs is chosen above both, in ``hsrm.engines.sample``.
 """
 
 from __future__ import annotations
@@ -396,21 +396,10 @@ def check_prompt_lengths(lm: Any, prompts: list, max_new_tokens: int, task: str)
             )
 
 
-def sample(cfg: SampleRunConfig, lm: Any = None, progress: bool = True) -> Store:
-    """Sample ``cfg.n`` answers per prompt with capture into ``cfg.out``; resumes a killed run.
-
-    ``cfg.engine="ray"`` spreads the shards over Ray workers (``hsrm.scale``, docs/scale.md); the
-    store it writes is the same."""
-    if cfg.engine == "ray":
-        if lm is not None:
-            raise HsrmError(
-                "engine='ray' loads the model in each worker from cfg.model; pass no lm"
-            )
-        from hsrm.scale import sample_ray
-
-        return sample_ray(cfg, progress=progress)
-    if cfg.engine != "local":
-        raise HsrmError(f"engine: unknown engine {cfg.engine!r}; use local or ray")
+def sample_local(cfg: SampleRunConfig, lm: Any = None, progress: bool = True) -> Store:
+    """The local engine of ``hsrm.engines.sample``: sample ``cfg.n`` answers per prompt with
+    capture into ``cfg.out`` in this process (``lm``, else ``cfg.model`` loaded); resumes a killed
+    run. The Ray engine (``hsrm.scale``) shares every step but the loop."""
     scfg, task, prompts = sample_inputs(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

@@ -18,13 +18,14 @@ from hsrm.bon.report import bon_per_prompt, bon_report
 from hsrm.bon.scorers import VOTE_SUFFIX, add_head_votes, vote_keep
 from hsrm.capture import parse_layers
 from hsrm.config import field, validate
+from hsrm.engines import sample
 from hsrm.errors import HsrmError
 from hsrm.heads.base import Head, make_head
 from hsrm.io import check_out, exclusive, mark_output
 from hsrm.lm import auto_dtype, resolve_device, resolve_dtype
 from hsrm.metrics import score_vote_weights
 from hsrm.models import DEFAULT_MODEL
-from hsrm.sampling import SampleRunConfig, check_task_resumes, sample
+from hsrm.sampling import SampleRunConfig, check_task_resumes
 from hsrm.splits import prompt_folds
 from hsrm.store import RecordsView, Store, StoreUnion
 

@@ -118,7 +118,8 @@ def _print_seen(con: Any, rep: dict[str, Any], N: str, which: str, key: str = "p
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    from hsrm.sampling import SampleRunConfig, sample
+    from hsrm.engines import sample
+    from hsrm.sampling import SampleRunConfig
 
     cfg = from_sources(SampleRunConfig, load_yaml(args.config, "sample"), args)
     store = sample(cfg)

@@ -364,7 +364,7 @@ def score_store(
     import numpy as np
 
     from hsrm.heads.base import Head
-    from hsrm.score import store_scores_path, write_store_scores
+    from hsrm.scoring import store_scores_path, write_store_scores
     from hsrm.store import Store
 
     _check_pool_args(workers, cpus_per_worker, gpus_per_worker)
@@ -406,7 +406,7 @@ def score_store(
 @ray.remote
 class PairScorer:
     """One model replica and the head: teacher-forces (prompt, completion) pairs and scores them
-    (``hsrm.score.Scorer``, the local engine's code)."""
+    (``hsrm.scoring.Scorer``, the local engine's code)."""
 
     def __init__(
         self,
@@ -418,7 +418,7 @@ class PairScorer:
         threads: int,
     ):
         from hsrm.models import load_model
-        from hsrm.score import Scorer
+        from hsrm.scoring import Scorer
 
         torch.set_num_threads(threads)
         lm = load_model(model, device=device, dtype=dtype)
@@ -451,7 +451,7 @@ def score_pairs(
     cfg: Any, head: Any, prompts: Sequence[Any], completions: Sequence[str], progress: bool = True
 ) -> list[float]:
     from hsrm.scale.fingerprint import model_fingerprint
-    from hsrm.score import check_head_fingerprint
+    from hsrm.scoring import check_head_fingerprint
 
     _check_pool_args(cfg.workers, cfg.cpus_per_worker, cfg.gpus_per_worker)
     # the head against the model, from its config alone, before any worker loads the weights
