@@ -45,6 +45,7 @@ from hsrm.capture import (
 from hsrm.capture.base import _prompt_generator
 from hsrm.io import atomic_write_json, atomic_write_text
 from hsrm.models import LoadedModel, fingerprint_of, load_model
+from hsrm.placement import resolve_device, resolve_dtype
 from hsrm.projection import Projection, bytes_per_token
 from hsrm.tasks import get_task
 
@@ -158,7 +159,7 @@ def random_llama(shape: str, device: str, dtype: str, tokenizer: str = "") -> Lo
         tie_word_embeddings=False,
         **SHAPES[shape],
     )
-    td = lmx.resolve_dtype(dtype, device)
+    td = resolve_dtype(dtype, device)
     torch.manual_seed(0)
     with torch.device(device):
         model = LlamaForCausalLM(cfg).to(td).eval()
@@ -515,7 +516,7 @@ def shape_writer(lm, args) -> dict[str, Any]:
 
 def shape_bench(args, save) -> dict[str, Any]:
     """``save(r)`` is called after every part, so a run cut short keeps what it measured."""
-    device = lmx.resolve_device(args.device)
+    device = resolve_device(args.device)
     torch.set_num_threads(max(1, args.threads))
     t0 = time.perf_counter()
     lm = random_llama(args.shape, device, args.dtype, args.tokenizer)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from hsrm import lm as lmx
+from hsrm import placement
 from hsrm.capture import SampleConfig, parse_layers, sample_prompt, sample_prompts, teacher_force
 from hsrm.errors import HsrmError
 from hsrm.tasks import get_task
@@ -158,15 +159,15 @@ def test_bad_sampling_options(kw, match):
 
 def test_bad_device_and_dtype():
     with pytest.raises(HsrmError, match="unknown device"):
-        lmx.resolve_device("tpu")
+        placement.resolve_device("tpu")
     if not torch.cuda.is_available():
         with pytest.raises(HsrmError, match="no CUDA"):
-            lmx.resolve_device("cuda")
+            placement.resolve_device("cuda")
     with pytest.raises(HsrmError, match="unknown model dtype"):
-        lmx.resolve_dtype("float8", "cpu")
+        placement.resolve_dtype("float8", "cpu")
     with pytest.raises(HsrmError, match="float16 is not supported"):
-        lmx.resolve_dtype("float16", "cpu")
-    assert lmx.resolve_device("cpu") == "cpu"
+        placement.resolve_dtype("float16", "cpu")
+    assert placement.resolve_device("cpu") == "cpu"
 
 
 def test_auto_dtype_takes_cpu_bf16_only_where_asked_and_native(tmp_path, monkeypatch):
@@ -174,14 +175,14 @@ def test_auto_dtype_takes_cpu_bf16_only_where_asked_and_native(tmp_path, monkeyp
     zen4.write_text("flags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n")
     old = tmp_path / "old"
     old.write_text("flags\t\t: fpu avx2 avx512f avx512_vnni\n")
-    assert lmx.cpu_bf16_native(str(zen4)) and not lmx.cpu_bf16_native(str(old))
-    assert not lmx.cpu_bf16_native(str(tmp_path / "absent"))
-    monkeypatch.setattr(lmx, "cpu_bf16_native", lambda: True)
-    assert lmx.auto_dtype("cpu") == "float32"  # plain auto: the same numbers on every cpu
-    assert lmx.auto_dtype("cpu", cpu_bf16=True) == "bfloat16"
-    assert lmx.auto_dtype("cuda:1") == "bfloat16"
-    monkeypatch.setattr(lmx, "cpu_bf16_native", lambda: False)
-    assert lmx.auto_dtype("cpu", cpu_bf16=True) == "float32"
+    assert placement.cpu_bf16_native(str(zen4)) and not placement.cpu_bf16_native(str(old))
+    assert not placement.cpu_bf16_native(str(tmp_path / "absent"))
+    monkeypatch.setattr(placement, "cpu_bf16_native", lambda: True)
+    assert placement.auto_dtype("cpu") == "float32"  # plain auto: the same numbers on every cpu
+    assert placement.auto_dtype("cpu", cpu_bf16=True) == "bfloat16"
+    assert placement.auto_dtype("cuda:1") == "bfloat16"
+    monkeypatch.setattr(placement, "cpu_bf16_native", lambda: False)
+    assert placement.auto_dtype("cpu", cpu_bf16=True) == "float32"
 
 
 def test_pad_sides():
@@ -466,7 +467,7 @@ def test_sample_hints_at_bf16_where_auto_keeps_float32_on_a_native_cpu(
         (False, "auto", False),
         (True, "float32", False),
     ):
-        monkeypatch.setattr(lmx, "cpu_bf16_native", lambda native=native: native)
+        monkeypatch.setattr(placement, "cpu_bf16_native", lambda native=native: native)
         caplog.clear()
         with caplog.at_level("INFO", logger="hsrm.sampling"):
             sample(

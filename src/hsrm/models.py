@@ -266,7 +266,7 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hsrm.lm import auto_dtype, resolve_device, resolve_dtype
+    from hsrm.placement import auto_dtype, resolve_device, resolve_dtype
 
     device = resolve_device(device)
     if dtype == "auto":

@@ -366,7 +366,7 @@ def _hint_cpu_bf16(cfg: SampleRunConfig, lm: Any) -> None:
     """Say so when `auto` chose float32 on a CPU that computes bf16 natively: the user may want
     the 1.8-2.1x (benchmarks/results/cpu_dtype.md), but `auto` keeps float32 so that numbers do
     not depend on the CPU."""
-    from hsrm.lm import cpu_bf16_native
+    from hsrm.placement import cpu_bf16_native
 
     if cfg.dtype == "auto" and lm.model.device.type == "cpu" and cpu_bf16_native():
         log.info(

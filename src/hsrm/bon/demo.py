@@ -22,9 +22,9 @@ from hsrm.engines import sample
 from hsrm.errors import HsrmError
 from hsrm.heads.base import Head, make_head
 from hsrm.io import check_out, exclusive, mark_output
-from hsrm.lm import auto_dtype, resolve_device, resolve_dtype
 from hsrm.metrics import score_vote_weights
 from hsrm.models import DEFAULT_MODEL
+from hsrm.placement import auto_dtype, resolve_device, resolve_dtype
 from hsrm.sampling import SampleRunConfig, check_task_resumes
 from hsrm.splits import prompt_folds
 from hsrm.store import RecordsView, Store, StoreUnion
@@ -275,7 +275,7 @@ TRAIN_ONLY = {"float32": (384, 4), "bf16": (896, 8)}
 
 def resolve_demo(cfg: DemoConfig) -> DemoConfig:
     """``cfg`` with what it leaves to the machine settled: the model dtype (``auto``: bfloat16 on
-    GPUs and on CPUs that compute it natively, ``hsrm.lm.cpu_bf16_native``; float32 on other CPUs)
+    GPUs and on CPUs that compute it natively, ``hsrm.placement.cpu_bf16_native``; float32 on other CPUs)
     and, when not given, the training-only prompts and samples for that dtype (``TRAIN_ONLY``).
     Raises HsrmError for a device or dtype this machine lacks."""
     device = resolve_device(cfg.device)
