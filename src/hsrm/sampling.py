@@ -241,9 +241,13 @@ class SamplePlan:
     todo: list[int]
 
 
-def sample_inputs(cfg: SampleRunConfig) -> tuple[SampleConfig, Task, list[Prompt]]:
+def sample_inputs(
+    cfg: SampleRunConfig, task: Task | None = None
+) -> tuple[SampleConfig, Task, list[Prompt]]:
     """The checks that need no model: every setting, the output folder, the task (file) and its
-    prompts. Everything is checked before anything is written; StoreWriter then locks the store."""
+    prompts. Everything is checked before anything is written; StoreWriter then locks the store.
+    ``task``: a task the caller built with options ``cfg`` does not spell (``hsrm detect
+    capture``'s TruthfulQA labelling rule); else ``make_task(cfg)``."""
     validate(cfg, "sample")
     check_out(cfg.out, "store")
     scfg = SampleConfig(
@@ -260,7 +264,7 @@ def sample_inputs(cfg: SampleRunConfig) -> tuple[SampleConfig, Task, list[Prompt
     )
     scfg.validate()
     check_prune_config(cfg)
-    task = make_task(cfg)
+    task = task if task is not None else make_task(cfg)
     check_task_resumes(cfg, task)  # before the prompts are built and the model is loaded
     prompts = task.prompts()[cfg.skip_prompts :]
     if not prompts:
@@ -396,11 +400,14 @@ def check_prompt_lengths(lm: Any, prompts: list, max_new_tokens: int, task: str)
             )
 
 
-def sample_local(cfg: SampleRunConfig, lm: Any = None, progress: bool = True) -> Store:
+def sample_local(
+    cfg: SampleRunConfig, lm: Any = None, progress: bool = True, task: Task | None = None
+) -> Store:
     """The local engine of ``hsrm.engines.sample``: sample ``cfg.n`` answers per prompt with
     capture into ``cfg.out`` in this process (``lm``, else ``cfg.model`` loaded); resumes a killed
-    run. The Ray engine (``hsrm.scale``) shares every step but the loop."""
-    scfg, task, prompts = sample_inputs(cfg)
+    run. The Ray engine (``hsrm.scale``) shares every step but the loop. ``task``: see
+    ``sample_inputs``."""
+    scfg, task, prompts = sample_inputs(cfg, task)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if lm is None:
