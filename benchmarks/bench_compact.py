@@ -32,11 +32,12 @@ import torch
 
 from hsrm.bon.demo import DEMO_ELHSR
 from hsrm.bon.report import bon_report
+from hsrm.engines import sample
 from hsrm.features import TokenFeatures
 from hsrm.heads.base import make_head
 from hsrm.io import atomic_write_json, atomic_write_text
 from hsrm.projection import Projection, bytes_per_token, project_features
-from hsrm.sampling import SampleRunConfig, sample
+from hsrm.sampling import SampleRunConfig
 from hsrm.splits import prompt_folds
 from hsrm.store import Store, _decode_hidden, _encode_hidden
 

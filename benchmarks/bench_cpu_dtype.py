@@ -1,6 +1,6 @@
 """float32 vs bfloat16 sampling of the demo's task on this CPU (embedded model, real `hsrm sample`).
 
-The demo samples in bfloat16 where the CPU computes it natively (``hsrm.lm.cpu_bf16_native``:
+The demo samples in bfloat16 where the CPU computes it natively (``hsrm.placement.cpu_bf16_native``:
 x86 ``avx512_bf16`` or AMX-BF16) and in float32 elsewhere. This measures what that buys and what
 it costs: samples/s of full stores (every hidden state captured, the background writer on, as
 ``hsrm demo`` runs them) at the demo's two shapes, 16 samples a prompt (8 prompts a batch, the
@@ -26,10 +26,11 @@ from pathlib import Path
 
 import torch
 
+from hsrm.engines import sample
 from hsrm.io import atomic_write_json, atomic_write_text
-from hsrm.lm import cpu_bf16_native
 from hsrm.models import load_model
-from hsrm.sampling import SampleRunConfig, sample
+from hsrm.placement import cpu_bf16_native
+from hsrm.sampling import SampleRunConfig
 
 RESULTS = Path(__file__).parent / "results"
 DTYPES = ("float32", "bfloat16")

@@ -38,13 +38,14 @@ from hsrm.capture import (
     Answer,
     PromptResult,
     SampleConfig,
-    _prompt_generator,
     parse_layers,
     sample_prompts,
     token_stats,
 )
+from hsrm.capture.base import _prompt_generator
 from hsrm.io import atomic_write_json, atomic_write_text
 from hsrm.models import LoadedModel, fingerprint_of, load_model
+from hsrm.placement import resolve_device, resolve_dtype
 from hsrm.projection import Projection, bytes_per_token
 from hsrm.tasks import get_task
 
@@ -158,7 +159,7 @@ def random_llama(shape: str, device: str, dtype: str, tokenizer: str = "") -> Lo
         tie_word_embeddings=False,
         **SHAPES[shape],
     )
-    td = lmx.resolve_dtype(dtype, device)
+    td = resolve_dtype(dtype, device)
     torch.manual_seed(0)
     with torch.device(device):
         model = LlamaForCausalLM(cfg).to(td).eval()
@@ -170,7 +171,7 @@ class _HostTimer:
     overhead can be split into the device loop and the host-side unpacking."""
 
     def __init__(self) -> None:
-        import hsrm.capture as cap
+        import hsrm.capture.decode as cap
 
         self.cap, self.orig, self.s = cap, cap._results, 0.0
 
@@ -201,7 +202,7 @@ def time_engine(
     """Seconds and generated tokens for sampling ``prompts`` (``batch`` prompts per call; with
     ``refill`` = B, each call is a refill window of ``batch`` prompts with B decoding at once;
     ``share=False``: no shared-prefix prefill, ``capture.SHARED_PREFIX_MIN`` = 0)."""
-    import hsrm.capture as cap
+    import hsrm.capture.batch as cap
 
     if not share:
         old, cap.SHARED_PREFIX_MIN = cap.SHARED_PREFIX_MIN, 0
@@ -396,7 +397,8 @@ def writer_bench(lm, args) -> dict[str, Any]:
     import shutil
     import tempfile
 
-    from hsrm.sampling import SampleRunConfig, sample
+    from hsrm.engines import sample
+    from hsrm.sampling import SampleRunConfig
     from hsrm.store import Store
 
     out: dict[str, Any] = {}
@@ -474,7 +476,8 @@ def shape_writer(lm, args) -> dict[str, Any]:
     import shutil
     import tempfile
 
-    from hsrm.sampling import SampleRunConfig, sample
+    from hsrm.engines import sample
+    from hsrm.sampling import SampleRunConfig
     from hsrm.store import Store
 
     out: dict[str, Any] = {}
@@ -513,7 +516,7 @@ def shape_writer(lm, args) -> dict[str, Any]:
 
 def shape_bench(args, save) -> dict[str, Any]:
     """``save(r)`` is called after every part, so a run cut short keeps what it measured."""
-    device = lmx.resolve_device(args.device)
+    device = resolve_device(args.device)
     torch.set_num_threads(max(1, args.threads))
     t0 = time.perf_counter()
     lm = random_llama(args.shape, device, args.dtype, args.tokenizer)

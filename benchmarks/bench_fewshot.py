@@ -28,9 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from hsrm.engines import sample
 from hsrm.io import read_json
 from hsrm.models import load_model
-from hsrm.sampling import SampleRunConfig, sample
+from hsrm.sampling import SampleRunConfig
 from hsrm.store import Store
 from hsrm.tasks.base import normalize_text
 

@@ -34,8 +34,9 @@ from pathlib import Path
 import ray
 import torch
 
+from hsrm.engines import sample
 from hsrm.io import atomic_write_json, atomic_write_text
-from hsrm.sampling import SampleRunConfig, sample
+from hsrm.sampling import SampleRunConfig
 
 RESULTS = Path(__file__).parent / "results"
 

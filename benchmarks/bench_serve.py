@@ -37,9 +37,10 @@ import torch
 
 from hsrm.bon.train import TrainConfig, train
 from hsrm.capture import prompt_text, sample_prompts
+from hsrm.engines import sample
 from hsrm.io import atomic_write_json, atomic_write_text
 from hsrm.models import load_model
-from hsrm.sampling import SampleRunConfig, make_task, sample
+from hsrm.sampling import SampleRunConfig, make_task
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "smollm2-135m-instruct"

@@ -29,7 +29,8 @@ def fit_head(lm, out: Path, threads: int):
     """A small ELHSR head on the embedded model: 32 synthetic prompts x 4 sampled answers."""
     from hsrm.bon.demo import DEMO_ELHSR
     from hsrm.bon.train import TrainConfig, train
-    from hsrm.sampling import SampleRunConfig, sample
+    from hsrm.engines import sample
+    from hsrm.sampling import SampleRunConfig
 
     run = out / "sample"
     store = sample(

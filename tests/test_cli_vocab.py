@@ -30,7 +30,7 @@ def test_train_flags(capsys):
     # a bad --params is one message and exit 2, before any store is read
     assert main(["train", "R", "--head-type", "elhsr", "--params", "{lr: 1}"]) == 2
     assert "not valid JSON" in capsys.readouterr().err
-    assert main(["train", "R", "--head", "elhsr", "--params", "nope=1"]) == 2  # old alias
+    assert main(["train", "R", "--head-type", "elhsr", "--params", "nope=1"]) == 2
     assert "has no parameter(s) ['nope']" in capsys.readouterr().err
 
 
@@ -69,27 +69,6 @@ def test_train_and_evaluate_need_a_run(capsys):
 def test_model_and_head_commands_take_config_and_threads(argv):
     a = build_parser().parse_args([*argv, "--config", "c.yaml", "--threads", "1"])
     assert a.config == "c.yaml" and a.threads == 1
-
-
-def test_deprecated_alias_moves_the_value_and_warns_once(caplog):
-    from hsrm.cli._common import deprecated_alias
-
-    p = build_parser()
-    a = p.parse_args(["detect", "evaluate", "--json", "old.json"])
-    with caplog.at_level("WARNING", logger="hsrm.cli"):
-        deprecated_alias(a, "json", "out", "detect evaluate: --json", "--out")
-    assert a.out == "old.json"
-    assert [r.getMessage() for r in caplog.records] == [
-        "detect evaluate: --json is deprecated; use --out"
-    ]
-    # the new flag wins when both are given; without the old one nothing is said
-    a = p.parse_args(["prefs", "train", "--head", "probe", "--head-type", "elhsr"])
-    deprecated_alias(a, "head_alias", "head_type", "prefs train: --head NAME", "--head-type NAME")
-    assert a.head_type == "elhsr"
-    caplog.clear()
-    a = p.parse_args(["detect", "train", "--head-type", "probe"])
-    deprecated_alias(a, "head_alias", "head_type", "detect train: --head NAME", "--head-type NAME")
-    assert a.head_type == "probe" and not caplog.records
 
 
 #: every command that runs a model: each takes the ModelConfig flags
@@ -176,3 +155,19 @@ def test_sample_and_demo_share_their_task_defaults():
     for k, v in TASK_DEFAULTS.items():
         assert getattr(s, k) == getattr(d, k) == v, k
     assert s.fewshot == "per_prompt"  # what the README calls the default
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["detect", "evaluate", "--json", "old.json"],
+        ["detect", "capture", "--samples", "2"],
+        ["detect", "score", "--samples", "2"],
+        ["prefs", "build", "--k", "2"],
+    ],
+)
+def test_old_flag_names_are_gone(argv, capsys):
+    """No release was published with them, so the hidden old spellings were dropped."""
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(argv)
+    assert "unrecognized arguments" in capsys.readouterr().err

@@ -170,6 +170,22 @@ def test_capture_refs_and_sampled(tiny_lm, tmp_path):
         load_labelled(st2, labels=[1])
 
 
+def test_sampled_capture_takes_the_sampling_options(tiny_lm, tmp_path):
+    """Sampled capture is ``hsrm sample``'s path: top-k, min-p and stop strings reach the sampler
+    and the store records them, as a ``hsrm sample`` store does."""
+    kw = dict(source="synthetic", n_prompts=3, n=3, max_new_tokens=6, layers="last", shots=1)
+    cut = CaptureConfig(**kw, top_k=4, min_p=0.05, stop=["#"])
+    st = capture(tiny_lm, cut, tmp_path / "cut")
+    got = st.meta["sampling"]
+    assert (got["top_k"], got["min_p"], got["stop"]) == (4, 0.05, ["#"])
+    assert len(st) == 9 and not any("#" in r["text"] for r in st.records)
+    # without the stop string the same samples run on, and do say "#"; the others are unchanged
+    full = capture(tiny_lm, CaptureConfig(**kw, top_k=4, min_p=0.05), tmp_path / "full")
+    assert any("#" in r["text"] for r in full.records)
+    for a, b in zip(st.records, full.records):
+        assert a["text"] == b["text"] if "#" not in b["text"] else len(a["text"]) < len(b["text"])
+
+
 # -- the CLI: configs, --params, the model rule (tiny model) --------------------------------------
 def test_cli_train_evaluate_with_config_and_params(tiny_lm, tmp_path, capsys):
     import json
@@ -314,7 +330,7 @@ def test_cli_capture_train_evaluate_score(tmp_path, capsys):
             "all",
             "--n-boot",
             "20",
-            "--json",
+            "--out",
             str(tmp_path / "results.json"),
         ]
     )

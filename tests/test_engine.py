@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from hsrm import lm as lmx
+from hsrm import placement
 from hsrm.capture import SampleConfig, parse_layers, sample_prompt, sample_prompts, teacher_force
 from hsrm.errors import HsrmError
 from hsrm.tasks import get_task
@@ -158,15 +159,15 @@ def test_bad_sampling_options(kw, match):
 
 def test_bad_device_and_dtype():
     with pytest.raises(HsrmError, match="unknown device"):
-        lmx.resolve_device("tpu")
+        placement.resolve_device("tpu")
     if not torch.cuda.is_available():
         with pytest.raises(HsrmError, match="no CUDA"):
-            lmx.resolve_device("cuda")
+            placement.resolve_device("cuda")
     with pytest.raises(HsrmError, match="unknown model dtype"):
-        lmx.resolve_dtype("float8", "cpu")
+        placement.resolve_dtype("float8", "cpu")
     with pytest.raises(HsrmError, match="float16 is not supported"):
-        lmx.resolve_dtype("float16", "cpu")
-    assert lmx.resolve_device("cpu") == "cpu"
+        placement.resolve_dtype("float16", "cpu")
+    assert placement.resolve_device("cpu") == "cpu"
 
 
 def test_auto_dtype_is_one_rule_bf16_where_the_cpu_computes_it_natively(tmp_path, monkeypatch):
@@ -178,18 +179,18 @@ def test_auto_dtype_is_one_rule_bf16_where_the_cpu_computes_it_natively(tmp_path
     zen4.write_text("flags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n")
     old = tmp_path / "old"
     old.write_text("flags\t\t: fpu avx2 avx512f avx512_vnni\n")
-    assert lmx.cpu_bf16_native(str(zen4)) and not lmx.cpu_bf16_native(str(old))
-    assert not lmx.cpu_bf16_native(str(tmp_path / "absent"))
-    monkeypatch.setattr(lmx, "cpu_bf16_native", lambda: True)
-    assert lmx.auto_dtype("cpu") == "bfloat16"
+    assert placement.cpu_bf16_native(str(zen4)) and not placement.cpu_bf16_native(str(old))
+    assert not placement.cpu_bf16_native(str(tmp_path / "absent"))
+    monkeypatch.setattr(placement, "cpu_bf16_native", lambda: True)
+    assert placement.auto_dtype("cpu") == "bfloat16"
     assert ModelConfig(device="cpu").resolve().dtype == "bfloat16"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert lmx.auto_dtype("cuda:1") == "bfloat16"
+    assert placement.auto_dtype("cuda:1") == "bfloat16"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert lmx.auto_dtype("cuda") == "float16"
-    assert lmx.auto_dtype("mps") == "float16"
-    monkeypatch.setattr(lmx, "cpu_bf16_native", lambda: False)
-    assert lmx.auto_dtype("cpu") == "float32"
+    assert placement.auto_dtype("cuda") == "float16"
+    assert placement.auto_dtype("mps") == "float16"
+    monkeypatch.setattr(placement, "cpu_bf16_native", lambda: False)
+    assert placement.auto_dtype("cpu") == "float32"
     assert ModelConfig(device="cpu").resolve() == ModelConfig(device="cpu", dtype="float32")
     # a given dtype is kept, and checked against the device before any weights are read
     assert ModelConfig(dtype="bfloat16", device="cpu").resolve().dtype == "bfloat16"
@@ -229,7 +230,7 @@ def _sample_cfg(out, **kw):
 
 
 def test_batched_store_equals_unbatched_store(tmp_path, tiny_lm):
-    from hsrm.sampling import sample
+    from hsrm.engines import sample
 
     one = sample(_sample_cfg(tmp_path / "b1", batch_prompts=1, writer_queue=0), tiny_lm, False)
     many = sample(_sample_cfg(tmp_path / "b3", batch_prompts=3), tiny_lm, False)
@@ -249,7 +250,7 @@ def test_skip_prompts_samples_the_tasks_next_prompts(tmp_path, tiny_lm):
     """A store of the task's prompts 6-9 (``skip_prompts``) holds exactly those of a 10-prompt
     store, samples included (each prompt draws from its own stream), and one union reads both."""
     from hsrm.bon.evaluate import _same_task
-    from hsrm.sampling import sample
+    from hsrm.engines import sample
     from hsrm.store import StoreUnion
 
     full = sample(_sample_cfg(tmp_path / "full"), tiny_lm, False)
@@ -268,11 +269,11 @@ def test_skip_prompts_samples_the_tasks_next_prompts(tmp_path, tiny_lm):
     assert len(both.features()) == 30
 
 
-def test_old_storage_dtype_key_is_an_alias(tmp_path):
+def test_model_and_store_dtypes_are_separate_keys(tmp_path):
     from hsrm.config import from_sources
     from hsrm.sampling import SampleRunConfig
 
-    cfg = from_sources(SampleRunConfig, {"dtype": "int8"})
+    cfg = from_sources(SampleRunConfig, {"store_dtype": "int8"})
     assert cfg.store_dtype == "int8" and cfg.dtype == "auto"
     with pytest.raises(HsrmError, match="batch_prompts"):
         SampleRunConfig(batch_prompts=0)
@@ -283,7 +284,7 @@ def test_old_storage_dtype_key_is_an_alias(tmp_path):
     [({"min_p": 2.0}, "min_p"), ({"device": "tpu"}, "unknown device"), ({"top_k": -3}, "top_k")],
 )
 def test_pipeline_bad_options_write_nothing(tmp_path, kw, match):
-    from hsrm.sampling import sample
+    from hsrm.engines import sample
 
     with pytest.raises(HsrmError, match=match):
         sample(_sample_cfg(tmp_path / "o", **kw), progress=False)
@@ -309,9 +310,9 @@ def test_cli_bad_options_exit_2(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # compact (projected) stores
 def test_projected_store_and_heads_refuse_mixing(tmp_path, tiny_lm):
+    from hsrm.engines import sample
     from hsrm.heads.base import make_head
     from hsrm.projection import Projection, project_features
-    from hsrm.sampling import sample
 
     full = sample(_sample_cfg(tmp_path / "full", n=4), tiny_lm, False)
     proj = sample(_sample_cfg(tmp_path / "proj", n=4, project=8, project_seed=1), tiny_lm, False)
@@ -369,8 +370,8 @@ def test_projection_on_device_equals_projecting_after(tiny_lm, batch_prompts):
 def test_store_refuses_states_projected_another_way(tmp_path, tiny_lm):
     import dataclasses
 
+    from hsrm.engines import sample
     from hsrm.projection import Projection
-    from hsrm.sampling import sample
     from hsrm.store import StoreWriter
 
     st = sample(_sample_cfg(tmp_path / "p", n=2, n_prompts=2, project=8), tiny_lm, False)
@@ -411,7 +412,7 @@ def test_prefix_groups():
 def test_shared_prefix_prefill_equals_one_padded_forward(tiny_lm, monkeypatch):
     """Prompts with the same few-shot exemplars prefill them once (SHARED_PREFIX_MIN); the answers
     equal those of one left-padded prefill: same tokens, states within tolerance."""
-    import hsrm.capture as cap
+    import hsrm.capture.batch as cap
 
     ps = _prompts(6)
     seqs = [lmx.prompt_ids(tiny_lm.tokenizer, p) for p in ps]
@@ -425,7 +426,7 @@ def test_shared_prefix_prefill_equals_one_padded_forward(tiny_lm, monkeypatch):
 
 
 def test_capture_in_host_flushed_chunks_equals_one_buffer(tiny_lm, monkeypatch):
-    import hsrm.capture as cap
+    import hsrm.capture.batch as cap
 
     ps = _prompts(3)
     cfg = SampleConfig(n=3, max_new_tokens=9, temperature=1.5, seed=6)
@@ -442,7 +443,7 @@ def test_capture_in_host_flushed_chunks_equals_one_buffer(tiny_lm, monkeypatch):
 
 
 def test_resume_in_process(tmp_path, tiny_lm):
-    from hsrm.sampling import sample
+    from hsrm.engines import sample
 
     a = sample(_sample_cfg(tmp_path / "r", n_prompts=6), tiny_lm, False)
     for p in sorted((tmp_path / "r").glob("shard-00001.*")):
@@ -459,7 +460,7 @@ def test_resume_refuses_another_model_dtype_before_the_model_loads(tmp_path, mon
     import json
 
     import hsrm.sampling
-    from hsrm.sampling import sample
+    from hsrm.engines import sample
 
     out = tmp_path / "r"
     a = sample(_sample_cfg(out, n_prompts=6, dtype="bfloat16", device="cpu"), progress=False)
@@ -480,7 +481,7 @@ def test_resume_refuses_another_model_dtype_before_the_model_loads(tmp_path, mon
             assert "model_dtype='bfloat16'" in str(e.value)
             assert "model_dtype='float32'" in str(e.value) and "--dtype bfloat16" in str(e.value)
     # `auto` where it resolves to the store's dtype resumes it, and the store stays whole
-    monkeypatch.setattr(lmx, "cpu_bf16_native", lambda: True)
+    monkeypatch.setattr(placement, "cpu_bf16_native", lambda: True)
     b = sample(_sample_cfg(out, n_prompts=6), progress=False)
     assert len(b) == 18 and b.meta["model_dtype"] == "bfloat16"
     meta = json.loads((out / "meta.json").read_text())
@@ -496,10 +497,10 @@ def test_store_that_recorded_auto_resumes_only_in_what_auto_meant_then(tmp_path,
     """Stores written when ``sample`` recorded ``auto`` unresolved: it meant float32 on CPUs."""
     import json
 
-    from hsrm.sampling import sample
+    from hsrm.engines import sample
 
     out = tmp_path / "r"
-    monkeypatch.setattr(lmx, "cpu_bf16_native", lambda: False)
+    monkeypatch.setattr(placement, "cpu_bf16_native", lambda: False)
     sample(_sample_cfg(out, n_prompts=6), progress=False)
     meta = json.loads((out / "meta.json").read_text())
     assert meta["model_dtype"] == "float32"  # resolved, never `auto`
@@ -508,7 +509,7 @@ def test_store_that_recorded_auto_resumes_only_in_what_auto_meant_then(tmp_path,
     (out / "meta.json").write_text(json.dumps(meta))
     for p in sorted(out.glob("shard-00001.*")):
         p.unlink()
-    monkeypatch.setattr(lmx, "cpu_bf16_native", lambda: True)  # auto is bf16 on this cpu now
+    monkeypatch.setattr(placement, "cpu_bf16_native", lambda: True)  # auto is bf16 on this cpu now
     with pytest.raises(HsrmError, match=r"model_dtype='auto' \(float32 on cpu then\).*'bfloat16'"):
         sample(_sample_cfg(out, n_prompts=6), progress=False)
     b = sample(_sample_cfg(out, n_prompts=6, dtype="float32"), progress=False)
@@ -516,7 +517,7 @@ def test_store_that_recorded_auto_resumes_only_in_what_auto_meant_then(tmp_path,
 
 
 def test_sample_refuses_a_dtype_its_given_model_is_not_in(tmp_path, tiny_lm):
-    from hsrm.sampling import sample
+    from hsrm.engines import sample
 
     with pytest.raises(HsrmError, match="dtype 'bfloat16' asked for.*passed in is float32"):
         sample(_sample_cfg(tmp_path / "r", n_prompts=2, dtype="bfloat16"), tiny_lm, False)
@@ -563,7 +564,7 @@ def test_refill_joiners_share_their_prefix(tiny_lm, monkeypatch):
     """Prompts joining a refill batch prefill their shared exemplars once per family, so rows
     have pads inside them and the columns a join keeps span more than any row's tokens; the
     answers equal one plain batch's."""
-    import hsrm.capture as cap
+    import hsrm.capture.batch as cap
 
     ps = get_task("synthetic", n=8, families="arith,compare,count", hi=100000).prompts()
     seqs = [lmx.prompt_ids(tiny_lm.tokenizer, p) for p in ps]
@@ -617,7 +618,8 @@ def test_stop_token_state_is_captured(tiny_lm, batch_prompts):
 
 
 def test_refill_store_equals_plain_store_and_resumes(tmp_path, tiny_lm):
-    from hsrm.sampling import batch_window, sample, sample_window, window_prompts
+    from hsrm.engines import sample
+    from hsrm.sampling import batch_window, sample_window, window_prompts
 
     plain = sample(_sample_cfg(tmp_path / "plain", batch_prompts=2), tiny_lm, False)
     kw = dict(batch_prompts=2, refill_window=3)

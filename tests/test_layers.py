@@ -6,8 +6,17 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "hsrm"
-LOWER = ["models.py", "lm.py", "capture.py", "store.py", "features.py", "heads", "tasks"]
-UPPER = ("sampling", "bon", "prefs", "detect", "rl", "score", "serve", "scale", "cli", "pipeline")
+LOWER = [
+    "placement.py",
+    "models.py",
+    "lm.py",
+    "capture",
+    "store.py",
+    "features.py",
+    "heads",
+    "tasks",
+]
+UPPER = ("sampling", "engines", "bon", "prefs", "detect", "rl", "score", "serve", "scale", "cli")
 
 
 def _imports(path: Path) -> set[str]:

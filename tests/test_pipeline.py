@@ -56,7 +56,7 @@ def test_sample_train_evaluate(run, capsys):
             [
                 "train",
                 str(d / "run"),
-                "--head",
+                "--head-type",
                 "elhsr",
                 "--out",
                 str(d / "head"),
@@ -73,7 +73,7 @@ def test_sample_train_evaluate(run, capsys):
             [
                 "train",
                 str(d / "run"),
-                "--head",
+                "--head-type",
                 "probe",
                 "--out",
                 str(d / "probe"),
@@ -171,7 +171,16 @@ def test_head_from_other_model_is_refused(run, capsys):
     )
     assert (
         main(
-            ["train", str(d / "run"), "--head", "probe", "--out", str(d / "p2"), "--layers", "all"]
+            [
+                "train",
+                str(d / "run"),
+                "--head-type",
+                "probe",
+                "--out",
+                str(d / "p2"),
+                "--layers",
+                "all",
+            ]
         )
         == 0
     )
@@ -391,12 +400,12 @@ def test_picked_out_of_fold_chooses_each_split_on_the_others():
 def test_demo_training_only_prompts_train_every_split(tmp_path, monkeypatch):
     """``train_prompts``: the task's next prompts, ``train_n`` samples each, join every split's
     training prompts (heads and controls) and the fresh-seed fit, and are never tested."""
-    import hsrm.lm
+    import hsrm.placement
     from hsrm.bon.demo import cross_fit
     from hsrm.store import Store
 
     # on a cpu with native bf16 the demo's `auto` samples in it, and every store records that
-    monkeypatch.setattr(hsrm.lm, "cpu_bf16_native", lambda: True)
+    monkeypatch.setattr(hsrm.placement, "cpu_bf16_native", lambda: True)
     out = tmp_path / "demo"
     rep = demo(tiny_demo(out, n_prompts=8, train_prompts=6, train_n=2, fresh_prompts=4))
     store, extra = Store(out / "samples"), Store(out / "train_samples")
@@ -423,14 +432,14 @@ def test_demo_training_only_prompts_train_every_split(tmp_path, monkeypatch):
 def test_demo_sizes_its_training_only_prompts_by_the_dtype_it_samples_in(monkeypatch):
     """Not given, the training-only prompts follow the dtype: bf16 (native on the CPU) samples
     faster and buys more of them; what the user gives is kept."""
-    import hsrm.lm
+    import hsrm.placement
     from hsrm.bon.demo import DemoConfig, resolve_demo
 
     base = DemoConfig(model="tiny:0", device="cpu")
-    monkeypatch.setattr(hsrm.lm, "cpu_bf16_native", lambda: True)
+    monkeypatch.setattr(hsrm.placement, "cpu_bf16_native", lambda: True)
     fast = resolve_demo(base)
     assert (fast.dtype, fast.train_prompts, fast.train_n) == ("bfloat16", 896, 8)
-    monkeypatch.setattr(hsrm.lm, "cpu_bf16_native", lambda: False)
+    monkeypatch.setattr(hsrm.placement, "cpu_bf16_native", lambda: False)
     slow = resolve_demo(base)
     assert (slow.dtype, slow.train_prompts, slow.train_n) == ("float32", 384, 4)
     mine = resolve_demo(replace(base, dtype="bfloat16", train_prompts=0, train_n=2))

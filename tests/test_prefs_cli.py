@@ -21,8 +21,7 @@ def test_prefs_train_evaluate_config_and_params(tmp_path, capsys):
     assert "denserm: fit on" in out
     params = json.loads((head / "config.json").read_text())["params"]
     assert params["epochs"] == 3 and params["hidden"] == 8  # the flag wins, the file fills in
-    # the old spelling of an architecture still works for one release
-    assert main([*base, "--head", "probe", "--model", "tiny:0", "--threads", "1"]) == 0
+    assert main([*base, "--head-type", "probe", "--model", "tiny:0", "--threads", "1"]) == 0
     assert json.loads((head / "config.json").read_text())["architecture"] == "probe"
     capsys.readouterr()
     assert main([*base, "--config", str(cfg), "--params", "{hidden: 8}"]) == 2

@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 import yaml
 
-from hsrm.bon.prune_online import PrefixHead, fit_prefix_head, prune_hook
+from hsrm.bon.prefix_head import fit_prefix_head
+from hsrm.capture.prune import PrefixHead, prune_hook
 from hsrm.cli import main
+from hsrm.engines import sample
 from hsrm.errors import HsrmError
-from hsrm.sampling import SampleRunConfig, sample
+from hsrm.sampling import SampleRunConfig
 from hsrm.store import Store
 
 
@@ -345,8 +347,8 @@ def _inputs(tmp_path, tiny_lm, **kw):
 def test_consensus_draws_waves_equal_to_one_draw(tmp_path, tiny_lm, batch_prompts):
     """Samples drawn in two waves (``streams``) are the unpruned run's, token for token; a prompt
     whose warm-up answers agree (here: same first character) gets no more samples."""
-    from hsrm.bon.prune import has_consensus
     from hsrm.capture import sample_prompts
+    from hsrm.capture.prune import has_consensus
     from hsrm.sampling import sample_batch
 
     scfg, prompts, layers = _inputs(tmp_path, tiny_lm, n_prompts=6)

@@ -16,8 +16,9 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from hsrm.engines import sample  # noqa: E402
 from hsrm.errors import HsrmError  # noqa: E402
-from hsrm.sampling import SampleRunConfig, sample  # noqa: E402
+from hsrm.sampling import SampleRunConfig  # noqa: E402
 
 # 12 one-prompt shards, so a run can be cut between shards.
 TINY = dict(

@@ -34,7 +34,7 @@ from hsrm.features import TokenFeatures  # noqa: E402
 from hsrm.heads import make_head  # noqa: E402
 from hsrm.heads.base import Head  # noqa: E402
 from hsrm.models import tiny_model  # noqa: E402
-from hsrm.score import Scorer  # noqa: E402
+from hsrm.scoring import Scorer  # noqa: E402
 from hsrm.serve import ServeConfig, create_app  # noqa: E402
 from hsrm.tasks.base import Prompt  # noqa: E402
 
@@ -539,7 +539,8 @@ def test_score_config_from_yaml_and_stdout(head_dir, tmp_path, capsys):
 def test_embedded_model_with_a_trained_head(embedded_lm, tmp_path):
     """SmolLM2-135M with a probe trained on a small store of its own answers to the demo task."""
     from hsrm.bon.train import TrainConfig, train
-    from hsrm.sampling import SampleRunConfig, sample
+    from hsrm.engines import sample
+    from hsrm.sampling import SampleRunConfig
 
     run, head_out = tmp_path / "run", tmp_path / "head"
     sample(
@@ -547,7 +548,9 @@ def test_embedded_model_with_a_trained_head(embedded_lm, tmp_path):
         lm=embedded_lm,
         progress=False,
     )
-    train(TrainConfig(run=str(run), out=str(head_out), head_type="probe", layers="mid", test_frac=0.0))
+    train(
+        TrainConfig(run=str(run), out=str(head_out), head_type="probe", layers="mid", test_frac=0.0)
+    )
     name = "smollm2-135m-instruct"
     s = Live(
         create_app(ServeConfig(head=str(head_out), model=name), embedded_lm, Head.load(head_out))

@@ -37,9 +37,10 @@ from hsrm.bon.demo import (
 )
 from hsrm.bon.outputs import store_report
 from hsrm.bon.scorers import VOTE_SUFFIX, add_head_votes
+from hsrm.engines import sample
 from hsrm.layer_spec import parse_layers
 from hsrm.models import load_model
-from hsrm.sampling import SampleRunConfig, sample
+from hsrm.sampling import SampleRunConfig
 from hsrm.splits import prompt_folds
 
 RESULTS = Path(__file__).parent / "results"

@@ -26,10 +26,11 @@ from hsrm.bon.baselines import baseline_scores
 from hsrm.bon.demo import DEMO_ELHSR
 from hsrm.bon.outputs import store_report
 from hsrm.bon.scorers import add_head_votes
+from hsrm.engines import sample
 from hsrm.heads import make_head
 from hsrm.layer_spec import parse_layers
 from hsrm.models import load_model
-from hsrm.sampling import SampleRunConfig, sample
+from hsrm.sampling import SampleRunConfig
 from hsrm.splits import prompt_folds
 
 RESULTS = Path(__file__).parent / "results"

@@ -40,8 +40,9 @@ from hsrm.bon.demo import (
 from hsrm.bon.outputs import store_report
 from hsrm.capture import teacher_force
 from hsrm.layer_spec import parse_layers
-from hsrm.lm import encode, resolve_device
+from hsrm.lm import encode
 from hsrm.models import load_model
+from hsrm.placement import resolve_device
 from hsrm.sampling import sample_inputs
 from hsrm.store import RecordsView, Store, StoreUnion
 

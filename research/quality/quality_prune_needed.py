@@ -49,8 +49,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import quality_pruning_online as QP  # type: ignore[import-not-found]  # noqa: E402
 
 from hsrm import metrics as M  # noqa: E402
+from hsrm.bon.prefix_head import fit_prefix_head  # noqa: E402
 from hsrm.bon.prune import prefix_ties, pruning_curve  # noqa: E402
-from hsrm.bon.prune_online import fit_prefix_head  # noqa: E402
 from hsrm.bon.quality import pooled_states  # noqa: E402
 from hsrm.store import Store  # noqa: E402
 
@@ -187,7 +187,7 @@ def variant_aurocs(train: Store, test: Store, cps=(8, 12, 16), folds: int = 3) -
     head), over its last 4 tokens, its last token, or both the mean and the last 4; with or
     without centering each feature on its prompt's mean; C 0.001 or 0.01. Within-prompt AUROC
     out of fold on the training store and fitted on it for the test store."""
-    from hsrm.bon.prune_online import _fit_checkpoint
+    from hsrm.bon.prefix_head import _fit_checkpoint
     from hsrm.bon.quality import center_by_prompt
     from hsrm.splits import prompt_folds
 

@@ -42,8 +42,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import quality_pruning_online as QP  # type: ignore[import-not-found]  # noqa: E402
 
+from hsrm.bon.prefix_head import fit_prefix_head  # noqa: E402
 from hsrm.bon.prune import prefix_probe_scores, pruning_curve  # noqa: E402
-from hsrm.bon.prune_online import fit_prefix_head  # noqa: E402
 from hsrm.bon.quality import pooled_states  # noqa: E402
 from hsrm.store import Store  # noqa: E402
 

@@ -1,8 +1,8 @@
 """Online early pruning on the CoT family (`quality_pruning_online.py`).
 
-A prefix head (``hsrm.bon.prune_online.fit_prefix_head``, checkpoints 4 and 8 answer tokens) is fitted
+A prefix head (``hsrm.bon.prefix_head.fit_prefix_head``, checkpoints 4 and 8 answer tokens) is fitted
 on a fully sampled CoT store (``--cot-train``, its own task seed). Then the same prompts of another
-task seed are sampled with ``hsrm.sampling.sample`` four times: no pruning, ``--prune head``,
+task seed are sampled with ``hsrm.engines.sample`` four times: no pruning, ``--prune head``,
 ``--prune deepconf`` and ``--prune random`` (same checkpoints and share as the head). Reported per
 run: answer tokens generated, wall time, and BoN@16 over the samples that finished (pruned ones are
 never picked) with three selectors, with bootstrap CIs over prompts.
@@ -23,10 +23,11 @@ import numpy as np
 import torch
 
 from hsrm import metrics as M
+from hsrm.bon.prefix_head import fit_prefix_head
 from hsrm.bon.prune import select
-from hsrm.bon.prune_online import fit_prefix_head
 from hsrm.bon.scorers import lowest_group_confidence
-from hsrm.sampling import SampleRunConfig, sample
+from hsrm.engines import sample
+from hsrm.sampling import SampleRunConfig
 from hsrm.store import Store
 
 RESULTS = Path(__file__).parent / "results"
@@ -210,8 +211,8 @@ def replay(args) -> dict[str, Any]:
     same as in the unpruned run (same text)? If so, replaying a policy over the unpruned store is
     exact, and ``hsrm.bon.prune.pruning_curve`` gives the whole tokens-vs-BoN curve (the prefix head
     fitted on ``--cot-train``, random pruning averaged over 20 draws at each head setting)."""
+    from hsrm.bon.prefix_head import fit_prefix_head
     from hsrm.bon.prune import pruning_curve
-    from hsrm.bon.prune_online import fit_prefix_head
     from hsrm.bon.quality import pooled_states
 
     cache = Path(args.cache)

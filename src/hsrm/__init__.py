@@ -5,7 +5,3 @@ hidden state, with heads of ~1e5 parameters: ELHSR/SWIFT, SparseRM, HARP and lin
 """
 
 __version__ = "0.1.0"
-
-from hsrm._moved import install as _install_moved
-
-_install_moved()  # old module paths (hsrm.evaluate, hsrm.scorers, ...) keep importing

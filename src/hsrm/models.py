@@ -77,7 +77,7 @@ class ModelConfig:
         """The model fields with ``auto`` settled on this machine (``device``: settle it as this
         instead, e.g. what Ray workers will run on): a concrete device and dtype, checked, without
         reading any weights. HsrmError for a device or dtype this machine lacks."""
-        from hsrm.lm import auto_dtype, resolve_device, resolve_dtype
+        from hsrm.placement import auto_dtype, resolve_device, resolve_dtype
 
         dev = resolve_device(self.device if device is None else device)
         dtype = auto_dtype(dev) if self.dtype == "auto" else self.dtype
@@ -331,7 +331,7 @@ def load_model(
     name_or_path, device, dtype = rc.model, rc.device, rc.dtype
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hsrm.lm import MODEL_DTYPES
+    from hsrm.placement import MODEL_DTYPES
 
     torch_dtype = MODEL_DTYPES[dtype]
     if name_or_path.startswith("tiny:"):  # a random tiny Llama for tests and dry runs

@@ -2,9 +2,9 @@
 
 A task's prompts are sampled with capture (``hsrm.capture``), graded by the task
 (``Task.grade``) and written shard by shard (``hsrm.store``). The heads of every use are fit on
-such stores (best-of-N: ``hsrm.bon``; ``hsrm score --store``). ``sample`` is the local engine;
-``hsrm.scale`` (``engine="ray"``) reuses ``sample_inputs`` / ``plan_sample`` / ``save_shard`` /
-``finish_sample`` and the aligned batch windows here, so both engines write byte-identical shards.
+such stores (best-of-N: ``hsrm.bon``; ``hsrm score --store``). ``sample_local`` is the local
+engine; ``hsrm.scale`` (``engine="ray"``) reuses ``sample_inputs`` / ``plan_sample`` / ``save_shard`` /
+``finish_sample`` and the aligned batch windows here, so both engines write byte-identical shards. Which engine runs is chosen above both, in ``hsrm.engines.sample``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from hsrm.capture import PromptResult, SampleConfig, parse_layers, sample_prompts
+from hsrm.capture.prune import check_prune_config, hook_from_config, prune_settings
 from hsrm.config import field, validate
 from hsrm.errors import HsrmError
 from hsrm.io import atomic_write_text, check_out, read_json
@@ -132,9 +133,9 @@ class SampleRunConfig(ModelConfig):
     cpus_per_worker: float = field(1.0, "engine=ray: CPUs per worker (also its torch threads)")
     gpus_per_worker: float = field(0.0, "engine=ray: GPUs per worker (0.5 = two workers a GPU)")
     ray_address: str = field("", "engine=ray: cluster to join (default $RAY_ADDRESS, else local)")
-    # early pruning while sampling (hsrm.bon.prune_online; docs/quality.md)
+    # early pruning while sampling (hsrm.capture.prune; docs/quality.md)
     prune: str = field("none", "stop samples early: none | head | deepconf | random | consensus")
-    prune_head: str = field("", "prune=head: prefix-head folder (prune_online.fit_prefix_head)")
+    prune_head: str = field("", "prune=head: prefix-head folder (hsrm prune-head)")
     # 12 and 0.75: the setting measured on the CoT family (docs/quality.md: at tokens 4 and 8 most
     # right and wrong answers are still the same text, so no prefix reader can tell them apart)
     prune_checkpoints: str = field(
@@ -154,10 +155,6 @@ class SampleRunConfig(ModelConfig):
     prune_seed: int = field(0, "prune=random: seed of the random choice")
 
     def __post_init__(self) -> None:
-        # Before the model dtype existed, `dtype` was the storage dtype: old configs saying
-        # int8/fp8 there mean the store (float16/bfloat16 are read as the model dtype now).
-        if self.dtype in ("int8", "fp8"):
-            self.store_dtype, self.dtype = self.dtype, "auto"
         if self.batch_prompts < 1:
             raise HsrmError(f"batch_prompts must be >= 1, got {self.batch_prompts}")
         if self.project < 0:
@@ -259,9 +256,13 @@ class SamplePlan:
     todo: list[int]
 
 
-def sample_inputs(cfg: SampleRunConfig) -> tuple[SampleConfig, Task, list[Prompt]]:
+def sample_inputs(
+    cfg: SampleRunConfig, task: Task | None = None
+) -> tuple[SampleConfig, Task, list[Prompt]]:
     """The checks that need no model: every setting, the output folder, the task (file) and its
-    prompts. Everything is checked before anything is written; StoreWriter then locks the store."""
+    prompts. Everything is checked before anything is written; StoreWriter then locks the store.
+    ``task``: a task the caller built with options ``cfg`` does not spell (``hsrm detect
+    capture``'s TruthfulQA labelling rule); else ``make_task(cfg)``."""
     validate(cfg, "sample")
     check_out(cfg.out, "store")
     scfg = SampleConfig(
@@ -277,10 +278,8 @@ def sample_inputs(cfg: SampleRunConfig) -> tuple[SampleConfig, Task, list[Prompt
         top_logprobs=cfg.top_logprobs if cfg.api_log else 0,
     )
     scfg.validate()
-    from hsrm.bon.prune_online import check_prune_config
-
     check_prune_config(cfg)
-    task = make_task(cfg)
+    task = task if task is not None else make_task(cfg)
     check_task_resumes(cfg, task)  # before the prompts are built and the model is loaded
     prompts = task.prompts()[cfg.skip_prompts :]
     if not prompts:
@@ -367,8 +366,6 @@ def plan_sample(
     # are refused on resume instead of being mixed with this one.
     sampling["draw"] = "inverse-cdf"
     if getattr(cfg, "prune", "none") != "none":  # a pruned store is never resumed unpruned
-        from hsrm.bon.prune_online import prune_settings
-
         sampling["prune"] = prune_settings(cfg)
     writer = StoreWriter(
         cfg.out,
@@ -466,22 +463,14 @@ def check_prompt_lengths(lm: Any, prompts: list, max_new_tokens: int, task: str)
             )
 
 
-def sample(cfg: SampleRunConfig, lm: Any = None, progress: bool = True) -> Store:
-    """Sample ``cfg.n`` answers per prompt with capture into ``cfg.out``; resumes a killed run.
-
-    ``cfg.engine="ray"`` spreads the shards over Ray workers (``hsrm.scale``, docs/scale.md); the
-    store it writes is the same."""
-    if cfg.engine == "ray":
-        if lm is not None:
-            raise HsrmError(
-                "engine='ray' loads the model in each worker from cfg.model; pass no lm"
-            )
-        from hsrm.scale import sample_ray
-
-        return sample_ray(cfg, progress=progress)
-    if cfg.engine != "local":
-        raise HsrmError(f"engine: unknown engine {cfg.engine!r}; use local or ray")
-    scfg, task, prompts = sample_inputs(cfg)
+def sample_local(
+    cfg: SampleRunConfig, lm: Any = None, progress: bool = True, task: Task | None = None
+) -> Store:
+    """The local engine of ``hsrm.engines.sample``: sample ``cfg.n`` answers per prompt with
+    capture into ``cfg.out`` in this process (``lm``, else ``cfg.model`` loaded); resumes a killed
+    run. The Ray engine (``hsrm.scale``) shares every step but the loop. ``task``: see
+    ``sample_inputs``."""
+    scfg, task, prompts = sample_inputs(cfg, task)
     mc = resolve_model(cfg, lm)
     check_model_resumes(cfg.out, mc)  # before the model loads
     if cfg.threads:
@@ -490,8 +479,6 @@ def sample(cfg: SampleRunConfig, lm: Any = None, progress: bool = True) -> Store
         lm = load_model(mc)
     check_prompt_lengths(lm, prompts, cfg.max_new_tokens, cfg.task)
     plan = plan_sample(cfg, lm.fingerprint, scfg, task, prompts, mc)
-    from hsrm.bon.prune_online import hook_from_config
-
     prune = hook_from_config(cfg, plan.layers, task)
     t0, n_done = time.perf_counter(), 0
     bar = tqdm(
@@ -545,7 +532,7 @@ def sample_batch(
     prune: Any = None,
 ) -> list[PromptResult]:
     """``sample_prompts`` with the pruning policy: a per-step hook, or ``consensus``'s waves."""
-    if hasattr(prune, "sample"):  # hsrm.bon.prune_online.ConsensusStop
+    if hasattr(prune, "sample"):  # hsrm.capture.prune.ConsensusStop
         return prune.sample(lm, prompts, scfg, layers, batch_prompts)
     return sample_prompts(lm, prompts, scfg, layers, batch_prompts=batch_prompts, prune=prune)
 

@@ -17,19 +17,19 @@ from hsrm.bon.outputs import html_data, question_split, store_report, write_outp
 from hsrm.bon.report import bon_per_prompt, bon_report
 from hsrm.bon.scorers import VOTE_SUFFIX, add_head_votes, vote_keep
 from hsrm.config import field, validate
+from hsrm.engines import sample
 from hsrm.heads.base import Head, make_head
 from hsrm.io import check_out, exclusive, mark_output
 from hsrm.layer_spec import VOCABULARY, check_layer_spec, parse_layers
-from hsrm.lm import resolve_device
 from hsrm.metrics import score_vote_weights
 from hsrm.models import ModelConfig
+from hsrm.placement import resolve_device
 from hsrm.sampling import (
     FEWSHOT_HELP,
     TASK_DEFAULTS,
     SampleRunConfig,
     check_model_resumes,
     check_task_resumes,
-    sample,
 )
 from hsrm.splits import prompt_folds
 from hsrm.store import RecordsView, Store, StoreUnion

@@ -25,6 +25,8 @@ Policies decide, per prompt, at which token each sample stops (``len`` = not pru
   Its control stops as many prompts after their warm-up, chosen at random.
 
 Best-of-N is then taken over the samples that finished, with the same selector as without pruning.
+The stopping rules are the online hooks' own (``hsrm.capture.prune``: ``stop_lowest``,
+``deepconf_threshold``, ``has_consensus``), so the replay and a live run cannot drift apart.
 
 Simulation assumption: a pruned sample's tokens up to its stop are exactly its tokens in the full
 store, and the samples that survive are exactly the full store's. That holds when each sample's
@@ -43,6 +45,7 @@ import numpy as np
 
 from hsrm import metrics as M
 from hsrm.bon.scorers import group_confidences, lowest_group_confidence, weighted_vote_prompt
+from hsrm.capture.prune import deepconf_threshold, has_consensus, stop_lowest
 
 CHECKPOINTS = (4, 8, 12, 16)
 
@@ -124,11 +127,9 @@ def head_stops(
     counts = []
     for t in checkpoints:
         live = np.flatnonzero(running & (lens > t))
-        m = min(int(np.floor(frac * len(live))), running.sum() - 1)
-        if m > 0:
-            worst = live[np.argsort(scores[t][live], kind="stable")[:m]]
-            stop[worst], running[worst] = t, False
-        counts.append(max(m, 0))
+        worst = stop_lowest(scores[t], live, int(running.sum()), frac)  # the online rule
+        stop[worst], running[worst] = t, False
+        counts.append(len(worst))
     return stop, counts
 
 
@@ -170,16 +171,6 @@ def random_stops(
     return stop
 
 
-def has_consensus(answers: Sequence[object], tau: float) -> bool:
-    """Whether the most common extracted answer (None = no answer, never counted) holds >= ``tau``
-    of ``answers``: DeepConf's consensus test, with an unweighted vote."""
-    counts: dict[object, int] = {}
-    for a in answers:
-        if a is not None:
-            counts[a] = counts.get(a, 0) + 1
-    return bool(answers) and max(counts.values(), default=0) >= tau * len(answers)
-
-
 def consensus_stops(
     answers: Sequence[object], lens: np.ndarray, warmup: int, tau: float
 ) -> np.ndarray:
@@ -196,7 +187,7 @@ def deepconf_stops(confs: list[np.ndarray], n_init: int, eta: float, window: int
     lens = np.array([len(c) for c in confs])
     stop = lens.copy()
     warm = [lowest_group_confidence(_t(c), window) for c in confs[:n_init]]
-    thr = float(np.percentile(warm, 100 - eta))
+    thr = deepconf_threshold(np.asarray(warm), eta)
     for i in range(n_init, len(confs)):
         c = confs[i]
         if len(c) < window:

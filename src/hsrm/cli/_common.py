@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 from typing import Any
 
 from hsrm.config import load_yaml
@@ -41,13 +40,3 @@ def set_threads(n: Any) -> None:
         import torch
 
         torch.set_num_threads(int(n))
-
-
-def deprecated_alias(args: argparse.Namespace, old: str, new: str, where: str, use: str) -> None:
-    """Move a deprecated flag's value (``args.<old>``) to ``args.<new>`` unless that was given,
-    with one warning: ``<where> is deprecated; use <use>``."""
-    value = getattr(args, old)
-    if value is not None:
-        logging.getLogger("hsrm.cli").warning(f"{where} is deprecated; use {use}")
-        if getattr(args, new) is None:
-            setattr(args, new, value)

@@ -17,9 +17,8 @@ HELP = (
 
 
 def add_params_argument(p: argparse.ArgumentParser) -> None:
-    """``--params`` (and ``--param``, its old spelling, hidden) into ``args.params``."""
+    """``--params`` into ``args.params``."""
     p.add_argument("--params", nargs="+", default=None, metavar="KEY=VALUE", help=HELP)
-    p.add_argument("--param", dest="params", nargs="+", help=argparse.SUPPRESS)
 
 
 def parse_params(value: str | Sequence[str] | dict[str, Any] | None) -> dict[str, Any]:

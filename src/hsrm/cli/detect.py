@@ -9,7 +9,7 @@ import argparse
 
 import numpy as np
 
-from hsrm.cli._common import add_common, deprecated_alias, file_values
+from hsrm.cli._common import add_common, file_values
 from hsrm.cli._params import (
     add_params_argument,
     head_config,
@@ -44,9 +44,6 @@ def cmd_capture(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from hsrm.detect import DetectTrainConfig, train_detector
 
-    deprecated_alias(
-        args, "head_alias", "head_type", "detect train: --head NAME", "--head-type NAME"
-    )
     values = file_values(args, "train")
     cfg = head_config(DetectTrainConfig, args, values)
     head, data = train_detector(cfg)
@@ -60,7 +57,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from hsrm.detect import DetectEvalConfig, evaluate_store, markdown_table
 
-    deprecated_alias(args, "json", "out", "detect evaluate: --json", "--out")
     cfg = from_sources(DetectEvalConfig, file_values(args, "evaluate"), args)
     rows = evaluate_store(cfg)
     _out(
@@ -89,7 +85,6 @@ def register(sub, groups) -> None:
     p = g.add_parser("capture", help="sample or teacher-force labelled answers into a store")
     add_common(p, "capture", CaptureConfig)
     add_arguments(p, CaptureConfig)
-    p.add_argument("--samples", dest="n", type=int, help=argparse.SUPPRESS)  # old name of --n
     p.set_defaults(func=cmd_capture)
 
     p = g.add_parser(
@@ -98,7 +93,6 @@ def register(sub, groups) -> None:
     add_common(p, "train")
     add_arguments(p, DetectTrainConfig, skip=("params",))
     add_params_argument(p)
-    p.add_argument("--head", dest="head_alias", default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_train)
 
     p = g.add_parser(
@@ -109,7 +103,6 @@ def register(sub, groups) -> None:
     p.add_argument(
         "--head", dest="heads", nargs="+", default=None, help="saved head folders (default: none)"
     )
-    p.add_argument("--json", default=None, help=argparse.SUPPRESS)  # old name of --out
     p.set_defaults(func=cmd_evaluate)
 
     p = g.add_parser(
@@ -124,5 +117,4 @@ def register(sub, groups) -> None:
         default=None,
         help="answers to score (teacher-forced); none = sample --n from the model",
     )
-    p.add_argument("--samples", dest="n", type=int, help=argparse.SUPPRESS)  # old name of --n
     p.set_defaults(func=cmd_score)

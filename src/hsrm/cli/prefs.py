@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from hsrm.cli._common import add_common, deprecated_alias, file_values
+from hsrm.cli._common import add_common, file_values
 from hsrm.cli._params import (
     add_params_argument,
     head_config,
@@ -20,9 +20,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from hsrm.prefs.commands import PrefsTrainConfig, train_prefs
 
-    deprecated_alias(
-        args, "head_alias", "head_type", "prefs train: --head NAME", "--head-type NAME"
-    )
     values = file_values(args, "prefs_train")
     cfg = head_config(PrefsTrainConfig, args, values)
     head, ps = train_prefs(cfg)
@@ -63,7 +60,6 @@ def register(sub, groups) -> None:
     add_common(p, "prefs_train", PrefsTrainConfig)
     add_arguments(p, PrefsTrainConfig, skip=("params",))
     add_params_argument(p)
-    p.add_argument("--head", dest="head_alias", default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_train)
     p = prefs.add_parser(
         "evaluate",

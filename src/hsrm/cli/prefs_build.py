@@ -58,7 +58,6 @@ def register(sub, groups) -> None:
     )
     add_common(p, "prefs_build", BuildConfig)
     add_arguments(p, BuildConfig)
-    p.add_argument("--k", dest="n", type=int, help=argparse.SUPPRESS)  # old name of --n
     p.set_defaults(func=_cmd_build)
     q = prefs.add_parser(
         "loop",

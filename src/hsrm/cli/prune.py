@@ -1,6 +1,6 @@
 """``hsrm prune-head``: fit the prefix head that ``hsrm sample --prune head`` stops samples with.
 
-Thin: flags and ``--config`` -> ``hsrm.bon.prune_online.PrefixHeadConfig`` -> one library call
+Thin: flags and ``--config`` -> ``hsrm.bon.prefix_head.PrefixHeadConfig`` -> one library call
 (``train_prefix_head``) -> print."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from hsrm.config import add_arguments, from_sources
 def _cmd_prune_head(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from hsrm.bon.prune_online import PrefixHeadConfig, train_prefix_head
+    from hsrm.bon.prefix_head import PrefixHeadConfig, train_prefix_head
 
     cfg = from_sources(PrefixHeadConfig, file_values(args, "prune_head"), args)
     head = train_prefix_head(cfg)
@@ -41,7 +41,7 @@ def _cmd_prune_head(args: argparse.Namespace) -> int:
 
 
 def register(sub, groups) -> None:
-    from hsrm.bon.prune_online import PrefixHeadConfig
+    from hsrm.bon.prefix_head import PrefixHeadConfig
 
     p = sub.add_parser(
         "prune-head",

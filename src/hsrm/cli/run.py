@@ -118,7 +118,8 @@ def _print_seen(con: Any, rep: dict[str, Any], N: str, which: str, key: str = "p
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    from hsrm.sampling import SampleRunConfig, sample
+    from hsrm.engines import sample
+    from hsrm.sampling import SampleRunConfig
 
     cfg = from_sources(SampleRunConfig, load_yaml(args.config, "sample"), args)
     store = sample(cfg)
@@ -140,10 +141,9 @@ def _require_run(args: argparse.Namespace, values: dict, command: str) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from hsrm.bon.train import TrainConfig, train
-    from hsrm.cli._common import deprecated_alias, file_values
+    from hsrm.cli._common import file_values
     from hsrm.cli._params import head_config
 
-    deprecated_alias(args, "head_alias", "head_type", "train: --head NAME", "--head-type NAME")
     values = file_values(args, "train")
     _require_run(args, values, "train")
     cfg = head_config(TrainConfig, args, values)
@@ -208,7 +208,6 @@ def register(sub, groups) -> None:
     p.add_argument("run", nargs="?", default=None, help="sample store (RUN/)")
     add_common(p, "train")
     add_arguments(p, TrainConfig, skip=("run", "params"))
-    p.add_argument("--head", dest="head_alias", default=None, help=argparse.SUPPRESS)
     add_params_argument(p)
     p.set_defaults(func=_cmd_train)
 

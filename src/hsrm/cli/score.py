@@ -10,7 +10,8 @@ from hsrm.config import add_arguments, from_sources, load_yaml
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from hsrm.score import ScoreConfig, score, store_scores_path
+    from hsrm.score import ScoreConfig, score
+    from hsrm.scoring import store_scores_path
 
     cfg = from_sources(ScoreConfig, load_yaml(args.config, "score"), args)
     rows = score(cfg)

@@ -19,7 +19,6 @@ from hsrm.errors import HsrmError
 if TYPE_CHECKING:
     from hsrm.heads.base import Head
     from hsrm.sampling import SampleRunConfig
-    from hsrm.score import ScoreConfig
     from hsrm.store import Store
 
 __all__ = ["model_fingerprint", "sample_ray", "score_pairs_ray", "score_store"]
@@ -71,7 +70,7 @@ def score_store(
 
 
 def score_pairs_ray(
-    cfg: ScoreConfig,
+    cfg: Any,
     head: Head,
     prompts: Sequence[Any],
     completions: Sequence[str],
@@ -79,6 +78,7 @@ def score_pairs_ray(
 ) -> list[float]:
     """Teacher-forced head scores of (prompt, completion) pairs over ``cfg.workers`` Ray actors,
     each holding one model (``hsrm score --engine ray``); one score per pair, in input order.
+    ``cfg``: the command's ``hsrm.score.ScoreConfig`` (a module above this one, so not imported).
 
     The head is checked against the model's fingerprint (from its config) before any worker
     starts; each prompt's completions go to one worker in the local engine's batches."""

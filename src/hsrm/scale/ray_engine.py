@@ -214,9 +214,9 @@ class ShardSampler:
             self.batch_prompts, int(plan.writer.meta.get("refill_window", 0))
         )
         self.fault_after, self.done = fault_after, 0
-        from hsrm.bon.prune_online import hook_from_config
+        from hsrm.capture.prune import hook_from_config
 
-        self.prune = hook_from_config(cfg, plan.layers) if cfg is not None else None
+        self.prune = hook_from_config(cfg, plan.layers, plan.task) if cfg is not None else None
 
     def sample_shard(
         self, k: int, window: list, start: int, lo: int, hi: int
@@ -373,7 +373,7 @@ def score_store(
     import numpy as np
 
     from hsrm.heads.base import Head
-    from hsrm.score import store_scores_path, write_store_scores
+    from hsrm.scoring import store_scores_path, write_store_scores
     from hsrm.store import Store
 
     _check_pool_args(workers, cpus_per_worker, gpus_per_worker)
@@ -415,12 +415,12 @@ def score_store(
 @ray.remote
 class PairScorer:
     """One model replica and the head: teacher-forces (prompt, completion) pairs and scores them
-    (``hsrm.score.Scorer``, the local engine's code)."""
+    (``hsrm.scoring.Scorer``, the local engine's code)."""
 
     def __init__(self, mc: Any, head_path: str, batch_size: int):
         """``mc``: the driver's resolved ``ModelConfig``, the same for every worker."""
         from hsrm.models import load_model
-        from hsrm.score import Scorer
+        from hsrm.scoring import Scorer
 
         lm = load_model(mc)
         self.scorer = Scorer(lm, head_path, batch_size=batch_size)
@@ -452,7 +452,7 @@ def score_pairs(
     cfg: Any, head: Any, prompts: Sequence[Any], completions: Sequence[str], progress: bool = True
 ) -> list[float]:
     from hsrm.scale.fingerprint import model_fingerprint
-    from hsrm.score import check_head_fingerprint
+    from hsrm.scoring import check_head_fingerprint
 
     _check_pool_args(cfg.workers, cfg.cpus_per_worker, cfg.gpus_per_worker)
     # the head against the model, from its config alone, before any worker loads the weights

@@ -51,7 +51,7 @@ def serve(cfg: ServeConfig, lm: Any = None) -> None:
         from hsrm.models import load_model
 
         lm = load_model(cfg)
-    from hsrm.score import check_head_matches
+    from hsrm.scoring import check_head_matches
 
     check_head_matches(lm, head, cfg.head)
     app = create_app(cfg, lm, head)

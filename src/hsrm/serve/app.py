@@ -32,7 +32,7 @@ from hsrm.capture import SampleConfig
 from hsrm.errors import HsrmError
 from hsrm.lm import encode as _encode
 from hsrm.lm import prompt_text
-from hsrm.score import Scorer, as_messages
+from hsrm.scoring import Scorer, as_messages
 from hsrm.serve.config import ServeConfig
 from hsrm.serve.engine import Engine, QueueFull, Sample
 from hsrm.serve.metrics import Metrics

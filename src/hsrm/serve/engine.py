@@ -22,7 +22,7 @@ from typing import Any
 
 from hsrm.capture import Answer, SampleConfig, sample_prompts
 from hsrm.errors import HsrmError
-from hsrm.score import Scorer
+from hsrm.scoring import Scorer
 from hsrm.serve.metrics import Metrics
 from hsrm.tasks.base import Prompt
 

@@ -1,7 +1,7 @@
-"""Online early pruning: policies that stop samples while ``capture.sample_prompts`` decodes them.
+"""Early pruning: policies that stop samples while ``sample_prompts`` decodes them.
 
 ``prune_hook(...)`` builds the per-step ``prune(step, view)`` hook the sampler calls (see
-``capture.PruneHook``); ``hsrm sample --prune POLICY`` and ``SampleRunConfig.prune`` use it. A
+``PruneHook``); ``hsrm sample --prune POLICY`` and ``SampleRunConfig.prune`` use it. A
 stopped row keeps its tokens so far and is stored with ``"stop": "pruned"``; best-of-N is then
 taken over the samples that finished. Policies (the offline versions are in ``hsrm.bon.prune``):
 
@@ -31,23 +31,29 @@ taken over the samples that finished. Policies (the offline versions are in ``hs
   ceil(n / warmup) prompts for this policy (``sampling.refill_window``).
 
 ``PrefixHead``: one standardised logistic regression per checkpoint on prefix-averaged states
-(the pooled probe of ``hsrm.bon.quality``, C = 0.01), fitted on a fully sampled store of the same task
-with ``fit_prefix_head`` and saved as safetensors + JSON.
+(the pooled probe of ``hsrm.bon.quality``, C = 0.01), fitted on a fully sampled store of the same
+task with ``hsrm.bon.prefix_head.fit_prefix_head`` (``hsrm prune-head``) and saved as safetensors +
+JSON.
+
+The offline replay of these policies over a fully sampled store (``hsrm.bon.prune``) stops samples
+with the same rules: ``stop_lowest`` (head / random), ``deepconf_threshold`` and ``has_consensus``.
 """
 
 from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from hsrm.config import field
+from hsrm.capture.base import Answer, parse_layers
+from hsrm.capture.decode import sample_prompts
 from hsrm.errors import HsrmError
+from hsrm.io import atomic_write_json, read_json
 
 POLICIES = ("none", "head", "deepconf", "random", "consensus")
 PREFIX_HEAD_FILES = ("prefix_head.safetensors", "prefix_head.json")
@@ -78,8 +84,6 @@ class PrefixHead:
     def save(self, path: str | Path) -> None:
         from safetensors.numpy import save_file
 
-        from hsrm.io import atomic_write_json
-
         p = Path(path)
         p.mkdir(parents=True, exist_ok=True)
         arrs = {
@@ -103,8 +107,6 @@ class PrefixHead:
     def load(path: str | Path) -> PrefixHead:
         from safetensors.numpy import load_file
 
-        from hsrm.io import read_json
-
         p = Path(path)
         if not (p / PREFIX_HEAD_FILES[0]).exists() or not (p / PREFIX_HEAD_FILES[1]).exists():
             raise HsrmError(
@@ -125,152 +127,33 @@ class PrefixHead:
         )
 
 
-def fit_prefix_head(
-    store,
-    idx: np.ndarray | None = None,
-    checkpoints: Sequence[int] = (4, 8),
-    C: float = 0.01,
-    labels: np.ndarray | None = None,
-) -> PrefixHead:
-    """A ``PrefixHead`` over every captured layer of ``store``, trained at each checkpoint t on
-    the samples at least t tokens long (the ones still running there) with their final label, or
-    with ``labels`` (one 0/1 per record of ``store``; e.g. "a final head ranks this sample in the
-    top half of its prompt", so that pruning stops what that head would not pick anyway)."""
-    from hsrm.bon.quality import pooled_states
-
-    idx = np.arange(len(store)) if idx is None else np.asarray(idx)
-    lens = np.array([store.records[i]["n_tokens"] for i in idx])
-    if labels is not None and len(labels) != len(store):
-        raise HsrmError(f"fit_prefix_head: {len(labels)} labels for {len(store)} records")
-    y = (store.labels if labels is None else np.asarray(labels))[idx]
-    mean, std, coef, icpt = [], [], [], []
-    for t in checkpoints:
-        sel = idx[lens >= t]
-        ys = y[lens >= t]
-        if len(np.unique(ys)) < 2:
-            raise HsrmError(
-                f"{store.path}: samples at least {t} tokens long are all right or all wrong; "
-                "cannot fit a prefix head at that checkpoint"
-            )
-        X = pooled_states(store, sel, prefix=t).reshape(len(sel), -1)  # (n, L*d)
-        mu, sd, w, b = _fit_checkpoint(X, ys, C)
-        mean.append(mu)
-        std.append(sd)
-        coef.append(w)
-        icpt.append(b)
-    fp = store.fingerprint
-    return PrefixHead(
-        [int(t) for t in checkpoints],
-        [int(x) for x in store.layers],
-        np.stack(mean),
-        np.stack(std),
-        np.stack(coef),
-        np.array(icpt),
-        {"name": fp.name, "n_layers": fp.n_layers, "hidden_size": fp.hidden_size},
-    )
+def stop_lowest(scores: np.ndarray, live: np.ndarray, kept: int, frac: float) -> np.ndarray:
+    """One prompt at one checkpoint: the rows of ``live`` (indices of its samples still running)
+    that stop, the lowest-scoring ``floor(frac * len(live))`` of them by ``scores`` (indexed by
+    row), but never so many that fewer than one of the ``kept`` (not yet pruned) samples is left."""
+    m = min(int(np.floor(frac * len(live))), int(kept) - 1)
+    if m <= 0:
+        return live[:0]
+    return live[np.argsort(scores[live], kind="stable")[:m]]
 
 
-def _fit_checkpoint(X: np.ndarray, y: np.ndarray, C: float):
-    """One checkpoint's standardised logistic regression: (mean, std, coef, intercept)."""
-    from sklearn.linear_model import LogisticRegression
-
-    mu, sd = X.mean(0), X.std(0) + 1e-6
-    clf = LogisticRegression(C=C, max_iter=200, tol=1e-3).fit((X - mu) / sd, y)
-    return mu, sd, clf.coef_[0], float(clf.intercept_[0])
+def deepconf_threshold(warm_lowest: np.ndarray, eta: float) -> float:
+    """DeepConf's stopping threshold: the (100 - eta)th percentile of the warm-up samples' lowest
+    group confidences (eta = 90: DeepConf-high, 10: DeepConf-low)."""
+    return float(np.percentile(warm_lowest, 100 - eta))
 
 
-def prefix_diagnostics(
-    store, checkpoints: Sequence[int], C: float = 0.01, folds: int = 3, seed: int = 0
-) -> list[dict[str, float | None]]:
-    """Is pruning at these checkpoints worth it? Per checkpoint t, over the samples at least t
-    tokens long (the ones a pruner could stop there):
-
-    - ``tied`` and ``auroc_ceiling`` (``hsrm.bon.prune.prefix_ties``): the share of a prompt's
-      (right, wrong) pairs whose first t tokens are still identical, and the within-prompt AUROC
-      that leaves to any prefix reader;
-    - ``auroc``: the prefix head's own within-prompt AUROC, out of fold over ``folds`` prompt
-      splits, fitted as ``fit_prefix_head`` fits it.
-
-    A value is None where no prompt has both right and wrong samples.
-
-    On the CoT family, synthetic prefix scores needed about 0.57-0.62 at token 12 for share
-    pruning to keep BoN@16 within 0.01, and real heads at 0.56-0.66 kept it for some selectors
-    only (``benchmarks/results/quality_prune_needed*.md``, ``quality_prune_fresh.md``)."""
-    from hsrm import metrics as M
-    from hsrm.bon.prune import prefix_ties
-    from hsrm.bon.quality import pooled_states
-    from hsrm.splits import prompt_folds
-
-    y, g = store.labels, store.prompt_ids
-    ids = [store.token_ids(i) for i in range(len(store))]
-    lens = np.array([len(x) for x in ids])
-    out = []
-    for t in checkpoints:
-        sel = np.flatnonzero(lens >= t)
-        ys, gs = y[sel], g[sel]
-        ties = prefix_ties([ids[i] for i in sel], ys, gs, t)
-        X = pooled_states(store, sel, prefix=t).reshape(len(sel), -1)  # (n, L*d)
-        fold = prompt_folds(gs, folds, seed)
-        s = np.full(len(sel), np.nan)
-        for f in range(folds):
-            a, b = fold != f, fold == f
-            if len(np.unique(ys[a])) < 2 or not b.any():
-                continue
-            mu, sd, w, c = _fit_checkpoint(X[a], ys[a], C)
-            s[b] = (X[b] - mu) / sd @ w + c
-        ok = ~np.isnan(s)
-        auc = M.within_prompt_auroc(s[ok], ys[ok], gs[ok]) if ok.any() else float("nan")
-        row = {"checkpoint": int(t), **ties, "auroc": float(auc)}
-        # None, not NaN, where no prompt has both classes: prefix_head.json stays strict JSON
-        out.append({k: None if isinstance(v, float) and np.isnan(v) else v for k, v in row.items()})
-    return out
+def has_consensus(answers: Sequence[object], tau: float) -> bool:
+    """Whether the most common extracted answer (None = no answer, never counted) holds >= ``tau``
+    of ``answers``: DeepConf's consensus test, with an unweighted vote."""
+    counts: dict[object, int] = {}
+    for a in answers:
+        if a is not None:
+            counts[a] = counts.get(a, 0) + 1
+    return bool(answers) and max(counts.values(), default=0) >= tau * len(answers)
 
 
-@dataclass
-class PrefixHeadConfig:
-    """``hsrm prune-head``: fit the prefix head that ``hsrm sample --prune head`` reads."""
-
-    store: str = field("", "fully sampled store of the task (hsrm sample, hidden states kept)")
-    out: str = field("", "output folder (prefix_head.safetensors + prefix_head.json)")
-    # token 12: where the CoT family's right and wrong answers have mostly diverged (docs/quality.md)
-    checkpoints: str = field("12", "answer-token counts at which the head scores samples")
-    C: float = field(0.01, "inverse L2 strength of each checkpoint's logistic regression", min=1e-9)
-    diagnose: bool = field(
-        True,
-        "also report, per checkpoint, the head's out-of-fold within-prompt AUROC and the ceiling "
-        "left by answers still identical there (3 more fits; saved in prefix_head.json)",
-    )
-    overwrite: bool = field(
-        False, "write into a non-empty folder hsrm did not make (only hsrm's own files replaced)"
-    )
-
-
-def train_prefix_head(cfg: PrefixHeadConfig) -> PrefixHead:
-    """Fit ``fit_prefix_head`` on ``cfg.store`` at ``cfg.checkpoints`` and save it to ``cfg.out``
-    (checked before anything is fitted or written)."""
-    from hsrm.store import Store
-
-    if not cfg.store:
-        raise HsrmError("store: name the sample store the head is fitted on (--store RUN)")
-    if not cfg.out:
-        raise HsrmError("out: name the output folder (--out DIR)")
-    from hsrm.io import atomic_dir, check_out
-
-    cps = _checkpoints(cfg.checkpoints)
-    # a folder hsrm did not make (or the store itself) is refused before minutes of fitting
-    check_out(cfg.out, "prefix_head", overwrite=cfg.overwrite, inputs=[cfg.store])
-    st = Store(cfg.store)
-    if st.meta.get("pool", "none") != "none" or not st.layers:
-        raise HsrmError(f"{cfg.store}: the store keeps no per-token hidden states to fit on")
-    head = fit_prefix_head(st, checkpoints=cps, C=cfg.C)
-    if cfg.diagnose:
-        head.diagnostics = prefix_diagnostics(st, cps, C=cfg.C)
-    with atomic_dir(cfg.out, "prefix_head", overwrite=cfg.overwrite, inputs=[cfg.store]) as tmp:
-        head.save(tmp)
-    return head
-
-
-def _checkpoints(spec: str | Sequence[int]) -> list[int]:
+def parse_checkpoints(spec: str | Sequence[int]) -> list[int]:
     if isinstance(spec, str):
         try:
             cps = [int(x) for x in spec.split(",") if x.strip()]
@@ -318,7 +201,7 @@ def prune_hook(
         return ConsensusStop(n, warmup, tau, extract)
     if not 0 < frac < 1:
         raise HsrmError(f"prune_frac: {frac} must be in (0, 1)")
-    cps = _checkpoints(checkpoints)
+    cps = parse_checkpoints(checkpoints)
     if policy == "head":
         if head is None:
             raise HsrmError("prune: policy 'head' needs a prefix head (prune_head: FOLDER)")
@@ -376,10 +259,7 @@ class _RankPrune:
             rows = np.arange(b * self.n, (b + 1) * self.n)
             live = rows[alive[rows].numpy()]
             kept = int((~self.pruned[rows]).sum())  # running or finished, not pruned
-            m = min(int(np.floor(self.frac * len(live))), kept - 1)
-            if m > 0:
-                worst = live[np.argsort(s[live], kind="stable")[:m]]
-                stop[worst] = True
+            stop[stop_lowest(s, live, kept, self.frac)] = True
         self.pruned |= stop
         return stop
 
@@ -406,7 +286,7 @@ class _DeepConfPrune:
             warm = warm[torch.isfinite(warm)]
             if len(warm) == 0:
                 continue
-            thr = float(np.percentile(warm.numpy(), 100 - self.eta))
+            thr = deepconf_threshold(warm.numpy(), self.eta)
             rows = torch.arange(b * self.n + self.warmup, (b + 1) * self.n)
             cut = rows[alive[rows] & real[rows] & (g[rows] < thr)]
             stop[cut] = True
@@ -423,11 +303,6 @@ class ConsensusStop:
         self, lm, prompts: Sequence[Any], scfg, layers: tuple[int, ...], batch_prompts: int = 0
     ) -> list:
         """``capture.sample_prompts`` of ``prompts`` (``scfg.n`` = ``n`` samples each) in waves."""
-        from dataclasses import replace
-
-        from hsrm.bon.prune import has_consensus
-        from hsrm.capture import sample_prompts
-
         n, w = self.n, self.warmup
         # rows per decode batch as without waves (batch_prompts x n): a wave of fewer samples per
         # prompt decodes more prompts at once (with refill, from the window it was given)
@@ -458,7 +333,6 @@ class ConsensusStop:
 
 def _unstarted(like):
     """An answer never started (consensus stopping): no tokens, stored as pruned at token 0."""
-    from hsrm.capture import Answer
 
     def empty(x):
         return None if x is None else x[:0].clone()
@@ -484,8 +358,6 @@ def check_prune_config(cfg) -> PrefixHead | None:
         if not cfg.prune_head:
             raise HsrmError("prune_head: policy 'head' needs a prefix head folder (--prune-head)")
         head = PrefixHead.load(cfg.prune_head)
-        from hsrm.capture import parse_layers
-
         n_layers = int(head.fingerprint.get("n_layers", max(head.layers)))
         captured = parse_layers(cfg.layers, n_layers)
         lost = [x for x in head.layers if x not in captured]
@@ -518,14 +390,10 @@ def _hook(cfg, head: PrefixHead | None, captured_layers: Sequence[int], extract=
     )
 
 
-def hook_from_config(cfg, captured_layers: Sequence[int], task: Any = None):
-    """The sampler's ``prune`` hook for ``cfg`` (None for ``prune=none``). ``consensus`` votes with
-    ``task``'s answer extraction (built from ``cfg`` when not given)."""
-    extract = None
-    if cfg.prune == "consensus":
-        from hsrm.sampling import make_task
-
-        extract = (task or make_task(cfg)).extract
+def hook_from_config(cfg, captured_layers: Sequence[int], task: Any):
+    """The sampler's ``prune`` hook for ``cfg`` (a ``SampleRunConfig``; None for ``prune=none``).
+    ``consensus`` votes with ``task``'s answer extraction."""
+    extract = task.extract if cfg.prune == "consensus" else None
     return _hook(cfg, check_prune_config(cfg), captured_layers, extract)
 
 
