@@ -56,7 +56,12 @@ def train(cfg: TrainConfig, store: Store | None = None) -> Head:
     validate(cfg, "train")
     check_out(cfg.out, "head", overwrite=cfg.overwrite, inputs=[cfg.run])
     store = store or Store(cfg.run)
-    layers = parse_layers(cfg.layers, store.fingerprint.n_layers)
+    layers = (
+        # a logits-only store (``hsrm import`` without a model) holds pseudo-layers alone
+        tuple(store.layers)
+        if all(lay < 0 for lay in store.layers)
+        else parse_layers(cfg.layers, store.fingerprint.n_layers)
+    )
     pids = store.prompt_ids
     train_idx = np.flatnonzero([not is_test_prompt(p, cfg.test_frac, cfg.split_seed) for p in pids])
     if len(train_idx) == 0:
