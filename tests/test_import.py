@@ -273,3 +273,32 @@ def test_vllm_token_id_strings_are_read_as_ids():
 
     assert _token_ids(c, "x") == [40 + i for i in range(len(c["logprobs"]["content"]))]
     assert torch.equal(torch.tensor(_token_ids({"token_ids": [3, 4]}, "x")), torch.tensor([3, 4]))
+
+
+def test_line_prompt_is_what_teacher_forcing_runs_and_task_gives_the_reference(tmp_path):
+    from hsrm.tasks import get_task
+
+    task_prompt = get_task("synthetic", n=2).prompts()[0]
+    row = _chat_line(metadata={"prompt_id": task_prompt.id}, reference=None)
+    p = tmp_path / "g.jsonl"
+    p.write_text(json.dumps(row) + "\n")
+    _, (req,) = read_generations(p, prompts={task_prompt.id: task_prompt})
+    assert req.prompt.messages == tuple(row["messages"])  # what the engine was sent
+    assert req.prompt.answer == task_prompt.answer and req.prompt.family == task_prompt.family
+    del row["messages"]  # hsrm's own log: the task's prompt
+    p.write_text(json.dumps(row) + "\n")
+    _, (req,) = read_generations(p, prompts={task_prompt.id: task_prompt})
+    assert req.prompt == task_prompt
+
+
+def test_prompt_longer_than_the_context_refused(tiny_lm, tmp_path):
+    p = tmp_path / "g.jsonl"
+    p.write_text(
+        json.dumps({"prompt": "Q: hi\nA:", "completion": " 1", "label": 1})
+        + "\n"
+        + json.dumps({"prompt": "x" * 5000, "completion": " 1", "label": 1})
+        + "\n"
+    )
+    with pytest.raises(HsrmError, match=f"{p}:2: prompt .* exceeds the model's context"):
+        import_generations(ImportConfig(input=str(p), out=str(tmp_path / "s")), lm=tiny_lm)
+    assert not (tmp_path / "s").exists()
