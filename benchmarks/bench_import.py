@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -34,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from hsrm import lm as lmx
 from hsrm.capture import parse_layers
 from hsrm.importing import ImportConfig, forced_answers, import_generations, read_generations
 from hsrm.models import DEFAULT_MODEL, load_model
@@ -41,10 +43,14 @@ from hsrm.sampling import SampleRunConfig, make_task, sample
 
 RESULTS = Path(__file__).parent / "results"
 
-# (case, task, prompts, answers per prompt, max new tokens)
+# (case, task, prompts, answers per prompt, max new tokens, few-shot draw). "fixed": every prompt
+# opens with the same few-shot turns, whose prefill the sampler shares across the prompts of a batch
+# (``capture.prefix_groups``) while teacher forcing prefills each prompt whole; "per_prompt": each
+# prompt its own exemplars, so neither shares more than the chat template's opening.
 CASES = (
-    ("demo-like", "synthetic", 16, 8, 6),
-    ("longer answers (cot)", "synthetic:cot", 4, 8, 48),
+    ("demo-like", "synthetic", 16, 8, 6, "fixed"),
+    ("demo-like, own few-shot per prompt", "synthetic", 16, 8, 6, "per_prompt"),
+    ("longer answers (cot)", "synthetic:cot", 4, 8, 48, "fixed"),
 )
 
 
@@ -52,8 +58,10 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-12))
 
 
-def run_case(lm, tmp: Path, case: str, task: str, n_prompts: int, n: int, max_new: int) -> dict:
-    d = tmp / case.split()[0]
+def run_case(
+    lm, tmp: Path, case: str, task: str, n_prompts: int, n: int, max_new: int, fewshot: str
+) -> dict:
+    d = tmp / "".join(c if c.isalnum() else "_" for c in case)
     log = d / "log.jsonl"
     scfg = SampleRunConfig(
         out=str(d / "sampled"),
@@ -62,10 +70,12 @@ def run_case(lm, tmp: Path, case: str, task: str, n_prompts: int, n: int, max_ne
         n_prompts=n_prompts,
         n=n,
         max_new_tokens=max_new,
+        fewshot=fewshot,
         api_log=str(log),
         dtype="float32",
         device="cpu",
     )
+    load_sample = os.getloadavg()[0]  # the machine is shared: how busy it was as each run began
     t0 = time.perf_counter()
     sampled = sample(scfg, lm=lm, progress=False)
     t_sample = time.perf_counter() - t0
@@ -75,9 +85,11 @@ def run_case(lm, tmp: Path, case: str, task: str, n_prompts: int, n: int, max_ne
         model=DEFAULT_MODEL,
         task=task,
         n_prompts=n_prompts,
+        fewshot=fewshot,
         dtype="float32",
         device="cpu",
     )
+    load_import = os.getloadavg()[0]
     t0 = time.perf_counter()
     imported = import_generations(icfg, lm=lm, progress=False)
     t_import = time.perf_counter() - t0
@@ -111,12 +123,15 @@ def run_case(lm, tmp: Path, case: str, task: str, n_prompts: int, n: int, max_ne
             worst_lp = max(worst_lp, _rel(imported.logprobs(i), sampled.logprobs(i)))
     answers = len(sampled)
     tokens = int(sum(r["n_tokens"] for r in sampled.records))
+    p_tok = [len(lmx.prompt_ids(lm.tokenizer, r.prompt)) for r in reqs if r.prompt is not None]
     return {
         "case": case,
         "task": task,
         "prompts": n_prompts,
         "answers_per_prompt": n,
         "max_new_tokens": max_new,
+        "fewshot": fewshot,
+        "mean_prompt_tokens": statistics.mean(p_tok),
         "answers": answers,
         "answer_tokens": tokens,
         "seconds_sample": t_sample,
@@ -132,6 +147,8 @@ def run_case(lm, tmp: Path, case: str, task: str, n_prompts: int, n: int, max_ne
         "same_texts_and_labels": same_text and len(imported) == answers,
         "max_rel_diff_hidden": worst_h,
         "max_rel_diff_logprobs": worst_lp,
+        "load_avg_1min_at_sample": load_sample,
+        "load_avg_1min_at_import": load_import,
     }
 
 
@@ -144,7 +161,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         # warm-up: one prompt sampled and imported (first-call allocations, kernel selection)
-        run_case(lm, Path(tmp) / "warm", "warm-up", "synthetic", 1, 2, 4)
+        run_case(lm, Path(tmp) / "warm", "warm-up", "synthetic", 1, 2, 4, "fixed")
         for case in CASES:
             rows.append(run_case(lm, Path(tmp), *case))
             print(json.dumps(rows[-1]), flush=True)
@@ -157,6 +174,7 @@ def main() -> None:
         "model": DEFAULT_MODEL,
         "dtype": "float32",
         "layers_captured": len(parse_layers("all", lm.fingerprint.n_layers)),
+        "cpus": os.cpu_count(),
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "import.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
@@ -167,22 +185,26 @@ def main() -> None:
         f"{meta['layers_captured']} hidden states kept). Each case samples a store with capture "
         "and `--api-log`, then imports that log with `--model` (the same answers). `sample` and "
         "`import` are end to end (reading, grading and writing the store included), timed once; "
-        "the teacher-forced pass alone is the median of 3 after a warm-up.",
+        "the teacher-forced pass alone is the median of 3 after a warm-up. The machine "
+        f"({meta['cpus']} CPUs) was shared with other jobs: the last column is its 1-minute load "
+        "average as the sample / import run began.",
         "",
-        "| case | prompts x answers (answer tokens) | sample: answers/s, tokens/s | import: "
-        "answers/s, tokens/s | teacher-forced pass: answers/s, tokens/s | import speed-up | "
-        "same texts & labels | max rel. diff states / log-probs |",
-        "|---|---|---|---|---|---|---|---|",
+        "| case | prompts x answers (answer tokens; mean prompt tokens) | sample: answers/s, "
+        "tokens/s | import: answers/s, tokens/s | teacher-forced pass: answers/s, tokens/s | "
+        "import speed-up | same texts & labels | max rel. diff states / log-probs | load avg |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         L.append(
-            f"| {r['case']} | {r['prompts']} x {r['answers_per_prompt']} ({r['answer_tokens']}) | "
+            f"| {r['case']} | {r['prompts']} x {r['answers_per_prompt']} ({r['answer_tokens']}; "
+            f"{r['mean_prompt_tokens']:.0f}) | "
             f"{r['answers_per_s_sample']:.1f}, {r['tokens_per_s_sample']:.0f} | "
             f"{r['answers_per_s_import']:.1f}, {r['tokens_per_s_import']:.0f} | "
             f"{r['answers_per_s_teacher_forced_pass']:.1f}, "
             f"{r['tokens_per_s_teacher_forced_pass']:.0f} | "
             f"{r['import_speedup_vs_sample']:.1f}x | {r['same_texts_and_labels']} | "
-            f"{r['max_rel_diff_hidden']:.1e} / {r['max_rel_diff_logprobs']:.1e} |"
+            f"{r['max_rel_diff_hidden']:.1e} / {r['max_rel_diff_logprobs']:.1e} | "
+            f"{r['load_avg_1min_at_sample']:.1f} / {r['load_avg_1min_at_import']:.1f} |"
         )
     (RESULTS / "import.md").write_text("\n".join(L) + "\n")
     print("\n".join(L))

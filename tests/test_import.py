@@ -302,3 +302,13 @@ def test_prompt_longer_than_the_context_refused(tiny_lm, tmp_path):
     with pytest.raises(HsrmError, match=f"{p}:2: prompt .* exceeds the model's context"):
         import_generations(ImportConfig(input=str(p), out=str(tmp_path / "s")), lm=tiny_lm)
     assert not (tmp_path / "s").exists()
+
+
+def test_reference_in_the_request_body_metadata(tmp_path):
+    rows = [json.loads(x) for x in (FIX / "batch_input.jsonl").read_text().splitlines()]
+    for r in rows:
+        r["body"]["metadata"] = {"reference": r.pop("reference")}
+    p = tmp_path / "in.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _, reqs = read_generations(FIX / "batch_output.jsonl", requests=str(p))
+    assert [r.prompt.answer for r in reqs] == ["7", "9", "11"]

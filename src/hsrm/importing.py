@@ -135,13 +135,18 @@ def _as_prompt(pid: str, src: dict[str, Any], where: str, reference: str | None)
 
 
 def _reference(*srcs: Any) -> str | None:
-    for s in srcs:
-        if not isinstance(s, dict):
+    """The first ``reference`` / ``answer`` of the given objects or their ``metadata`` (where a
+    request body can carry it: OpenAI's chat API takes a ``metadata`` object)."""
+    for src in srcs:
+        if not isinstance(src, dict):
             continue
-        for key in ("reference", "answer"):
-            v = s.get(key)
-            if isinstance(v, str | int | float) and not isinstance(v, bool):
-                return str(v)
+        for s in (src, src.get("metadata")):
+            if not isinstance(s, dict):
+                continue
+            for key in ("reference", "answer"):
+                v = s.get(key)
+                if isinstance(v, str | int | float) and not isinstance(v, bool):
+                    return str(v)
     return None
 
 
