@@ -5,6 +5,7 @@ teacher forcing, is the sampled store (texts, labels, tokens; states and log-pro
 tolerance capture == teacher forcing meets in test_capture.py), and heads fitted on either score the
 other's answers alike."""
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -102,8 +103,12 @@ def test_import_resumes_and_refuses_another_input(tiny_lm, tmp_path):
     (tmp_path / "s" / "shard-00002.json").unlink()
     meta = json.loads((tmp_path / "s" / "meta.json").read_text())
     (tmp_path / "s" / "meta.json").write_text(json.dumps({**meta, "complete": False}))
-    again = import_generations(cfg, lm=tiny_lm, progress=False)
+    moved = tmp_path / "moved.jsonl"  # the same bytes elsewhere resume the same store
+    shutil.copy(log, moved)
+    cfg2 = dataclasses.replace(cfg, input=str(moved))
+    again = import_generations(cfg2, lm=tiny_lm, progress=False)
     assert again.complete and len(again) == len(first) == 48
+    assert again.meta["import"]["input"] == str(moved)
     assert [r["text"] for r in again.records] == [r["text"] for r in first.records]
     log.write_text(log.read_text().replace('"8."', '"9."', 1))
     with pytest.raises(HsrmError, match="existing run has sampling"):

@@ -637,13 +637,19 @@ def import_generations(cfg: ImportConfig, lm: Any = None, progress: bool = True)
     prompts = {p.id: p for p in task.prompts()} if task else {}
     fmt, reqs = read_generations(cfg.input, cfg.format, cfg.requests, prompts)
     grades = grade_requests(reqs, task, cfg.labels)
+    # what the store's contents depend on (the resume key: the same bytes, read the same way; the
+    # files may have moved), then where they came from (recorded, never compared)
+    key = {
+        "source": "import",
+        "format": fmt,
+        "input_sha256": _sha256(cfg.input),
+        **({"requests_sha256": _sha256(cfg.requests)} if cfg.requests else {}),
+        "labels": cfg.labels,
+    }
     source = {
         "input": str(cfg.input),
-        "input_sha256": _sha256(cfg.input),
-        "format": fmt,
         **({"requests": str(cfg.requests)} if cfg.requests else {}),
         "engine_models": sorted({r.model for r in reqs if r.model}),
-        "labels": cfg.labels,
     }
     # Everything below the reading is checked before the store is created, so a bad input line or
     # a token the model does not know leaves nothing behind.
@@ -662,8 +668,7 @@ def import_generations(cfg: ImportConfig, lm: Any = None, progress: bool = True)
             "fingerprint": fp.to_dict(),
             "layers": list(layers),
             "task": task.describe() if task else {"name": "import"},
-            # the resume key: the same input file, read the same way
-            "sampling": {"source": "import", "features": features, **source},
+            "sampling": {**key, "features": features},
             "dtype": cfg.store_dtype,
             "model_dtype": cfg.dtype if logged is None else "none",
             "pool": cfg.pool,
@@ -718,7 +723,7 @@ def import_generations(cfg: ImportConfig, lm: Any = None, progress: bool = True)
     dt = time.perf_counter() - t0
     writer.finish(
         {
-            "import": {**source, "features": features, "requests": len(reqs)},
+            "import": {**key, **source, "features": features, "requests": len(reqs)},
             "last_run": {
                 "samples": n_done,
                 "tokens": n_tok,
