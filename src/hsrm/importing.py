@@ -447,7 +447,8 @@ class SourceConfig:
     )
     dtype: str = field(
         "auto",
-        "model dtype: auto (float32 on cpu, bfloat16 on gpus) | float32 | bfloat16 | float16",
+        "model dtype: auto (float32 on cpu, bfloat16 on gpus) | float32 | bfloat16 | float16 "
+        "(on a cpu with avx512_bf16 or AMX, bfloat16 samples 1.8-2.1x faster than float32)",
     )
     device: str = field("auto", "device: auto | cpu | cuda | cuda:N | mps")
     threads: int = field(0, "torch CPU threads (0 = torch's default)", min=0)
