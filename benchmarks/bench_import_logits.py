@@ -37,7 +37,7 @@ CONTROLS = ("random", "majority", "mean_logprob", "deepconf_tail", "text_only", 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--prompts", type=int, default=40)
+    ap.add_argument("--prompts", type=int, default=96)
     ap.add_argument("--n", type=int, default=16)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -113,7 +113,8 @@ def main() -> None:
         "log imported without a model; both heads trained on the same training prompts (the "
         f"default split) and evaluated on the same {meta['test_prompts']} held-out prompts "
         f"(accuracy {meta['mean_accuracy']:.3f}, pass@{N} {meta[f'pass@{N}']:.3f}); 95% bootstrap "
-        "CIs over prompts. Controls from the sampled store.",
+        "CIs over prompts. Controls from the sampled store. Where the CIs overlap, this run "
+        "does not tell the heads apart.",
         "",
         f"| method | BoN@{N} [95% CI] | AUROC [95% CI] | within-prompt AUROC |",
         "|---|---|---|---|",
