@@ -187,6 +187,9 @@ def api_log_records(
                     # --prune is cut like a length stop (and named in metadata.pruned)
                     "finish_reason": "stop" if why in ("eos", "stop") else "length",
                     "logprobs": {"content": content},
+                    # the sampled ids, as vLLM returns them with return_token_ids=true: ``hsrm
+                    # import`` teacher-forces exactly these (re-tokenising the text may differ)
+                    "token_ids": [int(t) for t in a.token_ids],
                 }
             )
         meta: dict[str, Any] = {"prompt_id": res.prompt.id, "family": res.prompt.family}

@@ -54,7 +54,10 @@ def train(cfg: TrainConfig, store: Store | None = None) -> Head:
     check_out(cfg.out, "head", overwrite=cfg.overwrite, inputs=[cfg.run])
     store = store or Store(cfg.run)
     params = cls.model_params(dict(cfg.params), store.fingerprint)
-    if spec is not None:  # what the user set in --params wins over --layers
+    if store.layers and all(lay < 0 for lay in store.layers):
+        # a logits-only store (``hsrm import`` without a model) holds pseudo-layers alone
+        params = {**cls.layer_params(tuple(store.layers)), **params}
+    elif spec is not None:  # what the user set in --params wins over --layers
         layers = parse_layers(spec, store.fingerprint.n_layers, flag)
         missing = [lay for lay in layers if lay not in store.layers]
         if missing:
