@@ -37,9 +37,10 @@ import torch
 
 from hsrm import lm as lmx
 from hsrm.capture import parse_layers
+from hsrm.engines import sample
 from hsrm.importing import ImportConfig, forced_answers, import_generations, read_generations
 from hsrm.models import DEFAULT_MODEL, load_model
-from hsrm.sampling import SampleRunConfig, make_task, sample
+from hsrm.sampling import SampleRunConfig, make_task
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -26,9 +26,10 @@ import torch
 
 from hsrm.bon.evaluate import EvaluateConfig, evaluate
 from hsrm.bon.train import TrainConfig, train
+from hsrm.engines import sample
 from hsrm.importing import ImportConfig, import_generations
 from hsrm.models import DEFAULT_MODEL, load_model
-from hsrm.sampling import SampleRunConfig, sample
+from hsrm.sampling import SampleRunConfig
 
 RESULTS = Path(__file__).parent / "results"
 CONTROLS = ("random", "majority", "mean_logprob", "deepconf_tail", "text_only", "answer_prior")

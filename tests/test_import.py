@@ -15,11 +15,12 @@ import pytest
 import torch
 
 from hsrm.cli import main
+from hsrm.engines import sample
 from hsrm.errors import HsrmError
 from hsrm.features import TOPK_LAYER
 from hsrm.heads import make_head
 from hsrm.importing import ImportConfig, SelectConfig, import_generations, read_generations, select
-from hsrm.sampling import SampleRunConfig, sample
+from hsrm.sampling import SampleRunConfig
 from hsrm.store import Store
 
 FIX = Path(__file__).parent / "fixtures" / "import"

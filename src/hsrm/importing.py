@@ -113,7 +113,7 @@ def _detect(row: dict[str, Any], where: str) -> str:
 
 def _as_prompt(pid: str, src: dict[str, Any], where: str, reference: str | None) -> Prompt | None:
     """A Prompt from a line's (or request body's) ``messages`` or ``prompt``; None when neither."""
-    from hsrm.score import as_messages
+    from hsrm.scoring import as_messages
 
     if "messages" in src:
         try:
@@ -783,7 +783,7 @@ def select(cfg: SelectConfig, lm: Any = None) -> list[dict[str, Any]]:
             f"head {cfg.head} reads feature layers {list(need)}, which select cannot build"
         )
     else:
-        from hsrm.score import check_head_matches
+        from hsrm.scoring import check_head_matches
 
         if not cfg.model and lm is None:
             raise HsrmError(
