@@ -473,7 +473,7 @@ def test_resume_refuses_another_model_dtype_before_the_model_loads(tmp_path, mon
 
     with monkeypatch.context() as m:
         m.setattr(hsrm.sampling, "load_model", no_load)
-        m.setattr(lmx, "cpu_bf16_native", lambda: False)  # auto: float32 here
+        m.setattr(placement, "cpu_bf16_native", lambda: False)  # auto: float32 here
         for dtype in ("float32", "auto"):
             with pytest.raises(HsrmError) as e:
                 sample(_sample_cfg(out, n_prompts=6, dtype=dtype), progress=False)

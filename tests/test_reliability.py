@@ -27,7 +27,8 @@ import torch
 from hsrm.cli import main
 from hsrm.errors import HsrmError
 from hsrm.io import atomic_dir, check_out, exclusive, output_kind
-from hsrm.store import _RESUME_KEYS, Store, StoreWriter
+from hsrm.store import Store, StoreWriter
+from hsrm.store_write import _RESUME_KEYS
 
 BAD = Path(__file__).parent / "fixtures" / "bad"
 SRC = str(Path(__file__).resolve().parents[1] / "src")

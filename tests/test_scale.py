@@ -82,10 +82,10 @@ def test_ray_store_equals_local_in_the_dtype_resolved(cluster, local_store, tmp_
     """Workers load the model config the driver resolved (before: ``load_model(model)``, float32
     whatever --dtype said, while meta.json recorded the setting). ``auto`` is settled on the
     driver: here as bf16 (a CPU computing it natively), which the workers' own CPU is not told."""
-    import hsrm.lm
+    import hsrm.placement
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(hsrm.lm, "cpu_bf16_native", lambda: True)
+    mp.setattr(hsrm.placement, "cpu_bf16_native", lambda: True)
     try:
         a, b = tmp_path / "local", tmp_path / "ray"
         sample(SampleRunConfig(out=str(a), dtype=dtype, **TINY), progress=False)

@@ -19,8 +19,14 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from hsrm.capture import PromptResult, SampleConfig, parse_layers, sample_prompts
+from hsrm.capture import SampleConfig, parse_layers
 from hsrm.capture.prune import check_prune_config, hook_from_config, prune_settings
+from hsrm.capture.windows import (  # noqa: F401  (re-exported for the Ray engine)
+    batch_window,
+    sample_batch,
+    sample_window,
+    window_prompts,
+)
 from hsrm.config import field, validate
 from hsrm.errors import HsrmError
 from hsrm.io import atomic_write_text, check_out, read_json
@@ -523,20 +529,6 @@ def sample_local(
     return finish_sample(cfg, plan, n_done, time.perf_counter() - t0, {"writer_wait_s": bg.idle_s})
 
 
-def sample_batch(
-    lm: Any,
-    prompts: list[Prompt],
-    scfg: SampleConfig,
-    layers: tuple[int, ...],
-    batch_prompts: int,
-    prune: Any = None,
-) -> list[PromptResult]:
-    """``sample_prompts`` with the pruning policy: a per-step hook, or ``consensus``'s waves."""
-    if hasattr(prune, "sample"):  # hsrm.capture.prune.ConsensusStop
-        return prune.sample(lm, prompts, scfg, layers, batch_prompts)
-    return sample_prompts(lm, prompts, scfg, layers, batch_prompts=batch_prompts, prune=prune)
-
-
 def refill_window(cfg: SampleRunConfig) -> int:
     """``cfg.refill_window``, or for ``prune=consensus`` without one, batch_prompts x ceil(n /
     warmup) prompts: its first wave draws ``prune_warmup`` samples a prompt, so it needs that many
@@ -545,44 +537,6 @@ def refill_window(cfg: SampleRunConfig) -> int:
     if cfg.refill_window or getattr(cfg, "prune", "none") != "consensus":
         return cfg.refill_window
     return cfg.batch_prompts * -(-cfg.n // cfg.prune_warmup)
-
-
-def window_prompts(batch_prompts: int, refill_window: int = 0) -> int:
-    """Prompts per aligned sampling window: the refill window if set (at least one batch), else
-    one batch."""
-    return max(refill_window, batch_prompts) if refill_window else batch_prompts
-
-
-def batch_window(k: int, shard_prompts: int, batch_prompts: int, n_prompts: int) -> tuple[int, int]:
-    """Prompt positions [a, b) of the aligned batches (``sample``'s) that cover shard k."""
-    lo, hi = k * shard_prompts, min((k + 1) * shard_prompts, n_prompts)
-    B = batch_prompts
-    return (lo // B) * B, min(-(-hi // B) * B, n_prompts)
-
-
-def sample_window(
-    lm: Any,
-    window: list[Prompt],
-    start: int,
-    lo: int,
-    hi: int,
-    B: int,
-    scfg: SampleConfig,
-    layers: tuple[int, ...],
-    batch_prompts: int = 0,
-    prune: Any = None,
-) -> list[PromptResult]:
-    """Results of prompts at positions [lo, hi), sampled in the same aligned batches (windows) of
-    B as the local engine (``window`` = the prompts at positions [start, start + len(window))),
-    with at most ``batch_prompts`` decoding at once (refill), so another engine sampling one shard
-    at a time writes byte-identical shards. ``prune``: the early-pruning hook, as in ``sample``."""
-    out = []
-    for c in range(0, len(window), B):
-        res = sample_batch(lm, window[c : c + B], scfg, layers, batch_prompts, prune)
-        for j, r in enumerate(res):
-            if lo <= start + c + j < hi:
-                out.append(r)
-    return out
 
 
 def _write_api_shard(path: Path, results: list, labels: list[list[int]], lm: Any) -> None:

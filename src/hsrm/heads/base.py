@@ -35,12 +35,12 @@ from hsrm.heads.hub import (
     weights_path,
     write_model_card,
 )
+from hsrm.heads.registry import REGISTRY
 from hsrm.io import atomic_dir, atomic_write_bytes, atomic_write_json, read_json
 from hsrm.models import ModelFingerprint
 from hsrm.splits import split_groups  # noqa: F401  (re-exported: the one splitter)
 
 HEAD_FORMAT_VERSION = 1
-REGISTRY: dict[str, type[Head]] = {}
 
 
 def register(name: str):
@@ -106,8 +106,8 @@ def _check_capabilities(cls: type[Head]) -> None:
 
 
 def get_head_class(name: str) -> type[Head]:
-    import hsrm.heads  # noqa: F401  (registers the built-in heads)
-
+    # No import of hsrm.heads here: this module is only ever loaded through that package, which
+    # registers every built-in head first (heads/registry.py).
     if name not in REGISTRY:
         raise HsrmError(f"unknown head {name!r}; registered: {', '.join(sorted(REGISTRY))}")
     return REGISTRY[name]

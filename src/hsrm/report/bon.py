@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from hsrm.heads.base import Head
+from typing import Any
 
 #: The pick among a demo's heads and their votes (``hsrm.bon.demo.PICKED``).
 PICKED = "picked"
@@ -17,13 +14,12 @@ BASELINE_ORDER = ("text_only", "answer_prior", "majority", "mean_logprob", "rand
 NOT_TRAINING_FREE = ("text_only", "answer_prior", "random", PICKED)
 
 
-def scorer_head(name: str) -> tuple[type[Head] | None, bool]:
+def scorer_head(name: str) -> tuple[Any, bool]:
     """(the registered head class a scorer name stands for, whether it is that head's vote):
     ``elhsr``, ``elhsr:folder`` (a second head of a type), ``elhsr_vote``; (None, False) for the
     baselines. A head's place and label in reports come from its class (``Head.display_order``)."""
-    import hsrm.heads  # noqa: F401  (registers the built-in heads)
     from hsrm.bon.scorers import VOTE_SUFFIX
-    from hsrm.heads.base import REGISTRY
+    from hsrm.heads.registry import REGISTRY  # loads hsrm.heads, which registers the built-ins
 
     base = name.split(":")[0]
     vote = base.endswith(VOTE_SUFFIX) and base[: -len(VOTE_SUFFIX)] in REGISTRY
