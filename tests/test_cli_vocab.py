@@ -85,6 +85,8 @@ MODEL_COMMANDS = [
     ["prefs", "loop"],
     ["sae", "train"],
     ["sae", "inspect"],
+    ["import"],
+    ["select"],
 ]
 MODEL_FLAGS = ("--model", "--dtype", "--device", "--threads")
 
@@ -109,14 +111,15 @@ def test_model_commands_take_the_model_flags(argv):
 
 def test_model_flags_mean_the_same_in_every_command():
     """Declared once (``ModelConfig``): the same help and default everywhere (detect score's
-    --model alone defaults to the head's own model)."""
+    --model alone defaults to the head's own model; import's and select's to none, the logged
+    log-probs)."""
     from hsrm.models import ModelConfig
 
     helps = {}
     for argv in MODEL_COMMANDS:
         p = _subparser(argv)
         for flag in MODEL_FLAGS:
-            if argv == ["detect", "score"] and flag == "--model":
+            if argv in (["detect", "score"], ["import"], ["select"]) and flag == "--model":
                 continue
             helps.setdefault(flag, set()).add(p._option_string_actions[flag].help)
     assert all(len(h) == 1 for h in helps.values()), helps
