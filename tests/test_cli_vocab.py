@@ -1,5 +1,7 @@
 """The one flag vocabulary (docs/cli.md): --head-type / --head, --params, --threads, --config."""
 
+from pathlib import Path
+
 import pytest
 
 from hsrm.cli import build_parser, main
@@ -138,6 +140,7 @@ def test_model_flags_mean_the_same_in_every_command():
         ["demo", "--n-prompts", "2"],
         ["detect", "capture", "--n-prompts", "2"],
         ["prefs", "build", "--n-prompts", "2"],
+        ["import", "--input", str(Path(__file__).parent / "fixtures/import/chat.jsonl")],
     ],
 )
 def test_model_commands_check_dtype_against_device_before_loading(argv, tmp_path, capsys):
