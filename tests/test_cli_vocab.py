@@ -1,5 +1,7 @@
 """The one flag vocabulary (docs/cli.md): --head-type / --head, --params, --threads, --config."""
 
+from pathlib import Path
+
 import pytest
 
 from hsrm.cli import build_parser, main
@@ -85,6 +87,8 @@ MODEL_COMMANDS = [
     ["prefs", "loop"],
     ["sae", "train"],
     ["sae", "inspect"],
+    ["import"],
+    ["select"],
 ]
 MODEL_FLAGS = ("--model", "--dtype", "--device", "--threads")
 
@@ -109,14 +113,15 @@ def test_model_commands_take_the_model_flags(argv):
 
 def test_model_flags_mean_the_same_in_every_command():
     """Declared once (``ModelConfig``): the same help and default everywhere (detect score's
-    --model alone defaults to the head's own model)."""
+    --model alone defaults to the head's own model; import's and select's to none, the logged
+    log-probs)."""
     from hsrm.models import ModelConfig
 
     helps = {}
     for argv in MODEL_COMMANDS:
         p = _subparser(argv)
         for flag in MODEL_FLAGS:
-            if argv == ["detect", "score"] and flag == "--model":
+            if argv in (["detect", "score"], ["import"], ["select"]) and flag == "--model":
                 continue
             helps.setdefault(flag, set()).add(p._option_string_actions[flag].help)
     assert all(len(h) == 1 for h in helps.values()), helps
@@ -135,6 +140,7 @@ def test_model_flags_mean_the_same_in_every_command():
         ["demo", "--n-prompts", "2"],
         ["detect", "capture", "--n-prompts", "2"],
         ["prefs", "build", "--n-prompts", "2"],
+        ["import", "--input", str(Path(__file__).parent / "fixtures/import/chat.jsonl")],
     ],
 )
 def test_model_commands_check_dtype_against_device_before_loading(argv, tmp_path, capsys):

@@ -81,6 +81,10 @@ def test_import_of_api_log_equals_sampled_store(tiny_lm, tmp_path):
     assert imported.meta["import"]["format"] == "chat"
     assert imported.meta["import"]["features"] == "teacher_forced"
     assert imported.complete
+    # what the model ran as, as sample records it: the passed-in model's own dtype and device kind
+    for k in ("model_dtype", "model_device"):
+        assert imported.meta[k] == sampled.meta[k], k
+    assert (imported.meta["model_dtype"], imported.meta["model_device"]) == ("float32", "cpu")
 
     # The random tiny model answers nothing right, so the heads learn a stand-in label that the
     # states carry: the answer is more likely than the median one.
@@ -159,6 +163,7 @@ def test_logits_only_import_train_select_cli(tmp_path, capsys):
     store = Store(st)
     assert store.layers == (TOPK_LAYER,) and store.fingerprint.hidden_size == 2 * 2 + 3
     assert store.meta["import"]["features"] == "logged_top2_logprobs"
+    assert (store.meta["model_dtype"], store.meta["model_device"]) == ("none", "none")  # no model
     args = ["train", str(st), "--out", str(head), "--head-type", "elhsr_toplogprobs"]
     assert main([*args, "--test-frac", "0", "--params", "max_epochs=30", "lr=0.01"]) == 0
     sel = ["select", "--head", str(head), "--input", str(FIX / "chat.jsonl"), "--out", str(picked)]
@@ -275,7 +280,7 @@ def test_vllm_token_id_strings_are_read_as_ids():
     c["logprobs"]["content"] = [
         {**e, "token": f"token_id:{40 + i}"} for i, e in enumerate(c["logprobs"]["content"])
     ]
-    from hsrm.importing import _token_ids
+    from hsrm.importing.readers import _token_ids
 
     assert _token_ids(c, "x") == [40 + i for i in range(len(c["logprobs"]["content"]))]
     assert torch.equal(torch.tensor(_token_ids({"token_ids": [3, 4]}, "x")), torch.tensor([3, 4]))
@@ -318,3 +323,26 @@ def test_reference_in_the_request_body_metadata(tmp_path):
     p.write_text("".join(json.dumps(r) + "\n" for r in rows))
     _, reqs = read_generations(FIX / "batch_output.jsonl", requests=str(p))
     assert [r.prompt.answer for r in reqs] == ["7", "9", "11"]
+
+
+def test_import_records_the_resolved_model_dtype_and_resumes_only_in_it(tmp_path):
+    """A model hsrm loads: ``auto`` is recorded resolved (as ``hsrm sample`` records it), and the
+    store is not resumed in another dtype, refused before the model loads."""
+    from hsrm.models import ModelConfig
+
+    out = tmp_path / "s"
+    cfg = ImportConfig(input=str(FIX / "completions.jsonl"), out=str(out), model="tiny:0")
+    store = import_generations(cfg, progress=False)
+    want = ModelConfig(model="tiny:0").resolve()
+    assert store.meta["model_dtype"] == want.dtype != "auto"
+    assert store.meta["model_device"] == want.device.split(":")[0]
+    other = "float32" if want.dtype != "float32" else "bfloat16"
+    with pytest.raises(HsrmError, match=f"model_dtype={other!r}"):
+        import_generations(dataclasses.replace(cfg, dtype=other), progress=False)
+    logged = tmp_path / "logged"
+    import_generations(ImportConfig(input=str(FIX / "chat.jsonl"), out=str(logged)), progress=False)
+    with pytest.raises(HsrmError, match="holds logged log-probs"):
+        import_generations(
+            ImportConfig(input=str(FIX / "chat.jsonl"), out=str(logged), model="tiny:0"),
+            progress=False,
+        )

@@ -35,7 +35,7 @@ import torch
 from safetensors import safe_open
 
 from hsrm.errors import HsrmError
-from hsrm.features import Indices, TokenFeatures
+from hsrm.features import TOPK_LAYER, Indices, TokenFeatures
 from hsrm.io import (
     read_json,
 )
@@ -136,9 +136,11 @@ class Store(RecordsView):
             raise HsrmError(
                 f"{mp}: field 'fingerprint', 'projection' or 'layers' is damaged ({e})"
             ) from None
-        # hidden-state indices run 0 (embeddings) .. n_layers, and n_layers + 1 (prenorm)
+        # hidden-state indices run 0 (embeddings) .. n_layers, and n_layers + 1 (prenorm); a store
+        # imported without a model holds the log's top-k log-probs instead, as layer TOPK_LAYER
         top = self.model_fingerprint.n_layers + 1
-        if not self.layers or any(not 0 <= v <= top for v in self.layers):
+        logged = self.layers == (TOPK_LAYER,)
+        if not self.layers or (not logged and any(not 0 <= v <= top for v in self.layers)):
             raise HsrmError(
                 f"{mp}: field 'layers' is {list(self.layers)}, but the model has hidden states "
                 f"0..{top} (damaged store)"

@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save
 
 from hsrm.errors import HsrmError
-from hsrm.features import TokenFeatures
+from hsrm.features import LOGITS_LAYER, TOPK_LAYER, TokenFeatures
 from hsrm.heads.hub import (
     EVALUATION_FILE,
     TRAINING_FILE,
@@ -348,9 +348,10 @@ class Head:
         except (TypeError, ValueError, HsrmError) as e:
             raise HsrmError(f"{cfg_path}: field 'params' is invalid ({e})") from None
         # hidden-state indices run 0 (embeddings) .. n_layers, n_layers + 1 being prenorm; out of
-        # range, the weights would be blamed for a size mismatch instead
+        # range, the weights would be blamed for a size mismatch instead; the log-prob heads read
+        # the pseudo layers LOGITS_LAYER / TOPK_LAYER (features.py), no hidden state
         top = fp.n_layers + 1
-        out = [v for v in layers if not 0 <= v <= top]
+        out = [v for v in layers if not 0 <= v <= top and v not in (LOGITS_LAYER, TOPK_LAYER)]
         if out:
             raise HsrmError(
                 f"{cfg_path}: field 'layers' holds {out}, out of range for {fp.short()} (hidden "
