@@ -179,3 +179,25 @@ def test_no_module_too_long_without_a_reason():
         if n > MAX_LINES and rel not in LONG_MODULES:
             long[rel] = n
     assert not long, f"modules over {MAX_LINES} lines with no reason in LONG_MODULES: {long}"
+
+
+def test_product_never_imports_research_or_benchmarks():
+    """research/ (experiments) and benchmarks/ (measurements) stand on the product, never under it."""
+    root = SRC.parent
+    bad = []
+    for folder in ("src", "tests"):
+        for path in sorted((root / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+                names = (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module or ""]
+                    if isinstance(node, ast.ImportFrom) and not node.level
+                    else []
+                )
+                bad += [
+                    f"{path.relative_to(root)}: {n}"
+                    for n in names
+                    if n.split(".")[0] in {"research", "benchmarks"}
+                ]
+    assert not bad, f"imports of research/ or benchmarks/: {bad}"
