@@ -53,7 +53,7 @@ class DemoConfig(ModelConfig):
     head_layers: str = field(
         "top:11",
         "layers ELHSR reads (top:11 = the last 11 hidden states, 20-30 of the embedded model, "
-        "chosen on another task seed's store: benchmarks/results/quality_levers_elhsr.md, "
+        "chosen on another task seed's store: research/quality/results/quality_levers_elhsr.md, "
         f"quality_levers_more.md): {VOCABULARY}",
     )
     seed: int = field(0, "seed for sampling and splits")
@@ -92,7 +92,7 @@ PICKED = "picked"
 # standardised inputs (benchmarks/results/ablations.md); batch 64 at lr 4e-4 (SWIFT: 16 at 1e-4) for
 # 10 epochs on all training prompts, without holding a fifth out for early stopping; chosen on a
 # validation store of a third task seed by the mean BoN@16 of three seeds, and about twice as fast
-# to fit (benchmarks/results/quality_votes.md).
+# to fit (research/quality/results/quality_votes.md).
 DEMO_ELHSR: dict[str, Any] = {
     "standardize": True,
     "batch_size": 64,
@@ -117,7 +117,7 @@ def demo_specs(layers: Sequence[int], device: str = "cpu") -> dict[str, tuple[st
         "elhsr": ("elhsr", elhsr),
         "probe": ("probe", {}),
         # within-prompt ranker (last 8 layers, pairwise loss), settings chosen on another task
-        # seed's store: benchmarks/results/quality_levers.md
+        # seed's store: research/quality/results/quality_levers.md
         "rank": ("rank", {}),
     }
 

@@ -85,7 +85,7 @@ def prefix_diagnostics(
 
     On the CoT family, synthetic prefix scores needed about 0.57-0.62 at token 12 for share
     pruning to keep BoN@16 within 0.01, and real heads at 0.56-0.66 kept it for some selectors
-    only (``benchmarks/results/quality_prune_needed*.md``, ``quality_prune_fresh.md``)."""
+    only (``research/quality/results/quality_prune_needed*.md``, ``quality_prune_fresh.md``)."""
     from hsrm import metrics as M
     from hsrm.bon.prune import prefix_ties
     from hsrm.bon.quality import pooled_states

@@ -32,7 +32,7 @@ Simulation assumption: a pruned sample's tokens up to its stop are exactly its t
 store, and the samples that survive are exactly the full store's. That holds when each sample's
 random stream is independent of the others', as in hsrm's sampler, which draws every sample's
 uniforms up front (``hsrm.capture``): a live ``hsrm sample --prune`` run keeps the unpruned run's
-samples token for token (checked in benchmarks/results/quality_pruning_cot2_seed12.md), so the
+samples token for token (checked in research/quality/results/quality_pruning_cot2_seed12.md), so the
 replay is exact, sample for sample.
 """
 
@@ -92,7 +92,7 @@ def prefix_ties(
     Two samples of a prompt whose first ``t`` answer tokens are identical have identical hidden
     states there, so every prefix head (or confidence, or text check) scores them alike. On the
     CoT family most answers open by copying the question, and at token 4 about 92% of a prompt's
-    (right, wrong) pairs are still identical (``benchmarks/results/quality_prune_needed.md``).
+    (right, wrong) pairs are still identical (``research/quality/results/quality_prune_needed.md``).
 
     Returns ``tied``: the share of within-prompt (right, wrong) pairs whose first ``t`` tokens are
     identical (pooled over pairs), and ``auroc_ceiling``: the highest within-prompt AUROC a prefix

@@ -28,7 +28,7 @@ vote of Uesato et al. 2022 (arXiv 2211.14275) and DiVeRSe (Li et al. 2023, arXiv
 each trace weighted by ``exp(z)`` of the head's within-prompt z-score (``metrics.score_vote_weights``)
 so that heads of any scale vote alike. Chosen on a validation store of a third task seed: it beat the
 head's own best-of-16 there on ``arith`` for every ELHSR setting tried, not on ``compare``
-(benchmarks/results/quality_votes.md).
+(research/quality/results/quality_votes.md).
 """
 
 from __future__ import annotations

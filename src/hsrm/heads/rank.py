@@ -4,7 +4,7 @@ Trained with a pairwise logistic loss over each prompt's (right, wrong) answer p
 Burges et al., ICML 2005), so it only learns to order one prompt's answers and cannot score a
 prompt's difficulty. Defaults (``RANK_DEFAULT``: the last 8 hidden states, ``top:8``, L2 0.01, Adam lr 1e-3,
 120 full-batch epochs) were chosen on a validation store of another task seed
-(`benchmarks/bench_quality.py --levers`, `benchmarks/results/quality_levers.md`).
+(`research/quality/quality_levers.py`, `research/quality/results/quality_levers.md`).
 """
 
 from __future__ import annotations
