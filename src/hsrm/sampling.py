@@ -37,7 +37,12 @@ log = logging.getLogger(__name__)
 class SampleRunConfig:
     out: str = field("runs/sample", "output folder of the sample store (resumes if it exists)")
     model: str = field(DEFAULT_MODEL, "embedded name, hub id, local folder or .gguf file")
-    task: str = field("synthetic", "synthetic[:FAMILIES] | gsm8k:PATH | bbh:PATH | jsonl:PATH")
+    task: str = field(
+        "synthetic",
+        "synthetic[:FAMILIES] | gsm8k:PATH | bbh:PATH | jsonl:PATH | rg:NAME[(key=value,...)]"
+        "[,NAME...] (reasoning-gym generators, e.g. 'rg:lcm(max_value=20),count_bits'; quote "
+        "the parentheses in a shell; needs hsrm[rg]; docs/tasks.md)",
+    )
     n_prompts: int = field(
         320, "prompts to sample (synthetic: generated; files: the first N)", min=1
     )
