@@ -257,21 +257,31 @@ class RGTask(Task):
             for g in self.generators
             if self.fewshot == "fixed"
         }
-        seen = {e["question"] for shots in fixed.values() for e in shots}  # not also asked
+        shown = {e["question"] for shots in fixed.values() for e in shots}  # never also asked
+        asked: set[str] = set()
         nxt = {g.name: 0 for g in self.generators}  # each generator's next question index
         out: list[Prompt] = []
         for i in range(self.n):
             gen = self.generators[i % len(self.generators)]
+            repeat = None  # an asked question, asked again once the generator has no new one
             for _ in range(_MAX_REPEATS):
                 idx = nxt[gen.name]
                 nxt[gen.name] += 1
                 entry = gen.entry(idx)
-                if entry["question"] not in seen:
+                if entry["question"] in shown:
+                    continue
+                if entry["question"] not in asked:
                     break
-            # (after _MAX_REPEATS repeats in a row the generator's questions are used up: the
-            # last one is asked again rather than failing the run)
+                repeat = repeat or (idx, entry)
+            else:  # _MAX_REPEATS repeats in a row: the generator's questions are used up
+                if repeat is None:
+                    raise HsrmError(
+                        f"task rg:{gen.name}: every question left is one of its few-shot "
+                        "exemplars (use --fewshot per_prompt or wider settings)"
+                    )
+                idx, entry = repeat
             q = entry["question"]
-            seen.add(q)
+            asked.add(q)
             if self.fewshot == "fixed":
                 shots = fixed[gen.name]
             else:
