@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -90,12 +92,14 @@ def write(rows: list[dict[str, Any]], cfg: dict[str, Any], note: str, tag: str) 
     lines = [
         "# Development tasks (reasoning-gym) on the embedded model",
         "",
-        f"`PYTHONPATH=src python benchmarks/bench_tasks.py --n-prompts {cfg['n_prompts']} "
-        f"--n {n} --threads {cfg['threads']}` (SmolLM2-135M-Instruct, float32 on this project's "
-        f"2-core CPU box shared with other jobs; {cfg['n_prompts']} prompts x {n} samples a task, "
+        f"`PYTHONPATH=src python {shlex.join(['benchmarks/bench_tasks.py', *sys.argv[1:]])}` "
+        "(SmolLM2-135M-Instruct, float32 on this project's 2-core CPU box shared with other "
+        f"jobs; {cfg['n_prompts']} prompts x {n} samples a task, "
         "3 exemplars drawn per prompt from the same generator with another seed, temperature 0.8, "
         "answer prefilled with 'The answer is '; labels from the generator's own verifier, right "
-        "= score 1.0; each generator's default settings).",
+        "= score 1.0). A row named NAME runs the generator's default settings; a row NAME(k=v,...) "
+        "runs easier settings, picked before they were measured for generators whose defaults "
+        "leave the 135M model near 0.",
         "",
         f"Usable: mean accuracy in [{USABLE[0]:.2f}, {USABLE[1]:.2f}]. Headroom: pass@{n} - mean "
         f"accuracy. Answered: an answer was extracted. Tokens: the answer budget (max new tokens) "
@@ -128,15 +132,26 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true", help="keep rows already in the results")
     ap.add_argument("--note", default="", help="a line for the table (e.g. what was left out)")
     ap.add_argument("--tag", default="tasks_dev", help="results file name")
+    ap.add_argument(
+        "--rows-from",
+        action="append",
+        default=[],
+        help="also keep the rows of this results file (a run of other tasks in parallel)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = {k: v for k, v in vars(args).items() if k not in ("tasks", "resume", "note", "tag")}
+    cfg = {
+        k: v
+        for k, v in vars(args).items()
+        if k not in ("tasks", "resume", "note", "tag", "rows_from")
+    }
     old: dict[str, dict[str, Any]] = {}
-    path = RESULTS / f"{args.tag}.json"
-    if args.resume and path.exists():
-        prev = json.loads(path.read_text())
+    tags = [args.tag] if args.resume else []
+    for tag in [*tags, *args.rows_from]:  # rows measured with the same settings are kept
+        path = RESULTS / f"{tag}.json"
+        prev = json.loads(path.read_text()) if path.exists() else {}
         if prev.get("config") == cfg:
-            old = {r["task"]: r for r in prev["rows"]}
+            old.update({r["task"]: r for r in prev["rows"]})
     lm = load_model()  # once: every task samples the same model
     rows = []
     for spec in [s.strip() for s in args.tasks.split(";") if s.strip()]:
