@@ -133,6 +133,9 @@ def main() -> None:
     ap.add_argument("--note", default="", help="a line for the table (e.g. what was left out)")
     ap.add_argument("--tag", default="tasks_dev", help="results file name")
     ap.add_argument(
+        "--table-only", action="store_true", help="write the table of the kept rows, sample none"
+    )
+    ap.add_argument(
         "--rows-from",
         action="append",
         default=[],
@@ -143,7 +146,7 @@ def main() -> None:
     cfg = {
         k: v
         for k, v in vars(args).items()
-        if k not in ("tasks", "resume", "note", "tag", "rows_from")
+        if k not in ("tasks", "resume", "note", "tag", "rows_from", "table_only")
     }
     old: dict[str, dict[str, Any]] = {}
     tags = [args.tag] if args.resume else []
@@ -152,9 +155,15 @@ def main() -> None:
         prev = json.loads(path.read_text()) if path.exists() else {}
         if prev.get("config") == cfg:
             old.update({r["task"]: r for r in prev["rows"]})
+    specs = [s.strip() for s in args.tasks.split(";") if s.strip()]
+    if args.table_only:  # the table of what was measured; the rest is named, not sampled
+        missing = [s for s in specs if s not in old]
+        note = args.note + (f" Not measured: {', '.join(missing)}." if missing else "")
+        write([old[s] for s in specs if s in old], cfg, note.strip(), args.tag)
+        return
     lm = load_model()  # once: every task samples the same model
     rows = []
-    for spec in [s.strip() for s in args.tasks.split(";") if s.strip()]:
+    for spec in specs:
         if spec in old:
             rows.append(old[spec])
             continue
