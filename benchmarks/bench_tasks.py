@@ -5,11 +5,11 @@
 
 First stage of issue 31: every development generator (``DEV`` below; no other generator is used
 here) is sampled with ``hsrm sample``'s own code (``--task rg:NAME``, 3 exemplars drawn per prompt
-from the same generator with another seed, the answer turn prefilled "The answer is ", temperature
+from the same generator with another seed, the answer turn prefilled "The answer is", temperature
 0.8) on ``--n-prompts`` prompts x ``--n`` samples. Each generator runs with its default settings;
 ``--tasks`` also takes settings, ``'lcm(max_value=20)'``, reported as their own row.
 
-Answer tokens per task: the longest of 64 reference answers ("ANSWER.", tokenised) drawn with
+Answer tokens per task: the longest of 64 reference answers (" ANSWER.", tokenised) drawn with
 another task seed, + 2, within [4, 48] -- long enough to finish a right answer, short enough that
 the 2-core box samples all tasks in about an hour.
 
@@ -55,7 +55,7 @@ CALIBRATION_SEED = 10_000  # references that size the answer budget come from an
 
 def answer_budget(spec: str, tokenizer: Any) -> int:
     refs = [p.answer for p in get_task(f"rg:{spec}", n=64, seed=CALIBRATION_SEED).prompts()]
-    longest = max(len(tokenizer(f"{r}.", add_special_tokens=False)["input_ids"]) for r in refs)
+    longest = max(len(tokenizer(f" {r}.", add_special_tokens=False)["input_ids"]) for r in refs)
     return int(min(48, max(4, longest + 2)))
 
 
@@ -96,7 +96,7 @@ def write(rows: list[dict[str, Any]], cfg: dict[str, Any], note: str, tag: str) 
         "(SmolLM2-135M-Instruct, float32 on this project's 2-core CPU box shared with other "
         f"jobs; {cfg['n_prompts']} prompts x {n} samples a task, "
         "3 exemplars drawn per prompt from the same generator with another seed, temperature 0.8, "
-        "answer prefilled with 'The answer is '; labels from the generator's own verifier, right "
+        "answer prefilled with 'The answer is'; labels from the generator's own verifier, right "
         "= score 1.0). A row named NAME runs the generator's default settings; a row NAME(k=v,...) "
         "runs easier settings, picked before they were measured for generators whose defaults "
         "leave the 135M model near 0.",

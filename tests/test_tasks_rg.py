@@ -62,7 +62,7 @@ def test_exemplars_come_from_the_generator_and_never_ask_the_question(fewshot):
         assert len(qs) == 3 and len(set(qs)) == 3
         assert p.question not in qs
         assert all(m["content"].startswith("The answer is ") for m in p.messages[1:-1:2])
-        assert p.prefill == "The answer is " and p.family == "coin_flip"
+        assert p.prefill == "The answer is" and p.family == "coin_flip"
         shown |= set(qs)
     if fewshot == "fixed":  # one set per generator, whose questions are then not asked
         assert len(shown) == 3 and not shown & {p.question for p in ps}

@@ -15,7 +15,8 @@ generator's config dataclass; ``seed`` and ``size`` are hsrm's to set (``--task-
 - Few-shot: ``shots`` exemplars from the same generator drawn with another derived seed, never the
   question asked (compared by text); ``fewshot="per_prompt"`` draws every prompt its own,
   ``"fixed"`` one set per generator (whose questions are then not asked). An exemplar's answer turn
-  is ``"The answer is ANSWER."``; the model's turn is prefilled with ``"The answer is "``.
+  is ``"The answer is ANSWER."``; the model's turn is prefilled with ``"The answer is"`` (no
+  trailing space: the answer's first token carries its space, as in the exemplars).
 - Extraction: the completion's first line up to its first sentence end (a period followed by a
   space or the end of the line), stripped; ``"2842. So ..."`` -> ``"2842"``, ``"0.3125."`` ->
   ``"0.3125"``. An empty answer is None.
@@ -36,7 +37,10 @@ from typing import Any
 from hsrm.errors import HsrmError
 from hsrm.tasks.base import FEWSHOT, Message, Prompt, Task
 
-PREFILL = "The answer is "
+#: no trailing space: SmolLM2's tokenizer writes " Yes" as one token, so after a prefill ending in
+#: a lone space the embedded model answers digits (P("1") 0.59, P(" Yes") 0.04 on a syllogism;
+#: without the space P(" No") 0.65, P(" Yes") 0.34); numbers tokenise as "Ġ" + digits either way
+PREFILL = "The answer is"
 #: a question seen this many times in a row means the generator has no new one left to give
 _MAX_REPEATS = 200
 _SENTENCE_END = re.compile(r"\.(?:\s|$)")
@@ -248,7 +252,7 @@ class RGTask(Task):
         turns: list[Message] = []
         for e in shots:
             turns += [{"role": "user", "content": e["question"]}]
-            turns += [{"role": "assistant", "content": f"{PREFILL}{reference(e)}."}]
+            turns += [{"role": "assistant", "content": f"{PREFILL} {reference(e)}."}]
         return turns
 
     def prompts(self) -> list[Prompt]:
