@@ -142,6 +142,8 @@ def main() -> None:
         help="also keep the rows of this results file (a run of other tasks in parallel)",
     )
     args = ap.parse_args()
+    if args.table_only and args.resume:  # the table would replace the resumed file's other rows
+        ap.error("--table-only writes --tag's file: take its rows with --rows-from, not --resume")
     torch.set_num_threads(args.threads)
     cfg = {
         k: v
