@@ -61,7 +61,12 @@ class SampleRunConfig(ModelConfig):
     ``ModelConfig``'s."""
 
     out: str = field("runs/sample", "output folder of the sample store (resumes if it exists)")
-    task: str = field("synthetic", "synthetic[:FAMILIES] | gsm8k:PATH | bbh:PATH | jsonl:PATH")
+    task: str = field(
+        "synthetic",
+        "synthetic[:FAMILIES] | gsm8k:PATH | bbh:PATH | jsonl:PATH | rg:NAME[(key=value,...)]"
+        "[,NAME...] (reasoning-gym generators, e.g. 'rg:lcm(max_value=20),count_bits'; quote "
+        "the parentheses in a shell; needs hsrm[rg]; docs/tasks.md)",
+    )
     n_prompts: int = field(
         TASK_DEFAULTS["n_prompts"],
         "prompts to sample (synthetic: generated; files: the first N)",

@@ -1,4 +1,5 @@
-"""Data sets with answer checkers. ``get_task("synthetic")``, ``get_task("gsm8k:PATH")``, ..."""
+"""Data sets with answer checkers. ``get_task("synthetic")``, ``get_task("gsm8k:PATH")``,
+``get_task("rg:count_bits")`` (reasoning-gym generators, extra ``hsrm[rg]``), ..."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 from hsrm.errors import HsrmError
 from hsrm.tasks.base import Prompt, Task, first_number, last_number, normalize_text
 from hsrm.tasks.files import BBHTask, GSM8KTask, JsonlTask
+from hsrm.tasks.rg import RGTask
 from hsrm.tasks.synthetic import FAMILIES, SyntheticTask
 from hsrm.tasks.truthfulqa import TruthfulQARefsTask, TruthfulQATask
 
@@ -18,6 +20,7 @@ TASKS: dict[str, type[Task]] = {
     "jsonl": JsonlTask,
     "truthfulqa": TruthfulQATask,  # sampled answers labelled by ROUGE-L
     "truthfulqa-refs": TruthfulQARefsTask,  # the reference answers, teacher-forced
+    "rg": RGTask,  # reasoning-gym generators: rg:NAME[(key=value,...)][,NAME...]
 }
 
 
@@ -34,7 +37,8 @@ def get_task(spec: str, **kwargs: Any) -> Task:
             kwargs.setdefault("families", path)
         return cls(**kwargs)
     if not path:
-        raise HsrmError(f"task {name!r} needs a path: {name}:PATH")
+        what = "generators: rg:NAME[,NAME...]" if name == "rg" else f"a path: {name}:PATH"
+        raise HsrmError(f"task {name!r} needs {what}")
     # a file task takes only its own options: the synthetic generator's n and families never,
     # the few-shot seed and shots where it draws exemplars (gsm8k, bbh)
     takes = inspect.signature(cls.__init__).parameters
@@ -48,6 +52,7 @@ __all__ = [
     "GSM8KTask",
     "JsonlTask",
     "Prompt",
+    "RGTask",
     "SyntheticTask",
     "Task",
     "TruthfulQARefsTask",
