@@ -224,3 +224,10 @@ def write_api_log(
     path = Path(path)
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
     return path
+
+
+def write_api_shard(path: Path, results: list, labels: list[list[int]], lm: Any) -> None:
+    """One shard's answers as OpenAI-format records (``hsrm sample --api-log``), written atomically."""
+    fp = lm.fingerprint
+    recs = api_log_records(results, lm.tokenizer, fp.name, fp.revision, labels)
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in recs))

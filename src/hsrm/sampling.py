@@ -425,7 +425,9 @@ def save_shard(plan: SamplePlan, k: int, results: list, lm: Any, api_log: str) -
     plan.writer.write_shard(k, results, grades)
     if api_log:
         labels = [[int(label) for _, label in g] for g in grades]
-        _write_api_shard(plan.writer.path / f"apilog-{k:05d}.jsonl", results, labels, lm)
+        from hsrm.apilog import write_api_shard
+
+        write_api_shard(plan.writer.path / f"apilog-{k:05d}.jsonl", results, labels, lm)
 
 
 def finish_sample(
@@ -542,11 +544,3 @@ def refill_window(cfg: SampleRunConfig) -> int:
     if cfg.refill_window or getattr(cfg, "prune", "none") != "consensus":
         return cfg.refill_window
     return cfg.batch_prompts * -(-cfg.n // cfg.prune_warmup)
-
-
-def _write_api_shard(path: Path, results: list, labels: list[list[int]], lm: Any) -> None:
-    from hsrm.apilog import api_log_records
-
-    fp = lm.fingerprint
-    recs = api_log_records(results, lm.tokenizer, fp.name, fp.revision, labels)
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in recs))
