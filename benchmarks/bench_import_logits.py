@@ -69,7 +69,11 @@ def main() -> None:
             progress=False,
         )
         train(TrainConfig(run=str(t / "sampled"), out=str(t / "h_hidden"), layers="every:4"))
-        train(TrainConfig(run=str(t / "logits"), out=str(t / "h_logits"), head="elhsr_toplogprobs"))
+        train(
+            TrainConfig(
+                run=str(t / "logits"), out=str(t / "h_logits"), head_type="elhsr_toplogprobs"
+            )
+        )
         hid = evaluate(
             EvaluateConfig(run=str(t / "sampled"), heads=[str(t / "h_hidden")], n_boot=500)
         )
