@@ -618,8 +618,8 @@ def test_stop_token_state_is_captured(tiny_lm, batch_prompts):
 
 
 def test_refill_store_equals_plain_store_and_resumes(tmp_path, tiny_lm):
+    from hsrm.capture.windows import batch_window, sample_window, window_prompts
     from hsrm.engines import sample
-    from hsrm.sampling import batch_window, sample_window, window_prompts
 
     plain = sample(_sample_cfg(tmp_path / "plain", batch_prompts=2), tiny_lm, False)
     kw = dict(batch_prompts=2, refill_window=3)

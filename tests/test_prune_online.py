@@ -349,7 +349,7 @@ def test_consensus_draws_waves_equal_to_one_draw(tmp_path, tiny_lm, batch_prompt
     whose warm-up answers agree (here: same first character) gets no more samples."""
     from hsrm.capture import sample_prompts
     from hsrm.capture.prune import has_consensus
-    from hsrm.sampling import sample_batch
+    from hsrm.capture.windows import sample_batch
 
     scfg, prompts, layers = _inputs(tmp_path, tiny_lm, n_prompts=6)
     full = sample_prompts(tiny_lm, prompts, scfg, layers, batch_prompts=batch_prompts)

@@ -19,12 +19,11 @@ from hsrm.report.html import (
     ScoreData,
     TokenExample,
     pairs_score_data,
-    reliability,
-    roc_curve,
     write_bon_html,
     write_detect_html,
     write_pairs_html,
 )
+from hsrm.report.svg import reliability, roc_curve
 from tests.conftest import tiny_demo
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -21,12 +21,7 @@ from tqdm.auto import tqdm
 
 from hsrm.capture import SampleConfig, parse_layers
 from hsrm.capture.prune import check_prune_config, hook_from_config, prune_settings
-from hsrm.capture.windows import (  # noqa: F401  (re-exported for the Ray engine)
-    batch_window,
-    sample_batch,
-    sample_window,
-    window_prompts,
-)
+from hsrm.capture.windows import sample_batch, window_prompts
 from hsrm.config import field, validate
 from hsrm.errors import HsrmError
 from hsrm.io import atomic_write_text, check_out, read_json

@@ -36,14 +36,10 @@ from safetensors import safe_open
 
 from hsrm.errors import HsrmError
 from hsrm.features import TOPK_LAYER, Indices, TokenFeatures
-from hsrm.io import (
-    read_json,
-)
+from hsrm.io import read_json
 from hsrm.models import ModelFingerprint
 from hsrm.projection import Projection
-
-log = logging.getLogger(__name__)
-from hsrm.store_write import (  # noqa: E402, F401  (re-exported: the store's one vocabulary)
+from hsrm.store_write import (  # noqa: F401  (DTYPES, POOLS, StoreWriter, differing: re-exported)
     DTYPES,
     FORMAT_VERSION,
     POOLS,
@@ -51,8 +47,9 @@ from hsrm.store_write import (  # noqa: E402, F401  (re-exported: the store's on
     _decode_hidden,
     _sha256,
     differing,
-    shard_files,
 )
+
+log = logging.getLogger(__name__)
 
 _RECORD_KEYS = ("prompt_id", "label", "offset", "rows", "tok_offset", "n_tokens")
 

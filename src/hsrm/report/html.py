@@ -22,15 +22,7 @@ import numpy as np
 
 from hsrm.io import atomic_write_bytes
 from hsrm.report.bon import _scorers, bon_figure, bon_rows, series_styles, small_store_warnings
-from hsrm.report.svg import (  # noqa: F401  (re-exported: the page's figures)
-    _plt,
-    _sigmoid,
-    _svg,
-    calibration_svg,
-    reliability,
-    roc_curve,
-    roc_svg,
-)
+from hsrm.report.svg import _svg, calibration_svg, roc_svg
 
 MIN_CALIBRATION = 30  # answers: fewer make a reliability diagram of 10 bins mostly empty
 

@@ -207,7 +207,7 @@ class ShardSampler:
                 f"model_dtype={plan.writer.meta['model_dtype']!r}"
             )
         self.plan, self.api_log = plan, api_log
-        from hsrm.sampling import window_prompts
+        from hsrm.capture.windows import window_prompts
 
         self.batch_prompts = int(plan.writer.meta.get("batch_prompts", 1))
         self.window = window_prompts(
@@ -224,7 +224,8 @@ class ShardSampler:
         """Sample and write shard k (prompts at positions [lo, hi); ``window``: the prompts of the
         aligned batches that cover it, from position ``start``); returns (k, samples written,
         whether this actor was restarted after a death)."""
-        from hsrm.sampling import sample_window, save_shard
+        from hsrm.capture.windows import sample_window
+        from hsrm.sampling import save_shard
 
         plan = self.plan
         if 0 <= self.fault_after <= self.done and not _restarted():
@@ -275,14 +276,8 @@ def _restarted() -> bool:
 
 
 def sample_ray(cfg: Any, progress: bool = True) -> Any:
-    from hsrm.sampling import (
-        batch_window,
-        finish_sample,
-        plan_sample,
-        resolve_model,
-        sample_inputs,
-        window_prompts,
-    )
+    from hsrm.capture.windows import batch_window, window_prompts
+    from hsrm.sampling import finish_sample, plan_sample, resolve_model, sample_inputs
     from hsrm.scale.fingerprint import model_fingerprint
 
     _check_pool_args(cfg.workers, cfg.cpus_per_worker, cfg.gpus_per_worker)
