@@ -1,13 +1,16 @@
-"""The development tasks (reasoning-gym generators) on the embedded model: which have headroom?
+"""The development tasks (reasoning-gym generators) on the embedded model: which have headroom,
+which head recipe is the default, and whether heads carry to tasks they never saw (issue 31).
 
-    PYTHONPATH=src .venv/bin/python benchmarks/bench_tasks.py [--tasks lcm,count_bits]
+    PYTHONPATH=src .venv/bin/python benchmarks/bench_tasks.py table [--tasks lcm,count_bits]
         [--n-prompts 24] [--n 8] [--threads 1] [--resume]
+    PYTHONPATH=src .venv/bin/python benchmarks/bench_tasks.py choose --train TRAIN --val VAL
+    PYTHONPATH=src .venv/bin/python benchmarks/bench_tasks.py report --train TRAIN --test TEST
 
-First stage of issue 31: every development generator (``DEV`` below; no other generator is used
-here) is sampled with ``hsrm sample``'s own code (``--task rg:NAME``, 3 exemplars drawn per prompt
-from the same generator with another seed, the answer turn prefilled "The answer is", temperature
-0.8) on ``--n-prompts`` prompts x ``--n`` samples. Each generator runs with its default settings;
-``--tasks`` also takes settings, ``'lcm(max_value=20)'``, reported as their own row.
+``table`` (the first stage): every development generator (``DEV`` below; no other generator is
+used here) is sampled with ``hsrm sample``'s own code (``--task rg:NAME``, 3 exemplars drawn per
+prompt from the same generator with another seed, the answer turn prefilled "The answer is",
+temperature 0.8) on ``--n-prompts`` prompts x ``--n`` samples. Each generator runs with its default
+settings; ``--tasks`` also takes settings, ``'lcm(max_value=20)'``, reported as their own row.
 
 Answer tokens per task: the longest of 64 reference answers (" ANSWER.", tokenised) drawn with
 another task seed, + 2, within [4, 48] -- long enough to finish a right answer, short enough that
@@ -18,12 +21,20 @@ Reported per task: mean accuracy (share of samples the generator's verifier scor
 common extracted answer is right), and whether the task is *usable*: right 5-60% of the time.
 Results are written after every task (``--resume`` skips tasks already measured with the same
 settings) to benchmarks/results/tasks_dev.json and .md.
+
+``choose`` and ``report`` follow research/rg/PROTOCOL.md on stores ``hsrm sample`` wrote (the
+commands are there): ``choose`` fits the protocol's candidate heads on the train store and picks
+the recipe by mean BoN@16 over the tasks of the val store (tasks_recipe.json/.md); ``report``
+scores that recipe on the test store against the free selectors and the answer prior, per task,
+on unseen questions only, left one task out, and along a learning curve of labelled prompts of
+the new task (tasks_heads.json/.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shlex
 import sys
 import tempfile
@@ -34,11 +45,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from hsrm.metrics import majority_prompt
+from hsrm.baselines.fusion import minmax_fusion
+from hsrm.bon.baselines import baseline_scores, control_scores, prompt_question
+from hsrm.bon.demo import DEMO_ELHSR
+from hsrm.bon.report import bon_per_prompt
+from hsrm.bon.scorers import SCORERS, VOTES, add_head_votes, vote_keep
+from hsrm.engines import sample
+from hsrm.heads import get_head_class, make_head
+from hsrm.layer_spec import parse_layers
+from hsrm.metrics import bootstrap_ci, by_group, gap_closed, majority_prompt
 from hsrm.models import load_model
-from hsrm.sampling import SampleRunConfig, sample
+from hsrm.sampling import SampleRunConfig
 from hsrm.store import Store
 from hsrm.tasks import get_task
+
+log = logging.getLogger("bench_tasks")
 
 RESULTS = Path(__file__).parent / "results"
 #: the development generators of issue 31 (the only ones tests, benchmarks and docs use)
@@ -122,8 +143,376 @@ def write(rows: list[dict[str, Any]], cfg: dict[str, Any], note: str, tag: str) 
     (RESULTS / f"{tag}.md").write_text("\n".join(lines) + "\n")
 
 
+# ---------------------------------------------------------------------------------------------
+# Heads on the development tasks (research/rg/PROTOCOL.md): choose the recipe on the val store,
+# then report it on the test store: per task, leave one task out, and a learning curve.
+
+K = 16  # best-of-N at N = 16, the issue's
+#: the protocol's candidates: name -> (head type, --layers, params); None layers = the head's own
+CANDIDATES: dict[str, tuple[str, str | None, dict[str, Any]]] = {
+    "elhsr_swift": ("elhsr", "every:4", {}),
+    "elhsr_top11": ("elhsr", "top:11", dict(DEMO_ELHSR)),
+    "probe": ("probe", None, {}),
+    "rank": ("rank", None, {}),
+}
+#: derived candidates: name -> (rule, head candidate); order = the protocol's simplicity order
+DERIVED = {
+    "elhsr_top11_vote": ("vote", "elhsr_top11"),
+    "elhsr_top11+prior": ("prior", "elhsr_top11"),
+}
+SIMPLICITY = [
+    "elhsr_swift",
+    "elhsr_top11",
+    "probe",
+    "rank",
+    "elhsr_top11_vote",
+    "elhsr_top11+prior",
+]
+FREE = ("majority", "mean_logprob", "self_certainty", "deepconf_vote")
+#: the other training-free scorers every report carries (fitted on nothing: computed once)
+FREE_MORE = tuple(SCORERS) + tuple(VOTES)
+TIE = 0.01  # within this of the best mean BoN@16, the simpler candidate wins (the protocol's)
+
+
+def fit_head(store: Store, idx: np.ndarray, cand: str) -> Any:
+    head_type, spec, params = CANDIDATES[cand]
+    cls = get_head_class(head_type)
+    p = dict(params)
+    if spec is not None:
+        p = {**cls.layer_params(parse_layers(spec, store.fingerprint.n_layers)), **p}
+    head = make_head(cls, **p)
+    return head.fit(store.features(idx), store.labels[idx], store.prompt_ids[idx])
+
+
+def families(store: Store) -> np.ndarray:
+    return np.array([r["family"] for r in store.records])
+
+
+def all_scores(
+    train: Store,
+    tr_idx: np.ndarray,
+    test: Store,
+    heads: dict[str, Any],
+    free: dict[str, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
+    """Every scorer on every test sample: the heads, their votes and prior fusions (``DERIVED``),
+    the free selectors (``free`` where already computed: they fit nothing) and the controls
+    fitted on ``tr_idx``."""
+    te = np.arange(len(test.records))
+    g = test.prompt_ids
+    s = {n: h.score(test.features(te)) for n, h in heads.items()}
+    if free is None:
+        s.update(baseline_scores(test, tr_idx, te, train_store=train))
+    else:
+        s.update(free)
+        s.update(control_scores(train, tr_idx, test, te))
+    for name, (rule, base) in DERIVED.items():
+        if base in s:
+            s[name] = (
+                add_head_votes({base: s[base]}, [base], g)[base + "_vote"]
+                if rule == "vote"
+                else minmax_fusion([s[base], s["answer_prior"]], g)
+            )
+    return s
+
+
+def per_prompt(test: Store, scores: dict[str, np.ndarray], mask: np.ndarray) -> dict[str, dict]:
+    """BoN@16 of every scorer on every prompt of ``mask``'s samples (votes as votes)."""
+    y, g = test.labels[mask], test.prompt_ids[mask]
+    ex = [r["extracted"] for r, m in zip(test.records, mask) if m]
+    out = {}
+    for name, s in scores.items():
+        keep = vote_keep(name)
+        vote = (np.asarray(s, float)[mask], keep) if keep is not None else None
+        rng = np.random.default_rng(0)
+        out[name] = bon_per_prompt(name, np.asarray(s, float)[mask], y, g, ex, K, rng, vote=vote)
+    return out
+
+
+def summary(test: Store, scores: dict[str, np.ndarray], mask: np.ndarray, main: str) -> dict:
+    """Mean accuracy, pass@16, BoN@16 with CI of every scorer, gap closed, and ``main`` minus
+    each other scorer paired over prompts (mean and 95% CI)."""
+    pp = per_prompt(test, scores, mask)
+    y, g = test.labels[mask], test.prompt_ids[mask]
+    by = by_group(g)
+    acc = float(np.mean([y[i].mean() for i in by.values()]))
+    pk = float(np.mean([y[i].max() for i in by.values()]))
+    bon = {n: float(np.mean(list(v.values()))) for n, v in pp.items()}
+    ex = np.array([str(r["extracted"]) for r, m in zip(test.records, mask) if m])
+    out = {
+        "prompts": len(by),
+        # how many different answers a prompt's samples give: small answer spaces are where
+        # majority and the answer prior are strong
+        "distinct_answers": float(np.mean([len(set(ex[i].tolist())) for i in by.values()])),
+        "accuracy": acc,
+        "pass_at_16": pk,
+        "headroom": pk - acc,
+        "bon": bon,
+        "bon_ci": {n: list(bootstrap_ci(v)) for n, v in pp.items()},
+        "gap_closed": {n: gap_closed(b, acc, pk) for n, b in bon.items()},
+        "vs": {},
+    }
+    for other in pp:
+        if other != main:
+            d = np.array([pp[main][p] - pp[other][p] for p in by])
+            out["vs"][other] = {"delta": float(d.mean()), "ci": list(bootstrap_ci(d))}
+    return out
+
+
+def seen_questions(train: Store, test: Store) -> np.ndarray:
+    asked = {prompt_question(train, r) for r in train.records}
+    return np.array([prompt_question(test, r) in asked for r in test.records])
+
+
+def choose(args: argparse.Namespace) -> None:
+    train, val = Store(args.train), Store(args.val)
+    tr = np.arange(len(train.records))
+    t0 = time.perf_counter()
+    heads = {c: fit_head(train, tr, c) for c in CANDIDATES}
+    fit_s = time.perf_counter() - t0
+    scores = all_scores(train, tr, val, heads)
+    fam = families(val)
+    tasks = sorted(set(fam.tolist()))
+    rows = {t: summary(val, scores, fam == t, "elhsr_top11") for t in tasks}
+    means = {c: float(np.mean([rows[t]["bon"][c] for t in tasks])) for c in SIMPLICITY}
+    best = max(means.values())
+    chosen = next(c for c in SIMPLICITY if means[c] >= best - TIE)
+    res = {"train": args.train, "val": args.val, "means": means, "chosen": chosen, "rows": rows}
+    res["fit_seconds"] = fit_s
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "tasks_recipe.json").write_text(json.dumps(res, indent=1))
+    lines = [
+        "# The default recipe, chosen on the val store (research/rg/PROTOCOL.md)",
+        "",
+        f"`PYTHONPATH=src python {shlex.join(['benchmarks/bench_tasks.py', *sys.argv[1:]])}`",
+        "",
+        f"BoN@{K} on the val store (task seed 2, {sum(r['prompts'] for r in rows.values())} "
+        f"prompts x {K}); every head fitted on all train prompts (task seed 0). Choice: the best "
+        f"mean over the {len(tasks)} tasks; within {TIE} of it the simpler candidate "
+        f"(order {', '.join(SIMPLICITY)}).",
+        "",
+        "| task | acc | pass@16 | " + " | ".join(SIMPLICITY + list(FREE) + ["answer_prior"]) + " |",
+        "|---" * (3 + len(SIMPLICITY) + len(FREE) + 1) + "|",
+    ]
+    for t in tasks:
+        r = rows[t]
+        cells = [f"{r['bon'].get(c, float('nan')):.3f}" for c in SIMPLICITY + list(FREE)]
+        cells.append(f"{r['bon'].get('answer_prior', float('nan')):.3f}")
+        lines.append(
+            f"| {t} | {r['accuracy']:.3f} | {r['pass_at_16']:.3f} | " + " | ".join(cells) + " |"
+        )
+    lines.append(
+        "| **mean** | | | "
+        + " | ".join(f"**{means[c]:.3f}**" for c in SIMPLICITY)
+        + " |" * (len(FREE) + 2)
+    )
+    lines += ["", f"**Chosen: `{chosen}`** (fits took {fit_s:.0f} s on the 2-core CPU)."]
+    (RESULTS / "tasks_recipe.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def recipe_scores(
+    train: Store,
+    tr_idx: np.ndarray,
+    test: Store,
+    recipe: str,
+    free: dict[str, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
+    """``all_scores`` with the recipe (a candidate or a derived one) fitted on ``tr_idx``, under
+    the name ``"recipe"``."""
+    base = DERIVED[recipe][1] if recipe in DERIVED else recipe
+    s = all_scores(train, tr_idx, test, {base: fit_head(train, tr_idx, base)}, free)
+    s["recipe"] = s[recipe]
+    return s
+
+
+def ci_text(d: dict[str, Any]) -> str:
+    return f"{d['delta']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"
+
+
+def report(args: argparse.Namespace) -> None:
+    train, test = Store(args.train), Store(args.test)
+    recipe = args.recipe or json.loads((RESULTS / "tasks_recipe.json").read_text())["chosen"]
+    ftr, fte = families(train), families(test)
+    tasks = sorted(set(fte.tolist()))
+    tr_all = np.arange(len(train.records))
+    t0 = time.perf_counter()
+    s_all = recipe_scores(train, tr_all, test, recipe)
+    free = {n: s_all[n] for n in ("random", "majority", "mean_logprob", *FREE_MORE) if n in s_all}
+    per_task = {t: summary(test, s_all, fte == t, "recipe") for t in tasks}
+    room = [t for t in tasks if per_task[t]["headroom"] >= 0.15]
+    in_room = np.isin(fte, room)
+    pooled = summary(test, s_all, in_room, "recipe")
+    seen = seen_questions(train, test)
+    unseen = {
+        "pooled": summary(test, s_all, in_room & ~seen, "recipe")
+        if (in_room & ~seen).any()
+        else None,
+        "per_task": {
+            t: summary(test, s_all, (fte == t) & ~seen, "recipe")
+            for t in tasks
+            if ((fte == t) & ~seen).any()
+        },
+        "seen_prompts": int(len(set(test.prompt_ids[seen]))),
+    }
+    log.info("recipe on all tasks: %.0f s", time.perf_counter() - t0)
+    loto, own = {}, {}
+    for t in tasks:
+        s_out = recipe_scores(train, np.flatnonzero(ftr != t), test, recipe, free)
+        s_out["in_task"] = s_all["recipe"]
+        loto[t] = summary(test, s_out, fte == t, "recipe")
+        s_own = recipe_scores(train, np.flatnonzero(ftr == t), test, recipe, free)
+        own[t] = summary(test, s_own, fte == t, "recipe")["bon"]["recipe"]
+        log.info("leave out %s: %.3f (in-task %.3f)", t, loto[t]["bon"]["recipe"], own[t])
+    curve: dict[str, dict[str, list[float]]] = {}
+    rng = np.random.default_rng(0)
+    for t in tasks:
+        pids_t = np.array(sorted(set(train.prompt_ids[ftr == t].tolist())))
+        curve[t] = {
+            "0": [loto[t]["bon"]["recipe"]],
+            str(len(pids_t)): [per_task[t]["bon"]["recipe"]],
+        }
+        for k in args.ks:
+            if k >= len(pids_t):
+                continue
+            curve[t][str(k)] = []
+            for _ in range(args.draws if k < 128 else 1):
+                pick = set(rng.choice(pids_t, k, replace=False).tolist())
+                idx = np.flatnonzero((ftr != t) | np.isin(train.prompt_ids, list(pick)))
+                s_k = recipe_scores(train, idx, test, recipe, free)
+                curve[t][str(k)].append(summary(test, s_k, fte == t, "recipe")["bon"]["recipe"])
+        log.info("curve %s: %s", t, {k: round(float(np.mean(v)), 3) for k, v in curve[t].items()})
+    res = {
+        "train": args.train,
+        "test": args.test,
+        "recipe": recipe,
+        "headroom_tasks": room,
+        "per_task": per_task,
+        "pooled_headroom": pooled,
+        "unseen_questions": unseen,
+        "leave_one_out": loto,
+        "own_task_only": own,
+        "curve": curve,
+        "seconds": time.perf_counter() - t0,
+    }
+    (RESULTS / "tasks_heads.json").write_text(json.dumps(res, indent=1))
+    write_report(res)
+
+
+def write_report(res: dict[str, Any]) -> None:
+    recipe, room = res["recipe"], res["headroom_tasks"]
+    cols = ["recipe", *FREE, "answer_prior"]
+    head = (
+        "| task | prompts | answers | acc | pass@16 | "
+        + " | ".join(cols)
+        + " | gap closed | vs majority | vs answer prior |"
+    )
+    sep = "|---" * (8 + len(cols)) + "|"
+
+    def row(name: str, r: dict[str, Any]) -> str:
+        b = r["bon"]
+        return (
+            f"| {name} | {r['prompts']} | {r['distinct_answers']:.1f} | {r['accuracy']:.3f} | {r['pass_at_16']:.3f} | "
+            + " | ".join(f"{b[c]:.3f}" for c in cols)
+            + f" | {r['gap_closed']['recipe']:.0%} | {ci_text(r['vs']['majority'])} | "
+            f"{ci_text(r['vs']['answer_prior'])} |"
+        )
+
+    L = [
+        "# Heads on the development tasks (issue 31; research/rg/PROTOCOL.md)",
+        "",
+        f"`PYTHONPATH=src python {shlex.join(['benchmarks/bench_tasks.py', *sys.argv[1:]])}`",
+        "",
+        f"Recipe: `{recipe}` (chosen on the val store: tasks_recipe.md). Fitted on the train store "
+        "(task seed 0, 256 prompts x 4 a task), scored on the test store (task seed 1, 64 prompts x "
+        f"16 a task); BoN@{K}, 95% bootstrap CIs over prompts, differences paired over prompts. "
+        f"Headroom tasks (pass@16 - acc >= 0.15 on the test store): {', '.join(room)}.",
+        "",
+        "## Per task, the recipe fitted on all nine tasks",
+        "",
+        "Answers: the mean number of different answers among a prompt's 16 samples.",
+        "",
+        head,
+        sep,
+        *[row(t, r) for t, r in res["per_task"].items()],
+        row("**headroom tasks, pooled**", res["pooled_headroom"]),
+    ]
+    beats = {t: all(res["per_task"][t]["vs"][f]["delta"] > 0 for f in FREE) for t in room}
+    L += [
+        "",
+        f"Beats majority, mean log-prob, self-certainty and DeepConf's vote (point estimates) on "
+        f"{sum(beats.values())} of {len(room)} headroom tasks"
+        + (
+            f"; not on {', '.join(t for t, b in beats.items() if not b)}."
+            if not all(beats.values())
+            else "."
+        ),
+        "",
+        f"## Control: test prompts whose question the train store never asked "
+        f"({res['unseen_questions']['seen_prompts']} test prompts repeat a training question)",
+        "",
+        head,
+        sep,
+        *[row(t, r) for t, r in res["unseen_questions"]["per_task"].items()],
+        *(
+            [row("**headroom tasks, pooled**", res["unseen_questions"]["pooled"])]
+            if res["unseen_questions"]["pooled"]
+            else []
+        ),
+        "",
+        "## Leave one task out: the recipe fitted on the other eight tasks, no label of this one",
+        "",
+        "| task | left out | in-task (all nine) | own task only | majority | mean log-prob | "
+        "answer prior (in-task) | vs majority | vs mean log-prob |",
+        "|---" * 9 + "|",
+    ]
+    wins = 0
+    for t, r in res["leave_one_out"].items():
+        b = r["bon"]
+        ok = r["vs"]["majority"]["delta"] > 0 and r["vs"]["mean_logprob"]["delta"] > 0
+        wins += ok and t in room
+        L.append(
+            f"| {t}{'' if t in room else ' (no headroom)'} | {b['recipe']:.3f} | {b['in_task']:.3f} | "
+            f"{res['own_task_only'][t]:.3f} | {b['majority']:.3f} | {b['mean_logprob']:.3f} | "
+            f"{res['per_task'][t]['bon']['answer_prior']:.3f} | {ci_text(r['vs']['majority'])} | "
+            f"{ci_text(r['vs']['mean_logprob'])} |"
+        )
+    L += [
+        "",
+        f"Left out, beats majority and mean log-prob (point estimates): {wins} of {len(room)} "
+        "headroom tasks. The answer prior needs labels of the task (it is keyed by answer).",
+        "",
+        "## Learning curve: the other eight tasks plus k labelled prompts of this one",
+        "",
+    ]
+    ks = sorted({int(k) for c in res["curve"].values() for k in c})
+    L += ["| task | " + " | ".join(f"k={k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]
+    for t, c in res["curve"].items():
+        L.append(
+            f"| {t} | "
+            + " | ".join(f"{np.mean(c[str(k)]):.3f}" if str(k) in c else "" for k in ks)
+            + " |"
+        )
+    mean_room = [
+        np.mean([np.mean(res["curve"][t][str(k)]) for t in room])
+        if all(str(k) in res["curve"][t] for t in room)
+        else float("nan")
+        for k in ks
+    ]
+    L.append("| **headroom tasks, mean** | " + " | ".join(f"**{v:.3f}**" for v in mean_room) + " |")
+    L += [
+        "",
+        "k = 0 is the left-out head; the last column is every train prompt of the task (the "
+        "all-nine head). Draws of k prompts: mean of `--draws` draws below 128, one at 128.",
+    ]
+    (RESULTS / "tasks_heads.md").write_text("\n".join(L) + "\n")
+    print("\n".join(L))
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    top = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = top.add_subparsers(dest="stage", required=True)
+    ap = sub.add_parser("table", help="sample every task, write the development table")
     ap.add_argument("--tasks", default=";".join(DEV), help="generator specs, ';'-separated")
     ap.add_argument("--n-prompts", type=int, default=24)
     ap.add_argument("--n", type=int, default=8)
@@ -141,14 +530,26 @@ def main() -> None:
         default=[],
         help="also keep the rows of this results file (a run of other tasks in parallel)",
     )
-    args = ap.parse_args()
+    ch = sub.add_parser("choose", help="fit the protocol's candidates, choose on the val store")
+    rp = sub.add_parser("report", help="the recipe on the test store: per task, left out, curve")
+    for p in (ch, rp):
+        p.add_argument("--train", required=True, help="train store (task seed 0)")
+    ch.add_argument("--val", required=True, help="val store (task seed 2)")
+    rp.add_argument("--test", required=True, help="test store (task seed 1)")
+    rp.add_argument("--recipe", default="", help="default: the choice in tasks_recipe.json")
+    rp.add_argument("--ks", type=int, nargs="+", default=[16, 32, 64, 128])
+    rp.add_argument("--draws", type=int, default=3, help="draws of k prompts below k=128")
+    args = top.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.stage != "table":
+        return choose(args) if args.stage == "choose" else report(args)
     if args.table_only and args.resume:  # the table would replace the resumed file's other rows
         ap.error("--table-only writes --tag's file: take its rows with --rows-from, not --resume")
     torch.set_num_threads(args.threads)
     cfg = {
         k: v
         for k, v in vars(args).items()
-        if k not in ("tasks", "resume", "note", "tag", "rows_from", "table_only")
+        if k not in ("stage", "tasks", "resume", "note", "tag", "rows_from", "table_only")
     }
     old: dict[str, dict[str, Any]] = {}
     tags = [args.tag] if args.resume else []

@@ -53,7 +53,7 @@ def train(cfg: TrainConfig, store: Store | None = None) -> Head:
         check_layer_spec(spec, flag)
     check_out(cfg.out, "head", overwrite=cfg.overwrite, inputs=[cfg.run])
     store = store or Store(cfg.run)
-    params = cls.model_params(dict(cfg.params), store.fingerprint)
+    params = cls.model_params({**cls.train_params, **cfg.params}, store.fingerprint)
     if store.layers and all(lay < 0 for lay in store.layers):
         # a logits-only store (``hsrm import`` without a model) holds pseudo-layers alone
         params = {**cls.layer_params(tuple(store.layers)), **params}
