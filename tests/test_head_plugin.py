@@ -140,9 +140,6 @@ def test_registry_refuses_a_second_head_under_a_taken_name(toy):
         ("calibrated", "yes", "calibrated must be True or False"),
         ("display_order", 1.5, "display_order must be an integer"),
         ("token_view", True, "token_view needs a token_contributions"),
-        ("train_params", {"lr": 1.0}, r"train_params has no parameter\(s\) \['lr'\]"),
-        ("train_params", {"l2": "big"}, "l2"),
-        ("train_params", [("l2", 2.0)], "train_params must be a dict"),
     ],
 )
 def test_capabilities_are_checked_when_a_head_registers(attr, value, why):
@@ -160,15 +157,3 @@ def test_make_head_checks_names_and_types(toy):
         make_head("toy", lr=1.0)
     with pytest.raises(HsrmError, match="l2"):
         make_head("toy", l2="big")
-
-
-def test_hsrm_train_gives_train_params_under_what_params_sets(toy, store, tmp_path, monkeypatch):
-    """``train_params`` are ``hsrm train``'s defaults, not the constructor's: the head's saved
-    config has them, and ``--params`` overrides them key by key."""
-    monkeypatch.setattr(ToyHead, "train_params", {"l2": 7.0})
-    assert make_head("toy").l2 == 1.0  # the constructor keeps its own default
-    for extra, want in (([], 7.0), (["--params", "l2=0.5"], 0.5)):
-        out = tmp_path / f"h{want}"
-        argv = ["train", str(store), "--head-type", "toy", "--out", str(out), *extra]
-        assert main(argv) == 0
-        assert Head.load(out).l2 == want
