@@ -68,7 +68,11 @@ def main() -> None:
             ),
             progress=False,
         )
-        train(TrainConfig(run=str(t / "sampled"), out=str(t / "h_hidden"), layers="every:4"))
+        train(
+            TrainConfig(
+                run=str(t / "sampled"), out=str(t / "h_hidden"), head_type="elhsr", layers="every:4"
+            )
+        )
         train(
             TrainConfig(
                 run=str(t / "logits"), out=str(t / "h_logits"), head_type="elhsr_toplogprobs"

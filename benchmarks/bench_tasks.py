@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hsrm.baselines.controls import AnswerPriorScorer
 from hsrm.baselines.fusion import minmax_fusion
 from hsrm.bon.baselines import baseline_scores, control_scores, prompt_question
 from hsrm.bon.demo import DEMO_ELHSR
@@ -155,8 +156,20 @@ CANDIDATES: dict[str, tuple[str, str | None, dict[str, Any]]] = {
     "probe": ("probe", None, {}),
     "rank": ("rank", None, {}),
 }
+ROUND1 = tuple(CANDIDATES)
+#: round 2 of the protocol: variants of rank (its defaults are RANK_DEFAULT)
+ROUND2: dict[str, tuple[str, str | None, dict[str, Any]]] = {
+    "rank_top4": ("rank", None, {"layers": "top:4"}),
+    "rank_top16": ("rank", None, {"layers": "top:16"}),
+    "rank_every2": ("rank", None, {"layers": "every:2"}),
+    "rank_listwise": ("rank", None, {"loss": "listwise"}),
+    "rank_l2_0.1": ("rank", None, {"l2": 0.1}),
+}
+CANDIDATES.update(ROUND2)
+ROUND2_DERIVED = {"rank_vote": ("vote", "rank"), "rank+prior": ("prior", "rank")}
 #: derived candidates: name -> (rule, head candidate); order = the protocol's simplicity order
 DERIVED = {
+    **ROUND2_DERIVED,
     "elhsr_top11_vote": ("vote", "elhsr_top11"),
     "elhsr_top11+prior": ("prior", "elhsr_top11"),
 }
@@ -206,8 +219,9 @@ def all_scores(
     else:
         s.update(free)
         s.update(control_scores(train, tr_idx, test, te))
+    s["qa_lookup"] = qa_lookup(train, tr_idx, test)
     for name, (rule, base) in DERIVED.items():
-        if base in s:
+        if base in s and name not in s:
             s[name] = (
                 add_head_votes({base: s[base]}, [base], g)[base + "_vote"]
                 if rule == "vote"
@@ -216,23 +230,41 @@ def all_scores(
     return s
 
 
-def per_prompt(test: Store, scores: dict[str, np.ndarray], mask: np.ndarray) -> dict[str, dict]:
+def qa_lookup(train: Store, tr_idx: np.ndarray, test: Store) -> np.ndarray:
+    """The answer prior keyed by (question, answer): how often this exact answer to this exact
+    question was right in training. Where a generator's questions repeat across stores, it is the
+    lookup table a head could be matching by remembering questions."""
+    recs = train.records
+    keys = [(prompt_question(train, recs[i]), recs[i]["extracted"]) for i in tr_idx]
+    te = [(prompt_question(test, r), r["extracted"]) for r in test.records]
+    return AnswerPriorScorer().fit(keys, train.labels[tr_idx]).score(te)
+
+
+def per_prompt(
+    test: Store, scores: dict[str, np.ndarray], mask: np.ndarray, votes: tuple[str, ...] = ()
+) -> dict[str, dict]:
     """BoN@16 of every scorer on every prompt of ``mask``'s samples (votes as votes)."""
     y, g = test.labels[mask], test.prompt_ids[mask]
     ex = [r["extracted"] for r, m in zip(test.records, mask) if m]
     out = {}
     for name, s in scores.items():
-        keep = vote_keep(name)
+        keep = vote_keep(name, votes)
         vote = (np.asarray(s, float)[mask], keep) if keep is not None else None
         rng = np.random.default_rng(0)
         out[name] = bon_per_prompt(name, np.asarray(s, float)[mask], y, g, ex, K, rng, vote=vote)
     return out
 
 
-def summary(test: Store, scores: dict[str, np.ndarray], mask: np.ndarray, main: str) -> dict:
+def summary(
+    test: Store,
+    scores: dict[str, np.ndarray],
+    mask: np.ndarray,
+    main: str,
+    votes: tuple[str, ...] = (),
+) -> dict:
     """Mean accuracy, pass@16, BoN@16 with CI of every scorer, gap closed, and ``main`` minus
     each other scorer paired over prompts (mean and 95% CI)."""
-    pp = per_prompt(test, scores, mask)
+    pp = per_prompt(test, scores, mask, votes)
     y, g = test.labels[mask], test.prompt_ids[mask]
     by = by_group(g)
     acc = float(np.mean([y[i].mean() for i in by.values()]))
@@ -268,7 +300,7 @@ def choose(args: argparse.Namespace) -> None:
     train, val = Store(args.train), Store(args.val)
     tr = np.arange(len(train.records))
     t0 = time.perf_counter()
-    heads = {c: fit_head(train, tr, c) for c in CANDIDATES}
+    heads = {c: fit_head(train, tr, c) for c in ROUND1}
     fit_s = time.perf_counter() - t0
     scores = all_scores(train, tr, val, heads)
     fam = families(val)
@@ -311,6 +343,53 @@ def choose(args: argparse.Namespace) -> None:
     print("\n".join(lines))
 
 
+def choose2(args: argparse.Namespace) -> None:
+    """Round 2 (research/rg/PROTOCOL.md): rank's variants in-task and left out, on the val store."""
+    train, val = Store(args.train), Store(args.val)
+    ftr, fva = families(train), families(val)
+    tasks = sorted(set(fva.tolist()))
+    tr = np.arange(len(train.records))
+    names = ["rank", *ROUND2]
+    heads = {c: fit_head(train, tr, c) for c in names}
+    scores = all_scores(train, tr, val, heads)
+    allnames = [*names, *ROUND2_DERIVED]
+    rows = {t: summary(val, scores, fva == t, "rank")["bon"] for t in tasks}
+    in_task = {c: float(np.mean([rows[t][c] for t in tasks])) for c in allnames}
+    left: dict[str, list[float]] = {c: [] for c in allnames}
+    free = {n: scores[n] for n in ("random", "majority", "mean_logprob", *FREE_MORE) if n in scores}
+    for t in tasks:
+        idx = np.flatnonzero(ftr != t)
+        s_t = all_scores(train, idx, val, {c: fit_head(train, idx, c) for c in names}, free)
+        b = summary(val, s_t, fva == t, "rank")["bon"]
+        for c in allnames:
+            left[c].append(b[c])
+        log.info("val, left out %s: %s", t, {c: round(b[c], 3) for c in allnames})
+    left_mean = {c: float(np.mean(v)) for c, v in left.items()}
+    best = max(in_task, key=lambda c: in_task[c])
+    chosen = best if in_task[best] > in_task["rank"] + TIE else "rank"
+    transfer = max(left_mean, key=lambda c: left_mean[c])
+    res = {"in_task": in_task, "left_out": left_mean, "chosen": chosen, "transfer": transfer}
+    res["rows"] = rows
+    (RESULTS / "tasks_recipe_round2.json").write_text(json.dumps(res, indent=1))
+    L = [
+        "# Round 2: variants of rank on the val store (research/rg/PROTOCOL.md)",
+        "",
+        f"`PYTHONPATH=src python {shlex.join(['benchmarks/bench_tasks.py', *sys.argv[1:]])}`",
+        "",
+        "Mean BoN@16 over the nine tasks of the val store; in-task: fitted on all train prompts; "
+        "left out: fitted on the other eight tasks' train prompts.",
+        "",
+        "| candidate | in-task | left out |",
+        "|---|---|---|",
+        *[f"| {c} | {in_task[c]:.3f} | {left_mean[c]:.3f} |" for c in allnames],
+        "",
+        f"In-task choice: **{chosen}** (replaces rank only above rank + {TIE}). "
+        f"Transfer choice: **{transfer}**.",
+    ]
+    (RESULTS / "tasks_recipe_round2.md").write_text("\n".join(L) + "\n")
+    print("\n".join(L))
+
+
 def recipe_scores(
     train: Store,
     tr_idx: np.ndarray,
@@ -326,6 +405,12 @@ def recipe_scores(
     return s
 
 
+def as_votes(recipe: str) -> tuple[str, ...]:
+    """``summary``'s ``votes`` for a recipe: ``("recipe",)`` where the recipe is a vote (its
+    scores are vote weights, read as a vote, not ranked)."""
+    return ("recipe",) if vote_keep(recipe) is not None else ()
+
+
 def ci_text(d: dict[str, Any]) -> str:
     return f"{d['delta']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"
 
@@ -333,23 +418,25 @@ def ci_text(d: dict[str, Any]) -> str:
 def report(args: argparse.Namespace) -> None:
     train, test = Store(args.train), Store(args.test)
     recipe = args.recipe or json.loads((RESULTS / "tasks_recipe.json").read_text())["chosen"]
+    transfer = args.transfer or recipe
+    rv, tv = as_votes(recipe), as_votes(transfer)
     ftr, fte = families(train), families(test)
     tasks = sorted(set(fte.tolist()))
     tr_all = np.arange(len(train.records))
     t0 = time.perf_counter()
     s_all = recipe_scores(train, tr_all, test, recipe)
     free = {n: s_all[n] for n in ("random", "majority", "mean_logprob", *FREE_MORE) if n in s_all}
-    per_task = {t: summary(test, s_all, fte == t, "recipe") for t in tasks}
+    per_task = {t: summary(test, s_all, fte == t, "recipe", rv) for t in tasks}
     room = [t for t in tasks if per_task[t]["headroom"] >= 0.15]
     in_room = np.isin(fte, room)
-    pooled = summary(test, s_all, in_room, "recipe")
+    pooled = summary(test, s_all, in_room, "recipe", rv)
     seen = seen_questions(train, test)
     unseen = {
-        "pooled": summary(test, s_all, in_room & ~seen, "recipe")
+        "pooled": summary(test, s_all, in_room & ~seen, "recipe", rv)
         if (in_room & ~seen).any()
         else None,
         "per_task": {
-            t: summary(test, s_all, (fte == t) & ~seen, "recipe")
+            t: summary(test, s_all, (fte == t) & ~seen, "recipe", rv)
             for t in tasks
             if ((fte == t) & ~seen).any()
         },
@@ -358,11 +445,11 @@ def report(args: argparse.Namespace) -> None:
     log.info("recipe on all tasks: %.0f s", time.perf_counter() - t0)
     loto, own = {}, {}
     for t in tasks:
-        s_out = recipe_scores(train, np.flatnonzero(ftr != t), test, recipe, free)
+        s_out = recipe_scores(train, np.flatnonzero(ftr != t), test, transfer, free)
         s_out["in_task"] = s_all["recipe"]
-        loto[t] = summary(test, s_out, fte == t, "recipe")
+        loto[t] = summary(test, s_out, fte == t, "recipe", tv + (("in_task",) if rv else ()))
         s_own = recipe_scores(train, np.flatnonzero(ftr == t), test, recipe, free)
-        own[t] = summary(test, s_own, fte == t, "recipe")["bon"]["recipe"]
+        own[t] = summary(test, s_own, fte == t, "recipe", rv)["bon"]["recipe"]
         log.info("leave out %s: %.3f (in-task %.3f)", t, loto[t]["bon"]["recipe"], own[t])
     curve: dict[str, dict[str, list[float]]] = {}
     rng = np.random.default_rng(0)
@@ -379,13 +466,14 @@ def report(args: argparse.Namespace) -> None:
             for _ in range(args.draws if k < 128 else 1):
                 pick = set(rng.choice(pids_t, k, replace=False).tolist())
                 idx = np.flatnonzero((ftr != t) | np.isin(train.prompt_ids, list(pick)))
-                s_k = recipe_scores(train, idx, test, recipe, free)
-                curve[t][str(k)].append(summary(test, s_k, fte == t, "recipe")["bon"]["recipe"])
+                s_k = recipe_scores(train, idx, test, transfer, free)
+                curve[t][str(k)].append(summary(test, s_k, fte == t, "recipe", tv)["bon"]["recipe"])
         log.info("curve %s: %s", t, {k: round(float(np.mean(v)), 3) for k, v in curve[t].items()})
     res = {
         "train": args.train,
         "test": args.test,
         "recipe": recipe,
+        "transfer": transfer,
         "headroom_tasks": room,
         "per_task": per_task,
         "pooled_headroom": pooled,
@@ -401,13 +489,13 @@ def report(args: argparse.Namespace) -> None:
 
 def write_report(res: dict[str, Any]) -> None:
     recipe, room = res["recipe"], res["headroom_tasks"]
-    cols = ["recipe", *FREE, "answer_prior"]
+    cols = ["recipe", *FREE, "answer_prior", "qa_lookup"]
     head = (
         "| task | prompts | answers | acc | pass@16 | "
         + " | ".join(cols)
-        + " | gap closed | vs majority | vs answer prior |"
+        + " | gap closed | vs majority | vs answer prior | vs qa_lookup |"
     )
-    sep = "|---" * (8 + len(cols)) + "|"
+    sep = "|---" * (9 + len(cols)) + "|"
 
     def row(name: str, r: dict[str, Any]) -> str:
         b = r["bon"]
@@ -415,7 +503,7 @@ def write_report(res: dict[str, Any]) -> None:
             f"| {name} | {r['prompts']} | {r['distinct_answers']:.1f} | {r['accuracy']:.3f} | {r['pass_at_16']:.3f} | "
             + " | ".join(f"{b[c]:.3f}" for c in cols)
             + f" | {r['gap_closed']['recipe']:.0%} | {ci_text(r['vs']['majority'])} | "
-            f"{ci_text(r['vs']['answer_prior'])} |"
+            f"{ci_text(r['vs']['answer_prior'])} | {ci_text(r['vs']['qa_lookup'])} |"
         )
 
     L = [
@@ -430,7 +518,9 @@ def write_report(res: dict[str, Any]) -> None:
         "",
         "## Per task, the recipe fitted on all nine tasks",
         "",
-        "Answers: the mean number of different answers among a prompt's 16 samples.",
+        "Answers: the mean number of different answers among a prompt's 16 samples. qa_lookup: the "
+        "answer prior keyed by (question, answer), the table a head could match by remembering "
+        "questions the train store asked (tasks with few distinct questions repeat them).",
         "",
         head,
         sep,
@@ -460,7 +550,7 @@ def write_report(res: dict[str, Any]) -> None:
             else []
         ),
         "",
-        "## Leave one task out: the recipe fitted on the other eight tasks, no label of this one",
+        f"## Leave one task out: `{res['transfer']}` fitted on the other eight tasks, no label of this one",
         "",
         "| task | left out | in-task (all nine) | own task only | majority | mean log-prob | "
         "answer prior (in-task) | vs majority | vs mean log-prob |",
@@ -482,7 +572,7 @@ def write_report(res: dict[str, Any]) -> None:
         f"Left out, beats majority and mean log-prob (point estimates): {wins} of {len(room)} "
         "headroom tasks. The answer prior needs labels of the task (it is keyed by answer).",
         "",
-        "## Learning curve: the other eight tasks plus k labelled prompts of this one",
+        f"## Learning curve: `{res['transfer']}` on the other eight tasks plus k labelled prompts of this one",
         "",
     ]
     ks = sorted({int(k) for c in res["curve"].values() for k in c})
@@ -502,8 +592,9 @@ def write_report(res: dict[str, Any]) -> None:
     L.append("| **headroom tasks, mean** | " + " | ".join(f"**{v:.3f}**" for v in mean_room) + " |")
     L += [
         "",
-        "k = 0 is the left-out head; the last column is every train prompt of the task (the "
-        "all-nine head). Draws of k prompts: mean of `--draws` draws below 128, one at 128.",
+        f"k = 0 is the left-out head; the last column is every train prompt of the task: the "
+        f"all-nine `{res['recipe']}` head of the first table. Draws of k prompts: the mean of "
+        "`--draws` draws below 128, one at 128.",
     ]
     (RESULTS / "tasks_heads.md").write_text("\n".join(L) + "\n")
     print("\n".join(L))
@@ -531,18 +622,24 @@ def main() -> None:
         help="also keep the rows of this results file (a run of other tasks in parallel)",
     )
     ch = sub.add_parser("choose", help="fit the protocol's candidates, choose on the val store")
+    ch.add_argument("--round", type=int, default=1, choices=(1, 2), help="the protocol's round")
     rp = sub.add_parser("report", help="the recipe on the test store: per task, left out, curve")
     for p in (ch, rp):
         p.add_argument("--train", required=True, help="train store (task seed 0)")
     ch.add_argument("--val", required=True, help="val store (task seed 2)")
     rp.add_argument("--test", required=True, help="test store (task seed 1)")
     rp.add_argument("--recipe", default="", help="default: the choice in tasks_recipe.json")
+    rp.add_argument(
+        "--transfer", default="", help="the head left out and on the curve (default: --recipe)"
+    )
     rp.add_argument("--ks", type=int, nargs="+", default=[16, 32, 64, 128])
     rp.add_argument("--draws", type=int, default=3, help="draws of k prompts below k=128")
     args = top.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.stage != "table":
-        return choose(args) if args.stage == "choose" else report(args)
+        if args.stage == "report":
+            return report(args)
+        return choose(args) if args.round == 1 else choose2(args)
     if args.table_only and args.resume:  # the table would replace the resumed file's other rows
         ap.error("--table-only writes --tag's file: take its rows with --rows-from, not --resume")
     torch.set_num_threads(args.threads)

@@ -23,11 +23,15 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     run: str = field("runs/sample", "sample store to train on")
     out: str = field("runs/head", "output folder of the head")
-    head_type: str = field("elhsr", "head architecture (elhsr, probe, ...)")
+    head_type: str = field(
+        "rank",
+        "head architecture (rank, elhsr, probe, ...); rank, a within-prompt ranker, did best on "
+        "the development tasks (docs/tasks.md#which-head-hsrm-train-fits)",
+    )
     layers: str | None = field(
         None,
         f"layers the head reads, among the captured ones: {VOCABULARY} (default: the head's "
-        "own, Head.default_layers: every:4 for elhsr; the layers the store holds for the others)",
+        "own: top:8 for rank, every:4 for elhsr; the layers the store holds for the others)",
     )
     test_frac: float = field(
         0.3, "share of prompts held out for evaluation (by prompt id hash)", min=0.0, max=1.0
@@ -53,7 +57,7 @@ def train(cfg: TrainConfig, store: Store | None = None) -> Head:
         check_layer_spec(spec, flag)
     check_out(cfg.out, "head", overwrite=cfg.overwrite, inputs=[cfg.run])
     store = store or Store(cfg.run)
-    params = cls.model_params({**cls.train_params, **cfg.params}, store.fingerprint)
+    params = cls.model_params(dict(cfg.params), store.fingerprint)
     if store.layers and all(lay < 0 for lay in store.layers):
         # a logits-only store (``hsrm import`` without a model) holds pseudo-layers alone
         params = {**cls.layer_params(tuple(store.layers)), **params}

@@ -51,6 +51,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         f"on the other splits) closes {100 * rep['gap_closed']['picked'][N]:.0f}% of the gap at N={N}. "
         f"Took {rep['timing']['total_s']:.0f} s."
     )
+    _print_default_head(con, rep, N)
     _print_vs_majority(con, rep, N)
     _print_seen(con, rep, N, "held-out")
     if "fresh" in rep:
@@ -72,6 +73,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             f"{100 * fr['gap_closed']['picked'][N]:.0f}% of the gap at N={N} "
             f"(tables in {Path(cfg.out) / 'fresh'})."
         )
+        _print_default_head(con, fr, N)
         _print_vs_majority(con, fr, N)
         _print_seen(con, fr, N, "fresh")
     out = Path(cfg.out)
@@ -80,6 +82,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         f"{out / 'results.html'} (samples in {out / 'samples'})"
     )
     return 0
+
+
+def _print_default_head(con: Any, rep: dict[str, Any], N: str) -> None:
+    """One line: the head ``hsrm train`` fits by default (``TrainConfig.head_type``), one of the
+    demo's heads, beside the demo's per-family pick."""
+    from dataclasses import fields
+
+    from hsrm.bon.train import TrainConfig
+
+    head = next(f.default for f in fields(TrainConfig) if f.name == "head_type")
+    if head in rep.get("bon", {}):
+        con.print(
+            f"{head} (what hsrm train fits by default) BoN@{N} {rep['bon'][head][N]:.3f} closes "
+            f"{100 * rep['gap_closed'][head][N]:.0f}% of the gap; majority "
+            f"{rep['bon']['majority'][N]:.3f}."
+        )
 
 
 def _print_vs_majority(con: Any, rep: dict[str, Any], N: str, key: str = "picked") -> None:

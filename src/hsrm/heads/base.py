@@ -101,9 +101,6 @@ def _check_capabilities(cls: type[Head]) -> None:
                 f"{where}: default_layers is set but the head takes no 'layers' or 'layer' "
                 "parameter to receive them"
             )
-    if not isinstance(cls.train_params, dict):
-        raise HsrmError(f"{where}: train_params must be a dict, got {cls.train_params!r}")
-    cls.check_params(cls.train_params, f"{where}: train_params")
     if cls.token_view and not callable(getattr(cls, "token_contributions", None)):
         raise HsrmError(f"{where}: token_view needs a token_contributions(X) method")
 
@@ -137,10 +134,6 @@ class Head:
     #: ``hsrm.layer_spec``), passed as its ``layers`` (or, for one layer, ``layer``) parameter;
     #: None: the head reads the layers the features hold and picks among them itself.
     default_layers: ClassVar[str | None] = None
-    #: Hyperparameters ``hsrm train`` gives the head under what ``--params`` sets: settings
-    #: measured to do better than the constructor's defaults (which stay the paper's), each
-    #: with the measurement named where it is set.
-    train_params: ClassVar[dict[str, Any]] = {}
     #: Whether sigmoid(score) is meant as P(correct) (a logistic loss): reports draw its
     #: reliability diagram.
     calibrated: ClassVar[bool] = False
