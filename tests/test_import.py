@@ -164,8 +164,10 @@ def test_logits_only_import_train_select_cli(tmp_path, capsys):
     assert store.layers == (TOPK_LAYER,) and store.fingerprint.hidden_size == 2 * 2 + 3
     assert store.meta["import"]["features"] == "logged_top2_logprobs"
     assert (store.meta["model_dtype"], store.meta["model_device"]) == ("none", "none")  # no model
-    args = ["train", str(st), "--out", str(head), "--head-type", "elhsr_toplogprobs"]
+    # no --head-type: auto picks the logits-only head for a store of logits alone
+    args = ["train", str(st), "--out", str(head)]
     assert main([*args, "--test-frac", "0", "--params", "max_epochs=30", "lr=0.01"]) == 0
+    assert json.loads((head / "config.json").read_text())["architecture"] == "elhsr_toplogprobs"
     sel = ["select", "--head", str(head), "--input", str(FIX / "chat.jsonl"), "--out", str(picked)]
     assert main(sel) == 0
     rows = [json.loads(x) for x in picked.read_text().splitlines()]

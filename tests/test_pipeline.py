@@ -504,3 +504,19 @@ def test_demo_cli_says_the_fresh_prompts_ask_no_training_question(tmp_path, caps
             f"{f} {v['delta']:+.3f} [{v['ci'][0]:+.3f}, {v['ci'][1]:+.3f}]" for f, v in d.items()
         )
         assert f"picked minus majority vote at N=4, paired over prompts [95% CI]: {line}" in said
+
+
+def test_train_without_head_type_fits_the_default_head(tmp_path, run, capsys):
+    """``--head-type auto`` (the default): rank on a store of hidden states (DEFAULT_HEAD), and the
+    training record names the head fitted, not ``auto``."""
+    from hsrm.bon.train import DEFAULT_HEAD, auto_head_type
+    from hsrm.features import LOGITS_LAYER, TOPK_LAYER
+
+    out = tmp_path / "h"
+    assert main(["train", str(run / "run"), "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["architecture"] == DEFAULT_HEAD == "rank"
+    assert json.loads((out / "training.json").read_text())["config"]["head_type"] == "rank"
+    assert f"saved {DEFAULT_HEAD} head" in capsys.readouterr().out
+    assert auto_head_type((TOPK_LAYER,)) == "elhsr_toplogprobs"
+    assert auto_head_type((LOGITS_LAYER,)) == "elhsr_logits"
+    assert auto_head_type((0, 4, 8)) == DEFAULT_HEAD

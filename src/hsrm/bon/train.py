@@ -10,6 +10,7 @@ import numpy as np
 
 from hsrm.config import field, validate
 from hsrm.errors import HsrmError
+from hsrm.features import LOGITS_LAYER, TOPK_LAYER
 from hsrm.heads.base import Head, get_head_class, make_head
 from hsrm.io import check_out, exclusive
 from hsrm.layer_spec import VOCABULARY, check_layer_spec, parse_layers
@@ -18,15 +19,31 @@ from hsrm.store import Store
 
 log = logging.getLogger(__name__)
 
+#: What ``--head-type auto`` fits on a store of hidden states: the head that did best on the nine
+#: reasoning-gym development tasks, chosen by research/rg/PROTOCOL.md
+#: (benchmarks/results/tasks_recipe.md, docs/tasks.md#which-head-hsrm-train-fits).
+DEFAULT_HEAD = "rank"
+#: ... and on a store of logits alone (``hsrm import`` without a model), by its pseudo-layer.
+LOGITS_HEADS = {TOPK_LAYER: "elhsr_toplogprobs", LOGITS_LAYER: "elhsr_logits"}
+
+
+def auto_head_type(layers: tuple[int, ...] | list[int]) -> str:
+    """The head ``--head-type auto`` fits on a store holding ``layers``."""
+    pseudo = [lay for lay in layers if lay < 0]
+    if pseudo and len(pseudo) == len(layers) and pseudo[0] in LOGITS_HEADS:
+        return LOGITS_HEADS[pseudo[0]]
+    return DEFAULT_HEAD
+
 
 @dataclass
 class TrainConfig:
     run: str = field("runs/sample", "sample store to train on")
     out: str = field("runs/head", "output folder of the head")
     head_type: str = field(
-        "rank",
-        "head architecture (rank, elhsr, probe, ...); rank, a within-prompt ranker, did best on "
-        "the development tasks (docs/tasks.md#which-head-hsrm-train-fits)",
+        "auto",
+        "head architecture: auto (rank, a within-prompt ranker that did best on the development "
+        "tasks, docs/tasks.md#which-head-hsrm-train-fits; on a store of logits alone, "
+        "elhsr_toplogprobs or elhsr_logits), rank, elhsr, probe, ...",
     )
     layers: str | None = field(
         None,
@@ -49,10 +66,14 @@ def train(cfg: TrainConfig, store: Store | None = None) -> Head:
     The head folder appears complete, ``training.json`` included, in one rename; it is locked
     for the whole run (a second writer is refused)."""
     validate(cfg, "train")
-    cls = get_head_class(cfg.head_type)  # the head type and its parameters fail before any read
-    cls.check_params(cfg.params, f"head {cfg.head_type!r}")
+    head_type = cfg.head_type
+    if head_type == "auto":  # which head depends on what the store holds (its meta alone)
+        store = store or Store(cfg.run)
+        head_type = auto_head_type(store.layers)
+    cls = get_head_class(head_type)  # the head type and its parameters fail before the states
+    cls.check_params(cfg.params, f"head {head_type!r}")
     spec = cfg.layers if cfg.layers is not None else cls.default_layers
-    flag = "--layers" if cfg.layers is not None else f"--layers (the {cfg.head_type} default)"
+    flag = "--layers" if cfg.layers is not None else f"--layers (the {head_type} default)"
     if spec is not None:
         check_layer_spec(spec, flag)
     check_out(cfg.out, "head", overwrite=cfg.overwrite, inputs=[cfg.run])
@@ -89,7 +110,7 @@ def train(cfg: TrainConfig, store: Store | None = None) -> Head:
             "train_prompts": sorted(set(pids[train_idx].tolist())),
             "n_samples": int(len(train_idx)),
             "seconds": dt,
-            "config": asdict(cfg),
+            "config": {**asdict(cfg), "head_type": head_type},
         }
         head.save(
             cfg.out,
@@ -99,7 +120,7 @@ def train(cfg: TrainConfig, store: Store | None = None) -> Head:
         )
     log.info(
         "trained %s on %d samples (%d prompts) in %.1f s -> %s",
-        cfg.head_type,
+        head_type,
         len(train_idx),
         len(set(pids[train_idx])),
         dt,

@@ -85,13 +85,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _print_default_head(con: Any, rep: dict[str, Any], N: str) -> None:
-    """One line: the head ``hsrm train`` fits by default (``TrainConfig.head_type``), one of the
-    demo's heads, beside the demo's per-family pick."""
-    from dataclasses import fields
+    """One line: the head ``hsrm train`` fits by default on a store of hidden states
+    (``DEFAULT_HEAD``), one of the demo's heads, beside the demo's per-family pick."""
+    from hsrm.bon.train import DEFAULT_HEAD as head
 
-    from hsrm.bon.train import TrainConfig
-
-    head = next(f.default for f in fields(TrainConfig) if f.name == "head_type")
     if head in rep.get("bon", {}):
         con.print(
             f"{head} (what hsrm train fits by default) BoN@{N} {rep['bon'][head][N]:.3f} closes "
@@ -167,7 +164,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = head_config(TrainConfig, args, values)
     head = train(cfg)
     _console().print(
-        f"saved {cfg.head_type} head ({head.n_parameters():,} parameters) to {cfg.out}"
+        f"saved {head.architecture} head ({head.n_parameters():,} parameters) to {cfg.out}"
     )
     return 0
 
