@@ -107,6 +107,20 @@ def measure(store: Store) -> dict[str, Any]:
     }
 
 
+def command() -> str:
+    """This run's command line, as the results files quote it."""
+    return f"`PYTHONPATH=src python {shlex.join(['benchmarks/bench_tasks.py', *sys.argv[1:]])}`"
+
+
+def save(tag: str, res: dict[str, Any], title: str, lines: list[str]) -> None:
+    """``res`` as RESULTS/tag.json and ``title``, the command and ``lines`` as RESULTS/tag.md."""
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{tag}.json").write_text(json.dumps(res, indent=1))
+    md = [f"# {title}", "", command(), "", *lines]
+    (RESULTS / f"{tag}.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
 def write(rows: list[dict[str, Any]], cfg: dict[str, Any], note: str, tag: str) -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{tag}.json").write_text(json.dumps({"config": cfg, "rows": rows}, indent=1))
@@ -114,7 +128,7 @@ def write(rows: list[dict[str, Any]], cfg: dict[str, Any], note: str, tag: str) 
     lines = [
         "# Development tasks (reasoning-gym) on the embedded model",
         "",
-        f"`PYTHONPATH=src python {shlex.join(['benchmarks/bench_tasks.py', *sys.argv[1:]])}` "
+        f"{command()} "
         "(SmolLM2-135M-Instruct, float32 on this project's 2-core CPU box shared with other "
         f"jobs; {cfg['n_prompts']} prompts x {n} samples a task, "
         "3 exemplars drawn per prompt from the same generator with another seed, temperature 0.8, "
@@ -311,13 +325,7 @@ def choose(args: argparse.Namespace) -> None:
     chosen = next(c for c in SIMPLICITY if means[c] >= best - TIE)
     res = {"train": args.train, "val": args.val, "means": means, "chosen": chosen, "rows": rows}
     res["fit_seconds"] = fit_s
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "tasks_recipe.json").write_text(json.dumps(res, indent=1))
     lines = [
-        "# The default recipe, chosen on the val store (research/rg/PROTOCOL.md)",
-        "",
-        f"`PYTHONPATH=src python {shlex.join(['benchmarks/bench_tasks.py', *sys.argv[1:]])}`",
-        "",
         f"BoN@{K} on the val store (task seed 2, {sum(r['prompts'] for r in rows.values())} "
         f"prompts x {K}); every head fitted on all train prompts (task seed 0). Choice: the best "
         f"mean over the {len(tasks)} tasks; within {TIE} of it the simpler candidate "
@@ -339,8 +347,12 @@ def choose(args: argparse.Namespace) -> None:
         + " |" * (len(FREE) + 2)
     )
     lines += ["", f"**Chosen: `{chosen}`** (fits took {fit_s:.0f} s on the 2-core CPU)."]
-    (RESULTS / "tasks_recipe.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    save(
+        "tasks_recipe",
+        res,
+        "The default recipe, chosen on the val store (research/rg/PROTOCOL.md)",
+        lines,
+    )
 
 
 def choose2(args: argparse.Namespace) -> None:
@@ -370,12 +382,7 @@ def choose2(args: argparse.Namespace) -> None:
     transfer = max(left_mean, key=lambda c: left_mean[c])
     res = {"in_task": in_task, "left_out": left_mean, "chosen": chosen, "transfer": transfer}
     res["rows"] = rows
-    (RESULTS / "tasks_recipe_round2.json").write_text(json.dumps(res, indent=1))
     L = [
-        "# Round 2: variants of rank on the val store (research/rg/PROTOCOL.md)",
-        "",
-        f"`PYTHONPATH=src python {shlex.join(['benchmarks/bench_tasks.py', *sys.argv[1:]])}`",
-        "",
         "Mean BoN@16 over the nine tasks of the val store; in-task: fitted on all train prompts; "
         "left out: fitted on the other eight tasks' train prompts.",
         "",
@@ -386,8 +393,12 @@ def choose2(args: argparse.Namespace) -> None:
         f"In-task choice: **{chosen}** (replaces rank only above rank + {TIE}). "
         f"Transfer choice: **{transfer}**.",
     ]
-    (RESULTS / "tasks_recipe_round2.md").write_text("\n".join(L) + "\n")
-    print("\n".join(L))
+    save(
+        "tasks_recipe_round2",
+        res,
+        "Round 2: variants of rank on the val store (research/rg/PROTOCOL.md)",
+        L,
+    )
 
 
 def recipe_scores(
@@ -483,7 +494,6 @@ def report(args: argparse.Namespace) -> None:
         "curve": curve,
         "seconds": time.perf_counter() - t0,
     }
-    (RESULTS / "tasks_heads.json").write_text(json.dumps(res, indent=1))
     write_report(res)
 
 
@@ -507,10 +517,6 @@ def write_report(res: dict[str, Any]) -> None:
         )
 
     L = [
-        "# Heads on the development tasks (issue 31; research/rg/PROTOCOL.md)",
-        "",
-        f"`PYTHONPATH=src python {shlex.join(['benchmarks/bench_tasks.py', *sys.argv[1:]])}`",
-        "",
         f"Recipe: `{recipe}` (chosen on the val store: tasks_recipe.md). Fitted on the train store "
         "(task seed 0, 256 prompts x 4 a task), scored on the test store (task seed 1, 64 prompts x "
         f"16 a task); BoN@{K}, 95% bootstrap CIs over prompts, differences paired over prompts. "
@@ -596,8 +602,9 @@ def write_report(res: dict[str, Any]) -> None:
         f"all-nine `{res['recipe']}` head of the first table. Draws of k prompts: the mean of "
         "`--draws` draws below 128, one at 128.",
     ]
-    (RESULTS / "tasks_heads.md").write_text("\n".join(L) + "\n")
-    print("\n".join(L))
+    save(
+        "tasks_heads", res, "Heads on the development tasks (issue 31; research/rg/PROTOCOL.md)", L
+    )
 
 
 def main() -> None:
