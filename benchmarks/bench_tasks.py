@@ -57,7 +57,7 @@ from hsrm.layer_spec import parse_layers
 from hsrm.metrics import bootstrap_ci, by_group, gap_closed, majority_prompt
 from hsrm.models import load_model
 from hsrm.sampling import SampleRunConfig
-from hsrm.store import Store
+from hsrm.store import RecordsView, Store, StoreUnion
 from hsrm.tasks import get_task
 
 log = logging.getLogger("bench_tasks")
@@ -422,6 +422,58 @@ def as_votes(recipe: str) -> tuple[str, ...]:
     return ("recipe",) if vote_keep(recipe) is not None else ()
 
 
+def curve_full(
+    train: RecordsView,
+    idx: np.ndarray,
+    test: Store,
+    transfer: str,
+    free: dict[str, np.ndarray],
+) -> dict[str, float]:
+    """The learning curve's last point for every task: ``transfer`` fitted on training records
+    ``idx``, BoN@16 on each task's test prompts."""
+    s = recipe_scores(train, idx, test, transfer, free)
+    fte = families(test)
+    return {
+        t: summary(test, s, fte == t, "recipe", as_votes(transfer))["bon"]["recipe"]
+        for t in sorted(set(fte.tolist()))
+    }
+
+
+def extend(args: argparse.Namespace) -> None:
+    """The learning curve at every labelled prompt of the train store and of ``--more`` (the
+    task's next prompts, ``hsrm sample --skip-prompts``): for each task, the other tasks' train
+    prompts plus all of its own in both stores. Adds to tasks_heads.json and rewrites the table."""
+    res = json.loads((RESULTS / "tasks_heads.json").read_text())
+    train, more, test = Store(args.train), Store(args.more), Store(args.test)
+    union = StoreUnion([train, more])
+    fu, in_train = families(union), np.arange(len(union)) < len(train)
+    te = np.arange(len(test.records))
+    keep = ("random", "majority", "mean_logprob", *FREE_MORE)
+    free = {
+        n: v
+        for n, v in baseline_scores(test, np.flatnonzero(in_train), te, train_store=train).items()
+        if n in keep
+    }
+    transfer = res["transfer"]
+    # every train prompt, with `transfer` (the point report wrote before it used `transfer` there)
+    full = curve_full(train, np.flatnonzero(in_train), test, transfer, free)
+    ftr = families(train)
+    for t in res["curve"]:
+        n_t = len(set(train.prompt_ids[ftr == t].tolist()))
+        res["curve"][t][str(n_t)] = [full[t]]
+        idx = np.flatnonzero((in_train & (fu != t)) | (fu == t))
+        k = len(set(union.prompt_ids[fu == t].tolist()))
+        if k <= n_t:
+            raise SystemExit(
+                f"{args.more} asks {t}'s prompts of {args.train} again: sample it "
+                "with the same --task-seed and --skip-prompts"
+            )
+        res["curve"][t][str(k)] = [curve_full(union, idx, test, transfer, free)[t]]
+        log.info("curve %s at k=%d: %.3f", t, k, res["curve"][t][str(k)][0])
+    res["more"] = args.more
+    write_report(res)
+
+
 def ci_text(d: dict[str, Any]) -> str:
     return f"{d['delta']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"
 
@@ -464,12 +516,10 @@ def report(args: argparse.Namespace) -> None:
         log.info("leave out %s: %.3f (in-task %.3f)", t, loto[t]["bon"]["recipe"], own[t])
     curve: dict[str, dict[str, list[float]]] = {}
     rng = np.random.default_rng(0)
+    full = curve_full(train, tr_all, test, transfer, free)
     for t in tasks:
         pids_t = np.array(sorted(set(train.prompt_ids[ftr == t].tolist())))
-        curve[t] = {
-            "0": [loto[t]["bon"]["recipe"]],
-            str(len(pids_t)): [per_task[t]["bon"]["recipe"]],
-        }
+        curve[t] = {"0": [loto[t]["bon"]["recipe"]], str(len(pids_t)): [full[t]]}
         for k in args.ks:
             if k >= len(pids_t):
                 continue
@@ -598,9 +648,14 @@ def write_report(res: dict[str, Any]) -> None:
     L.append("| **headroom tasks, mean** | " + " | ".join(f"**{v:.3f}**" for v in mean_room) + " |")
     L += [
         "",
-        f"k = 0 is the left-out head; the last column is every train prompt of the task: the "
-        f"all-nine `{res['recipe']}` head of the first table. Draws of k prompts: the mean of "
-        "`--draws` draws below 128, one at 128.",
+        f"Every point is `{res['transfer']}`. k = 0 is the left-out head; the largest k of the "
+        "train store (256) is all its prompts of the task"
+        + (
+            f", and 512 adds the task's next 256 prompts ({res['more']}, `extend`)"
+            if res.get("more")
+            else ""
+        )
+        + ". Draws of k prompts: the mean of `--draws` draws below 128, one at 128.",
     ]
     save(
         "tasks_heads", res, "Heads on the development tasks (issue 31; research/rg/PROTOCOL.md)", L
@@ -641,11 +696,17 @@ def main() -> None:
     )
     rp.add_argument("--ks", type=int, nargs="+", default=[16, 32, 64, 128])
     rp.add_argument("--draws", type=int, default=3, help="draws of k prompts below k=128")
+    ex = sub.add_parser("extend", help="the learning curve with a second train store (--more)")
+    ex.add_argument("--train", required=True, help="train store (task seed 0)")
+    ex.add_argument("--more", required=True, help="the task's next prompts (--skip-prompts)")
+    ex.add_argument("--test", required=True, help="test store (task seed 1)")
     args = top.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.stage != "table":
         if args.stage == "report":
             return report(args)
+        if args.stage == "extend":
+            return extend(args)
         return choose(args) if args.round == 1 else choose2(args)
     if args.table_only and args.resume:  # the table would replace the resumed file's other rows
         ap.error("--table-only writes --tag's file: take its rows with --rows-from, not --resume")
