@@ -66,6 +66,8 @@ def train(cfg: TrainConfig, store: Store | None = None) -> Head:
     The head folder appears complete, ``training.json`` included, in one rename; it is locked
     for the whole run (a second writer is refused)."""
     validate(cfg, "train")
+    if cfg.layers is not None:  # a bad --layers fails before any read, whatever the head
+        check_layer_spec(cfg.layers, "--layers")
     head_type = cfg.head_type
     if head_type == "auto":  # which head depends on what the store holds (its meta alone)
         store = store or Store(cfg.run)
