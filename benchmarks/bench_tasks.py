@@ -198,6 +198,14 @@ SIMPLICITY = [
 FREE = ("majority", "mean_logprob", "self_certainty", "deepconf_vote")
 #: the other training-free scorers every report carries (fitted on nothing: computed once)
 FREE_MORE = tuple(SCORERS) + tuple(VOTES)
+
+
+def fitless(scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The scorers of ``scores`` that fit nothing (computed once, passed to ``all_scores``)."""
+    keep = ("random", "majority", "mean_logprob", *FREE_MORE)
+    return {n: v for n, v in scores.items() if n in keep}
+
+
 TIE = 0.01  # within this of the best mean BoN@16, the simpler candidate wins (the protocol's)
 
 
@@ -368,7 +376,7 @@ def choose2(args: argparse.Namespace) -> None:
     rows = {t: summary(val, scores, fva == t, "rank")["bon"] for t in tasks}
     in_task = {c: float(np.mean([rows[t][c] for t in tasks])) for c in allnames}
     left: dict[str, list[float]] = {c: [] for c in allnames}
-    free = {n: scores[n] for n in ("random", "majority", "mean_logprob", *FREE_MORE) if n in scores}
+    free = fitless(scores)
     for t in tasks:
         idx = np.flatnonzero(ftr != t)
         s_t = all_scores(train, idx, val, {c: fit_head(train, idx, c) for c in names}, free)
@@ -448,12 +456,7 @@ def extend(args: argparse.Namespace) -> None:
     union = StoreUnion([train, more])
     fu, in_train = families(union), np.arange(len(union)) < len(train)
     te = np.arange(len(test.records))
-    keep = ("random", "majority", "mean_logprob", *FREE_MORE)
-    free = {
-        n: v
-        for n, v in baseline_scores(test, np.flatnonzero(in_train), te, train_store=train).items()
-        if n in keep
-    }
+    free = fitless(baseline_scores(test, np.flatnonzero(in_train), te, train_store=train))
     transfer = res["transfer"]
     # every train prompt, with `transfer` (the point report wrote before it used `transfer` there)
     full = curve_full(train, np.flatnonzero(in_train), test, transfer, free)
@@ -488,7 +491,7 @@ def report(args: argparse.Namespace) -> None:
     tr_all = np.arange(len(train.records))
     t0 = time.perf_counter()
     s_all = recipe_scores(train, tr_all, test, recipe)
-    free = {n: s_all[n] for n in ("random", "majority", "mean_logprob", *FREE_MORE) if n in s_all}
+    free = fitless(s_all)
     per_task = {t: summary(test, s_all, fte == t, "recipe", rv) for t in tasks}
     room = [t for t in tasks if per_task[t]["headroom"] >= 0.15]
     in_room = np.isin(fte, room)
